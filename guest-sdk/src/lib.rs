@@ -1,0 +1,1 @@
+//! Refold guest SDK: filled in by the Wasm aggregates issue.

@@ -1,0 +1,67 @@
+//! The store's one error type: each variant is something a caller can act on.
+
+use std::path::PathBuf;
+
+use super::types::{EventId, ExpectedVersion, StreamId, StreamVersion};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The stream is not at the version the writer expected. Re-read and decide again.
+    #[error("wrong expected version for stream {stream}: expected {expected}, actual {actual}")]
+    WrongExpectedVersion {
+        stream: StreamId,
+        expected: ExpectedVersion,
+        /// The stream's current version (0: the stream does not exist).
+        actual: StreamVersion,
+    },
+
+    /// The aggregate type or id is not acceptable.
+    #[error("invalid stream: {0}")]
+    InvalidStream(String),
+
+    /// An event of the append is not acceptable; nothing was written.
+    #[error("invalid event #{index} of the append: {reason}")]
+    InvalidEvent { index: usize, reason: String },
+
+    /// An event id of the append is already used, and the append is not an exact
+    /// repeat of an earlier one (see docs/store-format.md, "Idempotency").
+    #[error("event id {event_id} is already recorded at {stream} version {version}, and this append does not repeat that write")]
+    DuplicateEventId { event_id: EventId, stream: StreamId, version: StreamVersion },
+
+    /// Another process holds the data directory.
+    #[error("data directory {path} is in use by another process ({holder}); stop it or choose another directory")]
+    Locked { path: PathBuf, holder: String },
+
+    /// The disk or sled failed. After a failed write the store refuses further
+    /// writes until it is reopened, because what reached the disk is unknown.
+    #[error("storage failure while {context}: {message}")]
+    Storage { context: &'static str, message: String },
+
+    /// A record on disk could not be decoded (corruption, or a newer format).
+    #[error("corrupt or unreadable record {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+
+    /// The store is closed, or stopped writing after a storage failure.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    pub(crate) fn storage(context: &'static str, err: impl std::fmt::Display) -> Self {
+        StoreError::Storage { context, message: err.to_string() }
+    }
+
+    /// A stable machine-readable code, used by the HTTP API and logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreError::WrongExpectedVersion { .. } => "wrong_expected_version",
+            StoreError::InvalidStream(_) => "invalid_stream",
+            StoreError::InvalidEvent { .. } => "invalid_event",
+            StoreError::DuplicateEventId { .. } => "duplicate_event_id",
+            StoreError::Locked { .. } => "data_dir_locked",
+            StoreError::Storage { .. } => "storage_failure",
+            StoreError::Corrupt { .. } => "corrupt_record",
+            StoreError::Unavailable(_) => "store_unavailable",
+        }
+    }
+}

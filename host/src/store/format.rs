@@ -1,0 +1,216 @@
+//! The on-disk format: key spaces and record layouts. `docs/store-format.md`
+//! describes the same bytes for people; keep the two in step.
+//!
+//! Everything lives in sled's default tree so that one `apply_batch` is one
+//! atomic write across all key spaces. Each key starts with a one-byte space tag.
+//! Integers in keys are big-endian so that byte order is numeric order.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::error::StoreError;
+use super::types::{EventMetadata, Position, RecordedEvent, StreamId, StreamVersion};
+
+/// The first byte of every value the host writes.
+pub const FORMAT_V1: u8 = 1;
+
+/// `E` position -> event record.
+pub const SPACE_EVENT: u8 = b'E';
+/// `S` stream-key version -> position.
+pub const SPACE_STREAM_INDEX: u8 = b'S';
+/// `H` stream-key -> stream head (version, last position).
+pub const SPACE_STREAM_HEAD: u8 = b'H';
+/// `I` event-id -> position.
+pub const SPACE_EVENT_ID: u8 = b'I';
+/// In space `M` (store metadata): the format marker, `[FORMAT_V1]`.
+pub const META_FORMAT_KEY: &[u8] = b"Mformat";
+
+pub fn event_key(position: Position) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = SPACE_EVENT;
+    key[1..].copy_from_slice(&position.to_be_bytes());
+    key
+}
+
+pub fn position_of_event_key(key: &[u8]) -> Result<Position, StoreError> {
+    let bytes: [u8; 8] = key
+        .get(1..9)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| corrupt(key, "event key is not 9 bytes"))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+/// `[space][u8 type len][type][u16 BE id len][id]`: both parts length-prefixed,
+/// so no stream's key is a prefix of another stream's key.
+fn stream_key(space: u8, stream: &StreamId, extra: usize) -> Vec<u8> {
+    let t = stream.aggregate_type().as_bytes();
+    let id = stream.aggregate_id().as_bytes();
+    let mut key = Vec::with_capacity(4 + t.len() + id.len() + extra);
+    key.push(space);
+    key.push(t.len() as u8); // validated: at most 128 bytes
+    key.extend_from_slice(t);
+    key.extend_from_slice(&(id.len() as u16).to_be_bytes()); // validated: at most 256 bytes
+    key.extend_from_slice(id);
+    key
+}
+
+pub fn stream_head_key(stream: &StreamId) -> Vec<u8> {
+    stream_key(SPACE_STREAM_HEAD, stream, 0)
+}
+
+/// The prefix shared by every stream-index key of `stream`.
+pub fn stream_index_prefix(stream: &StreamId) -> Vec<u8> {
+    stream_key(SPACE_STREAM_INDEX, stream, 8)
+}
+
+pub fn stream_index_key(stream: &StreamId, version: StreamVersion) -> Vec<u8> {
+    let mut key = stream_index_prefix(stream);
+    key.extend_from_slice(&version.to_be_bytes());
+    key
+}
+
+pub fn event_id_key(id: &Uuid) -> [u8; 17] {
+    let mut key = [0u8; 17];
+    key[0] = SPACE_EVENT_ID;
+    key[1..].copy_from_slice(id.as_bytes());
+    key
+}
+
+/// `[FORMAT_V1][u64 BE]`: a position (stream index, event-id index).
+pub fn encode_position(position: Position) -> [u8; 9] {
+    let mut v = [0u8; 9];
+    v[0] = FORMAT_V1;
+    v[1..].copy_from_slice(&position.to_be_bytes());
+    v
+}
+
+pub fn decode_position(key: &[u8], value: &[u8]) -> Result<Position, StoreError> {
+    match value {
+        [FORMAT_V1, rest @ ..] if rest.len() == 8 => {
+            Ok(u64::from_be_bytes(rest.try_into().expect("length checked")))
+        }
+        _ => Err(corrupt(key, "position value is not [1][u64]")),
+    }
+}
+
+/// A stream's head: its version and the position of its last event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamHead {
+    pub version: StreamVersion,
+    pub last_position: Position,
+}
+
+/// `[FORMAT_V1][version u64 BE][last position u64 BE]`.
+pub fn encode_stream_head(head: StreamHead) -> [u8; 17] {
+    let mut v = [0u8; 17];
+    v[0] = FORMAT_V1;
+    v[1..9].copy_from_slice(&head.version.to_be_bytes());
+    v[9..].copy_from_slice(&head.last_position.to_be_bytes());
+    v
+}
+
+pub fn decode_stream_head(key: &[u8], value: &[u8]) -> Result<StreamHead, StoreError> {
+    match value {
+        [FORMAT_V1, rest @ ..] if rest.len() == 16 => Ok(StreamHead {
+            version: u64::from_be_bytes(rest[..8].try_into().expect("length checked")),
+            last_position: u64::from_be_bytes(rest[8..].try_into().expect("length checked")),
+        }),
+        _ => Err(corrupt(key, "stream head is not [1][u64][u64]")),
+    }
+}
+
+/// The event record, version 1. The position is the key, so it is not repeated here.
+/// Field order is the postcard layout: never reorder, only add a new format version.
+#[derive(Serialize, Deserialize)]
+struct EventRecordV1<S> {
+    aggregate_type: S,
+    aggregate_id: S,
+    version: StreamVersion,
+    event_id: [u8; 16],
+    event_type: S,
+    data: S,
+    recorded_at_ms: u64,
+    correlation_id: Option<S>,
+    causation_id: Option<S>,
+    command_id: Option<S>,
+    producer: Option<S>,
+    extra: Vec<(S, S)>,
+}
+
+/// The parts of an event record the writer knows before it is committed.
+pub struct EventRecordRef<'a> {
+    pub stream: &'a StreamId,
+    pub version: StreamVersion,
+    pub event_id: &'a Uuid,
+    pub event_type: &'a str,
+    pub data: &'a str,
+    pub recorded_at_ms: u64,
+    pub metadata: &'a EventMetadata,
+}
+
+pub fn encode_event(event: &EventRecordRef<'_>) -> Vec<u8> {
+    let m = event.metadata;
+    let record = EventRecordV1::<&str> {
+        aggregate_type: event.stream.aggregate_type(),
+        aggregate_id: event.stream.aggregate_id(),
+        version: event.version,
+        event_id: *event.event_id.as_bytes(),
+        event_type: event.event_type,
+        data: event.data,
+        recorded_at_ms: event.recorded_at_ms,
+        correlation_id: m.correlation_id.as_deref(),
+        causation_id: m.causation_id.as_deref(),
+        command_id: m.command_id.as_deref(),
+        producer: m.producer.as_deref(),
+        extra: m.extra.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+    };
+    let mut out = Vec::with_capacity(64 + event.data.len());
+    out.push(FORMAT_V1);
+    postcard::to_io(&record, &mut out).expect("writing postcard to a Vec cannot fail");
+    out
+}
+
+pub fn decode_event(position: Position, value: &[u8]) -> Result<RecordedEvent, StoreError> {
+    let body = match value {
+        [FORMAT_V1, body @ ..] => body,
+        [other, ..] => {
+            return Err(corrupt(&event_key(position), &format!("unknown format version {other}")));
+        }
+        [] => return Err(corrupt(&event_key(position), "empty record")),
+    };
+    let r: EventRecordV1<String> = postcard::from_bytes(body)
+        .map_err(|e| corrupt(&event_key(position), &format!("postcard: {e}")))?;
+    Ok(RecordedEvent {
+        position,
+        // Built without re-validation: the writer validated it, and a read must not
+        // fail because validation rules were tightened later.
+        stream: StreamId::from_parts_unchecked(r.aggregate_type, r.aggregate_id),
+        version: r.version,
+        event_id: Uuid::from_bytes(r.event_id),
+        event_type: r.event_type,
+        data: r.data,
+        recorded_at_ms: r.recorded_at_ms,
+        metadata: EventMetadata {
+            correlation_id: r.correlation_id,
+            causation_id: r.causation_id,
+            command_id: r.command_id,
+            producer: r.producer,
+            extra: r.extra.into_iter().collect(),
+        },
+    })
+}
+
+pub fn corrupt(key: &[u8], reason: &str) -> StoreError {
+    StoreError::Corrupt { key: render_key(key), reason: reason.to_string() }
+}
+
+/// A key as a person reads it: the space tag, then hex.
+fn render_key(key: &[u8]) -> String {
+    match key.split_first() {
+        Some((space, rest)) => {
+            let hex: String = rest.iter().map(|b| format!("{b:02x}")).collect();
+            format!("{}:{hex}", *space as char)
+        }
+        None => "<empty>".to_string(),
+    }
+}

@@ -1,0 +1,301 @@
+//! The event store: streams per aggregate, one gapless global log, optimistic
+//! concurrency, durable group commit, catch-up subscriptions.
+//!
+//! Architecture Invariant: this module is the only one that knows about sled.
+//! Everything above it speaks [`StreamId`], [`ExpectedVersion`], [`RecordedEvent`].
+//!
+//! - `types`: the vocabulary; `error`: [`StoreError`].
+//! - `format`: key spaces and record layouts (docs/store-format.md).
+//! - `writer`: the single group-commit writer thread.
+//! - `read`: stream and global-log reads, capped at the durable head.
+//! - `subscribe`: catch-up-then-live subscriptions.
+//! - `lock`: one process per data directory.
+
+mod error;
+mod format;
+mod lock;
+mod read;
+mod subscribe;
+mod types;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::stream::BoxStream;
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use error::StoreError;
+pub use types::*;
+
+use writer::{AppendRequest, Writer, WriterMessage};
+
+/// How to open a store.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// The store's own directory (it holds sled's files and the lock file).
+    pub path: PathBuf,
+    pub durability: Durability,
+    /// sled's page cache, in bytes.
+    pub cache_bytes: u64,
+}
+
+impl StoreConfig {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        StoreConfig { path: path.into(), durability: Durability::Fsync, cache_bytes: 256 << 20 }
+    }
+
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+}
+
+/// The operations every event-store backend offers. sled is the one backend
+/// today; the API is kept this small so that another (PostgreSQL, say) can follow.
+pub trait EventStore: Send + Sync {
+    /// Appends `events` to `stream` if its version satisfies `expected`; all or nothing.
+    fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> impl Future<Output = Result<AppendResult, StoreError>> + Send;
+    /// Up to `limit` events of a stream, from version `from` (inclusive) in `direction`.
+    fn read_stream(
+        &self,
+        stream: &StreamId,
+        from: StreamVersion,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError>;
+    /// A page of the global log from position `from` (inclusive).
+    fn read_all(&self, from: Position, limit: usize, filter: &EventFilter) -> Result<LogPage, StoreError>;
+    /// A stream's current version (0: no such stream).
+    fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion, StoreError>;
+    /// The position of the last durable event (0: the log is empty).
+    fn head(&self) -> Position;
+    /// Every matching event from `from` on, exactly once, in order; catches up, then follows.
+    fn subscribe(
+        &self,
+        from: Position,
+        filter: EventFilter,
+    ) -> BoxStream<'static, Result<RecordedEvent, StoreError>>;
+}
+
+/// The sled-backed store. Cheap to clone; all clones share one writer.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    path: PathBuf,
+    writer: mpsc::Sender<WriterMessage>,
+    durable_head: watch::Receiver<Position>,
+    failed: Arc<AtomicBool>,
+    writer_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    _lock: lock::DirLock,
+}
+
+impl Store {
+    /// Opens (or creates) the store at `config.path`. Reads a handful of keys;
+    /// never scans the log.
+    pub fn open(config: StoreConfig) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(&config.path)
+            .map_err(|e| StoreError::storage("creating the store directory", e))?;
+        let dir_lock = lock::DirLock::acquire(&config.path)?;
+        let sled_path = config.path.join("sled");
+        let db = sled::Config::new()
+            .path(&sled_path)
+            .cache_capacity(config.cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|e| StoreError::storage("opening sled", e))?;
+        check_format_marker(&db)?;
+        let head = read::last_position(&db)?;
+        let data_file = match config.durability {
+            Durability::Fsync => Some(
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .open(sled_path.join("db"))
+                    .map_err(|e| StoreError::storage("opening sled's db file for fdatasync", e))?,
+            ),
+            Durability::None => None,
+        };
+        let last_recorded_at_ms = match head {
+            0 => 0,
+            p => read::event_at(&db, p)?.map_or(0, |e| e.recorded_at_ms),
+        };
+        let (head_tx, head_rx) = watch::channel(head);
+        let failed = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel(8192);
+        let writer = Writer {
+            db: db.clone(),
+            data_file,
+            durability: config.durability,
+            durable_head: head_tx,
+            failed: failed.clone(),
+            next_position: head + 1,
+            last_recorded_at_ms,
+        };
+        let thread = std::thread::Builder::new()
+            .name("refold-store-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StoreError::storage("starting the writer thread", e))?;
+        tracing::info!(path = %config.path.display(), head, "event store open");
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                path: config.path,
+                writer: tx,
+                durable_head: head_rx,
+                failed,
+                writer_thread: std::sync::Mutex::new(Some(thread)),
+                _lock: dir_lock,
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Appends after validating everything that does not need the store's state,
+    /// so the writer thread only does the decisions that must be serialized.
+    pub async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        validate_append(&events)?;
+        if self.inner.failed.load(Ordering::Acquire) {
+            return Err(writer::failed_error());
+        }
+        let (reply, answer) = oneshot::channel();
+        let request = AppendRequest { stream: stream.clone(), expected, events, reply };
+        self.inner
+            .writer
+            .send(WriterMessage::Append(request))
+            .await
+            .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer stopped before answering".into()))?
+    }
+
+    /// The position of the last durable event (0 when the log is empty).
+    pub fn head(&self) -> Position {
+        *self.inner.durable_head.borrow()
+    }
+
+    /// Waits until the durable head changes from what `rx` last saw. For followers.
+    pub fn watch_head(&self) -> watch::Receiver<Position> {
+        self.inner.durable_head.clone()
+    }
+
+    /// Flushes and stops the writer. Appends after this fail with `Unavailable`.
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.inner.writer.send(WriterMessage::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        let thread = self.inner.writer_thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+fn validate_append(events: &[NewEvent]) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Err(StoreError::InvalidEvent { index: 0, reason: "an append needs at least one event".into() });
+    }
+    if events.len() > MAX_EVENTS_PER_APPEND {
+        return Err(StoreError::InvalidEvent {
+            index: MAX_EVENTS_PER_APPEND,
+            reason: format!("an append holds at most {MAX_EVENTS_PER_APPEND} events"),
+        });
+    }
+    let mut seen = std::collections::HashSet::with_capacity(events.len());
+    for (index, event) in events.iter().enumerate() {
+        event.validate().map_err(|reason| StoreError::InvalidEvent { index, reason })?;
+        if !seen.insert(event.event_id) {
+            return Err(StoreError::InvalidEvent {
+                index,
+                reason: format!("event id {} appears twice in the append", event.event_id),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A new database gets the format marker; an existing one must carry ours.
+fn check_format_marker(db: &sled::Db) -> Result<(), StoreError> {
+    let marker = [format::FORMAT_V1];
+    match db.get(format::META_FORMAT_KEY).map_err(|e| StoreError::storage("reading the format marker", e))? {
+        Some(v) if v.as_ref() == marker => Ok(()),
+        Some(v) => Err(StoreError::Corrupt {
+            key: "Mformat".into(),
+            reason: format!("store format {:?} is not one this build reads (it reads [1])", v.as_ref()),
+        }),
+        None => {
+            db.insert(format::META_FORMAT_KEY, &marker[..])
+                .map_err(|e| StoreError::storage("writing the format marker", e))?;
+            db.flush().map_err(|e| StoreError::storage("flushing the format marker", e))?;
+            Ok(())
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The writer holds its own sled handle; flush ours so a dropped store
+        // without `close` still leaves everything it acknowledged on disk.
+        let _ = self.db.flush();
+    }
+}
+
+impl EventStore for Store {
+    fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> impl Future<Output = Result<AppendResult, StoreError>> + Send {
+        Store::append(self, stream, expected, events)
+    }
+
+    fn read_stream(
+        &self,
+        stream: &StreamId,
+        from: StreamVersion,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        Store::read_stream(self, stream, from, direction, limit)
+    }
+
+    fn read_all(&self, from: Position, limit: usize, filter: &EventFilter) -> Result<LogPage, StoreError> {
+        Store::read_all(self, from, limit, filter)
+    }
+
+    fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion, StoreError> {
+        Store::stream_version(self, stream)
+    }
+
+    fn head(&self) -> Position {
+        Store::head(self)
+    }
+
+    fn subscribe(
+        &self,
+        from: Position,
+        filter: EventFilter,
+    ) -> BoxStream<'static, Result<RecordedEvent, StoreError>> {
+        Box::pin(Store::subscribe(self, from, filter))
+    }
+}

@@ -1,0 +1,130 @@
+//! Reads. Every read is capped at the durable head: an event the writer has put
+//! into sled but not yet made durable (and acknowledged) is never shown, so no
+//! reader can see an event that a crash could still take back.
+
+use super::Store;
+use super::error::StoreError;
+use super::format;
+use super::types::{Direction, EventFilter, LogPage, Position, RecordedEvent, StreamId, StreamVersion};
+
+/// A filtered global-log read examines at most this many records, so a filter
+/// that matches rarely cannot turn one request into a scan of the whole log.
+pub const MAX_SCAN_PER_READ: usize = 65_536;
+
+impl Store {
+    /// Up to `limit` events of `stream`, starting at version `from` (inclusive).
+    /// Backward from `u64::MAX` reads the newest events first.
+    pub fn read_stream(
+        &self,
+        stream: &StreamId,
+        from: StreamVersion,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let head = self.head();
+        let db = &self.inner.db;
+        let range = match direction {
+            Direction::Forward => {
+                format::stream_index_key(stream, from.max(1))..=format::stream_index_key(stream, u64::MAX)
+            }
+            Direction::Backward => {
+                format::stream_index_key(stream, 1)..=format::stream_index_key(stream, from)
+            }
+        };
+        let iter = db.range(range);
+        let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = match direction {
+            Direction::Forward => Box::new(iter),
+            Direction::Backward => Box::new(iter.rev()),
+        };
+        let mut events = Vec::with_capacity(limit.min(1024));
+        for item in iter {
+            if events.len() >= limit {
+                break;
+            }
+            let (key, value) = item.map_err(|e| StoreError::storage("reading a stream", e))?;
+            let position = format::decode_position(&key, &value)?;
+            if position > head {
+                // Not yet durable: later versions are not durable either.
+                match direction {
+                    Direction::Forward => break,
+                    Direction::Backward => continue,
+                }
+            }
+            let event = event_at(db, position)?
+                .ok_or_else(|| format::corrupt(&key, "stream index points at a missing event"))?;
+            events.push(event);
+        }
+        Ok(events)
+    }
+
+    /// A page of the global log from `from` (inclusive): up to `limit` matching events.
+    pub fn read_all(&self, from: Position, limit: usize, filter: &EventFilter) -> Result<LogPage, StoreError> {
+        let head = self.head();
+        let from = from.max(1);
+        let mut page = LogPage { events: Vec::new(), next_position: from, head };
+        if from > head || limit == 0 {
+            return Ok(page);
+        }
+        page.events.reserve(limit.min(4096));
+        let range = format::event_key(from)..=format::event_key(head);
+        for (scanned, item) in self.inner.db.range(range).enumerate() {
+            if page.events.len() >= limit || scanned >= MAX_SCAN_PER_READ {
+                break;
+            }
+            let (key, value) = item.map_err(|e| StoreError::storage("reading the log", e))?;
+            let position = format::position_of_event_key(&key)?;
+            let event = format::decode_event(position, &value)?;
+            page.next_position = position + 1;
+            if filter.admits(event.stream.aggregate_type(), &event.event_type) {
+                page.events.push(event);
+            }
+        }
+        Ok(page)
+    }
+
+    /// The stream's durable version (0: the stream does not exist).
+    pub fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion, StoreError> {
+        let key = format::stream_head_key(stream);
+        let db = &self.inner.db;
+        let Some(value) = db.get(&key).map_err(|e| StoreError::storage("reading a stream head", e))? else {
+            return Ok(0);
+        };
+        let stream_head = format::decode_stream_head(&key, &value)?;
+        let head = self.head();
+        if stream_head.last_position <= head {
+            return Ok(stream_head.version);
+        }
+        // The writer is committing this stream right now: the durable version is the
+        // newest one whose event is at or below the durable head.
+        let newest = self.read_stream(stream, u64::MAX, Direction::Backward, 1)?;
+        Ok(newest.first().map_or(0, |e| e.version))
+    }
+
+    /// Reads one event by position, if it is durable.
+    pub fn read_event(&self, position: Position) -> Result<Option<RecordedEvent>, StoreError> {
+        if position == 0 || position > self.head() {
+            return Ok(None);
+        }
+        event_at(&self.inner.db, position)
+    }
+}
+
+pub(crate) fn event_at(db: &sled::Db, position: Position) -> Result<Option<RecordedEvent>, StoreError> {
+    db.get(format::event_key(position))
+        .map_err(|e| StoreError::storage("reading an event", e))?
+        .map(|value| format::decode_event(position, &value))
+        .transpose()
+}
+
+/// The last position in the log: one lookup, not a scan.
+pub(crate) fn last_position(db: &sled::Db) -> Result<Position, StoreError> {
+    let last = db
+        .range(format::event_key(0)..=format::event_key(u64::MAX))
+        .next_back()
+        .transpose()
+        .map_err(|e| StoreError::storage("finding the head of the log", e))?;
+    match last {
+        Some((key, _)) => format::position_of_event_key(&key),
+        None => Ok(0),
+    }
+}

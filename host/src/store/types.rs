@@ -1,0 +1,276 @@
+//! The store's vocabulary: streams, versions, positions, events as written
+//! and as recorded. Nothing here knows how events are stored.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::error::StoreError;
+
+/// A place in the global log. Positions start at 1 and have no gaps.
+pub type Position = u64;
+
+/// The version of a stream: the number of events in it. A stream's first
+/// event has version 1; version 0 means "the stream does not exist".
+pub type StreamVersion = u64;
+
+/// A 128-bit event id, assigned by the host (never by a guest).
+pub type EventId = Uuid;
+
+pub const MAX_AGGREGATE_TYPE_LEN: usize = 128;
+pub const MAX_AGGREGATE_ID_LEN: usize = 256;
+pub const MAX_EVENT_TYPE_LEN: usize = 256;
+/// Event data is kept well below sled's ~128 KiB blob threshold, so every
+/// event lives in sled's log (which we fsync) and never in an un-synced blob file.
+pub const MAX_EVENT_DATA_LEN: usize = 64 * 1024;
+pub const MAX_METADATA_ID_LEN: usize = 128;
+pub const MAX_METADATA_ENTRIES: usize = 32;
+pub const MAX_METADATA_KEY_LEN: usize = 64;
+pub const MAX_METADATA_VALUE_LEN: usize = 1024;
+/// The most events one append may carry.
+pub const MAX_EVENTS_PER_APPEND: usize = 1000;
+
+/// One aggregate's stream: its type (the module that owns it) and its id.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct StreamId {
+    aggregate_type: String,
+    aggregate_id: String,
+}
+
+impl StreamId {
+    /// Validates both parts: non-empty, bounded length, no control characters.
+    pub fn new(
+        aggregate_type: impl Into<String>,
+        aggregate_id: impl Into<String>,
+    ) -> Result<Self, StoreError> {
+        let aggregate_type = aggregate_type.into();
+        let aggregate_id = aggregate_id.into();
+        check_name("aggregate type", &aggregate_type, MAX_AGGREGATE_TYPE_LEN)
+            .map_err(StoreError::InvalidStream)?;
+        check_name("aggregate id", &aggregate_id, MAX_AGGREGATE_ID_LEN)
+            .map_err(StoreError::InvalidStream)?;
+        Ok(StreamId { aggregate_type, aggregate_id })
+    }
+
+    pub fn aggregate_type(&self) -> &str {
+        &self.aggregate_type
+    }
+
+    pub fn aggregate_id(&self) -> &str {
+        &self.aggregate_id
+    }
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.aggregate_type, self.aggregate_id)
+    }
+}
+
+/// Checks a name-like string: non-empty, at most `max` bytes, no control characters.
+pub fn check_name(what: &str, value: &str, max: usize) -> Result<(), String> {
+    if value.is_empty() {
+        return Err(format!("{what} is empty"));
+    }
+    if value.len() > max {
+        return Err(format!("{what} is {} bytes long; the limit is {max}", value.len()));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(format!("{what} contains a control character"));
+    }
+    Ok(())
+}
+
+/// What the writer expects the stream's version to be (EventStoreDB semantics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExpectedVersion {
+    /// No check: append wherever the stream is.
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream must have at least one event.
+    StreamExists,
+    /// The stream's version must be exactly this. `Exact(0)` means the same as `NoStream`.
+    Exact(StreamVersion),
+}
+
+impl ExpectedVersion {
+    /// Does a stream currently at `actual` satisfy this expectation?
+    pub fn admits(self, actual: StreamVersion) -> bool {
+        match self {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => actual == 0,
+            ExpectedVersion::StreamExists => actual > 0,
+            ExpectedVersion::Exact(v) => actual == v,
+        }
+    }
+}
+
+impl fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExpectedVersion::Any => f.write_str("any"),
+            ExpectedVersion::NoStream => f.write_str("no stream"),
+            ExpectedVersion::StreamExists => f.write_str("stream exists"),
+            ExpectedVersion::Exact(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+/// Who and what caused an event. Every field is optional except the map,
+/// which may be empty.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventMetadata {
+    pub correlation_id: Option<String>,
+    pub causation_id: Option<String>,
+    pub command_id: Option<String>,
+    /// The module that produced the event, as `name@version`.
+    pub producer: Option<String>,
+    /// A small map of free-form strings.
+    pub extra: BTreeMap<String, String>,
+}
+
+/// An event as a writer hands it to `append`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewEvent {
+    pub event_id: EventId,
+    pub event_type: String,
+    /// JSON text; validated on append.
+    pub data: String,
+    pub metadata: EventMetadata,
+}
+
+impl NewEvent {
+    /// A new event with a fresh time-ordered id and empty metadata.
+    pub fn new(event_type: impl Into<String>, data: impl Into<String>) -> Self {
+        NewEvent {
+            event_id: Uuid::now_v7(),
+            event_type: event_type.into(),
+            data: data.into(),
+            metadata: EventMetadata::default(),
+        }
+    }
+
+    /// Checks everything about the event that does not depend on the store's state.
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        check_name("event type", &self.event_type, MAX_EVENT_TYPE_LEN)?;
+        if self.data.len() > MAX_EVENT_DATA_LEN {
+            return Err(format!(
+                "event data is {} bytes; the limit is {MAX_EVENT_DATA_LEN}",
+                self.data.len()
+            ));
+        }
+        serde_json::from_str::<serde::de::IgnoredAny>(&self.data)
+            .map_err(|e| format!("event data is not valid JSON: {e}"))?;
+        let m = &self.metadata;
+        for (what, id) in [
+            ("correlation id", &m.correlation_id),
+            ("causation id", &m.causation_id),
+            ("command id", &m.command_id),
+            ("producer", &m.producer),
+        ] {
+            if let Some(id) = id {
+                check_name(what, id, MAX_METADATA_ID_LEN)?;
+            }
+        }
+        if m.extra.len() > MAX_METADATA_ENTRIES {
+            return Err(format!(
+                "metadata has {} entries; the limit is {MAX_METADATA_ENTRIES}",
+                m.extra.len()
+            ));
+        }
+        for (k, v) in &m.extra {
+            check_name("metadata key", k, MAX_METADATA_KEY_LEN)?;
+            if v.len() > MAX_METADATA_VALUE_LEN {
+                return Err(format!("metadata value of {k:?} is over {MAX_METADATA_VALUE_LEN} bytes"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An event as the store keeps it: everything the writer gave plus where and when it landed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordedEvent {
+    pub position: Position,
+    pub stream: StreamId,
+    pub version: StreamVersion,
+    pub event_id: EventId,
+    pub event_type: String,
+    /// JSON text, exactly as appended.
+    pub data: String,
+    /// When the store committed the event, in unix milliseconds. Never decreases along the log.
+    pub recorded_at_ms: u64,
+    pub metadata: EventMetadata,
+}
+
+/// The outcome of a successful append (or of an idempotent repeat of one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendResult {
+    /// The stream's version after the append: the version of its last event.
+    pub stream_version: StreamVersion,
+    pub first_position: Position,
+    pub last_position: Position,
+}
+
+/// Which way a stream read goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Forward,
+    Backward,
+}
+
+/// Selects events of the global log. An empty list admits everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    pub event_types: Vec<String>,
+    pub aggregate_types: Vec<String>,
+}
+
+impl EventFilter {
+    pub fn all() -> Self {
+        EventFilter::default()
+    }
+
+    pub fn is_all(&self) -> bool {
+        self.event_types.is_empty() && self.aggregate_types.is_empty()
+    }
+
+    pub fn admits(&self, stream_type: &str, event_type: &str) -> bool {
+        (self.event_types.is_empty() || self.event_types.iter().any(|t| t == event_type))
+            && (self.aggregate_types.is_empty()
+                || self.aggregate_types.iter().any(|t| t == stream_type))
+    }
+}
+
+/// A page of the global log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogPage {
+    /// Matching events in position order.
+    pub events: Vec<RecordedEvent>,
+    /// The position to ask for next: one past the last position this read examined.
+    pub next_position: Position,
+    /// The durable head when the page was read.
+    pub head: Position,
+}
+
+/// How hard an acknowledged append is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Acknowledge only after sled's flush and an fdatasync of its data file:
+    /// survives a killed process and a power loss.
+    #[default]
+    Fsync,
+    /// Acknowledge as soon as the batch is in sled's memory. For tests only:
+    /// a crash may lose acknowledged events.
+    None,
+}
+
+impl StreamId {
+    /// For records read back from disk, which were validated when written.
+    pub(crate) fn from_parts_unchecked(aggregate_type: String, aggregate_id: String) -> Self {
+        StreamId { aggregate_type, aggregate_id }
+    }
+}

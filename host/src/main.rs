@@ -6,7 +6,12 @@ use refold::store::{Store, StoreConfig};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["--version"] | ["-V"] => println!("refold {}", env!("CARGO_PKG_VERSION")),
         ["inspect", dir] => inspect(dir)?,
         _ => {
@@ -19,7 +24,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn inspect(dir: &str) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let store = Store::open(StoreConfig::new(std::path::Path::new(dir).join("events")))
             .with_context(|| format!("opening the event store in {dir}"))?;

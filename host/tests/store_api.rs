@@ -14,12 +14,34 @@ async fn appends_get_gapless_positions_and_contiguous_versions() {
     let store = open(&dir, Durability::Fsync);
     let a = stream("a");
     let b = stream("b");
-    let r1 = store.append(&a, ExpectedVersion::NoStream, vec![event("Opened", 1), event("Deposited", 2)]).await.unwrap();
-    let r2 = store.append(&b, ExpectedVersion::Any, vec![event("Opened", 3)]).await.unwrap();
-    let r3 = store.append(&a, ExpectedVersion::Exact(2), vec![event("Deposited", 4)]).await.unwrap();
-    assert_eq!((r1.first_position, r1.last_position, r1.stream_version), (1, 2, 2));
-    assert_eq!((r2.first_position, r2.last_position, r2.stream_version), (3, 3, 1));
-    assert_eq!((r3.first_position, r3.last_position, r3.stream_version), (4, 4, 3));
+    let r1 = store
+        .append(
+            &a,
+            ExpectedVersion::NoStream,
+            vec![event("Opened", 1), event("Deposited", 2)],
+        )
+        .await
+        .unwrap();
+    let r2 = store
+        .append(&b, ExpectedVersion::Any, vec![event("Opened", 3)])
+        .await
+        .unwrap();
+    let r3 = store
+        .append(&a, ExpectedVersion::Exact(2), vec![event("Deposited", 4)])
+        .await
+        .unwrap();
+    assert_eq!(
+        (r1.first_position, r1.last_position, r1.stream_version),
+        (1, 2, 2)
+    );
+    assert_eq!(
+        (r2.first_position, r2.last_position, r2.stream_version),
+        (3, 3, 1)
+    );
+    assert_eq!(
+        (r3.first_position, r3.last_position, r3.stream_version),
+        (4, 4, 3)
+    );
     assert_eq!(store.head(), 4);
     let versions: Vec<u64> = store
         .read_stream(&a, 1, Direction::Forward, 100)
@@ -39,15 +61,52 @@ async fn each_expected_version_kind_is_checked_against_the_actual_version() {
         Err(StoreError::WrongExpectedVersion { actual, .. }) => assert_eq!(actual, want_actual),
         other => panic!("expected WrongExpectedVersion with actual {want_actual}, got {other:?}"),
     };
-    wrong(store.append(&s, ExpectedVersion::StreamExists, vec![event("E", 1)]).await, 0);
-    wrong(store.append(&s, ExpectedVersion::Exact(1), vec![event("E", 1)]).await, 0);
-    store.append(&s, ExpectedVersion::Exact(0), vec![event("E", 1)]).await.expect("Exact(0) means no stream");
-    wrong(store.append(&s, ExpectedVersion::NoStream, vec![event("E", 2)]).await, 1);
-    wrong(store.append(&s, ExpectedVersion::Exact(0), vec![event("E", 2)]).await, 1);
-    wrong(store.append(&s, ExpectedVersion::Exact(5), vec![event("E", 2)]).await, 1);
-    store.append(&s, ExpectedVersion::StreamExists, vec![event("E", 2)]).await.unwrap();
-    store.append(&s, ExpectedVersion::Any, vec![event("E", 3)]).await.unwrap();
-    store.append(&s, ExpectedVersion::Exact(3), vec![event("E", 4)]).await.unwrap();
+    wrong(
+        store
+            .append(&s, ExpectedVersion::StreamExists, vec![event("E", 1)])
+            .await,
+        0,
+    );
+    wrong(
+        store
+            .append(&s, ExpectedVersion::Exact(1), vec![event("E", 1)])
+            .await,
+        0,
+    );
+    store
+        .append(&s, ExpectedVersion::Exact(0), vec![event("E", 1)])
+        .await
+        .expect("Exact(0) means no stream");
+    wrong(
+        store
+            .append(&s, ExpectedVersion::NoStream, vec![event("E", 2)])
+            .await,
+        1,
+    );
+    wrong(
+        store
+            .append(&s, ExpectedVersion::Exact(0), vec![event("E", 2)])
+            .await,
+        1,
+    );
+    wrong(
+        store
+            .append(&s, ExpectedVersion::Exact(5), vec![event("E", 2)])
+            .await,
+        1,
+    );
+    store
+        .append(&s, ExpectedVersion::StreamExists, vec![event("E", 2)])
+        .await
+        .unwrap();
+    store
+        .append(&s, ExpectedVersion::Any, vec![event("E", 3)])
+        .await
+        .unwrap();
+    store
+        .append(&s, ExpectedVersion::Exact(3), vec![event("E", 4)])
+        .await
+        .unwrap();
     assert_eq!(store.stream_version(&s).unwrap(), 4);
     assert_eq!(store.head(), 4, "rejected appends wrote nothing");
 }
@@ -58,17 +117,31 @@ async fn repeating_an_append_returns_the_original_result_and_writes_nothing() {
     let store = open(&dir, Durability::None);
     let s = stream("s");
     let batch = vec![event("E", 1), event("E", 2)];
-    let original = store.append(&s, ExpectedVersion::NoStream, batch.clone()).await.unwrap();
-    store.append(&s, ExpectedVersion::Any, vec![event("E", 3)]).await.unwrap();
+    let original = store
+        .append(&s, ExpectedVersion::NoStream, batch.clone())
+        .await
+        .unwrap();
+    store
+        .append(&s, ExpectedVersion::Any, vec![event("E", 3)])
+        .await
+        .unwrap();
 
-    for expected in [ExpectedVersion::NoStream, ExpectedVersion::Exact(0), ExpectedVersion::Any, ExpectedVersion::StreamExists] {
+    for expected in [
+        ExpectedVersion::NoStream,
+        ExpectedVersion::Exact(0),
+        ExpectedVersion::Any,
+        ExpectedVersion::StreamExists,
+    ] {
         let again = store.append(&s, expected, batch.clone()).await;
         assert_eq!(again.unwrap(), original, "repeat with {expected:?}");
     }
     assert_eq!(store.head(), 3, "no repeat wrote anything");
 
     // The same ids at another place are not a repeat.
-    match store.append(&s, ExpectedVersion::Exact(3), batch.clone()).await {
+    match store
+        .append(&s, ExpectedVersion::Exact(3), batch.clone())
+        .await
+    {
         Err(StoreError::WrongExpectedVersion { actual: 3, .. }) => {}
         other => panic!("expected WrongExpectedVersion, got {other:?}"),
     }
@@ -80,7 +153,13 @@ async fn repeating_an_append_returns_the_original_result_and_writes_nothing() {
     ));
     // An id used in another stream is refused.
     assert!(matches!(
-        store.append(&stream("other"), ExpectedVersion::Any, vec![batch[0].clone()]).await,
+        store
+            .append(
+                &stream("other"),
+                ExpectedVersion::Any,
+                vec![batch[0].clone()]
+            )
+            .await,
         Err(StoreError::DuplicateEventId { .. })
     ));
     // A fresh event after a used one is refused too.
@@ -108,7 +187,10 @@ async fn concurrent_repeats_of_one_append_store_it_once() {
     for t in tasks {
         results.push(t.await.unwrap().unwrap());
     }
-    assert!(results.iter().all(|r| *r == results[0]), "every repeat got the original result");
+    assert!(
+        results.iter().all(|r| *r == results[0]),
+        "every repeat got the original result"
+    );
     assert_eq!(store.head(), 1);
 }
 
@@ -122,17 +204,51 @@ async fn invalid_input_is_refused_with_a_reason_and_writes_nothing() {
         other => panic!("expected InvalidEvent, got {other:?}"),
     };
     assert!(invalid(store.append(&s, ExpectedVersion::Any, vec![]).await).contains("at least one"));
-    assert!(invalid(store.append(&s, ExpectedVersion::Any, vec![NewEvent::new("E", "{not json")]).await).contains("JSON"));
-    assert!(invalid(store.append(&s, ExpectedVersion::Any, vec![NewEvent::new("", "{}")]).await).contains("empty"));
+    assert!(
+        invalid(
+            store
+                .append(
+                    &s,
+                    ExpectedVersion::Any,
+                    vec![NewEvent::new("E", "{not json")]
+                )
+                .await
+        )
+        .contains("JSON")
+    );
+    assert!(
+        invalid(
+            store
+                .append(&s, ExpectedVersion::Any, vec![NewEvent::new("", "{}")])
+                .await
+        )
+        .contains("empty")
+    );
     let e = event("E", 1);
-    assert!(invalid(store.append(&s, ExpectedVersion::Any, vec![e.clone(), e]).await).contains("twice"));
+    assert!(
+        invalid(
+            store
+                .append(&s, ExpectedVersion::Any, vec![e.clone(), e])
+                .await
+        )
+        .contains("twice")
+    );
     let huge = NewEvent::new("E", format!("\"{}\"", "x".repeat(70_000)));
     assert!(invalid(store.append(&s, ExpectedVersion::Any, vec![huge]).await).contains("limit"));
     assert_eq!(store.head(), 0);
 
-    assert!(matches!(StreamId::new("", "x"), Err(StoreError::InvalidStream(_))));
-    assert!(matches!(StreamId::new("t", "a\nb"), Err(StoreError::InvalidStream(_))));
-    assert!(matches!(StreamId::new("t", "x".repeat(300)), Err(StoreError::InvalidStream(_))));
+    assert!(matches!(
+        StreamId::new("", "x"),
+        Err(StoreError::InvalidStream(_))
+    ));
+    assert!(matches!(
+        StreamId::new("t", "a\nb"),
+        Err(StoreError::InvalidStream(_))
+    ));
+    assert!(matches!(
+        StreamId::new("t", "x".repeat(300)),
+        Err(StoreError::InvalidStream(_))
+    ));
 }
 
 #[tokio::test]
@@ -142,25 +258,70 @@ async fn reads_go_forward_backward_and_through_a_filtered_global_log() {
     let a = stream("a");
     let orders = StreamId::new("order", "o1").unwrap();
     for n in 1..=5 {
-        store.append(&a, ExpectedVersion::Any, vec![event(if n % 2 == 0 { "Even" } else { "Odd" }, n)]).await.unwrap();
-        store.append(&orders, ExpectedVersion::Any, vec![event("Placed", n)]).await.unwrap();
+        store
+            .append(
+                &a,
+                ExpectedVersion::Any,
+                vec![event(if n % 2 == 0 { "Even" } else { "Odd" }, n)],
+            )
+            .await
+            .unwrap();
+        store
+            .append(&orders, ExpectedVersion::Any, vec![event("Placed", n)])
+            .await
+            .unwrap();
     }
-    let versions = |events: Vec<refold::store::RecordedEvent>| events.iter().map(|e| e.version).collect::<Vec<_>>();
-    assert_eq!(versions(store.read_stream(&a, 2, Direction::Forward, 2).unwrap()), vec![2, 3]);
-    assert_eq!(versions(store.read_stream(&a, u64::MAX, Direction::Backward, 2).unwrap()), vec![5, 4]);
-    assert_eq!(versions(store.read_stream(&a, 3, Direction::Backward, 10).unwrap()), vec![3, 2, 1]);
-    assert!(store.read_stream(&stream("missing"), 1, Direction::Forward, 10).unwrap().is_empty());
+    let versions = |events: Vec<refold::store::RecordedEvent>| {
+        events.iter().map(|e| e.version).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        versions(store.read_stream(&a, 2, Direction::Forward, 2).unwrap()),
+        vec![2, 3]
+    );
+    assert_eq!(
+        versions(
+            store
+                .read_stream(&a, u64::MAX, Direction::Backward, 2)
+                .unwrap()
+        ),
+        vec![5, 4]
+    );
+    assert_eq!(
+        versions(store.read_stream(&a, 3, Direction::Backward, 10).unwrap()),
+        vec![3, 2, 1]
+    );
+    assert!(
+        store
+            .read_stream(&stream("missing"), 1, Direction::Forward, 10)
+            .unwrap()
+            .is_empty()
+    );
 
     let page = store.read_all(1, 3, &EventFilter::all()).unwrap();
-    assert_eq!(page.events.iter().map(|e| e.position).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(
+        page.events.iter().map(|e| e.position).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
     assert_eq!((page.next_position, page.head), (4, 10));
 
-    let evens = EventFilter { event_types: vec!["Even".into()], aggregate_types: vec![] };
+    let evens = EventFilter {
+        event_types: vec!["Even".into()],
+        aggregate_types: vec![],
+    };
     let page = store.read_all(1, 100, &evens).unwrap();
-    assert_eq!(page.events.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(), vec![r#"{"n":2}"#, r#"{"n":4}"#]);
+    assert_eq!(
+        page.events
+            .iter()
+            .map(|e| e.data.as_str())
+            .collect::<Vec<_>>(),
+        vec![r#"{"n":2}"#, r#"{"n":4}"#]
+    );
     assert_eq!(page.next_position, 11);
 
-    let only_orders = EventFilter { event_types: vec![], aggregate_types: vec!["order".into()] };
+    let only_orders = EventFilter {
+        event_types: vec![],
+        aggregate_types: vec!["order".into()],
+    };
     let page = store.read_all(1, 100, &only_orders).unwrap();
     assert_eq!(page.events.len(), 5);
     assert!(page.events.iter().all(|e| e.stream == orders));
@@ -182,18 +343,33 @@ async fn events_keep_every_field_across_a_reopen() {
     e.metadata.extra.insert("ip".into(), "127.0.0.1".into());
     {
         let store = open(&dir, Durability::Fsync);
-        store.append(&s, ExpectedVersion::NoStream, vec![e.clone()]).await.unwrap();
+        store
+            .append(&s, ExpectedVersion::NoStream, vec![e.clone()])
+            .await
+            .unwrap();
         store.close().await;
     }
     let store = open(&dir, Durability::Fsync);
     assert_eq!(store.head(), 1);
     let got = store.read_event(1).unwrap().expect("event 1 is there");
-    assert_eq!((got.stream.clone(), got.version, got.event_id), (s.clone(), 1, e.event_id));
-    assert_eq!((got.event_type.as_str(), got.data.as_str()), ("Deposited", r#"{"n":7}"#));
+    assert_eq!(
+        (got.stream.clone(), got.version, got.event_id),
+        (s.clone(), 1, e.event_id)
+    );
+    assert_eq!(
+        (got.event_type.as_str(), got.data.as_str()),
+        ("Deposited", r#"{"n":7}"#)
+    );
     assert_eq!(got.metadata, e.metadata);
-    assert!(got.recorded_at_ms > 1_700_000_000_000, "recorded-at is unix ms");
+    assert!(
+        got.recorded_at_ms > 1_700_000_000_000,
+        "recorded-at is unix ms"
+    );
     // Appends continue after the reopened head, with versions continuing too.
-    let r = store.append(&s, ExpectedVersion::Exact(1), vec![event("Deposited", 8)]).await.unwrap();
+    let r = store
+        .append(&s, ExpectedVersion::Exact(1), vec![event("Deposited", 8)])
+        .await
+        .unwrap();
     assert_eq!((r.first_position, r.stream_version), (2, 2));
     assert!(store.read_event(2).unwrap().unwrap().recorded_at_ms >= got.recorded_at_ms);
 }
@@ -202,11 +378,15 @@ async fn events_keep_every_field_across_a_reopen() {
 async fn a_second_open_of_the_same_directory_fails_clearly() {
     let dir = temp_dir();
     let _first = open(&dir, Durability::None);
-    let second = refold::store::Store::open(refold::store::StoreConfig::new(dir.path().join("events")));
+    let second =
+        refold::store::Store::open(refold::store::StoreConfig::new(dir.path().join("events")));
     match second {
         Err(err @ StoreError::Locked { .. }) => {
             let msg = err.to_string();
-            assert!(msg.contains("in use by another process") && msg.contains("pid"), "message: {msg}");
+            assert!(
+                msg.contains("in use by another process") && msg.contains("pid"),
+                "message: {msg}"
+            );
         }
         Err(other) => panic!("expected Locked, got {other}"),
         Ok(_) => panic!("expected Locked, but the second open succeeded"),
@@ -219,7 +399,9 @@ async fn appends_after_close_are_refused() {
     let store = open(&dir, Durability::None);
     store.close().await;
     assert!(matches!(
-        store.append(&stream("s"), ExpectedVersion::Any, vec![event("E", 1)]).await,
+        store
+            .append(&stream("s"), ExpectedVersion::Any, vec![event("E", 1)])
+            .await,
         Err(StoreError::Unavailable(_))
     ));
 }

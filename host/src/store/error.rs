@@ -25,17 +25,28 @@ pub enum StoreError {
 
     /// An event id of the append is already used, and the append is not an exact
     /// repeat of an earlier one (see docs/store-format.md, "Idempotency").
-    #[error("event id {event_id} is already recorded at {stream} version {version}, and this append does not repeat that write")]
-    DuplicateEventId { event_id: EventId, stream: StreamId, version: StreamVersion },
+    #[error(
+        "event id {event_id} is already recorded at {stream} version {version}, and this append does not repeat that write"
+    )]
+    DuplicateEventId {
+        event_id: EventId,
+        stream: StreamId,
+        version: StreamVersion,
+    },
 
     /// Another process holds the data directory.
-    #[error("data directory {path} is in use by another process ({holder}); stop it or choose another directory")]
+    #[error(
+        "data directory {path} is in use by another process ({holder}); stop it or choose another directory"
+    )]
     Locked { path: PathBuf, holder: String },
 
     /// The disk or sled failed. After a failed write the store refuses further
     /// writes until it is reopened, because what reached the disk is unknown.
     #[error("storage failure while {context}: {message}")]
-    Storage { context: &'static str, message: String },
+    Storage {
+        context: &'static str,
+        message: String,
+    },
 
     /// A record on disk could not be decoded (corruption, or a newer format).
     #[error("corrupt or unreadable record {key}: {reason}")]
@@ -48,7 +59,10 @@ pub enum StoreError {
 
 impl StoreError {
     pub(crate) fn storage(context: &'static str, err: impl std::fmt::Display) -> Self {
-        StoreError::Storage { context, message: err.to_string() }
+        StoreError::Storage {
+            context,
+            message: err.to_string(),
+        }
     }
 
     /// A stable machine-readable code, used by the HTTP API and logs.

@@ -162,7 +162,11 @@ pub fn encode_event(event: &EventRecordRef<'_>) -> Vec<u8> {
         causation_id: m.causation_id.as_deref(),
         command_id: m.command_id.as_deref(),
         producer: m.producer.as_deref(),
-        extra: m.extra.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+        extra: m
+            .extra
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect(),
     };
     let mut out = Vec::with_capacity(64 + event.data.len());
     out.push(FORMAT_V1);
@@ -174,7 +178,10 @@ pub fn decode_event(position: Position, value: &[u8]) -> Result<RecordedEvent, S
     let body = match value {
         [FORMAT_V1, body @ ..] => body,
         [other, ..] => {
-            return Err(corrupt(&event_key(position), &format!("unknown format version {other}")));
+            return Err(corrupt(
+                &event_key(position),
+                &format!("unknown format version {other}"),
+            ));
         }
         [] => return Err(corrupt(&event_key(position), "empty record")),
     };
@@ -201,7 +208,10 @@ pub fn decode_event(position: Position, value: &[u8]) -> Result<RecordedEvent, S
 }
 
 pub fn corrupt(key: &[u8], reason: &str) -> StoreError {
-    StoreError::Corrupt { key: render_key(key), reason: reason.to_string() }
+    StoreError::Corrupt {
+        key: render_key(key),
+        reason: reason.to_string(),
+    }
 }
 
 /// A key as a person reads it: the space tag, then hex.

@@ -32,9 +32,14 @@ impl DirLock {
                     "" => "pid unknown".to_string(),
                     h => h.to_string(),
                 };
-                return Err(StoreError::Locked { path: dir.to_path_buf(), holder });
+                return Err(StoreError::Locked {
+                    path: dir.to_path_buf(),
+                    holder,
+                });
             }
-            Err(TryLockError::Error(e)) => return Err(StoreError::storage("locking the data directory", e)),
+            Err(TryLockError::Error(e)) => {
+                return Err(StoreError::storage("locking the data directory", e));
+            }
         }
         // Record who holds it, for the next process's error message.
         let _ = file.set_len(0);

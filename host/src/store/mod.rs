@@ -43,7 +43,11 @@ pub struct StoreConfig {
 
 impl StoreConfig {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        StoreConfig { path: path.into(), durability: Durability::Fsync, cache_bytes: 256 << 20 }
+        StoreConfig {
+            path: path.into(),
+            durability: Durability::Fsync,
+            cache_bytes: 256 << 20,
+        }
     }
 
     pub fn durability(mut self, durability: Durability) -> Self {
@@ -71,7 +75,12 @@ pub trait EventStore: Send + Sync {
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError>;
     /// A page of the global log from position `from` (inclusive).
-    fn read_all(&self, from: Position, limit: usize, filter: &EventFilter) -> Result<LogPage, StoreError>;
+    fn read_all(
+        &self,
+        from: Position,
+        limit: usize,
+        filter: &EventFilter,
+    ) -> Result<LogPage, StoreError>;
     /// A stream's current version (0: no such stream).
     fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion, StoreError>;
     /// The position of the last durable event (0: the log is empty).
@@ -176,7 +185,12 @@ impl Store {
             return Err(writer::failed_error());
         }
         let (reply, answer) = oneshot::channel();
-        let request = AppendRequest { stream: stream.clone(), expected, events, reply };
+        let request = AppendRequest {
+            stream: stream.clone(),
+            expected,
+            events,
+            reply,
+        };
         self.inner
             .writer
             .send(WriterMessage::Append(request))
@@ -200,10 +214,21 @@ impl Store {
     /// Flushes and stops the writer. Appends after this fail with `Unavailable`.
     pub async fn close(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.inner.writer.send(WriterMessage::Shutdown(tx)).await.is_ok() {
+        if self
+            .inner
+            .writer
+            .send(WriterMessage::Shutdown(tx))
+            .await
+            .is_ok()
+        {
             let _ = rx.await;
         }
-        let thread = self.inner.writer_thread.lock().ok().and_then(|mut t| t.take());
+        let thread = self
+            .inner
+            .writer_thread
+            .lock()
+            .ok()
+            .and_then(|mut t| t.take());
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
@@ -212,7 +237,10 @@ impl Store {
 
 fn validate_append(events: &[NewEvent]) -> Result<(), StoreError> {
     if events.is_empty() {
-        return Err(StoreError::InvalidEvent { index: 0, reason: "an append needs at least one event".into() });
+        return Err(StoreError::InvalidEvent {
+            index: 0,
+            reason: "an append needs at least one event".into(),
+        });
     }
     if events.len() > MAX_EVENTS_PER_APPEND {
         return Err(StoreError::InvalidEvent {
@@ -222,7 +250,9 @@ fn validate_append(events: &[NewEvent]) -> Result<(), StoreError> {
     }
     let mut seen = std::collections::HashSet::with_capacity(events.len());
     for (index, event) in events.iter().enumerate() {
-        event.validate().map_err(|reason| StoreError::InvalidEvent { index, reason })?;
+        event
+            .validate()
+            .map_err(|reason| StoreError::InvalidEvent { index, reason })?;
         if !seen.insert(event.event_id) {
             return Err(StoreError::InvalidEvent {
                 index,
@@ -236,16 +266,23 @@ fn validate_append(events: &[NewEvent]) -> Result<(), StoreError> {
 /// A new database gets the format marker; an existing one must carry ours.
 fn check_format_marker(db: &sled::Db) -> Result<(), StoreError> {
     let marker = [format::FORMAT_V1];
-    match db.get(format::META_FORMAT_KEY).map_err(|e| StoreError::storage("reading the format marker", e))? {
+    match db
+        .get(format::META_FORMAT_KEY)
+        .map_err(|e| StoreError::storage("reading the format marker", e))?
+    {
         Some(v) if v.as_ref() == marker => Ok(()),
         Some(v) => Err(StoreError::Corrupt {
             key: "Mformat".into(),
-            reason: format!("store format {:?} is not one this build reads (it reads [1])", v.as_ref()),
+            reason: format!(
+                "store format {:?} is not one this build reads (it reads [1])",
+                v.as_ref()
+            ),
         }),
         None => {
             db.insert(format::META_FORMAT_KEY, &marker[..])
                 .map_err(|e| StoreError::storage("writing the format marker", e))?;
-            db.flush().map_err(|e| StoreError::storage("flushing the format marker", e))?;
+            db.flush()
+                .map_err(|e| StoreError::storage("flushing the format marker", e))?;
             Ok(())
         }
     }
@@ -279,7 +316,12 @@ impl EventStore for Store {
         Store::read_stream(self, stream, from, direction, limit)
     }
 
-    fn read_all(&self, from: Position, limit: usize, filter: &EventFilter) -> Result<LogPage, StoreError> {
+    fn read_all(
+        &self,
+        from: Position,
+        limit: usize,
+        filter: &EventFilter,
+    ) -> Result<LogPage, StoreError> {
         Store::read_all(self, from, limit, filter)
     }
 

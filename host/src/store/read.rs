@@ -5,7 +5,9 @@
 use super::Store;
 use super::error::StoreError;
 use super::format;
-use super::types::{Direction, EventFilter, LogPage, Position, RecordedEvent, StreamId, StreamVersion};
+use super::types::{
+    Direction, EventFilter, LogPage, Position, RecordedEvent, StreamId, StreamVersion,
+};
 
 /// A filtered global-log read examines at most this many records, so a filter
 /// that matches rarely cannot turn one request into a scan of the whole log.
@@ -25,14 +27,16 @@ impl Store {
         let db = &self.inner.db;
         let range = match direction {
             Direction::Forward => {
-                format::stream_index_key(stream, from.max(1))..=format::stream_index_key(stream, u64::MAX)
+                format::stream_index_key(stream, from.max(1))
+                    ..=format::stream_index_key(stream, u64::MAX)
             }
             Direction::Backward => {
                 format::stream_index_key(stream, 1)..=format::stream_index_key(stream, from)
             }
         };
         let iter = db.range(range);
-        let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = match direction {
+        let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = match direction
+        {
             Direction::Forward => Box::new(iter),
             Direction::Backward => Box::new(iter.rev()),
         };
@@ -58,10 +62,19 @@ impl Store {
     }
 
     /// A page of the global log from `from` (inclusive): up to `limit` matching events.
-    pub fn read_all(&self, from: Position, limit: usize, filter: &EventFilter) -> Result<LogPage, StoreError> {
+    pub fn read_all(
+        &self,
+        from: Position,
+        limit: usize,
+        filter: &EventFilter,
+    ) -> Result<LogPage, StoreError> {
         let head = self.head();
         let from = from.max(1);
-        let mut page = LogPage { events: Vec::new(), next_position: from, head };
+        let mut page = LogPage {
+            events: Vec::new(),
+            next_position: from,
+            head,
+        };
         if from > head || limit == 0 {
             return Ok(page);
         }
@@ -86,7 +99,10 @@ impl Store {
     pub fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion, StoreError> {
         let key = format::stream_head_key(stream);
         let db = &self.inner.db;
-        let Some(value) = db.get(&key).map_err(|e| StoreError::storage("reading a stream head", e))? else {
+        let Some(value) = db
+            .get(&key)
+            .map_err(|e| StoreError::storage("reading a stream head", e))?
+        else {
             return Ok(0);
         };
         let stream_head = format::decode_stream_head(&key, &value)?;
@@ -109,7 +125,10 @@ impl Store {
     }
 }
 
-pub(crate) fn event_at(db: &sled::Db, position: Position) -> Result<Option<RecordedEvent>, StoreError> {
+pub(crate) fn event_at(
+    db: &sled::Db,
+    position: Position,
+) -> Result<Option<RecordedEvent>, StoreError> {
     db.get(format::event_key(position))
         .map_err(|e| StoreError::storage("reading an event", e))?
         .map(|value| format::decode_event(position, &value))

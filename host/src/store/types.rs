@@ -51,7 +51,10 @@ impl StreamId {
             .map_err(StoreError::InvalidStream)?;
         check_name("aggregate id", &aggregate_id, MAX_AGGREGATE_ID_LEN)
             .map_err(StoreError::InvalidStream)?;
-        Ok(StreamId { aggregate_type, aggregate_id })
+        Ok(StreamId {
+            aggregate_type,
+            aggregate_id,
+        })
     }
 
     pub fn aggregate_type(&self) -> &str {
@@ -75,7 +78,10 @@ pub fn check_name(what: &str, value: &str, max: usize) -> Result<(), String> {
         return Err(format!("{what} is empty"));
     }
     if value.len() > max {
-        return Err(format!("{what} is {} bytes long; the limit is {max}", value.len()));
+        return Err(format!(
+            "{what} is {} bytes long; the limit is {max}",
+            value.len()
+        ));
     }
     if value.chars().any(char::is_control) {
         return Err(format!("{what} contains a control character"));
@@ -184,7 +190,9 @@ impl NewEvent {
         for (k, v) in &m.extra {
             check_name("metadata key", k, MAX_METADATA_KEY_LEN)?;
             if v.len() > MAX_METADATA_VALUE_LEN {
-                return Err(format!("metadata value of {k:?} is over {MAX_METADATA_VALUE_LEN} bytes"));
+                return Err(format!(
+                    "metadata value of {k:?} is over {MAX_METADATA_VALUE_LEN} bytes"
+                ));
             }
         }
         Ok(())
@@ -271,6 +279,9 @@ pub enum Durability {
 impl StreamId {
     /// For records read back from disk, which were validated when written.
     pub(crate) fn from_parts_unchecked(aggregate_type: String, aggregate_id: String) -> Self {
-        StreamId { aggregate_type, aggregate_id }
+        StreamId {
+            aggregate_type,
+            aggregate_id,
+        }
     }
 }

@@ -65,7 +65,9 @@ impl Writer {
     pub fn run(mut self, mut rx: mpsc::Receiver<WriterMessage>) {
         let mut shutdown_reply = None;
         while shutdown_reply.is_none() {
-            let Some(first) = rx.blocking_recv() else { break };
+            let Some(first) = rx.blocking_recv() else {
+                break;
+            };
             let mut requests = Vec::new();
             let mut events = 0;
             let mut next = Some(first);
@@ -91,7 +93,9 @@ impl Writer {
         // Anything queued after a shutdown request is refused, not dropped silently.
         rx.close();
         while let Ok(WriterMessage::Append(req)) = rx.try_recv() {
-            let _ = req.reply.send(Err(StoreError::Unavailable("the store is closing".into())));
+            let _ = req
+                .reply
+                .send(Err(StoreError::Unavailable("the store is closing".into())));
         }
         if let Err(e) = self.db.flush() {
             tracing::error!(error = %e, "final flush of the event store failed");
@@ -108,7 +112,9 @@ impl Writer {
             }
             return;
         }
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         let recorded_at_ms = now.max(self.last_recorded_at_ms);
         let start_position = self.next_position;
         let mut batch = sled::Batch::default();
@@ -144,11 +150,16 @@ impl Writer {
     }
 
     fn write(&self, batch: sled::Batch) -> Result<(), StoreError> {
-        self.db.apply_batch(batch).map_err(|e| StoreError::storage("applying a batch", e))?;
+        self.db
+            .apply_batch(batch)
+            .map_err(|e| StoreError::storage("applying a batch", e))?;
         if self.durability == Durability::Fsync {
-            self.db.flush().map_err(|e| StoreError::storage("flushing sled", e))?;
+            self.db
+                .flush()
+                .map_err(|e| StoreError::storage("flushing sled", e))?;
             if let Some(file) = &self.data_file {
-                file.sync_data().map_err(|e| StoreError::storage("fdatasync of sled's db file", e))?;
+                file.sync_data()
+                    .map_err(|e| StoreError::storage("fdatasync of sled's db file", e))?;
             }
         }
         Ok(())
@@ -194,11 +205,22 @@ impl Writer {
                 format::stream_index_key(&req.stream, version),
                 &format::encode_position(position)[..],
             );
-            batch.insert(&format::event_id_key(&event.event_id)[..], &format::encode_position(position)[..]);
-            pending.ids.insert(event.event_id, (req.stream.clone(), version, position));
+            batch.insert(
+                &format::event_id_key(&event.event_id)[..],
+                &format::encode_position(position)[..],
+            );
+            pending
+                .ids
+                .insert(event.event_id, (req.stream.clone(), version, position));
         }
-        let new_head = StreamHead { version, last_position: self.next_position - 1 };
-        batch.insert(format::stream_head_key(&req.stream), &format::encode_stream_head(new_head)[..]);
+        let new_head = StreamHead {
+            version,
+            last_position: self.next_position - 1,
+        };
+        batch.insert(
+            format::stream_head_key(&req.stream),
+            &format::encode_stream_head(new_head)[..],
+        );
         pending.heads.insert(req.stream.clone(), new_head);
         Ok(AppendResult {
             stream_version: version,
@@ -212,9 +234,16 @@ impl Writer {
             return Ok(*head);
         }
         let key = format::stream_head_key(stream);
-        match self.db.get(&key).map_err(|e| StoreError::storage("reading a stream head", e))? {
+        match self
+            .db
+            .get(&key)
+            .map_err(|e| StoreError::storage("reading a stream head", e))?
+        {
             Some(value) => format::decode_stream_head(&key, &value),
-            None => Ok(StreamHead { version: 0, last_position: 0 }),
+            None => Ok(StreamHead {
+                version: 0,
+                last_position: 0,
+            }),
         }
     }
 
@@ -228,7 +257,10 @@ impl Writer {
             return Ok(Some(found.clone()));
         }
         let key = format::event_id_key(id);
-        let Some(value) = self.db.get(key).map_err(|e| StoreError::storage("reading the event-id index", e))?
+        let Some(value) = self
+            .db
+            .get(key)
+            .map_err(|e| StoreError::storage("reading the event-id index", e))?
         else {
             return Ok(None);
         };
@@ -254,18 +286,29 @@ impl Writer {
         pending: &Pending,
     ) -> Result<Option<AppendResult>, StoreError> {
         let first_id = &req.events[0].event_id;
-        let Some((stream, first_version, first_position)) = self.locate_event_id(first_id, pending)?
+        let Some((stream, first_version, first_position)) =
+            self.locate_event_id(first_id, pending)?
         else {
             // A fresh append; none of its other ids may be in use either.
             for event in &req.events[1..] {
-                if let Some((stream, version, _)) = self.locate_event_id(&event.event_id, pending)? {
-                    return Err(StoreError::DuplicateEventId { event_id: event.event_id, stream, version });
+                if let Some((stream, version, _)) =
+                    self.locate_event_id(&event.event_id, pending)?
+                {
+                    return Err(StoreError::DuplicateEventId {
+                        event_id: event.event_id,
+                        stream,
+                        version,
+                    });
                 }
             }
             return Ok(None);
         };
         if stream != req.stream {
-            return Err(StoreError::DuplicateEventId { event_id: *first_id, stream, version: first_version });
+            return Err(StoreError::DuplicateEventId {
+                event_id: *first_id,
+                stream,
+                version: first_version,
+            });
         }
         let mut last_position = first_position;
         for (i, event) in req.events.iter().enumerate().skip(1) {

@@ -7,11 +7,15 @@ use tempfile::TempDir;
 pub fn temp_dir() -> TempDir {
     // Under the target directory: the same disk a deployment would use, not tmpfs.
     let base = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
-    tempfile::Builder::new().prefix("store-").tempdir_in(base).expect("a temporary directory")
+    tempfile::Builder::new()
+        .prefix("store-")
+        .tempdir_in(base)
+        .expect("a temporary directory")
 }
 
 pub fn open(dir: &TempDir, durability: Durability) -> Store {
-    Store::open(StoreConfig::new(dir.path().join("events")).durability(durability)).expect("store opens")
+    Store::open(StoreConfig::new(dir.path().join("events")).durability(durability))
+        .expect("store opens")
 }
 
 pub fn stream(id: &str) -> StreamId {
@@ -20,4 +24,36 @@ pub fn stream(id: &str) -> StreamId {
 
 pub fn event(event_type: &str, n: u64) -> NewEvent {
     NewEvent::new(event_type, format!(r#"{{"n":{n}}}"#))
+}
+
+/// The whole durable log, read page by page.
+pub fn read_whole_log(store: &Store) -> Vec<refold::store::RecordedEvent> {
+    let mut events = Vec::new();
+    let mut from = 1;
+    loop {
+        let page = store
+            .read_all(from, 10_000, &refold::store::EventFilter::all())
+            .expect("log reads");
+        events.extend(page.events);
+        if page.next_position > page.head {
+            return events;
+        }
+        from = page.next_position;
+    }
+}
+
+/// Positions must be exactly 1..=head; reports the first break instead of dumping the list.
+pub fn assert_gapless(events: &[refold::store::RecordedEvent], head: u64) {
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(
+            e.position,
+            i as u64 + 1,
+            "position at index {i} breaks the 1..=head sequence"
+        );
+    }
+    assert_eq!(
+        events.len() as u64,
+        head,
+        "the log holds exactly head ({head}) events"
+    );
 }

@@ -34,6 +34,10 @@ pub enum StoreError {
         version: StreamVersion,
     },
 
+    /// The command id was already used for a command on another stream.
+    #[error("command id {command_id} was already used for a command on {stream}")]
+    CommandIdInUse { command_id: String, stream: StreamId },
+
     /// Another process holds the data directory.
     #[error(
         "data directory {path} is in use by another process ({holder}); stop it or choose another directory"
@@ -72,6 +76,7 @@ impl StoreError {
             StoreError::InvalidStream(_) => "invalid_stream",
             StoreError::InvalidEvent { .. } => "invalid_event",
             StoreError::DuplicateEventId { .. } => "duplicate_event_id",
+            StoreError::CommandIdInUse { .. } => "command_id_in_use",
             StoreError::Locked { .. } => "data_dir_locked",
             StoreError::Storage { .. } => "storage_failure",
             StoreError::Corrupt { .. } => "corrupt_record",

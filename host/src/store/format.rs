@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::error::StoreError;
-use super::types::{EventMetadata, Position, RecordedEvent, StreamId, StreamVersion};
+use super::types::{AppendResult, CommandRecord, EventMetadata, Position, RecordedEvent, StreamId, StreamVersion};
 
 /// The first byte of every value the host writes.
 pub const FORMAT_V1: u8 = 1;
@@ -22,6 +22,13 @@ pub const SPACE_STREAM_INDEX: u8 = b'S';
 pub const SPACE_STREAM_HEAD: u8 = b'H';
 /// `I` event-id -> position.
 pub const SPACE_EVENT_ID: u8 = b'I';
+/// `C` command-id -> command record.
+pub const SPACE_COMMAND: u8 = b'C';
+/// `N` stream-key module-digest -> snapshot.
+pub const SPACE_SNAPSHOT: u8 = b'N';
+/// `R` module registry: `Rm` versions, `Ra` active pointers.
+pub const SPACE_REGISTRY: u8 = b'R';
+
 /// In space `M` (store metadata): the format marker, `[FORMAT_V1]`.
 pub const META_FORMAT_KEY: &[u8] = b"Mformat";
 
@@ -205,6 +212,58 @@ pub fn decode_event(position: Position, value: &[u8]) -> Result<RecordedEvent, S
             extra: r.extra.into_iter().collect(),
         },
     })
+}
+
+pub fn command_key(command_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + command_id.len());
+    key.push(SPACE_COMMAND);
+    key.extend_from_slice(command_id.as_bytes());
+    key
+}
+
+#[derive(Serialize, Deserialize)]
+struct CommandRecordV1<S> {
+    aggregate_type: S,
+    aggregate_id: S,
+    stream_version: StreamVersion,
+    first_position: Position,
+    last_position: Position,
+}
+
+pub fn encode_command(record: &CommandRecord) -> Vec<u8> {
+    encode_v1(&CommandRecordV1::<&str> {
+        aggregate_type: record.stream.aggregate_type(),
+        aggregate_id: record.stream.aggregate_id(),
+        stream_version: record.result.stream_version,
+        first_position: record.result.first_position,
+        last_position: record.result.last_position,
+    })
+}
+
+pub fn decode_command(key: &[u8], value: &[u8]) -> Result<CommandRecord, StoreError> {
+    let r: CommandRecordV1<String> = decode_v1(key, value)?;
+    Ok(CommandRecord {
+        stream: StreamId::from_parts_unchecked(r.aggregate_type, r.aggregate_id),
+        result: AppendResult {
+            stream_version: r.stream_version,
+            first_position: r.first_position,
+            last_position: r.last_position,
+        },
+    })
+}
+
+/// `[FORMAT_V1] | postcard(value)`.
+pub fn encode_v1<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = vec![FORMAT_V1];
+    postcard::to_io(value, &mut out).expect("writing postcard to a Vec cannot fail");
+    out
+}
+
+pub fn decode_v1<T: serde::de::DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, StoreError> {
+    match value {
+        [FORMAT_V1, body @ ..] => postcard::from_bytes(body).map_err(|e| corrupt(key, &format!("postcard: {e}"))),
+        _ => Err(corrupt(key, "unknown format version")),
+    }
 }
 
 pub fn corrupt(key: &[u8], reason: &str) -> StoreError {

@@ -11,6 +11,7 @@
 //! - `subscribe`: catch-up-then-live subscriptions.
 //! - `lock`: one process per data directory.
 
+mod catalog;
 mod error;
 mod format;
 mod lock;
@@ -26,6 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use futures::stream::BoxStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use catalog::{MAX_SNAPSHOT_LEN, ModuleKind, ModulePut, ModuleRecord};
 pub use error::StoreError;
 pub use types::*;
 
@@ -105,6 +107,8 @@ struct Inner {
     writer: mpsc::Sender<WriterMessage>,
     durable_head: watch::Receiver<Position>,
     failed: Arc<AtomicBool>,
+    /// sled's `db` file, for fdatasync of registry writes (None without fsync durability).
+    sync_file: Option<std::fs::File>,
     writer_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     _lock: lock::DirLock,
 }
@@ -138,6 +142,10 @@ impl Store {
             0 => 0,
             p => read::event_at(&db, p)?.map_or(0, |e| e.recorded_at_ms),
         };
+        let sync_file = match &data_file {
+            Some(f) => Some(f.try_clone().map_err(|e| StoreError::storage("opening sled's db file", e))?),
+            None => None,
+        };
         let (head_tx, head_rx) = watch::channel(head);
         let failed = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel(8192);
@@ -162,6 +170,7 @@ impl Store {
                 writer: tx,
                 durable_head: head_rx,
                 failed,
+                sync_file,
                 writer_thread: std::sync::Mutex::new(Some(thread)),
                 _lock: dir_lock,
             }),
@@ -180,6 +189,32 @@ impl Store {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
+        self.send_append(stream, expected, events, None).await
+    }
+
+    /// Appends a command's events and records its command id with them, in the same
+    /// atomic batch. If the id is already recorded for this stream, returns the
+    /// original append's result and writes nothing; for another stream, fails with
+    /// `CommandIdInUse`.
+    pub async fn append_command(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        command_id: &str,
+    ) -> Result<AppendResult, StoreError> {
+        check_name("command id", command_id, MAX_METADATA_ID_LEN)
+            .map_err(|reason| StoreError::InvalidEvent { index: 0, reason })?;
+        self.send_append(stream, expected, events, Some(command_id.to_string())).await
+    }
+
+    async fn send_append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        command_id: Option<String>,
+    ) -> Result<AppendResult, StoreError> {
         validate_append(&events)?;
         if self.inner.failed.load(Ordering::Acquire) {
             return Err(writer::failed_error());
@@ -189,6 +224,7 @@ impl Store {
             stream: stream.clone(),
             expected,
             events,
+            command_id,
             reply,
         };
         self.inner

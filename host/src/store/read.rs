@@ -6,6 +6,7 @@ use super::Store;
 use super::error::StoreError;
 use super::format;
 use super::types::{
+    CommandRecord,
     Direction, EventFilter, LogPage, Position, RecordedEvent, StreamId, StreamVersion,
 };
 
@@ -123,6 +124,22 @@ impl Store {
         }
         event_at(&self.inner.db, position)
     }
+}
+
+impl Store {
+    /// The append a command made, once it is durable.
+    pub fn command_record(&self, command_id: &str) -> Result<Option<CommandRecord>, StoreError> {
+        let record = command_record(&self.inner.db, command_id)?;
+        Ok(record.filter(|r| r.result.last_position <= self.head()))
+    }
+}
+
+pub(crate) fn command_record(db: &sled::Db, command_id: &str) -> Result<Option<CommandRecord>, StoreError> {
+    let key = format::command_key(command_id);
+    db.get(&key)
+        .map_err(|e| StoreError::storage("reading a command record", e))?
+        .map(|value| format::decode_command(&key, &value))
+        .transpose()
 }
 
 pub(crate) fn event_at(

@@ -285,3 +285,10 @@ impl StreamId {
         }
     }
 }
+
+/// What the store remembers of a command's append: where its events went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandRecord {
+    pub stream: StreamId,
+    pub result: AppendResult,
+}

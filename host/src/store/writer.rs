@@ -21,8 +21,9 @@ use uuid::Uuid;
 
 use super::error::StoreError;
 use super::format::{self, EventRecordRef, StreamHead};
+use super::read;
 use super::types::{
-    AppendResult, Durability, ExpectedVersion, NewEvent, Position, StreamId, StreamVersion,
+    AppendResult, CommandRecord, Durability, ExpectedVersion, NewEvent, Position, StreamId, StreamVersion,
 };
 
 /// Requests are gathered into one batch until it holds this many events.
@@ -32,6 +33,9 @@ pub(crate) struct AppendRequest {
     pub stream: StreamId,
     pub expected: ExpectedVersion,
     pub events: Vec<NewEvent>,
+    /// When set, the append is a command's: the command id is recorded with it,
+    /// atomically, and a later append under the same id returns this one's result.
+    pub command_id: Option<String>,
     pub reply: oneshot::Sender<Result<AppendResult, StoreError>>,
 }
 
@@ -59,6 +63,7 @@ struct Pending {
     heads: HashMap<StreamId, StreamHead>,
     /// Event ids written by earlier requests of this batch: (stream, version, position).
     ids: HashMap<Uuid, (StreamId, StreamVersion, Position)>,
+    commands: HashMap<String, CommandRecord>,
 }
 
 impl Writer {
@@ -174,6 +179,18 @@ impl Writer {
         batch: &mut sled::Batch,
         pending: &mut Pending,
     ) -> Result<AppendResult, StoreError> {
+        if let Some(command_id) = &req.command_id {
+            let recorded = match pending.commands.get(command_id) {
+                Some(record) => Some(record.clone()),
+                None => read::command_record(&self.db, command_id)?,
+            };
+            if let Some(record) = recorded {
+                if record.stream != req.stream {
+                    return Err(StoreError::CommandIdInUse { command_id: command_id.clone(), stream: record.stream });
+                }
+                return Ok(record.result);
+            }
+        }
         let head = self.stream_head(&req.stream, pending)?;
         if let Some(original) = self.idempotent_repeat(req, head, pending)? {
             return Ok(original);
@@ -222,11 +239,13 @@ impl Writer {
             &format::encode_stream_head(new_head)[..],
         );
         pending.heads.insert(req.stream.clone(), new_head);
-        Ok(AppendResult {
-            stream_version: version,
-            first_position,
-            last_position: new_head.last_position,
-        })
+        let result = AppendResult { stream_version: version, first_position, last_position: new_head.last_position };
+        if let Some(command_id) = &req.command_id {
+            let record = CommandRecord { stream: req.stream.clone(), result };
+            batch.insert(format::command_key(command_id), format::encode_command(&record));
+            pending.commands.insert(command_id.clone(), record);
+        }
+        Ok(result)
     }
 
     fn stream_head(&self, stream: &StreamId, pending: &Pending) -> Result<StreamHead, StoreError> {

@@ -3,8 +3,14 @@
 //!
 //! # Layout
 //! - [`store`]: the event store on sled: streams, the global log, optimistic
-//!   concurrency, group commit, subscriptions. The only module that knows sled.
+//!   concurrency, group commit, subscriptions, the module registry, snapshots.
+//!   The only module that knows sled.
+//! - [`runtime`]: compiles and runs Wasm components, sandboxed, metered and
+//!   deterministic. The only module that knows wasmtime.
+//! - `fsutil`: crash-safe file writes.
 //!
 //! `docs/ARCHITECTURE.md` has the bird's-eye view and the invariants.
 
+mod fsutil;
+pub mod runtime;
 pub mod store;

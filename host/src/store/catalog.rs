@@ -75,7 +75,10 @@ impl Store {
     /// Registers a module version if that version is free; durable on return.
     pub fn put_module(&self, record: &ModuleRecord) -> Result<ModulePut, StoreError> {
         if record.name.is_empty() || record.name.len() > 64 {
-            return Err(StoreError::InvalidStream(format!("module name {:?} must be 1 to 64 bytes", record.name)));
+            return Err(StoreError::InvalidStream(format!(
+                "module name {:?} must be 1 to 64 bytes",
+                record.name
+            )));
         }
         let key = registry_key(VERSIONS, &record.name, Some(&record.version));
         let value = format::encode_v1(record);
@@ -90,7 +93,9 @@ impl Store {
                 Ok(ModulePut::Created)
             }
             Err(existing) => {
-                let current = existing.current.ok_or_else(|| format::corrupt(&key, "vanished during registration"))?;
+                let current = existing
+                    .current
+                    .ok_or_else(|| format::corrupt(&key, "vanished during registration"))?;
                 let existing: ModuleRecord = format::decode_v1(&key, &current)?;
                 if existing.digest == record.digest {
                     Ok(ModulePut::AlreadyPresent(existing))
@@ -117,7 +122,8 @@ impl Store {
             .db
             .scan_prefix([SPACE_REGISTRY, VERSIONS])
             .map(|item| {
-                let (key, value) = item.map_err(|e| StoreError::storage("reading the module registry", e))?;
+                let (key, value) =
+                    item.map_err(|e| StoreError::storage("reading the module registry", e))?;
                 format::decode_v1(&key, &value)
             })
             .collect()
@@ -140,7 +146,8 @@ impl Store {
             .db
             .scan_prefix([SPACE_REGISTRY, ACTIVE])
             .map(|item| {
-                let (key, value) = item.map_err(|e| StoreError::storage("reading the module registry", e))?;
+                let (key, value) =
+                    item.map_err(|e| StoreError::storage("reading the module registry", e))?;
                 let name = String::from_utf8_lossy(&key[3..]).into_owned();
                 Ok((name, format::decode_v1(&key, &value)?))
             })
@@ -151,7 +158,10 @@ impl Store {
     pub fn set_active_module(&self, name: &str, version: &str) -> Result<(), StoreError> {
         self.inner
             .db
-            .insert(registry_key(ACTIVE, name, None), format::encode_v1(&version))
+            .insert(
+                registry_key(ACTIVE, name, None),
+                format::encode_v1(&version),
+            )
             .map_err(|e| StoreError::storage("activating a module", e))?;
         self.sync("activating a module")
     }
@@ -186,7 +196,12 @@ impl Store {
         module_digest: &[u8; 32],
     ) -> Result<Option<(StreamVersion, Vec<u8>)>, StoreError> {
         let key = snapshot_key(stream, module_digest);
-        let Some(value) = self.inner.db.get(&key).map_err(|e| StoreError::storage("loading a snapshot", e))? else {
+        let Some(value) = self
+            .inner
+            .db
+            .get(&key)
+            .map_err(|e| StoreError::storage("loading a snapshot", e))?
+        else {
             return Ok(None);
         };
         match value.as_ref() {
@@ -200,9 +215,13 @@ impl Store {
 
     /// Makes every earlier write durable, as the writer does for events.
     fn sync(&self, context: &'static str) -> Result<(), StoreError> {
-        self.inner.db.flush().map_err(|e| StoreError::storage(context, e))?;
+        self.inner
+            .db
+            .flush()
+            .map_err(|e| StoreError::storage(context, e))?;
         if let Some(file) = &self.inner.sync_file {
-            file.sync_data().map_err(|e| StoreError::storage(context, e))?;
+            file.sync_data()
+                .map_err(|e| StoreError::storage(context, e))?;
         }
         Ok(())
     }

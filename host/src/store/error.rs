@@ -36,7 +36,10 @@ pub enum StoreError {
 
     /// The command id was already used for a command on another stream.
     #[error("command id {command_id} was already used for a command on {stream}")]
-    CommandIdInUse { command_id: String, stream: StreamId },
+    CommandIdInUse {
+        command_id: String,
+        stream: StreamId,
+    },
 
     /// Another process holds the data directory.
     #[error(

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::error::StoreError;
-use super::types::{AppendResult, CommandRecord, EventMetadata, Position, RecordedEvent, StreamId, StreamVersion};
+use super::types::{
+    AppendResult, CommandRecord, EventMetadata, Position, RecordedEvent, StreamId, StreamVersion,
+};
 
 /// The first byte of every value the host writes.
 pub const FORMAT_V1: u8 = 1;
@@ -259,9 +261,14 @@ pub fn encode_v1<T: Serialize>(value: &T) -> Vec<u8> {
     out
 }
 
-pub fn decode_v1<T: serde::de::DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, StoreError> {
+pub fn decode_v1<T: serde::de::DeserializeOwned>(
+    key: &[u8],
+    value: &[u8],
+) -> Result<T, StoreError> {
     match value {
-        [FORMAT_V1, body @ ..] => postcard::from_bytes(body).map_err(|e| corrupt(key, &format!("postcard: {e}"))),
+        [FORMAT_V1, body @ ..] => {
+            postcard::from_bytes(body).map_err(|e| corrupt(key, &format!("postcard: {e}")))
+        }
         _ => Err(corrupt(key, "unknown format version")),
     }
 }

@@ -143,7 +143,10 @@ impl Store {
             p => read::event_at(&db, p)?.map_or(0, |e| e.recorded_at_ms),
         };
         let sync_file = match &data_file {
-            Some(f) => Some(f.try_clone().map_err(|e| StoreError::storage("opening sled's db file", e))?),
+            Some(f) => Some(
+                f.try_clone()
+                    .map_err(|e| StoreError::storage("opening sled's db file", e))?,
+            ),
             None => None,
         };
         let (head_tx, head_rx) = watch::channel(head);
@@ -205,7 +208,8 @@ impl Store {
     ) -> Result<AppendResult, StoreError> {
         check_name("command id", command_id, MAX_METADATA_ID_LEN)
             .map_err(|reason| StoreError::InvalidEvent { index: 0, reason })?;
-        self.send_append(stream, expected, events, Some(command_id.to_string())).await
+        self.send_append(stream, expected, events, Some(command_id.to_string()))
+            .await
     }
 
     async fn send_append(

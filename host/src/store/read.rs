@@ -6,8 +6,8 @@ use super::Store;
 use super::error::StoreError;
 use super::format;
 use super::types::{
-    CommandRecord,
-    Direction, EventFilter, LogPage, Position, RecordedEvent, StreamId, StreamVersion,
+    CommandRecord, Direction, EventFilter, LogPage, Position, RecordedEvent, StreamId,
+    StreamVersion,
 };
 
 /// A filtered global-log read examines at most this many records, so a filter
@@ -134,7 +134,10 @@ impl Store {
     }
 }
 
-pub(crate) fn command_record(db: &sled::Db, command_id: &str) -> Result<Option<CommandRecord>, StoreError> {
+pub(crate) fn command_record(
+    db: &sled::Db,
+    command_id: &str,
+) -> Result<Option<CommandRecord>, StoreError> {
     let key = format::command_key(command_id);
     db.get(&key)
         .map_err(|e| StoreError::storage("reading a command record", e))?

@@ -23,7 +23,8 @@ use super::error::StoreError;
 use super::format::{self, EventRecordRef, StreamHead};
 use super::read;
 use super::types::{
-    AppendResult, CommandRecord, Durability, ExpectedVersion, NewEvent, Position, StreamId, StreamVersion,
+    AppendResult, CommandRecord, Durability, ExpectedVersion, NewEvent, Position, StreamId,
+    StreamVersion,
 };
 
 /// Requests are gathered into one batch until it holds this many events.
@@ -186,7 +187,10 @@ impl Writer {
             };
             if let Some(record) = recorded {
                 if record.stream != req.stream {
-                    return Err(StoreError::CommandIdInUse { command_id: command_id.clone(), stream: record.stream });
+                    return Err(StoreError::CommandIdInUse {
+                        command_id: command_id.clone(),
+                        stream: record.stream,
+                    });
                 }
                 return Ok(record.result);
             }
@@ -239,10 +243,20 @@ impl Writer {
             &format::encode_stream_head(new_head)[..],
         );
         pending.heads.insert(req.stream.clone(), new_head);
-        let result = AppendResult { stream_version: version, first_position, last_position: new_head.last_position };
+        let result = AppendResult {
+            stream_version: version,
+            first_position,
+            last_position: new_head.last_position,
+        };
         if let Some(command_id) = &req.command_id {
-            let record = CommandRecord { stream: req.stream.clone(), result };
-            batch.insert(format::command_key(command_id), format::encode_command(&record));
+            let record = CommandRecord {
+                stream: req.stream.clone(),
+                result,
+            };
+            batch.insert(
+                format::command_key(command_id),
+                format::encode_command(&record),
+            );
             pending.commands.insert(command_id.clone(), record);
         }
         Ok(result)

@@ -1,0 +1,238 @@
+//! The Wasm runtime: compiles components, checks which world they implement,
+//! and runs guest calls sandboxed, metered and deterministic.
+//!
+//! Architecture Invariant: this module is the only one that knows about wasmtime.
+//!
+//! - `bindings`: the one `bindgen!` over `wit/domain.wit`.
+//! - `sandbox`: what a guest observes (virtual WASI, limits) and how failures are named.
+//! - `aggregate`: calls into an aggregate component, each in a fresh instance.
+//! - `cache`: compiled artifacts on disk, keyed by digest and engine compatibility.
+//! - `pool`: the threads guest code runs on.
+
+mod aggregate;
+mod bindings;
+mod cache;
+mod error;
+mod pool;
+mod sandbox;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+pub use aggregate::AggregateModule;
+pub use bindings::{CommandContext, CommandError, NewEvent as GuestEvent, Rejection, StreamEvent};
+pub use error::{GuestError, RuntimeError};
+pub use pool::GuestPool;
+pub use sandbox::Observed;
+
+use sandbox::HostState;
+
+/// How much a guest may use. Fuel is the deterministic limit; the deadline is a
+/// wall-clock backstop for anything fuel does not meter.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Fuel for one guest call (roughly, Wasm instructions).
+    pub fuel_per_call: u64,
+    /// Wall-clock limit for one guest call.
+    pub deadline: Duration,
+    /// Linear memory one instance may grow to.
+    pub memory_bytes: usize,
+    /// Instances that may exist at once (pooling allocator slots).
+    pub max_instances: u32,
+    /// Threads that run guest code.
+    pub guest_threads: usize,
+    /// Where compiled artifacts are cached; `None` compiles every time.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            fuel_per_call: 1_000_000_000,
+            deadline: Duration::from_secs(5),
+            memory_bytes: 64 << 20,
+            max_instances: 128,
+            guest_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            cache_dir: None,
+        }
+    }
+}
+
+/// What a component implements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum World {
+    Aggregate,
+}
+
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+pub struct Runtime {
+    engine: Engine,
+    wasi_linker: Linker<HostState>,
+    plain_linker: Linker<HostState>,
+    config: RuntimeConfig,
+    pool: GuestPool,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> Result<Runtime, RuntimeError> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(config.max_instances)
+            .total_core_instances(config.max_instances * 8)
+            .total_memories(config.max_instances * 2)
+            .total_tables(config.max_instances * 4)
+            .max_memories_per_component(2)
+            .max_core_instances_per_component(16)
+            .max_memory_size(config.memory_bytes)
+            .max_unused_warm_slots(32);
+        let mut wasm = Config::new();
+        wasm.consume_fuel(true)
+            .epoch_interruption(true)
+            .cranelift_nan_canonicalization(true)
+            .relaxed_simd_deterministic(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm)
+            .map_err(|e| RuntimeError::Host(format!("creating the Wasm engine: {e:#}")))?;
+        let mut wasi_linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut wasi_linker)
+            .map_err(|e| RuntimeError::Host(format!("linking WASI: {e:#}")))?;
+        let plain_linker = Linker::new(&engine);
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        {
+            let (engine, stop) = (engine.clone(), ticker_stop.clone());
+            std::thread::Builder::new()
+                .name("refold-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| RuntimeError::Host(format!("starting the epoch thread: {e}")))?;
+        }
+        let pool = GuestPool::new(config.guest_threads);
+        Ok(Runtime {
+            engine,
+            wasi_linker,
+            plain_linker,
+            config,
+            pool,
+            ticker_stop,
+        })
+    }
+
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
+    /// The threads guest calls run on.
+    pub fn pool(&self) -> &GuestPool {
+        &self.pool
+    }
+
+    /// Compiles (or loads from the artifact cache) a component and checks the
+    /// world it implements. `label` (name@version) tags the guest's log lines.
+    pub fn load(
+        &self,
+        bytes: &[u8],
+        digest: &[u8; 32],
+        label: &str,
+    ) -> Result<(World, AggregateModule), RuntimeError> {
+        check_component_header(bytes)?;
+        let component = match &self.config.cache_dir {
+            Some(dir) => cache::load_or_compile(&self.engine, dir, bytes, digest)?,
+            None => Component::new(&self.engine, bytes)
+                .map_err(|e| RuntimeError::InvalidModule(format!("{e:#}")))?,
+        };
+        let world = self.world_of(&component)?;
+        let with_wasi = self.check_imports(&component)?;
+        let linker = if with_wasi {
+            &self.wasi_linker
+        } else {
+            &self.plain_linker
+        };
+        let module = AggregateModule::new(
+            &self.engine,
+            linker,
+            &component,
+            with_wasi,
+            label,
+            &self.config,
+        )?;
+        Ok((world, module))
+    }
+
+    fn world_of(&self, component: &Component) -> Result<World, RuntimeError> {
+        let ty = component.component_type();
+        let func = |name: &str| matches!(ty.get_export(&self.engine, name), Some(e) if matches!(e.ty, ComponentItem::ComponentFunc(_)));
+        if func("handle") || func("apply") {
+            let missing: Vec<&str> = ["initial-state", "handle", "apply", "render"]
+                .into_iter()
+                .filter(|f| !func(f))
+                .collect();
+            if !missing.is_empty() {
+                return Err(RuntimeError::InvalidModule(format!(
+                    "looks like an aggregate but does not export {}",
+                    missing.join(", ")
+                )));
+            }
+            return Ok(World::Aggregate);
+        }
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        Err(RuntimeError::InvalidModule(format!(
+            "implements no world Refold knows (refold:domain/aggregate exports initial-state, handle, apply, render); it exports [{}]",
+            exports.join(", ")
+        )))
+    }
+
+    /// A component may import WASI (which it gets, locked down) and Refold's
+    /// own types interface (which carries only types, no functions), nothing else.
+    fn check_imports(&self, component: &Component) -> Result<bool, RuntimeError> {
+        let mut with_wasi = false;
+        for (name, _) in component.component_type().imports(&self.engine) {
+            if name.starts_with("refold:domain/types@") {
+                continue;
+            }
+            if name.starts_with("wasi:") {
+                with_wasi = true;
+            } else {
+                return Err(RuntimeError::InvalidModule(format!(
+                    "imports {name}, which Refold does not provide (only WASI is offered, locked down)"
+                )));
+            }
+        }
+        Ok(with_wasi)
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A clear error for bytes that are not a component at all.
+fn check_component_header(bytes: &[u8]) -> Result<(), RuntimeError> {
+    match bytes.get(..8) {
+        Some([0, b'a', b's', b'm', 0x0d, 0x00, 0x01, 0x00]) => Ok(()),
+        Some([0, b'a', b's', b'm', 0x01, 0x00, 0x00, 0x00]) => Err(RuntimeError::InvalidModule(
+            "this is a core Wasm module, not a component; build for wasm32-wasip2, or wrap the module with wit-component".into(),
+        )),
+        Some([0, b'a', b's', b'm', ..]) => Err(RuntimeError::InvalidModule("unsupported Wasm binary version".into())),
+        _ => Err(RuntimeError::InvalidModule(format!(
+            "not WebAssembly: a component starts with \\0asm, these {} bytes do not",
+            bytes.len()
+        ))),
+    }
+}

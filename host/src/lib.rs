@@ -7,10 +7,14 @@
 //!   The only module that knows sled.
 //! - [`runtime`]: compiles and runs Wasm components, sandboxed, metered and
 //!   deterministic. The only module that knows wasmtime.
+//! - [`commands`]: the command pipeline: load state, decide in the guest, append.
+//! - [`modules`]: the module registry: upload, validate, persist, compile, activate.
 //! - `fsutil`: crash-safe file writes.
 //!
 //! `docs/ARCHITECTURE.md` has the bird's-eye view and the invariants.
 
+pub mod commands;
 mod fsutil;
+pub mod modules;
 pub mod runtime;
 pub mod store;

@@ -12,7 +12,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use rand::Rng;
+use rand::RngExt;
 use refold::store::{
     Direction, Durability, ExpectedVersion, NewEvent, Store, StoreConfig, StreamId,
 };

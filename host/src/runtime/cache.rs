@@ -35,12 +35,13 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The component, and whether it came from the cache.
 pub fn load_or_compile(
     engine: &Engine,
     root: &Path,
     bytes: &[u8],
     digest: &[u8; 32],
-) -> Result<Component, RuntimeError> {
+) -> Result<(Component, bool), RuntimeError> {
     let dir = engine_dir(engine, root);
     let path = dir.join(format!("{}.cwasm", hex(digest)));
     if path.exists() {
@@ -50,7 +51,7 @@ pub fn load_or_compile(
         match unsafe { Component::deserialize_file(engine, &path) } {
             Ok(component) => {
                 tracing::debug!(path = %path.display(), "compiled artifact loaded from cache");
-                return Ok(component);
+                return Ok((component, true));
             }
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "discarding an unusable cached artifact");
@@ -64,7 +65,7 @@ pub fn load_or_compile(
         // A cache that cannot be written costs a recompile at the next start, nothing more.
         tracing::warn!(path = %path.display(), error = %e, "could not cache a compiled artifact");
     }
-    Ok(component)
+    Ok((component, false))
 }
 
 fn store_artifact(component: &Component, dir: &Path, path: &Path) -> anyhow::Result<()> {
@@ -72,11 +73,4 @@ fn store_artifact(component: &Component, dir: &Path, path: &Path) -> anyhow::Res
     std::fs::create_dir_all(dir)?;
     crate::fsutil::write_atomically(path, &serialized)?;
     Ok(())
-}
-
-/// Whether `digest` has a cached artifact for this engine (for tests and status).
-pub fn is_cached(engine: &Engine, root: &Path, digest: &[u8; 32]) -> bool {
-    engine_dir(engine, root)
-        .join(format!("{}.cwasm", hex(digest)))
-        .exists()
 }

@@ -18,7 +18,7 @@ mod sandbox;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use wasmtime::component::types::ComponentItem;
@@ -79,6 +79,8 @@ pub struct Runtime {
     config: RuntimeConfig,
     pool: GuestPool,
     ticker_stop: Arc<AtomicBool>,
+    compiled: AtomicU64,
+    from_cache: AtomicU64,
 }
 
 impl Runtime {
@@ -126,6 +128,8 @@ impl Runtime {
             config,
             pool,
             ticker_stop,
+            compiled: AtomicU64::new(0),
+            from_cache: AtomicU64::new(0),
         })
     }
 
@@ -147,11 +151,20 @@ impl Runtime {
         label: &str,
     ) -> Result<(World, AggregateModule), RuntimeError> {
         check_component_header(bytes)?;
-        let component = match &self.config.cache_dir {
+        let (component, cached) = match &self.config.cache_dir {
             Some(dir) => cache::load_or_compile(&self.engine, dir, bytes, digest)?,
-            None => Component::new(&self.engine, bytes)
-                .map_err(|e| RuntimeError::InvalidModule(format!("{e:#}")))?,
+            None => (
+                Component::new(&self.engine, bytes)
+                    .map_err(|e| RuntimeError::InvalidModule(format!("{e:#}")))?,
+                false,
+            ),
         };
+        let counter = if cached {
+            &self.from_cache
+        } else {
+            &self.compiled
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         let world = self.world_of(&component)?;
         let with_wasi = self.check_imports(&component)?;
         let linker = if with_wasi {
@@ -168,6 +181,15 @@ impl Runtime {
             &self.config,
         )?;
         Ok((world, module))
+    }
+
+    /// How many components this runtime compiled, and how many it loaded from
+    /// the artifact cache instead.
+    pub fn compile_counts(&self) -> (u64, u64) {
+        (
+            self.compiled.load(Ordering::Relaxed),
+            self.from_cache.load(Ordering::Relaxed),
+        )
     }
 
     fn world_of(&self, component: &Component) -> Result<World, RuntimeError> {

@@ -1,0 +1,516 @@
+//! The command pipeline: a command for an aggregate goes through its active
+//! module and, if accepted, into the store.
+//!
+//! execute: check the command id (a repeat returns the original result) ->
+//! lock the aggregate -> load its state -> `handle` in the guest -> check the
+//! guest's output -> `apply` the new events to get the new state and its digest
+//! -> append with the loaded version as expected version and the command id ->
+//! on a concurrency conflict start over from fresh state (bounded), unless the
+//! caller named the expected version.
+//!
+//! - `state`: loading state (cache, snapshots, replay), temporal reads, `verify`.
+//! - `locks`: one in-process lock per aggregate.
+
+mod locks;
+mod state;
+
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use lru::LruCache;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+pub use state::{
+    APPLY_BATCH, AggregateState, DigestMismatch, STATE_DIGEST_KEY, VerifyReport, state_digest,
+};
+
+use crate::modules::{LoadedModule, ModuleRegistry};
+use crate::runtime::{
+    CommandContext, CommandError as GuestCommandError, GuestError, Runtime, StreamEvent,
+};
+use crate::store::{
+    EventFilter, EventMetadata, ExpectedVersion, MAX_EVENT_DATA_LEN, MAX_EVENT_TYPE_LEN, NewEvent,
+    RecordedEvent, Store, StoreError, StreamId, StreamVersion, check_name,
+};
+use locks::AggregateLocks;
+
+#[derive(Clone, Debug)]
+pub struct CommandConfig {
+    /// A snapshot is kept each time a stream crosses a multiple of this many events (0: never).
+    pub snapshot_every: u64,
+    /// Fresh attempts after a concurrency conflict, when the caller gave no expected version.
+    pub max_retries: u32,
+    /// Aggregate states kept in memory.
+    pub cache_entries: usize,
+    /// The largest command JSON accepted.
+    pub max_command_bytes: usize,
+}
+
+impl Default for CommandConfig {
+    fn default() -> Self {
+        CommandConfig {
+            snapshot_every: 100,
+            max_retries: 3,
+            cache_entries: 10_000,
+            max_command_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// A command as a caller hands it in.
+#[derive(Clone, Debug, Default)]
+pub struct CommandRequest {
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    /// The command, as JSON.
+    pub command: String,
+    /// Fail with `WrongExpectedVersion` unless the aggregate is at this version.
+    pub expected_version: Option<StreamVersion>,
+    /// Unique per command; a retry with the same id returns the original result.
+    /// The host makes one up when absent.
+    pub command_id: Option<String>,
+    pub correlation_id: Option<String>,
+    pub causation_id: Option<String>,
+}
+
+/// What an accepted command did.
+#[derive(Clone, Debug)]
+pub struct CommandOutcome {
+    pub stream: StreamId,
+    pub command_id: String,
+    /// The aggregate's version after the command.
+    pub version: StreamVersion,
+    /// The global position of the command's last event (None: it produced no events).
+    pub position: Option<u64>,
+    /// The module that decided, `name@version`.
+    pub module: String,
+    pub events: Vec<RecordedEvent>,
+    /// True when this is a repeat of a command already recorded under this id.
+    pub repeated: bool,
+}
+
+/// An aggregate's state for readers.
+#[derive(Clone, Debug)]
+pub struct StateView {
+    pub version: StreamVersion,
+    pub module: String,
+    /// The state as the module renders it (JSON).
+    pub state: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("no active module for aggregate type {0:?}; upload one under that name")]
+    UnknownAggregateType(String),
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("invalid command: {0}")]
+    InvalidCommand(String),
+    #[error("rejected ({code}): {message}")]
+    Rejected { code: String, message: String },
+    #[error("wrong expected version: expected {expected}, actual {actual}")]
+    WrongExpectedVersion {
+        expected: StreamVersion,
+        actual: StreamVersion,
+    },
+    #[error(transparent)]
+    Guest(#[from] GuestError),
+    #[error("the module {module} returned invalid output: {reason}")]
+    InvalidGuestOutput { module: String, reason: String },
+    #[error("the aggregate kept changing under the command; gave up after {attempts} attempts")]
+    Conflict { attempts: u32 },
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl CommandError {
+    /// A stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CommandError::UnknownAggregateType(_) => "unknown_aggregate_type",
+            CommandError::InvalidRequest(_) => "invalid_request",
+            CommandError::InvalidCommand(_) => "invalid_command",
+            CommandError::Rejected { .. } => "rejected",
+            CommandError::WrongExpectedVersion { .. } => "wrong_expected_version",
+            CommandError::Guest(g) => g.code(),
+            CommandError::InvalidGuestOutput { .. } => "invalid_guest_output",
+            CommandError::Conflict { .. } => "conflict",
+            CommandError::NotFound(_) => "not_found",
+            CommandError::Store(s) => s.code(),
+        }
+    }
+}
+
+pub struct CommandService {
+    store: Store,
+    modules: Arc<ModuleRegistry>,
+    runtime: Arc<Runtime>,
+    locks: AggregateLocks,
+    cache: Mutex<LruCache<(StreamId, [u8; 32]), AggregateState>>,
+    config: CommandConfig,
+}
+
+impl CommandService {
+    pub fn new(
+        store: Store,
+        modules: Arc<ModuleRegistry>,
+        config: CommandConfig,
+    ) -> CommandService {
+        let runtime = modules.runtime().clone();
+        let entries = NonZeroUsize::new(config.cache_entries.max(1)).expect("at least one entry");
+        CommandService {
+            store,
+            modules,
+            runtime,
+            locks: AggregateLocks::default(),
+            cache: Mutex::new(LruCache::new(entries)),
+            config,
+        }
+    }
+
+    pub fn modules(&self) -> &Arc<ModuleRegistry> {
+        &self.modules
+    }
+
+    pub async fn execute(&self, request: CommandRequest) -> Result<CommandOutcome, CommandError> {
+        let received_at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let stream = StreamId::new(&request.aggregate_type, &request.aggregate_id)
+            .map_err(|e| CommandError::InvalidRequest(e.to_string()))?;
+        self.check_command(&request)?;
+        let command_id = request
+            .command_id
+            .clone()
+            .unwrap_or_else(|| Uuid::now_v7().to_string());
+        for (what, id) in [
+            ("command id", Some(&command_id)),
+            ("correlation id", request.correlation_id.as_ref()),
+            ("causation id", request.causation_id.as_ref()),
+        ] {
+            if let Some(id) = id {
+                check_name(what, id, crate::store::MAX_METADATA_ID_LEN)
+                    .map_err(CommandError::InvalidRequest)?;
+            }
+        }
+        if let Some(outcome) = self.repeat_of(&command_id, &stream)? {
+            return Ok(outcome);
+        }
+        // The version that takes this command is fixed here: a hot swap during the
+        // command does not change it.
+        let module = self
+            .modules
+            .active(&request.aggregate_type)
+            .ok_or_else(|| CommandError::UnknownAggregateType(request.aggregate_type.clone()))?;
+        let _guard = self.locks.lock(&stream).await;
+        // A retry that raced the original: the original has landed by the time we hold the lock.
+        if let Some(outcome) = self.repeat_of(&command_id, &stream)? {
+            return Ok(outcome);
+        }
+        let context = CommandContext {
+            aggregate_type: request.aggregate_type.clone(),
+            aggregate_id: request.aggregate_id.clone(),
+            command_id: command_id.clone(),
+            correlation_id: request
+                .correlation_id
+                .clone()
+                .unwrap_or_else(|| command_id.clone()),
+            received_at_ms,
+        };
+        let attempts = if request.expected_version.is_some() {
+            1
+        } else {
+            1 + self.config.max_retries
+        };
+        for attempt in 1..=attempts {
+            match self.attempt(&module, &stream, &request, &context).await {
+                Err(CommandError::Store(StoreError::WrongExpectedVersion { actual, .. })) => {
+                    self.forget(&module, &stream);
+                    if let Some(expected) = request.expected_version {
+                        return Err(CommandError::WrongExpectedVersion { expected, actual });
+                    }
+                    tracing::debug!(%stream, attempt, "concurrency conflict; retrying from fresh state");
+                }
+                other => return other,
+            }
+        }
+        Err(CommandError::Conflict { attempts })
+    }
+
+    async fn attempt(
+        &self,
+        module: &Arc<LoadedModule>,
+        stream: &StreamId,
+        request: &CommandRequest,
+        context: &CommandContext,
+    ) -> Result<CommandOutcome, CommandError> {
+        let state = self.current_state(module, stream).await?;
+        if let Some(expected) = request.expected_version
+            && expected != state.version
+        {
+            return Err(CommandError::WrongExpectedVersion {
+                expected,
+                actual: state.version,
+            });
+        }
+        let guest = module.aggregate.clone();
+        let (before, command, ctx) = (
+            state.bytes.clone(),
+            request.command.clone(),
+            context.clone(),
+        );
+        let decided = self
+            .runtime
+            .pool()
+            .run(move || guest.handle(&before, &command, &ctx))
+            .await?;
+        let new_events = match decided {
+            Ok(events) => events,
+            Err(GuestCommandError::Malformed(reason)) => {
+                return Err(CommandError::InvalidCommand(reason));
+            }
+            Err(GuestCommandError::Rejected(r)) => {
+                return Err(CommandError::Rejected {
+                    code: r.code,
+                    message: r.message,
+                });
+            }
+        };
+        let label = module.label();
+        if new_events.is_empty() {
+            return Ok(CommandOutcome {
+                stream: stream.clone(),
+                command_id: context.command_id.clone(),
+                version: state.version,
+                position: None,
+                module: label,
+                events: Vec::new(),
+                repeated: false,
+            });
+        }
+        let invalid = |reason: String| CommandError::InvalidGuestOutput {
+            module: label.clone(),
+            reason,
+        };
+        let mut events = Vec::with_capacity(new_events.len());
+        for (i, event) in new_events.into_iter().enumerate() {
+            check_name("event type", &event.event_type, MAX_EVENT_TYPE_LEN)
+                .map_err(|r| invalid(format!("event #{i}: {r}")))?;
+            if event.data.len() > MAX_EVENT_DATA_LEN {
+                return Err(invalid(format!(
+                    "event #{i} has {} bytes of data; the limit is {MAX_EVENT_DATA_LEN}",
+                    event.data.len()
+                )));
+            }
+            serde_json::from_str::<serde::de::IgnoredAny>(&event.data).map_err(|e| {
+                invalid(format!(
+                    "event #{i} ({}) has data that is not JSON: {e}",
+                    event.event_type
+                ))
+            })?;
+            events.push(NewEvent {
+                event_id: event_id_for(&context.command_id, i),
+                event_type: event.event_type,
+                data: event.data,
+                metadata: EventMetadata {
+                    correlation_id: Some(context.correlation_id.clone()),
+                    causation_id: Some(
+                        request
+                            .causation_id
+                            .clone()
+                            .unwrap_or_else(|| context.command_id.clone()),
+                    ),
+                    command_id: Some(context.command_id.clone()),
+                    producer: Some(label.clone()),
+                    extra: Default::default(),
+                },
+            });
+        }
+        // Evolve before appending, so the last event can carry the digest of the
+        // state it leads to: the record `verify` audits replays against.
+        let batch: Vec<StreamEvent> = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| StreamEvent {
+                version: state.version + 1 + i as u64,
+                event_id: e.event_id.to_string(),
+                event_type: e.event_type.clone(),
+                data: e.data.clone(),
+            })
+            .collect();
+        let guest = module.aggregate.clone();
+        let before = state.bytes.clone();
+        let after = self
+            .runtime
+            .pool()
+            .run(move || guest.apply(&before, &batch))
+            .await?;
+        if let Some(last) = events.last_mut() {
+            last.metadata
+                .extra
+                .insert(STATE_DIGEST_KEY.to_string(), state_digest(&after));
+        }
+        let appended = self
+            .store
+            .append_command(
+                stream,
+                ExpectedVersion::Exact(state.version),
+                events,
+                &context.command_id,
+            )
+            .await?;
+        let new_state = AggregateState {
+            version: appended.stream_version,
+            bytes: Arc::new(after),
+        };
+        self.remember(module, stream, &new_state);
+        self.maybe_snapshot(module, stream, state.version, &new_state);
+        let events = self.read_events(appended.first_position, appended.last_position)?;
+        Ok(CommandOutcome {
+            stream: stream.clone(),
+            command_id: context.command_id.clone(),
+            version: appended.stream_version,
+            position: Some(appended.last_position),
+            module: label,
+            events,
+            repeated: false,
+        })
+    }
+
+    fn check_command(&self, request: &CommandRequest) -> Result<(), CommandError> {
+        if request.command.len() > self.config.max_command_bytes {
+            return Err(CommandError::InvalidCommand(format!(
+                "the command is {} bytes; the limit is {}",
+                request.command.len(),
+                self.config.max_command_bytes
+            )));
+        }
+        serde_json::from_str::<serde::de::IgnoredAny>(&request.command)
+            .map_err(|e| CommandError::InvalidCommand(format!("the command is not JSON: {e}")))?;
+        Ok(())
+    }
+
+    /// The original outcome of a command already recorded under `command_id`.
+    fn repeat_of(
+        &self,
+        command_id: &str,
+        stream: &StreamId,
+    ) -> Result<Option<CommandOutcome>, CommandError> {
+        let Some(record) = self.store.command_record(command_id)? else {
+            return Ok(None);
+        };
+        if record.stream != *stream {
+            return Err(CommandError::InvalidRequest(format!(
+                "command id {command_id} was already used for a command on {}",
+                record.stream
+            )));
+        }
+        let events = self.read_events(record.result.first_position, record.result.last_position)?;
+        let module = events
+            .first()
+            .and_then(|e| e.metadata.producer.clone())
+            .unwrap_or_default();
+        Ok(Some(CommandOutcome {
+            stream: record.stream,
+            command_id: command_id.to_string(),
+            version: record.result.stream_version,
+            position: Some(record.result.last_position),
+            module,
+            events,
+            repeated: true,
+        }))
+    }
+
+    fn read_events(&self, first: u64, last: u64) -> Result<Vec<RecordedEvent>, CommandError> {
+        let page = self
+            .store
+            .read_all(first, (last - first + 1) as usize, &EventFilter::all())?;
+        Ok(page.events)
+    }
+
+    fn maybe_snapshot(
+        &self,
+        module: &LoadedModule,
+        stream: &StreamId,
+        before: StreamVersion,
+        state: &AggregateState,
+    ) {
+        let every = self.config.snapshot_every;
+        if every == 0 || before / every == state.version / every {
+            return;
+        }
+        // A snapshot is an optimisation: failing to keep one is logged, not fatal.
+        if let Err(e) =
+            self.store
+                .save_snapshot(stream, &module.record.digest, state.version, &state.bytes)
+        {
+            tracing::warn!(%stream, error = %e, "could not save a snapshot");
+        }
+    }
+
+    /// The aggregate's state as its active module renders it, now or as of `at_version`.
+    pub async fn read_state(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        at_version: Option<StreamVersion>,
+    ) -> Result<StateView, CommandError> {
+        let stream = StreamId::new(aggregate_type, aggregate_id)
+            .map_err(|e| CommandError::InvalidRequest(e.to_string()))?;
+        let module = self
+            .modules
+            .active(aggregate_type)
+            .ok_or_else(|| CommandError::UnknownAggregateType(aggregate_type.to_string()))?;
+        let current = self.store.stream_version(&stream)?;
+        if current == 0 {
+            return Err(CommandError::NotFound(format!(
+                "aggregate {stream} has no events"
+            )));
+        }
+        let state = match at_version {
+            None => self.current_state(&module, &stream).await?,
+            Some(0) => return Err(CommandError::InvalidRequest("versions start at 1".into())),
+            Some(v) if v > current => {
+                return Err(CommandError::NotFound(format!(
+                    "aggregate {stream} has {current} versions, not {v}"
+                )));
+            }
+            Some(v) => self.state_at(&module, &stream, v).await?,
+        };
+        let guest = module.aggregate.clone();
+        let bytes = state.bytes.clone();
+        let rendered = self
+            .runtime
+            .pool()
+            .run(move || guest.render(&bytes))
+            .await?;
+        serde_json::from_str::<serde::de::IgnoredAny>(&rendered).map_err(|e| {
+            CommandError::InvalidGuestOutput {
+                module: module.label(),
+                reason: format!("render returned text that is not JSON: {e}"),
+            }
+        })?;
+        Ok(StateView {
+            version: state.version,
+            module: module.label(),
+            state: rendered,
+        })
+    }
+}
+
+/// Event ids are derived from the command id, so a command's events have the
+/// same ids however often it is retried: the store's idempotency rule then
+/// catches any repeat that gets past the command record.
+fn event_id_for(command_id: &str, index: usize) -> Uuid {
+    let mut hasher = Sha256::new();
+    hasher.update(command_id.as_bytes());
+    hasher.update((index as u64).to_be_bytes());
+    let digest = hasher.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    Uuid::new_v8(bytes)
+}

@@ -1,0 +1,315 @@
+//! The module registry service: upload, validate, persist, compile and
+//! activate versioned modules, and hand out the active version of each.
+//!
+//! Lifecycle: upload -> validate (a component implementing a known world) ->
+//! bytes to `<data>/modules/<digest>.wasm` (fsync, rename, fsync dir) -> record
+//! in the store -> compile (cached by digest) -> activate (an atomic swap of
+//! an `Arc`; a command that already holds the old one finishes on it).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+
+use crate::fsutil;
+use crate::runtime::{AggregateModule, Runtime, RuntimeError, World};
+use crate::store::{ModuleKind, ModulePut, ModuleRecord, Store, StoreError};
+
+pub const MAX_MODULE_NAME_LEN: usize = 64;
+
+/// A module version that is compiled and ready to run.
+pub struct LoadedModule {
+    pub record: ModuleRecord,
+    pub aggregate: AggregateModule,
+}
+
+impl LoadedModule {
+    /// `name@version`.
+    pub fn label(&self) -> String {
+        format!("{}@{}", self.record.name, self.record.version)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModuleError {
+    #[error("invalid module name {name:?}: {reason}")]
+    InvalidName { name: String, reason: String },
+    #[error("invalid module version {version:?}: {reason}")]
+    InvalidVersion { version: String, reason: String },
+    #[error("invalid module: {0}")]
+    InvalidModule(String),
+    #[error(
+        "{name}@{version} already holds other bytes (digest {existing_digest}); versions are immutable, upload a new version"
+    )]
+    Conflict {
+        name: String,
+        version: String,
+        existing_digest: String,
+    },
+    #[error("no module {0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("module host failure: {0}")]
+    Host(String),
+}
+
+impl From<RuntimeError> for ModuleError {
+    fn from(err: RuntimeError) -> Self {
+        match err {
+            RuntimeError::InvalidModule(reason) => ModuleError::InvalidModule(reason),
+            other => ModuleError::Host(other.to_string()),
+        }
+    }
+}
+
+/// What an upload did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Uploaded {
+    Created,
+    /// The same bytes were already registered under this version.
+    Unchanged,
+}
+
+pub struct ModuleRegistry {
+    store: Store,
+    runtime: Arc<Runtime>,
+    dir: PathBuf,
+    loaded: RwLock<HashMap<(String, String), Arc<LoadedModule>>>,
+    active: RwLock<HashMap<String, Arc<LoadedModule>>>,
+}
+
+impl ModuleRegistry {
+    /// Loads every registered version (compiling from the artifact cache) and the
+    /// active pointers. Reads the registry keys, never the event log.
+    pub async fn open(
+        store: Store,
+        runtime: Arc<Runtime>,
+        dir: PathBuf,
+    ) -> Result<ModuleRegistry, ModuleError> {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ModuleError::Host(format!("creating {}: {e}", dir.display())))?;
+        let registry = ModuleRegistry {
+            store,
+            runtime,
+            dir,
+            loaded: RwLock::new(HashMap::new()),
+            active: RwLock::new(HashMap::new()),
+        };
+        for record in registry.store.modules()? {
+            let path = registry.path_of(&record.digest);
+            let bytes = std::fs::read(&path).map_err(|e| {
+                ModuleError::Host(format!(
+                    "reading {} for {}@{}: {e}",
+                    path.display(),
+                    record.name,
+                    record.version
+                ))
+            })?;
+            let module = registry.compile(bytes, record).await?;
+            registry.loaded_mut().insert(key_of(&module.record), module);
+        }
+        for (name, version) in registry.store.active_modules()? {
+            if let Some(module) = registry.get(&name, &version) {
+                registry.active_mut().insert(name, module);
+            }
+        }
+        Ok(registry)
+    }
+
+    /// Registers `bytes` as `name@version`. The first version of a name becomes
+    /// active; later ones only when `activate` is set.
+    pub async fn upload(
+        &self,
+        name: &str,
+        version: &str,
+        bytes: Vec<u8>,
+        activate: bool,
+    ) -> Result<(Uploaded, Arc<LoadedModule>), ModuleError> {
+        validate_name(name)?;
+        validate_version(version)?;
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        let outcome = match self.store.module(name, version)? {
+            Some(existing) if existing.digest == digest => Uploaded::Unchanged,
+            Some(existing) => return Err(conflict(&existing)),
+            None => {
+                let record = ModuleRecord {
+                    name: name.to_string(),
+                    version: version.to_string(),
+                    kind: ModuleKind::Aggregate,
+                    digest,
+                    size: bytes.len() as u64,
+                    uploaded_at_ms: now_ms(),
+                };
+                // Compile before anything is written: an invalid module leaves no trace.
+                let path = self.path_of(&digest);
+                let module = self.compile(bytes.clone(), record.clone()).await?;
+                if !path.exists() {
+                    fsutil::write_atomically(&path, &bytes).map_err(|e| {
+                        ModuleError::Host(format!("writing {}: {e}", path.display()))
+                    })?;
+                }
+                match self.store.put_module(&module.record)? {
+                    ModulePut::Created => {
+                        self.loaded_mut().insert(key_of(&module.record), module);
+                        Uploaded::Created
+                    }
+                    ModulePut::AlreadyPresent(_) => Uploaded::Unchanged, // a racing upload of the same bytes
+                    ModulePut::Conflict(existing) => return Err(conflict(&existing)),
+                }
+            }
+        };
+        let module = self
+            .get(name, version)
+            .ok_or_else(|| ModuleError::NotFound(format!("{name}@{version}")))?;
+        if activate || self.active(name).is_none() {
+            self.activate(name, version)?;
+        }
+        Ok((outcome, module))
+    }
+
+    /// Makes `version` the one that takes `name`'s next command.
+    pub fn activate(&self, name: &str, version: &str) -> Result<Arc<LoadedModule>, ModuleError> {
+        let module = self
+            .get(name, version)
+            .ok_or_else(|| ModuleError::NotFound(format!("{name}@{version}")))?;
+        self.store.set_active_module(name, version)?;
+        self.active_mut().insert(name.to_string(), module.clone());
+        tracing::info!(module = %module.label(), "activated");
+        Ok(module)
+    }
+
+    /// The version that takes `name`'s next command.
+    pub fn active(&self, name: &str) -> Option<Arc<LoadedModule>> {
+        self.active
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    pub fn get(&self, name: &str, version: &str) -> Option<Arc<LoadedModule>> {
+        self.loaded
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(name.to_string(), version.to_string()))
+            .cloned()
+    }
+
+    /// Every loaded version, sorted by name then semantic version.
+    pub fn list(&self) -> Vec<Arc<LoadedModule>> {
+        let mut all: Vec<_> = self
+            .loaded
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| {
+            (a.record.name.as_str(), semver_key(&a.record.version))
+                .cmp(&(b.record.name.as_str(), semver_key(&b.record.version)))
+        });
+        all
+    }
+
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    async fn compile(
+        &self,
+        bytes: Vec<u8>,
+        record: ModuleRecord,
+    ) -> Result<Arc<LoadedModule>, ModuleError> {
+        let runtime = self.runtime.clone();
+        let label = format!("{}@{}", record.name, record.version);
+        let digest = record.digest;
+        // Compilation takes tens of milliseconds of CPU: keep it off the reactor.
+        let (world, aggregate) =
+            tokio::task::spawn_blocking(move || runtime.load(&bytes, &digest, &label))
+                .await
+                .map_err(|e| ModuleError::Host(format!("compiling: {e}")))??;
+        let kind = match world {
+            World::Aggregate => ModuleKind::Aggregate,
+        };
+        Ok(Arc::new(LoadedModule {
+            record: ModuleRecord { kind, ..record },
+            aggregate,
+        }))
+    }
+
+    fn path_of(&self, digest: &[u8; 32]) -> PathBuf {
+        self.dir.join(format!("{}.wasm", hex(digest)))
+    }
+
+    fn loaded_mut(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, HashMap<(String, String), Arc<LoadedModule>>> {
+        self.loaded.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn active_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<LoadedModule>>> {
+        self.active.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn key_of(record: &ModuleRecord) -> (String, String) {
+    (record.name.clone(), record.version.clone())
+}
+
+fn conflict(existing: &ModuleRecord) -> ModuleError {
+    ModuleError::Conflict {
+        name: existing.name.clone(),
+        version: existing.version.clone(),
+        existing_digest: hex(&existing.digest),
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Module names double as aggregate types: lowercase letters, digits, `-` and `_`.
+pub fn validate_name(name: &str) -> Result<(), ModuleError> {
+    let bad = |reason: &str| {
+        Err(ModuleError::InvalidName {
+            name: name.to_string(),
+            reason: reason.to_string(),
+        })
+    };
+    if name.is_empty() || name.len() > MAX_MODULE_NAME_LEN {
+        return bad("must be 1 to 64 characters");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+    {
+        return bad("may hold only lowercase letters, digits, '-' and '_'");
+    }
+    if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        return bad("must start with a letter");
+    }
+    Ok(())
+}
+
+/// Semantic versions: MAJOR.MINOR.PATCH with an optional -prerelease and +build.
+pub fn validate_version(version: &str) -> Result<(), ModuleError> {
+    semver::Version::parse(version)
+        .map(|_| ())
+        .map_err(|e| ModuleError::InvalidVersion {
+            version: version.to_string(),
+            reason: e.to_string(),
+        })
+}
+
+fn semver_key(version: &str) -> Option<semver::Version> {
+    semver::Version::parse(version).ok()
+}

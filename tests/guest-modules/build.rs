@@ -1,0 +1,94 @@
+//! Compiles the guest crates to Wasm with a nested cargo, in a target directory
+//! of their own (the outer cargo holds a lock on the main one).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const WASIP2: &str = "wasm32-wasip2";
+const UNKNOWN: &str = "wasm32-unknown-unknown";
+
+fn main() {
+    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let root = manifest_dir.join("../..").canonicalize().unwrap();
+    for dir in ["modules", "guest-sdk", "wit", "tests/guests"] {
+        println!("cargo:rerun-if-changed={}", root.join(dir).display());
+    }
+    let target_dir = root.join("target/guests");
+    ensure_targets(&[WASIP2, UNKNOWN]);
+    cargo_build(
+        &root,
+        &target_dir,
+        WASIP2,
+        &["bank-account", "refold-hostile-guest"],
+    );
+    cargo_build(&root, &target_dir, UNKNOWN, &["bank-account"]);
+
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    let core = std::fs::read(target_dir.join(UNKNOWN).join("release/bank_account.wasm")).unwrap();
+    let wrapped = wit_component::ComponentEncoder::default()
+        .module(&core)
+        .and_then(|e| e.validate(true).encode())
+        .expect("wrapping the wasm32-unknown-unknown bank account as a component");
+    let wrapped_path = out.join("bank_account_no_wasi.wasm");
+    std::fs::write(&wrapped_path, wrapped).unwrap();
+
+    let p2 = |name: &str| {
+        target_dir
+            .join(WASIP2)
+            .join("release")
+            .join(format!("{name}.wasm"))
+    };
+    let consts = format!(
+        "pub const BANK_ACCOUNT: &str = {:?};\npub const BANK_ACCOUNT_NO_WASI: &str = {:?};\npub const HOSTILE: &str = {:?};\n",
+        p2("bank_account"),
+        wrapped_path,
+        p2("refold_hostile_guest"),
+    );
+    std::fs::write(out.join("guests.rs"), consts).unwrap();
+}
+
+/// A fresh machine may lack the Wasm targets; rustup can add them.
+fn ensure_targets(targets: &[&str]) {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
+    let Ok(installed) = installed else { return }; // no rustup: the build below says what is missing
+    let installed = String::from_utf8_lossy(&installed.stdout).to_string();
+    for target in targets {
+        if !installed.lines().any(|l| l.trim() == *target) {
+            let status = Command::new("rustup")
+                .args(["target", "add", target])
+                .status()
+                .expect("running rustup");
+            assert!(status.success(), "rustup target add {target} failed");
+        }
+    }
+}
+
+fn cargo_build(root: &Path, target_dir: &Path, target: &str, packages: &[&str]) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root)
+        .args(["build", "--release", "--target", target, "--target-dir"])
+        .arg(target_dir);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    // The outer build's settings are for the host, not for Wasm guests.
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "CARGO_MAKEFLAGS",
+        "MAKEFLAGS",
+        "MFLAGS",
+    ] {
+        cmd.env_remove(var);
+    }
+    let status = cmd.status().expect("running cargo for the guest modules");
+    assert!(
+        status.success(),
+        "building guest modules for {target} failed (see the output above)"
+    );
+}

@@ -1,0 +1,9 @@
+//! Paths to guest components compiled by this crate's `build.rs`, so the host's
+//! tests and benchmarks run real modules built from this workspace's sources.
+//!
+//! - `BANK_ACCOUNT`: `modules/bank-account` for `wasm32-wasip2` (imports WASI).
+//! - `BANK_ACCOUNT_NO_WASI`: the same crate for `wasm32-unknown-unknown`,
+//!   wrapped into a component with `wit-component`: no WASI imports at all.
+//! - `HOSTILE`: `tests/guests/hostile` for `wasm32-wasip2`.
+
+include!(concat!(env!("OUT_DIR"), "/guests.rs"));

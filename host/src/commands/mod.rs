@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 pub use state::{
     APPLY_BATCH, AggregateState, DigestMismatch, STATE_DIGEST_KEY, VerifyReport, state_digest,
+    to_stream_event,
 };
 
 use crate::modules::{LoadedModule, ModuleRegistry};

@@ -4,6 +4,8 @@
 use refold::store::{Durability, NewEvent, Store, StoreConfig, StreamId};
 use tempfile::TempDir;
 
+pub mod host;
+
 pub fn temp_dir() -> TempDir {
     // Under the target directory: the same disk a deployment would use, not tmpfs.
     let base = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));

@@ -7,14 +7,18 @@
 //!   The only module that knows sled.
 //! - [`runtime`]: compiles and runs Wasm components, sandboxed, metered and
 //!   deterministic. The only module that knows wasmtime.
+//! - [`server`]: `refold serve`: wires the services to the HTTP API; graceful shutdown.
+//! - [`api`]: the HTTP API (axum): routes, auth, limits, problem+json errors.
 //! - [`commands`]: the command pipeline: load state, decide in the guest, append.
 //! - [`modules`]: the module registry: upload, validate, persist, compile, activate.
 //! - `fsutil`: crash-safe file writes.
 //!
 //! `docs/ARCHITECTURE.md` has the bird's-eye view and the invariants.
 
+pub mod api;
 pub mod commands;
 mod fsutil;
 pub mod modules;
 pub mod runtime;
+pub mod server;
 pub mod store;

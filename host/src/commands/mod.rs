@@ -107,6 +107,11 @@ pub enum CommandError {
     UnknownAggregateType(String),
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    #[error("command id {command_id} was already used for a command on {stream}")]
+    CommandIdReused {
+        command_id: String,
+        stream: StreamId,
+    },
     #[error("invalid command: {0}")]
     InvalidCommand(String),
     #[error("rejected ({code}): {message}")]
@@ -134,6 +139,7 @@ impl CommandError {
         match self {
             CommandError::UnknownAggregateType(_) => "unknown_aggregate_type",
             CommandError::InvalidRequest(_) => "invalid_request",
+            CommandError::CommandIdReused { .. } => "idempotency_key_reused",
             CommandError::InvalidCommand(_) => "invalid_command",
             CommandError::Rejected { .. } => "rejected",
             CommandError::WrongExpectedVersion { .. } => "wrong_expected_version",
@@ -405,10 +411,10 @@ impl CommandService {
             return Ok(None);
         };
         if record.stream != *stream {
-            return Err(CommandError::InvalidRequest(format!(
-                "command id {command_id} was already used for a command on {}",
-                record.stream
-            )));
+            return Err(CommandError::CommandIdReused {
+                command_id: command_id.to_string(),
+                stream: record.stream,
+            });
         }
         let events = self.read_events(record.result.first_position, record.result.last_position)?;
         let module = events

@@ -36,7 +36,7 @@ impl Store {
         &self,
         from: Position,
         filter: EventFilter,
-    ) -> impl Stream<Item = Result<RecordedEvent, StoreError>> + Send + 'static {
+    ) -> impl Stream<Item = Result<RecordedEvent, StoreError>> + Send + 'static + use<> {
         let cursor = Cursor {
             store: self.clone(),
             filter,

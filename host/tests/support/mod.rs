@@ -5,6 +5,7 @@ use refold::store::{Durability, NewEvent, Store, StoreConfig, StreamId};
 use tempfile::TempDir;
 
 pub mod host;
+pub mod http;
 
 pub fn temp_dir() -> TempDir {
     // Under the target directory: the same disk a deployment would use, not tmpfs.

@@ -1,0 +1,178 @@
+//! `/v1/aggregates/{type}/{id}`: commands, state (also as of a version), events.
+
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use serde_json::value::RawValue;
+
+use super::AppState;
+use super::problem::ApiError;
+use super::render::event_views;
+use super::request::{self, QueryPairs};
+use crate::commands::CommandRequest;
+use crate::store::{
+    Direction, MAX_AGGREGATE_ID_LEN, MAX_AGGREGATE_TYPE_LEN, MAX_METADATA_ID_LEN, StreamId,
+};
+
+const MAX_PAGE: u64 = 1000;
+
+fn stream_path(
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<(String, String), ApiError> {
+    let Path((aggregate_type, id)) = path.map_err(request::path_error)?;
+    request::segment("aggregate type", &aggregate_type, MAX_AGGREGATE_TYPE_LEN)?;
+    request::segment("aggregate id", &id, MAX_AGGREGATE_ID_LEN)?;
+    Ok((aggregate_type, id))
+}
+
+fn etag(version: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{version}\""))
+        .expect("digits and quotes are a valid header value")
+}
+
+/// `If-Match: "N"` (or a bare N): the expected version.
+fn expected_version(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or_default().trim();
+    let text = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
+    text.parse::<u64>().map(Some).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_request",
+            format!("If-Match must be a version in quotes, like \"3\"; got {text:?}"),
+        )
+    })
+}
+
+fn header_id(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(name) else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| {
+            ApiError::bad_request("invalid_request", format!("{name} must be visible ASCII"))
+        })?
+        .trim();
+    request::segment(name, text, MAX_METADATA_ID_LEN)?;
+    Ok(Some(text.to_string()))
+}
+
+pub async fn command(
+    State(app): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let result = async {
+        let (aggregate_type, aggregate_id) = stream_path(path)?;
+        let bytes = request::body(body, app.limits.max_command_bytes).await?;
+        let command = request::json_text(&bytes, "invalid_command")?;
+        let request = CommandRequest {
+            aggregate_type,
+            aggregate_id,
+            command,
+            expected_version: expected_version(&headers)?,
+            command_id: header_id(&headers, "idempotency-key")?,
+            correlation_id: header_id(&headers, "x-correlation-id")?,
+            causation_id: header_id(&headers, "x-causation-id")?,
+        };
+        Ok::<_, ApiError>(app.commands.execute(request).await?)
+    }
+    .await;
+    match &result {
+        Ok(outcome) => app.metrics.command(
+            "ok",
+            started.elapsed(),
+            if outcome.repeated {
+                0
+            } else {
+                outcome.events.len()
+            },
+        ),
+        Err(problem) => app.metrics.command(problem.code, started.elapsed(), 0),
+    }
+    let outcome = result?;
+    let body = json!({
+        "aggregate_type": outcome.stream.aggregate_type(),
+        "aggregate_id": outcome.stream.aggregate_id(),
+        "version": outcome.version,
+        "position": outcome.position,
+        "module": outcome.module,
+        "command_id": outcome.command_id,
+        "events": event_views(&outcome.events),
+    });
+    let mut response = Json(body).into_response();
+    response
+        .headers_mut()
+        .insert(header::ETAG, etag(outcome.version));
+    if outcome.repeated {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+pub async fn state(
+    State(app): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let (aggregate_type, aggregate_id) = stream_path(path)?;
+    let at_version = QueryPairs::parse(query.as_deref())?.number("at_version")?;
+    let view = app
+        .commands
+        .read_state(&aggregate_type, &aggregate_id, at_version)
+        .await?;
+    let state: Box<RawValue> = RawValue::from_string(view.state).map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_guest_output",
+            e.to_string(),
+        )
+    })?;
+    let body = json!({
+        "aggregate_type": aggregate_type,
+        "aggregate_id": aggregate_id,
+        "version": view.version,
+        "module": view.module,
+        "state": state,
+    });
+    let mut response = Json(body).into_response();
+    response
+        .headers_mut()
+        .insert(header::ETAG, etag(view.version));
+    Ok(response)
+}
+
+pub async fn events(
+    State(app): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (aggregate_type, aggregate_id) = stream_path(path)?;
+    let stream = StreamId::new(&aggregate_type, &aggregate_id)
+        .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
+    let query = QueryPairs::parse(query.as_deref())?;
+    let from = query.number("from_version")?.unwrap_or(1).max(1);
+    let limit = query.number("limit")?.unwrap_or(100).clamp(1, MAX_PAGE);
+    let events = app
+        .store
+        .read_stream(&stream, from, Direction::Forward, limit as usize)?;
+    let next_version = events.last().map_or(from, |e| e.version + 1);
+    Ok(Json(json!({
+        "aggregate_type": aggregate_type,
+        "aggregate_id": aggregate_id,
+        "events": event_views(&events),
+        "next_version": next_version,
+    })))
+}

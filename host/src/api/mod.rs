@@ -1,0 +1,133 @@
+//! The HTTP API (v1): routes, auth, limits, and the mapping of every service
+//! error to problem+json.
+//!
+//! Architecture Invariant: handlers never write to the store. Every write goes
+//! through a service (`CommandService`, `ModuleRegistry`); pages and
+//! subscriptions read the store directly.
+//!
+//! - `modules`, `aggregates`, `events`: the routes, one file per resource.
+//! - `problem`: errors as RFC 9457 problems with stable codes.
+//! - `request`: path, query and body parsing with clear errors and limits.
+//! - `auth`: bearer tokens and roles. `metrics`: Prometheus. `render`: event JSON.
+
+mod aggregates;
+mod auth;
+mod events;
+mod metrics;
+mod modules;
+mod problem;
+mod render;
+mod request;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post, put};
+use serde_json::json;
+use tokio::sync::watch;
+
+pub use auth::{Role, Tokens};
+pub use metrics::Metrics;
+pub use problem::ApiError;
+
+use crate::commands::CommandService;
+use crate::modules::ModuleRegistry;
+use crate::store::Store;
+
+/// Request body limits.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_module_bytes: usize,
+    pub max_command_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_module_bytes: 32 << 20,
+            max_command_bytes: 64 << 10,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub modules: Arc<ModuleRegistry>,
+    pub commands: Arc<CommandService>,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+    /// Becomes true when the server is shutting down: subscriptions end.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+pub fn router(app: AppState, tokens: Tokens) -> Router {
+    let tokens = Arc::new(tokens);
+    let role =
+        |role: Role| axum::middleware::from_fn_with_state((tokens.clone(), role), auth::require);
+    let admin = Router::new()
+        .route("/v1/modules/{name}/{version}", put(modules::put))
+        .route("/v1/modules/{name}/activate", post(modules::activate))
+        .route_layer(role(Role::Admin));
+    let writer = Router::new()
+        .route(
+            "/v1/aggregates/{aggregate_type}/{id}/commands",
+            post(aggregates::command),
+        )
+        .route_layer(role(Role::Writer));
+    let reader = Router::new()
+        .route("/v1/modules", get(modules::list))
+        .route("/v1/modules/{name}", get(modules::get))
+        .route(
+            "/v1/aggregates/{aggregate_type}/{id}",
+            get(aggregates::state),
+        )
+        .route(
+            "/v1/aggregates/{aggregate_type}/{id}/events",
+            get(aggregates::events),
+        )
+        .route("/v1/events", get(events::page))
+        .route("/v1/events/subscribe", get(events::subscribe))
+        .route("/metrics", get(metrics_text))
+        .route_layer(role(Role::Reader));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(admin)
+        .merge(writer)
+        .merge(reader)
+        // Bodies are read with per-route limits inside the handlers (modules and
+        // commands differ), which answer 413 as problem+json.
+        .layer(DefaultBodyLimit::disable())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(app)
+}
+
+async fn healthz(State(app): State<AppState>) -> impl IntoResponse {
+    axum::Json(json!({"status": "ok", "head": app.store.head()}))
+}
+
+async fn metrics_text(State(app): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.metrics.render(app.store.head()),
+    )
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {}", uri.path()))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}

@@ -1,0 +1,144 @@
+//! `/v1/modules`: upload, list, activate.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::problem::ApiError;
+use super::request::{self, QueryPairs};
+use crate::modules::{LoadedModule, Uploaded, hex};
+
+#[derive(Serialize)]
+pub struct ModuleView {
+    pub name: String,
+    pub version: String,
+    pub kind: &'static str,
+    pub digest: String,
+    pub size: u64,
+    pub active: bool,
+}
+
+#[derive(Serialize)]
+pub struct VersionView {
+    pub version: String,
+    pub kind: &'static str,
+    pub digest: String,
+    pub size: u64,
+    pub uploaded_at_ms: u64,
+    pub active: bool,
+}
+
+#[derive(Serialize)]
+pub struct ModuleSummary {
+    pub name: String,
+    pub active_version: Option<String>,
+    pub versions: Vec<VersionView>,
+}
+
+fn view(app: &AppState, module: &LoadedModule) -> ModuleView {
+    let r = &module.record;
+    ModuleView {
+        name: r.name.clone(),
+        version: r.version.clone(),
+        kind: r.kind.as_str(),
+        digest: hex(&r.digest),
+        size: r.size,
+        active: is_active(app, &r.name, &r.version),
+    }
+}
+
+fn is_active(app: &AppState, name: &str, version: &str) -> bool {
+    app.modules
+        .active(name)
+        .is_some_and(|m| m.record.version == version)
+}
+
+fn summaries(app: &AppState) -> Vec<ModuleSummary> {
+    let mut by_name: BTreeMap<String, ModuleSummary> = BTreeMap::new();
+    for module in app.modules.list() {
+        let r = &module.record;
+        let summary = by_name
+            .entry(r.name.clone())
+            .or_insert_with(|| ModuleSummary {
+                name: r.name.clone(),
+                active_version: app
+                    .modules
+                    .active(&r.name)
+                    .map(|m| m.record.version.clone()),
+                versions: Vec::new(),
+            });
+        summary.versions.push(VersionView {
+            version: r.version.clone(),
+            kind: r.kind.as_str(),
+            digest: hex(&r.digest),
+            size: r.size,
+            uploaded_at_ms: r.uploaded_at_ms,
+            active: summary.active_version.as_deref() == Some(r.version.as_str()),
+        });
+    }
+    by_name.into_values().collect()
+}
+
+pub async fn put(
+    State(app): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> Result<(StatusCode, Json<ModuleView>), ApiError> {
+    let Path((name, version)) = path.map_err(request::path_error)?;
+    let activate = QueryPairs::parse(query.as_deref())?.flag("activate")?;
+    let bytes = request::body(body, app.limits.max_module_bytes).await?;
+    let (uploaded, module) = app
+        .modules
+        .upload(&name, &version, bytes.to_vec(), activate)
+        .await?;
+    let status = match uploaded {
+        Uploaded::Created => StatusCode::CREATED,
+        Uploaded::Unchanged => StatusCode::OK,
+    };
+    Ok((status, Json(view(&app, &module))))
+}
+
+pub async fn list(State(app): State<AppState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "modules": summaries(&app) }))
+}
+
+pub async fn get(
+    State(app): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<ModuleSummary>, ApiError> {
+    let Path(name) = path.map_err(request::path_error)?;
+    summaries(&app)
+        .into_iter()
+        .find(|s| s.name == name)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no module {name}")))
+}
+
+#[derive(Deserialize)]
+struct ActivateBody {
+    version: String,
+}
+
+pub async fn activate(
+    State(app): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Result<Json<ModuleView>, ApiError> {
+    let Path(name) = path.map_err(request::path_error)?;
+    let bytes = request::body(body, 4096).await?;
+    let body: ActivateBody = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_request",
+            format!("expected {{\"version\": \"...\"}}: {e}"),
+        )
+    })?;
+    let module = app.modules.activate(&name, &body.version)?;
+    Ok(Json(view(&app, &module)))
+}

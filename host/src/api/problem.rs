@@ -1,0 +1,171 @@
+//! Errors as `application/problem+json` (RFC 9457), each with a stable `code`.
+//! This is the one place where service errors become HTTP statuses.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+use crate::commands::CommandError;
+use crate::modules::ModuleError;
+use crate::runtime::GuestError;
+use crate::store::StoreError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub detail: String,
+    pub extra: Map<String, Value>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            detail: detail.into(),
+            extra: Map::new(),
+        }
+    }
+
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.extra.insert(key.to_string(), value.into());
+        self
+    }
+
+    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, code, detail)
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", detail)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({
+            "type": format!("https://refold.dev/problems/{}", self.code.replace('_', "-")),
+            "title": self.status.canonical_reason().unwrap_or("Error"),
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+            "code": self.code,
+        });
+        if let Value::Object(fields) = &mut body {
+            fields.extend(self.extra);
+        }
+        let mut response = (self.status, body.to_string()).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        response
+    }
+}
+
+impl From<GuestError> for ApiError {
+    fn from(err: GuestError) -> Self {
+        // A guest that fails is the module's fault, not the caller's: 422 says the
+        // request was understood but could not be processed.
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            err.code(),
+            err.to_string(),
+        )
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        let status = match &err {
+            StoreError::WrongExpectedVersion { .. } => StatusCode::PRECONDITION_FAILED,
+            StoreError::InvalidStream(_) | StoreError::InvalidEvent { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            StoreError::DuplicateEventId { .. } | StoreError::CommandIdInUse { .. } => {
+                StatusCode::CONFLICT
+            }
+            StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            StoreError::Locked { .. } | StoreError::Storage { .. } | StoreError::Corrupt { .. } => {
+                tracing::error!(error = %err, "store failure");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        let problem = ApiError::new(status, err.code(), err.to_string());
+        match err {
+            StoreError::WrongExpectedVersion { actual, .. } => {
+                problem.with("actual_version", actual)
+            }
+            _ => problem,
+        }
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(err: CommandError) -> Self {
+        let code = err.code();
+        match err {
+            CommandError::UnknownAggregateType(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, code, err.to_string())
+            }
+            CommandError::InvalidRequest(_) | CommandError::InvalidCommand(_) => {
+                ApiError::bad_request(code, err.to_string())
+            }
+            CommandError::CommandIdReused { .. } => {
+                ApiError::new(StatusCode::CONFLICT, code, err.to_string())
+            }
+            CommandError::Rejected {
+                code: reason,
+                message,
+            } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "rejected", message)
+                .with("reason", reason),
+            CommandError::WrongExpectedVersion { expected, actual } => {
+                ApiError::new(StatusCode::PRECONDITION_FAILED, code, err.to_string())
+                    .with("expected_version", expected)
+                    .with("actual_version", actual)
+            }
+            CommandError::Guest(guest) => guest.into(),
+            CommandError::InvalidGuestOutput { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, err.to_string())
+            }
+            CommandError::Conflict { .. } => {
+                ApiError::new(StatusCode::CONFLICT, code, err.to_string())
+            }
+            CommandError::NotFound(detail) => ApiError::not_found(detail),
+            CommandError::Store(store) => store.into(),
+        }
+    }
+}
+
+impl From<ModuleError> for ApiError {
+    fn from(err: ModuleError) -> Self {
+        match err {
+            ModuleError::InvalidName { .. } | ModuleError::InvalidVersion { .. } => {
+                ApiError::bad_request("invalid_request", err.to_string())
+            }
+            ModuleError::InvalidModule(_) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_module",
+                err.to_string(),
+            ),
+            ModuleError::Conflict {
+                ref existing_digest,
+                ..
+            } => {
+                let digest = existing_digest.clone();
+                ApiError::new(StatusCode::CONFLICT, "module_conflict", err.to_string())
+                    .with("existing_digest", digest)
+            }
+            ModuleError::NotFound(_) => ApiError::not_found(err.to_string()),
+            ModuleError::Store(store) => store.into(),
+            ModuleError::Host(_) => {
+                tracing::error!(error = %err, "module host failure");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    err.to_string(),
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! Text for people. The server's JSON is read leniently: a missing field
+//! prints as `?` instead of failing, so output stays useful if the server
+//! grows or renames fields (`--json` is the exact, stable form).
+
+use std::io::{self, Write};
+
+use serde_json::Value;
+
+/// A field as text: strings bare, null as `?`, anything else as compact JSON.
+pub(crate) fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => "?".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// `name@version`, whether the server sends that string or an object.
+fn module_label(value: &Value) -> Option<String> {
+    match value {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        Value::Object(_) if value["name"].is_string() => Some(format!(
+            "{}@{}",
+            text(&value["name"]),
+            text(&value["version"])
+        )),
+        other => Some(other.to_string()),
+    }
+}
+
+fn stream_name(value: &Value) -> String {
+    format!(
+        "{}/{}",
+        text(&value["aggregate_type"]),
+        text(&value["aggregate_id"])
+    )
+}
+
+/// `bank-account/acc-1 -> version 3 (position 17) by bank-account@1.0.0`,
+/// then one line per new event.
+pub(crate) fn send_result(out: &mut dyn Write, v: &Value) -> io::Result<()> {
+    write!(out, "{} -> version {}", stream_name(v), text(&v["version"]))?;
+    if !v["position"].is_null() {
+        write!(out, " (position {})", text(&v["position"]))?;
+    }
+    if let Some(module) = module_label(&v["module"]) {
+        write!(out, " by {module}")?;
+    }
+    writeln!(out)?;
+    match v["events"].as_array() {
+        Some(events) if !events.is_empty() => {
+            for e in events {
+                writeln!(
+                    out,
+                    "  #{} v{} {} {}",
+                    text(&e["position"]),
+                    text(&e["version"]),
+                    text(&e["event_type"]),
+                    e["data"]
+                )?;
+            }
+        }
+        _ => writeln!(out, "  (no new events)")?,
+    }
+    Ok(())
+}
+
+/// `bank-account/acc-1 @ version 3 (bank-account@1.0.0)`, then the state.
+pub(crate) fn state_result(out: &mut dyn Write, v: &Value) -> io::Result<()> {
+    write!(out, "{} @ version {}", stream_name(v), text(&v["version"]))?;
+    if let Some(module) = module_label(&v["module"]) {
+        write!(out, " ({module})")?;
+    }
+    writeln!(out)?;
+    writeln!(out, "{:#}", v["state"])
+}
+
+/// `#17 bank-account/acc-1 v3 Deposited {"amount":5}`
+pub(crate) fn event_line(out: &mut dyn Write, e: &Value) -> io::Result<()> {
+    writeln!(
+        out,
+        "#{} {} v{} {} {}",
+        text(&e["position"]),
+        stream_name(e),
+        text(&e["version"]),
+        text(&e["event_type"]),
+        e["data"]
+    )
+}
+
+pub(crate) fn event_page(out: &mut dyn Write, v: &Value) -> io::Result<()> {
+    for e in v["events"].as_array().into_iter().flatten() {
+        event_line(out, e)?;
+    }
+    Ok(())
+}
+
+/// `uploaded bank-account@1.0.0: component, 1.2 MiB, sha256:..., active`
+pub(crate) fn module_pushed(out: &mut dyn Write, created: bool, v: &Value) -> io::Result<()> {
+    write!(
+        out,
+        "{} {}@{}: {}, {}, {}",
+        if created { "uploaded" } else { "unchanged" },
+        text(&v["name"]),
+        text(&v["version"]),
+        text(&v["kind"]),
+        size(&v["size"]),
+        text(&v["digest"])
+    )?;
+    if v["active"].as_bool() == Some(true) {
+        write!(out, ", active")?;
+    }
+    writeln!(out)
+}
+
+pub(crate) fn module_activated(out: &mut dyn Write, v: &Value) -> io::Result<()> {
+    writeln!(
+        out,
+        "{}@{} is now active ({})",
+        text(&v["name"]),
+        text(&v["version"]),
+        text(&v["digest"])
+    )
+}
+
+/// One row per version; `*` marks the active one.
+pub(crate) fn module_list(out: &mut dyn Write, v: &Value) -> io::Result<()> {
+    let mut rows = vec![
+        [
+            "MODULE", "VERSION", "ACTIVE", "KIND", "SIZE", "UPLOADED", "DIGEST",
+        ]
+        .map(String::from),
+    ];
+    for module in v["modules"].as_array().into_iter().flatten() {
+        for version in module["versions"].as_array().into_iter().flatten() {
+            rows.push([
+                text(&module["name"]),
+                text(&version["version"]),
+                if version["active"].as_bool() == Some(true) {
+                    "*"
+                } else {
+                    ""
+                }
+                .to_owned(),
+                text(&version["kind"]),
+                size(&version["size"]),
+                version["uploaded_at_ms"]
+                    .as_u64()
+                    .map_or("?".to_owned(), utc_time),
+                short_digest(&text(&version["digest"])),
+            ]);
+        }
+    }
+    if rows.len() == 1 {
+        return writeln!(out, "no modules");
+    }
+    let mut widths = [0; 7];
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    for row in &rows {
+        let mut line = String::new();
+        for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            line.push_str(cell);
+            line.extend(std::iter::repeat_n(' ', width - cell.chars().count()));
+        }
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    Ok(())
+}
+
+fn size(value: &Value) -> String {
+    let Some(bytes) = value.as_u64() else {
+        return text(value);
+    };
+    let b = bytes as f64; // shown to one decimal, so precision loss is moot
+    match bytes {
+        0..1024 => format!("{bytes} B"),
+        1024..1_048_576 => format!("{:.1} KiB", b / 1024.0),
+        _ => format!("{:.1} MiB", b / 1_048_576.0),
+    }
+}
+
+/// Enough of a digest to tell versions apart in a table, like `docker images`.
+fn short_digest(digest: &str) -> String {
+    match digest.split_once(':') {
+        Some((algorithm, hex)) => {
+            format!("{algorithm}:{}", hex.chars().take(12).collect::<String>())
+        }
+        None => digest.chars().take(12).collect(),
+    }
+}
+
+/// `2023-11-14 22:13:20Z` from unix milliseconds, without a date crate.
+fn utc_time(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (year, month, day) = civil_from_days(secs / 86_400);
+    let rest = secs % 86_400;
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's
+/// `civil_from_days`, for non-negative days).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn render(f: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> String {
+        let mut out = Vec::new();
+        f(&mut out).expect("writing to memory");
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    fn event() -> Value {
+        json!({"position":17,"aggregate_type":"bank-account","aggregate_id":"acc-1","version":3,
+               "event_id":"e","event_type":"Deposited","data":{"amount":5},
+               "metadata":{"recorded_at_ms":0,"extra":{}}})
+    }
+
+    #[test]
+    fn formats_send_and_events() {
+        let reply = json!({"aggregate_type":"bank-account","aggregate_id":"acc-1","version":3,
+                           "position":17,"module":"bank-account@1.0.0","events":[event()]});
+        assert_eq!(
+            render(|out| send_result(out, &reply)),
+            "bank-account/acc-1 -> version 3 (position 17) by bank-account@1.0.0\n  #17 v3 Deposited {\"amount\":5}\n"
+        );
+        assert_eq!(
+            render(|out| event_page(
+                out,
+                &json!({"events":[event()],"next_position":18,"head":17})
+            )),
+            "#17 bank-account/acc-1 v3 Deposited {\"amount\":5}\n"
+        );
+    }
+
+    #[test]
+    fn formats_state_with_a_module_object() {
+        let reply = json!({"aggregate_type":"t","aggregate_id":"a b","version":0,
+                           "module":{"name":"m","version":"2.0.0"},"state":{"x":1}});
+        assert_eq!(
+            render(|out| state_result(out, &reply)),
+            "t/a b @ version 0 (m@2.0.0)\n{\n  \"x\": 1\n}\n"
+        );
+    }
+
+    #[test]
+    fn formats_the_module_table() {
+        let list = json!({"modules":[{"name":"bank-account","active_version":"1.0.0","versions":[
+            {"version":"1.0.0","kind":"component","digest":"sha256:0123456789abcdef","size":2048,
+             "uploaded_at_ms":1_700_000_000_000u64,"active":true}]}]});
+        assert_eq!(
+            render(|out| module_list(out, &list)),
+            "MODULE        VERSION  ACTIVE  KIND       SIZE     UPLOADED              DIGEST\n\
+             bank-account  1.0.0    *       component  2.0 KiB  2023-11-14 22:13:20Z  sha256:0123456789ab\n"
+        );
+        assert_eq!(
+            render(|out| module_list(out, &json!({"modules":[]}))),
+            "no modules\n"
+        );
+    }
+
+    #[test]
+    fn converts_dates() {
+        assert_eq!(utc_time(0), "1970-01-01 00:00:00Z");
+        assert_eq!(utc_time(951_782_400_000), "2000-02-29 00:00:00Z");
+        assert_eq!(utc_time(4_102_444_799_000), "2099-12-31 23:59:59Z");
+    }
+}

@@ -8,6 +8,7 @@
 //! - [`runtime`]: compiles and runs Wasm components, sandboxed, metered and
 //!   deterministic. The only module that knows wasmtime.
 //! - [`server`]: `refold serve`: wires the services to the HTTP API; graceful shutdown.
+//! - [`cli`]: the client commands of the `refold` binary (HTTP).
 //! - [`api`]: the HTTP API (axum): routes, auth, limits, problem+json errors.
 //! - [`commands`]: the command pipeline: load state, decide in the guest, append.
 //! - [`modules`]: the module registry: upload, validate, persist, compile, activate.
@@ -16,6 +17,7 @@
 //! `docs/ARCHITECTURE.md` has the bird's-eye view and the invariants.
 
 pub mod api;
+pub mod cli;
 pub mod commands;
 mod fsutil;
 pub mod modules;

@@ -1,37 +1,233 @@
-//! The `refold` binary. The server and the client commands arrive with the
-//! HTTP issue; today it can inspect a store.
+//! The `refold` binary: `refold serve` runs the host; the other commands are
+//! clients of a running server (`--server`, `--token`, `--json`).
 
-use anyhow::Context;
-use refold::store::{Store, StoreConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
 
-fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
-        ["--version"] | ["-V"] => println!("refold {}", env!("CARGO_PKG_VERSION")),
-        ["inspect", dir] => inspect(dir)?,
-        _ => {
-            eprintln!("usage: refold inspect DATA_DIR    print the head of an event store");
-            eprintln!("       refold --version");
-            std::process::exit(2);
-        }
-    }
-    Ok(())
+use clap::{Parser, Subcommand};
+use refold::api::Tokens;
+use refold::cli::{self, ClientOptions, ModuleCommand};
+use refold::server::{self, ServeConfig};
+use refold::store::Durability;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "refold",
+    version,
+    about = "Event sourcing with business logic in Wasm components"
+)]
+struct Cli {
+    #[command(flatten)]
+    client: ClientOptions,
+    #[command(subcommand)]
+    command: Command,
 }
 
-fn inspect(dir: &str) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server
+    Serve(ServeArgs),
+    /// Manage modules (Wasm components)
+    #[command(subcommand)]
+    Module(ModuleCommand),
+    /// Send a command (JSON) to an aggregate
+    Send {
+        aggregate_type: String,
+        id: String,
+        /// The command, as JSON
+        #[arg(value_name = "JSON")]
+        command: String,
+        /// Fail unless the aggregate is at this version
+        #[arg(long)]
+        expect: Option<u64>,
+        /// Idempotency key: a retry with the same key returns the original result
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Show an aggregate's state, now or as of a version
+    State {
+        aggregate_type: String,
+        id: String,
+        #[arg(long)]
+        at_version: Option<u64>,
+    },
+    /// Print the global log; --follow keeps printing new events
+    Events {
+        #[arg(long)]
+        from: Option<u64>,
+        #[arg(long)]
+        limit: Option<u64>,
+        #[arg(long)]
+        follow: bool,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Where events, modules and compiled artifacts live
+    #[arg(long, env = "REFOLD_DATA_DIR", default_value = "./refold-data")]
+    data_dir: PathBuf,
+    /// Address to listen on; without tokens it must be a loopback address
+    #[arg(long, env = "REFOLD_LISTEN", default_value = "127.0.0.1:7700")]
+    listen: SocketAddr,
+    /// Tokens with the admin role (modules), comma-separated
+    #[arg(
+        long,
+        env = "REFOLD_ADMIN_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    admin_token: Vec<String>,
+    /// Tokens with the writer role (commands), comma-separated
+    #[arg(
+        long,
+        env = "REFOLD_WRITER_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    writer_token: Vec<String>,
+    /// Tokens with the reader role (reads), comma-separated
+    #[arg(
+        long,
+        env = "REFOLD_READER_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    reader_token: Vec<String>,
+    /// Largest module upload, in bytes
+    #[arg(long, env = "REFOLD_MAX_MODULE_BYTES", default_value_t = 32 << 20)]
+    max_module_bytes: usize,
+    /// Largest command body, in bytes
+    #[arg(long, env = "REFOLD_MAX_COMMAND_BYTES", default_value_t = 64 << 10)]
+    max_command_bytes: usize,
+    /// Fuel per guest call (deterministic limit)
+    #[arg(long, env = "REFOLD_FUEL", default_value_t = 1_000_000_000)]
+    fuel: u64,
+    /// Wall-clock limit per guest call, in milliseconds
+    #[arg(long, env = "REFOLD_GUEST_DEADLINE_MS", default_value_t = 5000)]
+    guest_deadline_ms: u64,
+    /// Memory cap per guest instance, in MiB
+    #[arg(long, env = "REFOLD_GUEST_MEMORY_MIB", default_value_t = 64)]
+    guest_memory_mib: usize,
+    /// Keep a snapshot each time an aggregate crosses this many events (0: never)
+    #[arg(long, env = "REFOLD_SNAPSHOT_EVERY", default_value_t = 100)]
+    snapshot_every: u64,
+    /// Acknowledge appends without fsync. Loses acknowledged events on power loss: for tests only
+    #[arg(long, hide = true)]
+    unsafe_no_fsync: bool,
+    /// Log as JSON lines
+    #[arg(long, env = "REFOLD_LOG_JSON")]
+    log_json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let store = Store::open(StoreConfig::new(std::path::Path::new(dir).join("events")))
-            .with_context(|| format!("opening the event store in {dir}"))?;
-        println!("head position: {}", store.head());
-        store.close().await;
-        Ok(())
-    })
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = runtime.block_on(async move {
+        let opts = &cli.client;
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Module(cmd) => cli::module(opts, cmd).await,
+            Command::Send {
+                aggregate_type,
+                id,
+                command,
+                expect,
+                key,
+            } => cli::send(opts, &aggregate_type, &id, &command, expect, key.as_deref()).await,
+            Command::State {
+                aggregate_type,
+                id,
+                at_version,
+            } => cli::state(opts, &aggregate_type, &id, at_version).await,
+            Command::Events {
+                from,
+                limit,
+                follow,
+            } => cli::events(opts, from, limit, follow).await,
+        }
+    });
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+async fn serve(args: ServeArgs) -> i32 {
+    init_logging(args.log_json);
+    let mut config = ServeConfig::new(&args.data_dir, args.listen);
+    config.tokens = Tokens {
+        admin: args.admin_token,
+        writer: args.writer_token,
+        reader: args.reader_token,
+    };
+    config.limits.max_module_bytes = args.max_module_bytes;
+    config.limits.max_command_bytes = args.max_command_bytes;
+    config.runtime.fuel_per_call = args.fuel;
+    config.runtime.deadline = Duration::from_millis(args.guest_deadline_ms);
+    config.runtime.memory_bytes = args.guest_memory_mib << 20;
+    config.commands.snapshot_every = args.snapshot_every;
+    if args.unsafe_no_fsync {
+        config.durability = Durability::None;
+    }
+    let server = match server::start(config).await {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return 1;
+        }
+    };
+    // Printed for scripts and tests that start the server on port 0.
+    println!("refold listening on http://{}", server.addr);
+    let stop = server.shutdown_handle();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        stop.send_replace(true);
+    });
+    match server.wait().await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the server runs until killed; SIGKILL loses nothing acknowledged.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,cranelift=warn,wasmtime=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
 }

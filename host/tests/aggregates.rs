@@ -211,7 +211,7 @@ async fn the_same_command_id_returns_the_original_result_and_writes_nothing() {
     other.aggregate_id = "b".into();
     assert!(matches!(
         host.commands.execute(other).await,
-        Err(CommandError::InvalidRequest(_))
+        Err(CommandError::CommandIdReused { .. })
     ));
     host.stop().await;
 }

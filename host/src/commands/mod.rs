@@ -8,9 +8,11 @@
 //! on a concurrency conflict start over from fresh state (bounded), unless the
 //! caller named the expected version.
 //!
+//! - `decide`: the guest calls of one command and the checks on what the guest returned.
 //! - `state`: loading state (cache, snapshots, replay), temporal reads, `verify`.
 //! - `locks`: one in-process lock per aggregate.
 
+mod decide;
 mod locks;
 mod state;
 
@@ -28,12 +30,10 @@ pub use state::{
 };
 
 use crate::modules::{LoadedModule, ModuleRegistry};
-use crate::runtime::{
-    CommandContext, CommandError as GuestCommandError, GuestError, Runtime, StreamEvent,
-};
+use crate::runtime::{CommandContext, GuestError, Runtime};
 use crate::store::{
-    EventFilter, EventMetadata, ExpectedVersion, MAX_EVENT_DATA_LEN, MAX_EVENT_TYPE_LEN, NewEvent,
-    RecordedEvent, Store, StoreError, StreamId, StreamVersion, check_name,
+    EventFilter, ExpectedVersion, RecordedEvent, Store, StoreError, StreamId, StreamVersion,
+    check_name,
 };
 use locks::AggregateLocks;
 
@@ -264,31 +264,27 @@ impl CommandService {
                 actual: state.version,
             });
         }
+        // One trip to a guest thread for both calls: each hand-off costs a wake-up.
         let guest = module.aggregate.clone();
-        let (before, command, ctx) = (
-            state.bytes.clone(),
-            request.command.clone(),
-            context.clone(),
-        );
-        let decided = self
+        let label = module.label();
+        let (before, version) = (state.bytes.clone(), state.version);
+        let (request_copy, context_copy, label_copy) =
+            (request.clone(), context.clone(), label.clone());
+        let decision = self
             .runtime
             .pool()
-            .run(move || guest.handle(&before, &command, &ctx))
+            .run(move || {
+                decide::decide(
+                    &guest,
+                    &label_copy,
+                    &before,
+                    version,
+                    &request_copy,
+                    &context_copy,
+                )
+            })
             .await?;
-        let new_events = match decided {
-            Ok(events) => events,
-            Err(GuestCommandError::Malformed(reason)) => {
-                return Err(CommandError::InvalidCommand(reason));
-            }
-            Err(GuestCommandError::Rejected(r)) => {
-                return Err(CommandError::Rejected {
-                    code: r.code,
-                    message: r.message,
-                });
-            }
-        };
-        let label = module.label();
-        if new_events.is_empty() {
+        let Some((events, after)) = decision else {
             return Ok(CommandOutcome {
                 stream: stream.clone(),
                 command_id: context.command_id.clone(),
@@ -298,69 +294,7 @@ impl CommandService {
                 events: Vec::new(),
                 repeated: false,
             });
-        }
-        let invalid = |reason: String| CommandError::InvalidGuestOutput {
-            module: label.clone(),
-            reason,
         };
-        let mut events = Vec::with_capacity(new_events.len());
-        for (i, event) in new_events.into_iter().enumerate() {
-            check_name("event type", &event.event_type, MAX_EVENT_TYPE_LEN)
-                .map_err(|r| invalid(format!("event #{i}: {r}")))?;
-            if event.data.len() > MAX_EVENT_DATA_LEN {
-                return Err(invalid(format!(
-                    "event #{i} has {} bytes of data; the limit is {MAX_EVENT_DATA_LEN}",
-                    event.data.len()
-                )));
-            }
-            serde_json::from_str::<serde::de::IgnoredAny>(&event.data).map_err(|e| {
-                invalid(format!(
-                    "event #{i} ({}) has data that is not JSON: {e}",
-                    event.event_type
-                ))
-            })?;
-            events.push(NewEvent {
-                event_id: event_id_for(&context.command_id, i),
-                event_type: event.event_type,
-                data: event.data,
-                metadata: EventMetadata {
-                    correlation_id: Some(context.correlation_id.clone()),
-                    causation_id: Some(
-                        request
-                            .causation_id
-                            .clone()
-                            .unwrap_or_else(|| context.command_id.clone()),
-                    ),
-                    command_id: Some(context.command_id.clone()),
-                    producer: Some(label.clone()),
-                    extra: Default::default(),
-                },
-            });
-        }
-        // Evolve before appending, so the last event can carry the digest of the
-        // state it leads to: the record `verify` audits replays against.
-        let batch: Vec<StreamEvent> = events
-            .iter()
-            .enumerate()
-            .map(|(i, e)| StreamEvent {
-                version: state.version + 1 + i as u64,
-                event_id: e.event_id.to_string(),
-                event_type: e.event_type.clone(),
-                data: e.data.clone(),
-            })
-            .collect();
-        let guest = module.aggregate.clone();
-        let before = state.bytes.clone();
-        let after = self
-            .runtime
-            .pool()
-            .run(move || guest.apply(&before, &batch))
-            .await?;
-        if let Some(last) = events.last_mut() {
-            last.metadata
-                .extra
-                .insert(STATE_DIGEST_KEY.to_string(), state_digest(&after));
-        }
         let appended = self
             .store
             .append_command(

@@ -1,0 +1,93 @@
+//! One command's guest work, run on a guest thread: `handle`, check what the
+//! guest returned, then `apply` the new events to get the state they lead to.
+
+use super::{CommandError, CommandRequest, STATE_DIGEST_KEY, event_id_for, state_digest};
+use crate::runtime::{
+    AggregateModule, CommandContext, CommandError as GuestCommandError, StreamEvent,
+};
+use crate::store::{
+    EventMetadata, MAX_EVENT_DATA_LEN, MAX_EVENT_TYPE_LEN, NewEvent, StreamVersion, check_name,
+};
+
+/// The events to append and the state after them; `None` when the command decided on no events.
+pub fn decide(
+    guest: &AggregateModule,
+    label: &str,
+    state: &[u8],
+    version: StreamVersion,
+    request: &CommandRequest,
+    context: &CommandContext,
+) -> Result<Option<(Vec<NewEvent>, Vec<u8>)>, CommandError> {
+    let decided = match guest.handle(state, &request.command, context)? {
+        Ok(events) => events,
+        Err(GuestCommandError::Malformed(reason)) => {
+            return Err(CommandError::InvalidCommand(reason));
+        }
+        Err(GuestCommandError::Rejected(r)) => {
+            return Err(CommandError::Rejected {
+                code: r.code,
+                message: r.message,
+            });
+        }
+    };
+    if decided.is_empty() {
+        return Ok(None);
+    }
+    let invalid = |reason: String| CommandError::InvalidGuestOutput {
+        module: label.to_string(),
+        reason,
+    };
+    let mut events = Vec::with_capacity(decided.len());
+    for (i, event) in decided.into_iter().enumerate() {
+        check_name("event type", &event.event_type, MAX_EVENT_TYPE_LEN)
+            .map_err(|r| invalid(format!("event #{i}: {r}")))?;
+        if event.data.len() > MAX_EVENT_DATA_LEN {
+            return Err(invalid(format!(
+                "event #{i} has {} bytes of data; the limit is {MAX_EVENT_DATA_LEN}",
+                event.data.len()
+            )));
+        }
+        serde_json::from_str::<serde::de::IgnoredAny>(&event.data).map_err(|e| {
+            invalid(format!(
+                "event #{i} ({}) has data that is not JSON: {e}",
+                event.event_type
+            ))
+        })?;
+        events.push(NewEvent {
+            event_id: event_id_for(&context.command_id, i),
+            event_type: event.event_type,
+            data: event.data,
+            metadata: EventMetadata {
+                correlation_id: Some(context.correlation_id.clone()),
+                causation_id: Some(
+                    request
+                        .causation_id
+                        .clone()
+                        .unwrap_or_else(|| context.command_id.clone()),
+                ),
+                command_id: Some(context.command_id.clone()),
+                producer: Some(label.to_string()),
+                extra: Default::default(),
+            },
+        });
+    }
+    // Evolve before appending, so the last event can carry the digest of the
+    // state it leads to: the record `verify` audits replays against.
+    let batch: Vec<StreamEvent> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| StreamEvent {
+            version: version + 1 + i as u64,
+            event_id: e.event_id.to_string(),
+            event_type: e.event_type.clone(),
+            data: e.data.clone(),
+        })
+        .collect();
+    let after = guest.apply(state, &batch)?;
+    if let Some(last) = events.last_mut() {
+        last.metadata
+            .extra
+            .insert(STATE_DIGEST_KEY.to_string(), state_digest(&after));
+    }
+    Ok(Some((events, after)))
+}

@@ -237,6 +237,10 @@ impl Work {
     }
 }
 
+/// The same allocator as the `refold` binary, so the numbers are the product's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<()> {
     let mode = if std::env::args().any(|a| a == "--bench") {
         Mode::Full

@@ -9,7 +9,13 @@ use crate::store::{
     EventMetadata, MAX_EVENT_DATA_LEN, MAX_EVENT_TYPE_LEN, NewEvent, StreamVersion, check_name,
 };
 
-/// The events to append and the state after them; `None` when the command decided on no events.
+/// What a command decided: the events to append and the state they lead to.
+pub struct Decision {
+    pub events: Vec<NewEvent>,
+    pub state_after: Vec<u8>,
+}
+
+/// `None` when the command decided on no events.
 pub fn decide(
     guest: &AggregateModule,
     label: &str,
@@ -17,7 +23,7 @@ pub fn decide(
     version: StreamVersion,
     request: &CommandRequest,
     context: &CommandContext,
-) -> Result<Option<(Vec<NewEvent>, Vec<u8>)>, CommandError> {
+) -> Result<Option<Decision>, CommandError> {
     let decided = match guest.handle(state, &request.command, context)? {
         Ok(events) => events,
         Err(GuestCommandError::Malformed(reason)) => {
@@ -89,5 +95,8 @@ pub fn decide(
             .extra
             .insert(STATE_DIGEST_KEY.to_string(), state_digest(&after));
     }
-    Ok(Some((events, after)))
+    Ok(Some(Decision {
+        events,
+        state_after: after,
+    }))
 }

@@ -284,7 +284,11 @@ impl CommandService {
                 )
             })
             .await?;
-        let Some((events, after)) = decision else {
+        let Some(decide::Decision {
+            events,
+            state_after: after,
+        }) = decision
+        else {
             return Ok(CommandOutcome {
                 stream: stream.clone(),
                 command_id: context.command_id.clone(),

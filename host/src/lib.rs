@@ -2,16 +2,17 @@
 //! WebAssembly components.
 //!
 //! # Layout
+//! From the bottom up:
 //! - [`store`]: the event store on sled: streams, the global log, optimistic
 //!   concurrency, group commit, subscriptions, the module registry, snapshots.
 //!   The only module that knows sled.
 //! - [`runtime`]: compiles and runs Wasm components, sandboxed, metered and
 //!   deterministic. The only module that knows wasmtime.
-//! - [`server`]: `refold serve`: wires the services to the HTTP API; graceful shutdown.
-//! - [`cli`]: the client commands of the `refold` binary (HTTP).
-//! - [`api`]: the HTTP API (axum): routes, auth, limits, problem+json errors.
+//! - [`modules`]: the module registry service: upload, validate, persist, compile, activate.
 //! - [`commands`]: the command pipeline: load state, decide in the guest, append.
-//! - [`modules`]: the module registry: upload, validate, persist, compile, activate.
+//! - [`api`]: the HTTP API (axum): routes, auth, limits, problem+json errors.
+//! - [`server`]: `refold serve`: wires the services to the HTTP API; graceful shutdown.
+//! - [`cli`]: the client commands of the `refold` binary, over HTTP.
 //! - `fsutil`: crash-safe file writes.
 //!
 //! `docs/ARCHITECTURE.md` has the bird's-eye view and the invariants.

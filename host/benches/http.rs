@@ -28,14 +28,14 @@
 //! Output: a table on stdout, and one JSON line per result appended to
 //! `bench-results/http.jsonl` (smoke: `bench-results/http-smoke.jsonl`).
 
-use std::collections::{BTreeMap, HashMap};
-use std::fs::OpenOptions;
-use std::io::Write;
+mod common;
+
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use refold::commands::{CommandRequest, CommandService};
@@ -43,37 +43,19 @@ use refold::server::{RunningServer, ServeConfig};
 use refold::store::Durability;
 use reqwest::StatusCode;
 use reqwest::header::CONTENT_TYPE;
-use tempfile::TempDir;
 use tokio::runtime::Handle;
 use tokio::sync::{Barrier, watch};
+
+use common::{
+    Bench, Column, GroupCpu, Line, Mode, Record, Table, ThreadTimes, median, no_thread_times, rate,
+    tempdir, thousands,
+};
 
 const AGGREGATE_TYPE: &str = "bank-account";
 const MODULE_VERSION: &str = "1.0.0";
 const DEPOSIT: &str = r#"{"type":"Deposit","amount":1}"#;
 /// Concurrent requests that open the accounts (not timed).
 const SETUP_TASKS: usize = 32;
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Full,
-    Smoke,
-}
-
-impl Mode {
-    fn name(self) -> &'static str {
-        match self {
-            Mode::Full => "full",
-            Mode::Smoke => "smoke",
-        }
-    }
-
-    fn results_file(self) -> &'static str {
-        match self {
-            Mode::Full => "http.jsonl",
-            Mode::Smoke => "http-smoke.jsonl",
-        }
-    }
-}
 
 struct Sizes {
     runs: usize,
@@ -174,25 +156,23 @@ impl Row {
     fn ratio(&self) -> f64 {
         self.median() / self.baseline_median()
     }
+
+    fn record(&self) -> Record<'_> {
+        Record {
+            name: &self.name,
+            unit: self.unit.name(),
+            median: self.median(),
+            runs: &self.runs,
+            baseline_median: Some(self.baseline_median()),
+            ratio: Some(self.ratio()),
+            goal: self.goal.describe(),
+        }
+    }
 }
 
-/// The same allocator as the `refold` binary, so the numbers are the product's.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> Result<()> {
-    let mode = if std::env::args().any(|a| a == "--bench") {
-        Mode::Full
-    } else {
-        Mode::Smoke
-    };
-    let sizes = Sizes::for_mode(mode);
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("the crate has no parent directory")?;
-    // Data directories go under target/: the same disk a real deployment's data would be on.
-    let scratch = workspace.join("target");
-    std::fs::create_dir_all(&scratch)?;
+    let bench = Bench::start("http")?;
+    let sizes = Sizes::for_mode(bench.mode);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
 
     // The server gets a multi-thread runtime with a worker per core, as `refold serve`.
@@ -216,13 +196,13 @@ fn main() -> Result<()> {
     let started = Instant::now();
     println!(
         "refold HTTP benchmark ({} mode): {} keep-alive HTTP/1.1 connections x deposit commands on {} accounts, {:.1} s per run x {}; client and server on the same {cores}-core machine, clients on their own 1-thread tokio runtime",
-        mode.name(),
+        bench.mode.name(),
         sizes.connections,
         thousands(sizes.accounts as f64),
         sizes.duration.as_secs_f64(),
         sizes.runs,
     );
-    let outcome = server_rt.block_on(run(&sizes, &scratch, client_rt.handle().clone()));
+    let outcome = server_rt.block_on(run(&sizes, &bench.scratch, client_rt.handle().clone()));
     drop(client_rt);
     let (rows, failures, cpu) = outcome?;
 
@@ -235,13 +215,8 @@ fn main() -> Result<()> {
             failures.total()
         );
     }
-    write_results(workspace, mode, &rows)?;
-    println!(
-        "\n{} mode took {:.1} s",
-        mode.name(),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
+    let records: Vec<Record> = rows.iter().map(Row::record).collect();
+    bench.finish(&records, started)
 }
 
 /// Both measurements, fsync then Durability::None (the same data directory,
@@ -445,7 +420,7 @@ struct Load {
 
 impl Load {
     fn rate(&self) -> f64 {
-        self.ok as f64 / self.elapsed.as_secs_f64()
+        rate(self.ok, self.elapsed)
     }
 
     fn percentile_ms(&self, q: f64) -> f64 {
@@ -702,8 +677,7 @@ struct CpuSample {
     at: Instant,
     /// (busy, total) jiffies of all cores.
     machine: Option<(u64, u64)>,
-    /// tid -> (thread name, CPU ns)
-    threads: HashMap<u32, (String, u64)>,
+    threads: ThreadTimes,
 }
 
 impl CpuSample {
@@ -721,25 +695,7 @@ impl CpuSample {
             let idle = fields.get(3)? + fields.get(4).copied().unwrap_or(0);
             Some((total - idle, total))
         });
-        let mut threads = HashMap::new();
-        if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
-            for task in tasks.flatten() {
-                let Some(tid) = task.file_name().to_str().and_then(|s| s.parse().ok()) else {
-                    continue;
-                };
-                let name = if tid == std::process::id() {
-                    "main".to_string()
-                } else {
-                    std::fs::read_to_string(task.path().join("comm")).unwrap_or_default()
-                };
-                let ns = std::fs::read_to_string(task.path().join("schedstat"))
-                    .ok()
-                    .and_then(|s| s.split_whitespace().next()?.parse().ok());
-                if let Some(ns) = ns {
-                    threads.insert(tid, (name.trim().to_string(), ns));
-                }
-            }
-        }
+        let threads = ThreadTimes::sample();
         CpuSample {
             at: Instant::now(),
             machine,
@@ -754,9 +710,8 @@ struct CpuTotals {
     wall: Duration,
     machine_busy: u64,
     machine_total: u64,
-    /// thread group -> CPU ns
-    groups: BTreeMap<String, u64>,
-    commands: usize,
+    /// By thread group, per command.
+    threads: GroupCpu,
 }
 
 impl CpuTotals {
@@ -766,38 +721,26 @@ impl CpuTotals {
             self.machine_busy += b1 - b0;
             self.machine_total += t1 - t0;
         }
-        for (tid, (name, ns)) in &after.threads {
-            let earlier = before.threads.get(tid).map_or(0, |(_, ns)| *ns);
-            *self.groups.entry(thread_group(name)).or_default() += ns.saturating_sub(earlier);
-        }
-        self.commands += commands;
-    }
-
-    fn per_command_us(&self, group: &str) -> f64 {
-        self.groups.get(group).copied().unwrap_or(0) as f64 / 1e3 / self.commands.max(1) as f64
+        self.threads.add(&before.threads, &after.threads, commands);
     }
 
     fn process_cores(&self) -> f64 {
-        self.groups.values().sum::<u64>() as f64 / 1e9 / self.wall.as_secs_f64()
+        self.threads.groups.values().sum::<u64>() as f64 / 1e9 / self.wall.as_secs_f64()
     }
-}
-
-/// `refold-guest-1` -> `refold-guest`: a thread's name without its number.
-fn thread_group(name: &str) -> String {
-    name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '-' || c == '_')
-        .to_string()
 }
 
 fn print_cpu(cpu: &[(String, CpuTotals)], cores: usize) {
-    if cpu.iter().all(|(_, t)| t.groups.is_empty()) {
-        println!("\n(no per-thread CPU times: /proc/self/task/*/schedstat is unreadable)");
+    if no_thread_times(cpu.iter().map(|(_, t)| &t.threads)) {
         return;
     }
     println!("\nCPU during the timed runs (microseconds of CPU per command, by thread group):");
-    let mut groups: Vec<&String> = cpu.iter().flat_map(|(_, t)| t.groups.keys()).collect();
+    let mut groups: Vec<&String> = cpu
+        .iter()
+        .flat_map(|(_, t)| t.threads.groups.keys())
+        .collect();
     groups.sort();
     groups.dedup();
-    groups.retain(|g| cpu.iter().any(|(_, t)| t.per_command_us(g) >= 0.5));
+    groups.retain(|g| cpu.iter().any(|(_, t)| t.threads.per_unit_us(g) >= 0.5));
     print!("  {:<22}", "thread group");
     for (label, _) in cpu {
         print!(" {label:>16}");
@@ -806,14 +749,13 @@ fn print_cpu(cpu: &[(String, CpuTotals)], cores: usize) {
     for group in &groups {
         print!("  {group:<22}");
         for (_, t) in cpu {
-            print!(" {:>16.1}", t.per_command_us(group));
+            print!(" {:>16.1}", t.threads.per_unit_us(group));
         }
         println!();
     }
     print!("  {:<22}", "total");
     for (_, t) in cpu {
-        let total: u64 = t.groups.values().sum();
-        print!(" {:>16.1}", total as f64 / 1e3 / t.commands.max(1) as f64);
+        print!(" {:>16.1}", t.threads.total_us());
     }
     println!();
     print!("  {:<22}", "this process, cores");
@@ -830,94 +772,29 @@ fn print_cpu(cpu: &[(String, CpuTotals)], cores: usize) {
 }
 
 // ---------------------------------------------------------------------------
-// Helpers, statistics and reporting.
+// Reporting.
 
-fn tempdir(scratch: &Path) -> Result<TempDir> {
-    Ok(tempfile::Builder::new()
-        .prefix("refold-bench-")
-        .tempdir_in(scratch)?)
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let mid = sorted.len() / 2;
-    if sorted.len() % 2 == 1 {
-        sorted[mid]
-    } else {
-        (sorted[mid - 1] + sorted[mid]) / 2.0
-    }
-}
-
-/// 1234567.8 -> "1,234,568".
-fn thousands(value: f64) -> String {
-    let digits = format!("{:.0}", value);
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
+const TABLE: Table = Table {
+    name_width: 74,
+    columns: &[
+        Column::number("http", 10),
+        Column::text("unit", 10),
+        Column::number("in process", 12),
+    ],
+    goal_width: 16,
+    rule: 144,
+};
 
 fn print_table(rows: &[Row]) {
-    println!(
-        "\n{:<74} {:>10} {:<10} {:>12} {:>7}  {:<16} verdict",
-        "name", "http", "unit", "in process", "ratio", "goal"
-    );
-    println!("{}", "-".repeat(144));
-    for row in rows {
-        println!(
-            "{:<74} {:>10} {:<10} {:>12} {:>7}  {:<16} {}",
-            row.name,
+    TABLE.print(rows.iter().map(|row| Line {
+        name: &row.name,
+        cells: vec![
             row.unit.format(row.median()),
-            row.unit.name(),
+            row.unit.name().to_string(),
             row.unit.format(row.baseline_median()),
-            format!("{:.2}x", row.ratio()),
-            row.goal.describe(),
-            row.goal.verdict(row.median()),
-        );
-    }
-}
-
-/// Appends one JSON object per row to `bench-results/<file>` in the workspace.
-fn write_results(workspace: &Path, mode: Mode, rows: &[Row]) -> Result<()> {
-    let dir = workspace.join("bench-results");
-    std::fs::create_dir_all(&dir)?;
-    let path: PathBuf = dir.join(mode.results_file());
-    let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
-    let timestamp_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
-    let git_rev = git_rev(workspace);
-    for row in rows {
-        let line = serde_json::json!({
-            "bench": "http",
-            "name": row.name.trim(),
-            "unit": row.unit.name(),
-            "median": row.median(),
-            "runs": row.runs,
-            "baseline_median": row.baseline_median(),
-            "ratio": row.ratio(),
-            "goal": row.goal.describe(),
-            "timestamp_unix_ms": timestamp_unix_ms,
-            "git_rev": git_rev,
-            "mode": mode.name(),
-        });
-        writeln!(file, "{line}")?;
-    }
-    println!("\nresults appended to {}", path.display());
-    Ok(())
-}
-
-/// `git rev-parse --short HEAD`, or None outside a repository or before the first commit.
-fn git_rev(workspace: &Path) -> Option<String> {
-    let output = std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .current_dir(workspace)
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    let rev = String::from_utf8(output.stdout).ok()?.trim().to_string();
-    (output.status.success() && !rev.is_empty()).then_some(rev)
+        ],
+        ratio: Some(row.ratio()),
+        goal: row.goal.describe(),
+        verdict: row.goal.verdict(row.median()),
+    }));
 }

@@ -21,14 +21,13 @@
 //! Output: a table on stdout, and one JSON line per result appended to
 //! `bench-results/runtime.jsonl` (smoke: `bench-results/runtime-smoke.jsonl`).
 
-use std::collections::{BTreeMap, HashMap};
-use std::fs::OpenOptions;
+mod common;
+
 use std::hint::black_box;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, ensure};
 use bank_account::{BankAccount, Event, Status};
@@ -46,33 +45,16 @@ use refold_sdk::codec;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
+use common::{
+    Bench, Column, GroupCpu, Line, Mode, Record, Table, ThreadTimes, median, no_thread_times, rate,
+    tempdir, thousands,
+};
+
 const AGGREGATE_TYPE: &str = "bank-account";
 const MODULE_VERSION: &str = "1.0.0";
 const DEPOSIT: &str = r#"{"type":"Deposit","amount":100}"#;
 /// Tasks that pre-open the accounts (not timed).
 const SETUP_TASKS: usize = 64;
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Full,
-    Smoke,
-}
-
-impl Mode {
-    fn name(self) -> &'static str {
-        match self {
-            Mode::Full => "full",
-            Mode::Smoke => "smoke",
-        }
-    }
-
-    fn results_file(self) -> &'static str {
-        match self {
-            Mode::Full => "runtime.jsonl",
-            Mode::Smoke => "runtime-smoke.jsonl",
-        }
-    }
-}
 
 /// How much work each measurement does. A full run lasts roughly 0.5-1 s.
 struct Sizes {
@@ -200,6 +182,18 @@ impl Row {
     fn ratio(&self) -> Option<f64> {
         Some(self.median() / self.baseline_median()?)
     }
+
+    fn record(&self) -> Record<'_> {
+        Record {
+            name: &self.name,
+            unit: self.unit.name(),
+            median: self.median(),
+            runs: &self.runs,
+            baseline_median: self.baseline_median(),
+            ratio: self.ratio(),
+            goal: self.goal.describe(self.unit),
+        }
+    }
 }
 
 /// Where the commands' time goes, gathered along the way and printed after the table.
@@ -211,7 +205,7 @@ struct Breakdown {
     sequential_command_us: f64,
     sequential_append_us: f64,
     /// CPU time by thread group for each workload, [1 caller, concurrent callers].
-    cpu: [[CpuUse; Work::ALL.len()]; 2],
+    cpu: [[GroupCpu; Work::ALL.len()]; 2],
 }
 
 /// What the command section times.
@@ -237,23 +231,9 @@ impl Work {
     }
 }
 
-/// The same allocator as the `refold` binary, so the numbers are the product's.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> Result<()> {
-    let mode = if std::env::args().any(|a| a == "--bench") {
-        Mode::Full
-    } else {
-        Mode::Smoke
-    };
-    let sizes = Sizes::for_mode(mode);
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("the crate has no parent directory")?;
-    // Data directories go under target/: the same disk a real deployment's data would be on.
-    let scratch = workspace.join("target");
-    std::fs::create_dir_all(&scratch)?;
+    let bench = Bench::start("runtime")?;
+    let sizes = Sizes::for_mode(bench.mode);
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -272,7 +252,7 @@ fn main() -> Result<()> {
     );
     println!(
         "refold runtime benchmark ({} mode): bank-account component {} KiB (WASI), {} KiB (no WASI); {cores} cores, {} guest threads",
-        mode.name(),
+        bench.mode.name(),
         wasi_bytes.len() / 1024,
         plain_bytes.len() / 1024,
         runtime.config().guest_threads,
@@ -284,7 +264,7 @@ fn main() -> Result<()> {
     rows.extend(measure_replay(&sizes, &wasi, &plain)?);
     rows.extend(tokio.block_on(measure_commands(
         &sizes,
-        &scratch,
+        &bench.scratch,
         runtime.clone(),
         wasi_bytes,
         &mut breakdown,
@@ -292,13 +272,8 @@ fn main() -> Result<()> {
 
     print_table(&rows);
     print_breakdown(&breakdown, &sizes, cores);
-    write_results(workspace, mode, &rows)?;
-    println!(
-        "\n{} mode took {:.1} s",
-        mode.name(),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
+    let records: Vec<Record> = rows.iter().map(Row::record).collect();
+    bench.finish(&records, started)
 }
 
 // ---------------------------------------------------------------------------
@@ -553,7 +528,7 @@ async fn run_work(
     work: Work,
     callers: usize,
     total: usize,
-    cpu: &mut CpuUse,
+    cpu: &mut GroupCpu,
 ) -> Result<f64> {
     match work {
         Work::Commands => run_commands(bench, callers, total, cpu).await,
@@ -648,45 +623,34 @@ async fn run_commands(
     bench: &CommandBench,
     callers: usize,
     total: usize,
-    cpu: &mut CpuUse,
+    cpu: &mut GroupCpu,
 ) -> Result<f64> {
-    let counts = split(total, callers);
-    let before = CpuUse::sample();
-    let start = Instant::now();
-    let tasks: Vec<_> = counts
-        .into_iter()
-        .map(|count| {
-            let (service, accounts, next) = (
-                bench.service.clone(),
-                bench.accounts.clone(),
-                bench.next.clone(),
-            );
-            tokio::spawn(async move {
-                for _ in 0..count {
-                    let i = next.fetch_add(1, Ordering::Relaxed) % accounts.len();
-                    let outcome = service
-                        .execute(CommandRequest {
-                            aggregate_type: AGGREGATE_TYPE.to_string(),
-                            aggregate_id: accounts[i].clone(),
-                            command: DEPOSIT.to_string(),
-                            ..Default::default()
-                        })
-                        .await?;
-                    ensure!(
-                        outcome.events.len() == 1,
-                        "a deposit should produce one event"
-                    );
-                }
-                anyhow::Ok(())
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await??;
-    }
-    let elapsed = start.elapsed();
-    cpu.add(&before, &CpuUse::sample(), total);
-    Ok(rate(total, elapsed))
+    let tasks = split(total, callers).into_iter().map(|count| {
+        let (service, accounts, next) = (
+            bench.service.clone(),
+            bench.accounts.clone(),
+            bench.next.clone(),
+        );
+        async move {
+            for _ in 0..count {
+                let i = next.fetch_add(1, Ordering::Relaxed) % accounts.len();
+                let outcome = service
+                    .execute(CommandRequest {
+                        aggregate_type: AGGREGATE_TYPE.to_string(),
+                        aggregate_id: accounts[i].clone(),
+                        command: DEPOSIT.to_string(),
+                        ..Default::default()
+                    })
+                    .await?;
+                ensure!(
+                    outcome.events.len() == 1,
+                    "a deposit should produce one event"
+                );
+            }
+            anyhow::Ok(())
+        }
+    });
+    run_tasks(tasks, total, cpu).await
 }
 
 /// `total` raw single-event appends (`ExpectedVersion::Any`) from `callers`
@@ -699,7 +663,7 @@ async fn run_raw_appends(
     callers: usize,
     total: usize,
     command_record: bool,
-    cpu: &mut CpuUse,
+    cpu: &mut GroupCpu,
 ) -> Result<f64> {
     let counts = split(total, callers);
     let work: Vec<Vec<NewEvent>> = counts
@@ -707,44 +671,50 @@ async fn run_raw_appends(
         .enumerate()
         .map(|(t, &count)| (0..count).map(|k| raw_event(t, k + 1)).collect())
         .collect();
-    let before = CpuUse::sample();
-    let start = Instant::now();
-    let tasks: Vec<_> = work
-        .into_iter()
-        .map(|events| {
-            let (store, streams, next) = (
-                bench.store.clone(),
-                bench.raw_streams.clone(),
-                bench.next.clone(),
-            );
-            tokio::spawn(async move {
-                for event in events {
-                    let i = next.fetch_add(1, Ordering::Relaxed) % streams.len();
-                    if command_record {
-                        let command_id = event.metadata.command_id.clone().unwrap_or_default();
-                        store
-                            .append_command(
-                                &streams[i],
-                                ExpectedVersion::Any,
-                                vec![event],
-                                &command_id,
-                            )
-                            .await?;
-                    } else {
-                        store
-                            .append(&streams[i], ExpectedVersion::Any, vec![event])
-                            .await?;
-                    }
+    let tasks = work.into_iter().map(|events| {
+        let (store, streams, next) = (
+            bench.store.clone(),
+            bench.raw_streams.clone(),
+            bench.next.clone(),
+        );
+        async move {
+            for event in events {
+                let i = next.fetch_add(1, Ordering::Relaxed) % streams.len();
+                if command_record {
+                    let command_id = event.metadata.command_id.clone().unwrap_or_default();
+                    store
+                        .append_command(&streams[i], ExpectedVersion::Any, vec![event], &command_id)
+                        .await?;
+                } else {
+                    store
+                        .append(&streams[i], ExpectedVersion::Any, vec![event])
+                        .await?;
                 }
-                anyhow::Ok(())
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await??;
+            }
+            anyhow::Ok(())
+        }
+    });
+    run_tasks(tasks, total, cpu).await
+}
+
+/// Spawns `tasks` on tokio after the clock starts and waits for them all:
+/// `total` operations per second. Adds the CPU each thread used meanwhile to `cpu`.
+async fn run_tasks<F>(
+    tasks: impl IntoIterator<Item = F>,
+    total: usize,
+    cpu: &mut GroupCpu,
+) -> Result<f64>
+where
+    F: Future<Output = Result<()>> + Send + 'static,
+{
+    let before = ThreadTimes::sample();
+    let start = Instant::now();
+    let handles: Vec<_> = tasks.into_iter().map(tokio::spawn).collect();
+    for handle in handles {
+        handle.await??;
     }
     let elapsed = start.elapsed();
-    cpu.add(&before, &CpuUse::sample(), total);
+    cpu.add(&before, &ThreadTimes::sample(), total);
     Ok(rate(total, elapsed))
 }
 
@@ -830,71 +800,6 @@ async fn measure_steps(
         start.elapsed().as_secs_f64() * 1e6 / f64::from(reads.max(1)),
     ));
     Ok(())
-}
-
-// ---------------------------------------------------------------------------
-// CPU time by thread.
-
-/// CPU nanoseconds per thread (from `/proc/self/task/*/schedstat`), or the sums
-/// of such differences by thread group.
-#[derive(Default)]
-struct CpuUse {
-    /// tid -> (thread name, CPU ns)
-    threads: HashMap<u32, (String, u64)>,
-    /// thread group -> CPU ns, summed over `add`s.
-    groups: BTreeMap<String, u64>,
-    units: usize,
-}
-
-impl CpuUse {
-    fn sample() -> CpuUse {
-        let mut threads = HashMap::new();
-        if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
-            for task in tasks.flatten() {
-                let Some(tid) = task.file_name().to_str().and_then(|s| s.parse().ok()) else {
-                    continue;
-                };
-                let name = if tid == std::process::id() {
-                    "main".to_string()
-                } else {
-                    std::fs::read_to_string(task.path().join("comm")).unwrap_or_default()
-                };
-                let ns = std::fs::read_to_string(task.path().join("schedstat"))
-                    .ok()
-                    .and_then(|s| s.split_whitespace().next()?.parse().ok());
-                if let Some(ns) = ns {
-                    threads.insert(tid, (name.trim().to_string(), ns));
-                }
-            }
-        }
-        CpuUse {
-            threads,
-            ..Default::default()
-        }
-    }
-
-    /// Adds what each thread group used between two samples, for `units` operations.
-    fn add(&mut self, before: &CpuUse, after: &CpuUse, units: usize) {
-        for (tid, (name, ns)) in &after.threads {
-            let earlier = before.threads.get(tid).map_or(0, |(_, ns)| *ns);
-            *self.groups.entry(thread_group(name)).or_default() += ns.saturating_sub(earlier);
-        }
-        self.units += units;
-    }
-
-    fn per_unit_us(&self, group: &str) -> f64 {
-        self.groups.get(group).copied().unwrap_or(0) as f64 / 1e3 / self.units.max(1) as f64
-    }
-
-    fn total_us(&self) -> f64 {
-        self.groups.values().sum::<u64>() as f64 / 1e3 / self.units.max(1) as f64
-    }
-}
-
-/// `refold-guest-1` -> `refold-guest`: a thread's name without its number.
-fn thread_group(name: &str) -> String {
-    name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '-' || c == '_')
-        .to_string()
 }
 
 // ---------------------------------------------------------------------------
@@ -1003,62 +908,33 @@ fn time_calls(sizes: &Sizes, mut call: impl FnMut() -> Result<()>) -> Result<Vec
     Ok(runs)
 }
 
-fn tempdir(scratch: &Path) -> Result<TempDir> {
-    Ok(tempfile::Builder::new()
-        .prefix("refold-bench-")
-        .tempdir_in(scratch)?)
-}
-
 // ---------------------------------------------------------------------------
-// Statistics and reporting.
+// Reporting.
 
-fn rate(count: usize, elapsed: Duration) -> f64 {
-    count as f64 / elapsed.as_secs_f64()
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let mid = sorted.len() / 2;
-    if sorted.len() % 2 == 1 {
-        sorted[mid]
-    } else {
-        (sorted[mid - 1] + sorted[mid]) / 2.0
-    }
-}
-
-/// 1234567.8 -> "1,234,568".
-fn thousands(value: f64) -> String {
-    let digits = format!("{:.0}", value);
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
+const TABLE: Table = Table {
+    name_width: 70,
+    columns: &[
+        Column::number("median", 12),
+        Column::text("unit", 10),
+        Column::number("baseline", 12),
+    ],
+    goal_width: 24,
+    rule: 150,
+};
 
 fn print_table(rows: &[Row]) {
-    println!(
-        "\n{:<70} {:>12} {:<10} {:>12} {:>7}  {:<24} verdict",
-        "name", "median", "unit", "baseline", "ratio", "goal"
-    );
-    println!("{}", "-".repeat(150));
-    for row in rows {
-        println!(
-            "{:<70} {:>12} {:<10} {:>12} {:>7}  {:<24} {}",
-            row.name,
+    TABLE.print(rows.iter().map(|row| Line {
+        name: &row.name,
+        cells: vec![
             row.unit.format(row.median()),
-            row.unit.name(),
+            row.unit.name().to_string(),
             row.baseline_median()
                 .map_or("-".to_string(), |b| row.unit.format(b)),
-            row.ratio().map_or("-".to_string(), |r| format!("{r:.2}x")),
-            row.goal.describe(row.unit),
-            row.goal.verdict(row.median(), row.ratio()),
-        );
-    }
+        ],
+        ratio: row.ratio(),
+        goal: row.goal.describe(row.unit),
+        verdict: row.goal.verdict(row.median(), row.ratio()),
+    }));
 }
 
 fn print_breakdown(breakdown: &Breakdown, sizes: &Sizes, cores: usize) {
@@ -1088,8 +964,7 @@ fn print_breakdown(breakdown: &Breakdown, sizes: &Sizes, cores: usize) {
     );
 
     let all = breakdown.cpu.iter().flatten();
-    if all.clone().all(|cpu| cpu.groups.is_empty()) {
-        println!("\n(no per-thread CPU times: /proc/self/task/*/schedstat is unreadable)");
+    if no_thread_times(all.clone()) {
         return;
     }
     println!(
@@ -1107,7 +982,7 @@ fn print_breakdown(breakdown: &Breakdown, sizes: &Sizes, cores: usize) {
     let mut groups: Vec<&String> = all.clone().flat_map(|cpu| cpu.groups.keys()).collect();
     groups.sort();
     groups.dedup();
-    let line = |label: &str, value: &dyn Fn(&CpuUse) -> f64| {
+    let line = |label: &str, value: &dyn Fn(&GroupCpu) -> f64| {
         let mut out = format!("  {label:<18}");
         for (c, row) in breakdown.cpu.iter().enumerate() {
             out.push_str(if c == 0 { "" } else { " |" });
@@ -1131,44 +1006,4 @@ fn print_breakdown(breakdown: &Breakdown, sizes: &Sizes, cores: usize) {
         thousands(cores as f64 * 1e6 / concurrent[0].total_us().max(1e-9)),
         thousands(cores as f64 * 1e6 / concurrent[1].total_us().max(1e-9)),
     );
-}
-
-/// Appends one JSON object per row to `bench-results/<file>` in the workspace.
-fn write_results(workspace: &Path, mode: Mode, rows: &[Row]) -> Result<()> {
-    let dir = workspace.join("bench-results");
-    std::fs::create_dir_all(&dir)?;
-    let path: PathBuf = dir.join(mode.results_file());
-    let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
-    let timestamp_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
-    let git_rev = git_rev(workspace);
-    for row in rows {
-        let line = serde_json::json!({
-            "bench": "runtime",
-            "name": row.name.trim(),
-            "unit": row.unit.name(),
-            "median": row.median(),
-            "runs": row.runs,
-            "baseline_median": row.baseline_median(),
-            "ratio": row.ratio(),
-            "goal": row.goal.describe(row.unit),
-            "timestamp_unix_ms": timestamp_unix_ms,
-            "git_rev": git_rev,
-            "mode": mode.name(),
-        });
-        writeln!(file, "{line}")?;
-    }
-    println!("\nresults appended to {}", path.display());
-    Ok(())
-}
-
-/// `git rev-parse --short HEAD`, or None outside a repository or before the first commit.
-fn git_rev(workspace: &Path) -> Option<String> {
-    let output = std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .current_dir(workspace)
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    let rev = String::from_utf8(output.stdout).ok()?.trim().to_string();
-    (output.status.success() && !rev.is_empty()).then_some(rev)
 }

@@ -13,13 +13,15 @@
 //! Output: a table on stdout, and one JSON line per result appended to
 //! `bench-results/store.jsonl` (smoke: `bench-results/store-smoke.jsonl`).
 
-use std::fs::{File, OpenOptions};
+mod common;
+
+use std::fs::File;
 use std::hint::black_box;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
+use common::{Bench, Column, Line, Mode, Record, Table, median, rate, tempdir, thousands};
 use refold::store::{
     Durability, EventFilter, ExpectedVersion, NewEvent, Store, StoreConfig, StreamId,
 };
@@ -34,28 +36,6 @@ const SEQUENTIAL_STREAMS: usize = 100;
 const READ_PAGE: usize = 1000;
 /// sled's page cache, the same as the store's default, so both sides cache alike.
 const CACHE_BYTES: u64 = 256 << 20;
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Full,
-    Smoke,
-}
-
-impl Mode {
-    fn name(self) -> &'static str {
-        match self {
-            Mode::Full => "full",
-            Mode::Smoke => "smoke",
-        }
-    }
-
-    fn results_file(self) -> &'static str {
-        match self {
-            Mode::Full => "store.jsonl",
-            Mode::Smoke => "store-smoke.jsonl",
-        }
-    }
-}
 
 /// How much work each measurement does. A full run lasts roughly 0.3-1 s.
 struct Sizes {
@@ -139,6 +119,20 @@ impl Row {
         Some(self.store_median()? / self.raw_median()?)
     }
 
+    fn record(&self) -> Record<'_> {
+        let (runs, median) = self.measured();
+        Record {
+            name: &self.name,
+            unit: "events/s",
+            median,
+            runs,
+            // For a raw-only row, its raw numbers are the measurement, not a baseline.
+            baseline_median: self.store.as_ref().and(self.raw_median()),
+            ratio: self.ratio(),
+            goal: self.goal.describe(),
+        }
+    }
+
     /// The row's own measurement: the store's, or raw sled's for a raw-only row.
     fn measured(&self) -> (&[f64], f64) {
         let runs = self
@@ -178,44 +172,31 @@ impl PhaseTimes {
     }
 }
 
-/// The same allocator as the `refold` binary, so the numbers are the product's.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> Result<()> {
-    let mode = if std::env::args().any(|a| a == "--bench") {
-        Mode::Full
-    } else {
-        Mode::Smoke
-    };
-    let sizes = Sizes::for_mode(mode);
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("the crate has no parent directory")?;
-    // Data directories go under target/: the same disk a real deployment's data would be on.
-    let scratch = workspace.join("target");
-    std::fs::create_dir_all(&scratch)?;
+    let bench = Bench::start("store")?;
+    let sizes = Sizes::for_mode(bench.mode);
+    let scratch = &bench.scratch;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
 
     let started = Instant::now();
-    let record_len = runtime.block_on(encoded_record_len(&scratch))?;
+    let record_len = runtime.block_on(encoded_record_len(scratch))?;
     println!(
         "refold store benchmark ({} mode): {EVENT_DATA_LEN}-byte JSON events, {record_len}-byte event records",
-        mode.name()
+        bench.mode.name()
     );
 
     let mut rows = Vec::new();
     let mut phases = Vec::new();
     for &(batch, appends) in &sizes.sequential {
         let (batch_rows, times) =
-            measure_sequential(&runtime, &scratch, &sizes, batch, appends, record_len)?;
+            measure_sequential(&runtime, scratch, &sizes, batch, appends, record_len)?;
         rows.extend(batch_rows);
         phases.push((batch, times));
     }
-    rows.push(measure_concurrent(&runtime, &scratch, &sizes)?);
-    rows.push(measure_read(&runtime, &scratch, &sizes, record_len)?);
+    rows.push(measure_concurrent(&runtime, scratch, &sizes)?);
+    rows.push(measure_read(&runtime, scratch, &sizes, record_len)?);
 
     print_table(&rows);
     println!("\nraw sled durable commit (apply_batch + flush + fdatasync), mean per batch:");
@@ -229,13 +210,8 @@ fn main() -> Result<()> {
             all_keys.report()
         );
     }
-    write_results(workspace, mode, &rows)?;
-    println!(
-        "\n{} mode took {:.1} s",
-        mode.name(),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
+    let records: Vec<Record> = rows.iter().map(Row::record).collect();
+    bench.finish(&records, started)
 }
 
 // ---------------------------------------------------------------------------
@@ -722,103 +698,29 @@ fn event_key(position: u64) -> [u8; 9] {
     key
 }
 
-fn tempdir(scratch: &Path) -> Result<TempDir> {
-    Ok(tempfile::Builder::new()
-        .prefix("refold-bench-")
-        .tempdir_in(scratch)?)
-}
-
 // ---------------------------------------------------------------------------
-// Statistics and reporting.
+// Reporting.
 
-fn rate(events: usize, elapsed: Duration) -> f64 {
-    events as f64 / elapsed.as_secs_f64()
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let mid = sorted.len() / 2;
-    if sorted.len() % 2 == 1 {
-        sorted[mid]
-    } else {
-        (sorted[mid - 1] + sorted[mid]) / 2.0
-    }
-}
-
-/// 1234567.8 -> "1,234,568".
-fn thousands(value: f64) -> String {
-    let digits = format!("{:.0}", value);
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
+const TABLE: Table = Table {
+    name_width: 52,
+    columns: &[
+        Column::number("store ev/s", 12),
+        Column::number("raw ev/s", 12),
+    ],
+    goal_width: 20,
+    rule: 118,
+};
 
 fn print_table(rows: &[Row]) {
     let cell = |v: Option<f64>| v.map_or("-".to_string(), thousands);
-    println!(
-        "\n{:<52} {:>12} {:>12} {:>7}  {:<20} verdict",
-        "name", "store ev/s", "raw ev/s", "ratio", "goal"
-    );
-    println!("{}", "-".repeat(118));
-    for row in rows {
+    TABLE.print(rows.iter().map(|row| {
         let (_, measured) = row.measured();
-        println!(
-            "{:<52} {:>12} {:>12} {:>7}  {:<20} {}",
-            row.name,
-            cell(row.store_median()),
-            cell(row.raw_median()),
-            row.ratio().map_or("-".to_string(), |r| format!("{r:.2}x")),
-            row.goal.describe(),
-            row.goal.verdict(measured, row.ratio()),
-        );
-    }
-}
-
-/// Appends one JSON object per row to `bench-results/<file>` in the workspace.
-fn write_results(workspace: &Path, mode: Mode, rows: &[Row]) -> Result<()> {
-    let dir = workspace.join("bench-results");
-    std::fs::create_dir_all(&dir)?;
-    let path: PathBuf = dir.join(mode.results_file());
-    let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
-    let timestamp_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
-    let git_rev = git_rev(workspace);
-    for row in rows {
-        let (runs, median) = row.measured();
-        // For a raw-only row, its raw numbers are the measurement, not a baseline.
-        let baseline_median = row.store.as_ref().and(row.raw_median());
-        let line = serde_json::json!({
-            "bench": "store",
-            "name": row.name.trim(),
-            "unit": "events/s",
-            "median": median,
-            "runs": runs,
-            "baseline_median": baseline_median,
-            "ratio": row.ratio(),
-            "goal": row.goal.describe(),
-            "timestamp_unix_ms": timestamp_unix_ms,
-            "git_rev": git_rev,
-            "mode": mode.name(),
-        });
-        writeln!(file, "{line}")?;
-    }
-    println!("\nresults appended to {}", path.display());
-    Ok(())
-}
-
-/// `git rev-parse --short HEAD`, or None outside a repository or before the first commit.
-fn git_rev(workspace: &Path) -> Option<String> {
-    let output = std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .current_dir(workspace)
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    let rev = String::from_utf8(output.stdout).ok()?.trim().to_string();
-    (output.status.success() && !rev.is_empty()).then_some(rev)
+        Line {
+            name: &row.name,
+            cells: vec![cell(row.store_median()), cell(row.raw_median())],
+            ratio: row.ratio(),
+            goal: row.goal.describe(),
+            verdict: row.goal.verdict(measured, row.ratio()),
+        }
+    }));
 }

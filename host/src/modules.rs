@@ -79,6 +79,12 @@ pub struct ModuleRegistry {
     dir: PathBuf,
     loaded: RwLock<HashMap<(String, String), Arc<LoadedModule>>>,
     active: RwLock<HashMap<String, Arc<LoadedModule>>>,
+    /// Uploads run one at a time: they are rare, and it keeps the registry
+    /// record, the loaded map and the first-version activation in step.
+    uploads: tokio::sync::Mutex<()>,
+    /// Held across the store write and the in-memory swap of an activation, so
+    /// disk and memory agree on the active version.
+    activation: std::sync::Mutex<()>,
 }
 
 impl ModuleRegistry {
@@ -97,6 +103,8 @@ impl ModuleRegistry {
             dir,
             loaded: RwLock::new(HashMap::new()),
             active: RwLock::new(HashMap::new()),
+            uploads: tokio::sync::Mutex::new(()),
+            activation: std::sync::Mutex::new(()),
         };
         for record in registry.store.modules()? {
             let path = registry.path_of(&record.digest);
@@ -131,8 +139,17 @@ impl ModuleRegistry {
         validate_name(name)?;
         validate_version(version)?;
         let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        let _one_at_a_time = self.uploads.lock().await;
         let outcome = match self.store.module(name, version)? {
-            Some(existing) if existing.digest == digest => Uploaded::Unchanged,
+            Some(existing) if existing.digest == digest => {
+                // Registered but not loaded: an earlier upload failed after its record
+                // was written. These are the same bytes, so load them now.
+                if self.get(name, version).is_none() {
+                    let module = self.compile(bytes, existing).await?;
+                    self.loaded_mut().insert(key_of(&module.record), module);
+                }
+                Uploaded::Unchanged
+            }
             Some(existing) => return Err(conflict(&existing)),
             None => {
                 let record = ModuleRecord {
@@ -156,7 +173,10 @@ impl ModuleRegistry {
                         self.loaded_mut().insert(key_of(&module.record), module);
                         Uploaded::Created
                     }
-                    ModulePut::AlreadyPresent(_) => Uploaded::Unchanged, // a racing upload of the same bytes
+                    ModulePut::AlreadyPresent(_) => {
+                        self.loaded_mut().insert(key_of(&module.record), module);
+                        Uploaded::Unchanged
+                    }
                     ModulePut::Conflict(existing) => return Err(conflict(&existing)),
                 }
             }
@@ -175,6 +195,7 @@ impl ModuleRegistry {
         let module = self
             .get(name, version)
             .ok_or_else(|| ModuleError::NotFound(format!("{name}@{version}")))?;
+        let _in_step = self.activation.lock().unwrap_or_else(|e| e.into_inner());
         self.store.set_active_module(name, version)?;
         self.active_mut().insert(name.to_string(), module.clone());
         tracing::info!(module = %module.label(), "activated");

@@ -252,6 +252,11 @@ async fn an_expected_version_is_checked_and_concurrent_commands_all_land() {
         .await
         .unwrap();
     assert_eq!(state.version, 52);
+    assert_eq!(
+        host.commands.busy_aggregates(),
+        0,
+        "per-aggregate locks are released and forgotten"
+    );
     assert!(state.state.contains(r#""balance":101"#), "{}", state.state);
     host.stop().await;
 }

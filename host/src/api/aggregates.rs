@@ -85,7 +85,19 @@ pub async fn command(
             correlation_id: header_id(&headers, "x-correlation-id")?,
             causation_id: header_id(&headers, "x-causation-id")?,
         };
-        Ok::<_, ApiError>(app.commands.execute(request).await?)
+        // The command runs to its end in its own task even if the client goes away:
+        // a dropped request must not release the aggregate's lock mid-append.
+        let commands = app.commands.clone();
+        let outcome = tokio::spawn(async move { commands.execute(request).await })
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    format!("the command task failed: {e}"),
+                )
+            })??;
+        Ok::<_, ApiError>(outcome)
     }
     .await;
     match &result {

@@ -75,7 +75,9 @@ pub async fn subscribe(
         None => None,
     };
     let from = match resume_after {
-        Some(last) => last + 1,
+        Some(last) => last.checked_add(1).ok_or_else(|| {
+            ApiError::bad_request("invalid_request", "Last-Event-ID is past any position")
+        })?,
         None => query.number("from")?.unwrap_or(1),
     };
     app.metrics.subscriber_opened();

@@ -40,13 +40,20 @@ impl AggregateLocks {
 
 impl Drop for AggregateGuard<'_> {
     fn drop(&mut self) {
+        // Release first: the guard holds a reference of its own to the lock.
+        self.guard.take();
         let mut locks = self.locks.locks.lock().unwrap_or_else(|e| e.into_inner());
-        // Two references: the map's and ours. Anyone else waiting holds a third.
-        // Removing while still holding the guard is safe: our critical section is over.
+        // Now two references mean the map's and ours: nobody holds or waits for the
+        // lock, and nobody can take a new reference without the map's mutex, which we hold.
         if Arc::strong_count(&self.lock) == 2 {
             locks.remove(&self.stream);
         }
-        drop(locks);
-        self.guard.take();
+    }
+}
+
+impl AggregateLocks {
+    /// Aggregates with a command running or waiting (for tests and metrics).
+    pub fn busy(&self) -> usize {
+        self.locks.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }

@@ -183,6 +183,11 @@ impl CommandService {
         &self.modules
     }
 
+    /// Aggregates with a command running or waiting for its lock.
+    pub fn busy_aggregates(&self) -> usize {
+        self.locks.busy()
+    }
+
     pub async fn execute(&self, request: CommandRequest) -> Result<CommandOutcome, CommandError> {
         let received_at_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -308,6 +313,15 @@ impl CommandService {
                 &context.command_id,
             )
             .await?;
+        if appended.repeated {
+            // The same command landed meanwhile (a retry raced its original). Our state
+            // is what *this* attempt decided, not what the stored events produce: keep
+            // it out of the cache and the snapshots, and answer with the original.
+            return self.repeat_of(&context.command_id, stream)?.ok_or_else(|| {
+                CommandError::NotFound(format!("command {} vanished", context.command_id))
+            });
+        }
+        let appended = appended.result;
         let new_state = AggregateState {
             version: appended.stream_version,
             bytes: Arc::new(after),

@@ -31,7 +31,7 @@ pub use catalog::{MAX_SNAPSHOT_LEN, ModuleKind, ModulePut, ModuleRecord};
 pub use error::StoreError;
 pub use types::*;
 
-use writer::{AppendRequest, Writer, WriterMessage};
+use writer::{AppendRequest, Appended, Writer, WriterMessage};
 
 /// How to open a store.
 #[derive(Clone, Debug)]
@@ -192,7 +192,10 @@ impl Store {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
-        self.send_append(stream, expected, events, None).await
+        Ok(self
+            .send_append(stream, expected, events, None)
+            .await?
+            .result)
     }
 
     /// Appends a command's events and records its command id with them, in the same
@@ -205,11 +208,16 @@ impl Store {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
         command_id: &str,
-    ) -> Result<AppendResult, StoreError> {
+    ) -> Result<CommandAppend, StoreError> {
         check_name("command id", command_id, MAX_METADATA_ID_LEN)
             .map_err(|reason| StoreError::InvalidEvent { index: 0, reason })?;
-        self.send_append(stream, expected, events, Some(command_id.to_string()))
-            .await
+        let appended = self
+            .send_append(stream, expected, events, Some(command_id.to_string()))
+            .await?;
+        Ok(CommandAppend {
+            result: appended.result,
+            repeated: appended.repeated,
+        })
     }
 
     async fn send_append(
@@ -218,7 +226,7 @@ impl Store {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
         command_id: Option<String>,
-    ) -> Result<AppendResult, StoreError> {
+    ) -> Result<Appended, StoreError> {
         validate_append(&events)?;
         if self.inner.failed.load(Ordering::Acquire) {
             return Err(writer::failed_error());

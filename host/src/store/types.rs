@@ -286,6 +286,16 @@ impl StreamId {
     }
 }
 
+/// The outcome of a command's append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommandAppend {
+    pub result: AppendResult,
+    /// True when the command id was already recorded (or the same events were
+    /// already appended at the same place): nothing was written, and `result`
+    /// is the original append's.
+    pub repeated: bool,
+}
+
 /// What the store remembers of a command's append: where its events went.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CommandRecord {

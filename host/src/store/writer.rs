@@ -37,7 +37,15 @@ pub(crate) struct AppendRequest {
     /// When set, the append is a command's: the command id is recorded with it,
     /// atomically, and a later append under the same id returns this one's result.
     pub command_id: Option<String>,
-    pub reply: oneshot::Sender<Result<AppendResult, StoreError>>,
+    pub reply: oneshot::Sender<Result<Appended, StoreError>>,
+}
+
+/// What the writer answers an append with.
+pub(crate) struct Appended {
+    pub result: AppendResult,
+    /// True when nothing was written because this repeats an earlier append
+    /// (same event ids at the same place, or the same command id).
+    pub repeated: bool,
 }
 
 pub(crate) enum WriterMessage {
@@ -179,7 +187,7 @@ impl Writer {
         recorded_at_ms: u64,
         batch: &mut sled::Batch,
         pending: &mut Pending,
-    ) -> Result<AppendResult, StoreError> {
+    ) -> Result<Appended, StoreError> {
         if let Some(command_id) = &req.command_id {
             let recorded = match pending.commands.get(command_id) {
                 Some(record) => Some(record.clone()),
@@ -192,12 +200,18 @@ impl Writer {
                         stream: record.stream,
                     });
                 }
-                return Ok(record.result);
+                return Ok(Appended {
+                    result: record.result,
+                    repeated: true,
+                });
             }
         }
         let head = self.stream_head(&req.stream, pending)?;
         if let Some(original) = self.idempotent_repeat(req, head, pending)? {
-            return Ok(original);
+            return Ok(Appended {
+                result: original,
+                repeated: true,
+            });
         }
         if !req.expected.admits(head.version) {
             return Err(StoreError::WrongExpectedVersion {
@@ -259,7 +273,10 @@ impl Writer {
             );
             pending.commands.insert(command_id.clone(), record);
         }
-        Ok(result)
+        Ok(Appended {
+            result,
+            repeated: false,
+        })
     }
 
     fn stream_head(&self, stream: &StreamId, pending: &Pending) -> Result<StreamHead, StoreError> {
@@ -360,7 +377,7 @@ impl Writer {
         let at_expected_place = match req.expected {
             ExpectedVersion::Any | ExpectedVersion::StreamExists => true,
             ExpectedVersion::NoStream => first_version == 1,
-            ExpectedVersion::Exact(v) => first_version == v + 1,
+            ExpectedVersion::Exact(v) => v.checked_add(1) == Some(first_version),
         };
         if !at_expected_place {
             return Err(StoreError::WrongExpectedVersion {

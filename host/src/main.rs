@@ -190,11 +190,21 @@ async fn serve(args: ServeArgs) -> i32 {
             return 1;
         }
     };
+    // Handlers go in before the address is printed: whoever reads that line may
+    // signal at once, and a signal before the handler exists would kill the
+    // process without a graceful shutdown.
+    let signals = match Signals::install() {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("error: cannot install signal handlers: {e}");
+            return 1;
+        }
+    };
     // Printed for scripts and tests that start the server on port 0.
     println!("refold listening on http://{}", server.addr);
     let stop = server.shutdown_handle();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.wait().await;
         tracing::info!("shutting down: finishing in-flight requests");
         stop.send_replace(true);
     });
@@ -207,19 +217,26 @@ async fn serve(args: ServeArgs) -> i32 {
     }
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the server runs until killed; SIGKILL loses nothing acknowledged.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, registered up front.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }
 

@@ -13,7 +13,7 @@
 //! - [`api`]: the HTTP API (axum): routes, auth, limits, problem+json errors.
 //! - [`server`]: `refold serve`: wires the services to the HTTP API; graceful shutdown.
 //! - [`cli`]: the client commands of the `refold` binary, over HTTP.
-//! - `fsutil`: crash-safe file writes.
+//! - `fsutil`: crash-safe file writes. `hex`: digests as text.
 //!
 //! `docs/ARCHITECTURE.md` has the bird's-eye view and the invariants.
 
@@ -21,6 +21,7 @@ pub mod api;
 pub mod cli;
 pub mod commands;
 mod fsutil;
+mod hex;
 pub mod modules;
 pub mod runtime;
 pub mod server;

@@ -14,6 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use sha2::{Digest, Sha256};
 
 use crate::fsutil;
+pub use crate::hex::hex;
 use crate::runtime::{AggregateModule, Runtime, RuntimeError, World};
 use crate::store::{ModuleKind, ModulePut, ModuleRecord, Store, StoreError};
 
@@ -286,10 +287,6 @@ fn conflict(existing: &ModuleRecord) -> ModuleError {
         version: existing.version.clone(),
         existing_digest: hex(&existing.digest),
     }
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn now_ms() -> u64 {

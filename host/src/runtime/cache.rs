@@ -11,6 +11,7 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 
 use super::error::RuntimeError;
+use crate::hex::hex;
 
 struct Sha256Hasher(Sha256);
 
@@ -29,10 +30,6 @@ pub fn engine_dir(engine: &Engine, root: &Path) -> PathBuf {
     engine.precompile_compatibility_hash().hash(&mut hasher);
     let digest = hasher.0.finalize();
     root.join(hex(&digest[..8]))
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The component, and whether it came from the cache.

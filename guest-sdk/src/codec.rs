@@ -1,13 +1,16 @@
-//! How an aggregate's values cross the Wasm boundary. The functions here are
-//! what the exported component runs; they are plain Rust, so the host's
-//! benchmarks and the native test harness run exactly the same code.
+//! How an aggregate's and a projection's values cross the Wasm boundary. The
+//! functions here are what the exported components run; they are plain Rust,
+//! so the host's benchmarks and the native test harness run exactly the same
+//! code ([`apply`], [`apply_projection_native`], [`query_projection_native`]).
 
+use std::collections::BTreeMap;
 use std::marker::PhantomData;
 
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::{Aggregate, Context, Rejection};
+use crate::{Aggregate, Context, Docs, Envelope, Projection, QueryError, Rejection};
 
 /// An event as it crosses the boundary: its type and its JSON data.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -166,6 +169,184 @@ mod component {
 
         fn render(state: Vec<u8>) -> Result<String, String> {
             render::<A>(&state)
+        }
+    }
+}
+
+/// An event of the global log as a projection's `apply` receives it (the
+/// contract's `recorded-event`), with its data as JSON text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawEvent {
+    pub position: u64,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub version: u64,
+    pub event_id: String,
+    pub event_type: String,
+    /// JSON text: the event's fields without its `type` tag (see [`encode_event`]).
+    pub data: String,
+    pub recorded_at_ms: u64,
+}
+
+impl RawEvent {
+    /// Decodes the data with [`decode_event`], moving the other fields into the envelope.
+    /// The error names the event's type and position.
+    pub fn into_envelope<E: DeserializeOwned>(self) -> Result<Envelope<E>, String> {
+        let event = decode_payload(self.position, &self.event_type, &self.data)?;
+        Ok(Envelope {
+            position: self.position,
+            aggregate_type: self.aggregate_type,
+            aggregate_id: self.aggregate_id,
+            version: self.version,
+            event_id: self.event_id,
+            event_type: self.event_type,
+            recorded_at_ms: self.recorded_at_ms,
+            event,
+        })
+    }
+
+    /// Like [`RawEvent::into_envelope`], copying the fields.
+    pub fn to_envelope<E: DeserializeOwned>(&self) -> Result<Envelope<E>, String> {
+        let event = decode_payload(self.position, &self.event_type, &self.data)?;
+        Ok(Envelope {
+            position: self.position,
+            aggregate_type: self.aggregate_type.clone(),
+            aggregate_id: self.aggregate_id.clone(),
+            version: self.version,
+            event_id: self.event_id.clone(),
+            event_type: self.event_type.clone(),
+            recorded_at_ms: self.recorded_at_ms,
+            event,
+        })
+    }
+}
+
+fn decode_payload<E: DeserializeOwned>(
+    position: u64,
+    event_type: &str,
+    data: &str,
+) -> Result<E, String> {
+    decode_event(event_type, data).map_err(|e| format!("{e} (at position {position})"))
+}
+
+/// Runs the projection's `apply` on one decoded event, naming the event in its error.
+pub fn apply_envelope<P: Projection>(
+    docs: &mut Docs<'_>,
+    envelope: &Envelope<P::Event>,
+) -> Result<(), String> {
+    P::apply(docs, envelope).map_err(|e| {
+        format!(
+            "event {} at position {}: {e}",
+            envelope.event_type, envelope.position
+        )
+    })
+}
+
+/// Applies a batch to an in-memory read model of JSON texts exactly as the
+/// component does to the host's: each event decoded with [`decode_event`],
+/// the projection's `apply` over a write-back cache, and the changed documents
+/// written to `store` only if the whole batch succeeds (an error leaves `store`
+/// as it was).
+///
+/// Like the component's `apply`, it does not filter: pass only the events the
+/// projection's [`Selector`](crate::Selector) matches, as the host does.
+pub fn apply_projection_native<P: Projection>(
+    store: &mut BTreeMap<String, String>,
+    events: &[RawEvent],
+) -> Result<(), String> {
+    let writes: Vec<_> = {
+        let mut docs = Docs::in_memory(store);
+        for raw in events {
+            apply_envelope::<P>(&mut docs, &raw.to_envelope()?)?;
+        }
+        docs.into_writes().collect()
+    };
+    for (key, doc) in writes {
+        match doc {
+            Some(doc) => {
+                store.insert(key, doc);
+            }
+            None => {
+                store.remove(&key);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Answers a query from an in-memory read model exactly as the component does:
+/// `args` is JSON text (empty counts as `{}`), the answer is JSON text.
+pub fn query_projection_native<P: Projection>(
+    store: &BTreeMap<String, String>,
+    name: &str,
+    args: &str,
+) -> Result<String, QueryError> {
+    run_query::<P>(&Docs::in_memory(store), name, args)
+}
+
+fn run_query<P: Projection>(docs: &Docs<'_>, name: &str, args: &str) -> Result<String, QueryError> {
+    let args: Value = if args.trim().is_empty() {
+        Value::Object(Default::default())
+    } else {
+        serde_json::from_str(args)
+            .map_err(|e| QueryError::BadArguments(format!("the arguments are not JSON: {e}")))?
+    };
+    let answer = P::query(docs, name, &args)?;
+    Ok(serde_json::to_string(&answer).expect("a JSON value serializes"))
+}
+
+/// The component that [`crate::export_projection!`] exports for a projection `P`.
+pub struct ProjectionComponent<P>(PhantomData<P>);
+
+#[cfg(target_family = "wasm")]
+mod projection_component {
+    use super::*;
+    use crate::projection_bindings::Guest;
+    use crate::projection_bindings::refold::domain::read_model;
+    use crate::projection_bindings::refold::domain::types as wit;
+
+    impl<P: Projection> Guest for ProjectionComponent<P> {
+        fn subscription() -> wit::EventSelector {
+            let selector = P::subscription();
+            wit::EventSelector {
+                event_types: selector.event_types,
+                aggregate_types: selector.aggregate_types,
+            }
+        }
+
+        fn apply(events: Vec<wit::RecordedEvent>) -> Result<(), String> {
+            let mut docs = Docs::host();
+            for e in events {
+                let raw = RawEvent {
+                    position: e.position,
+                    aggregate_type: e.aggregate_type,
+                    aggregate_id: e.aggregate_id,
+                    version: e.version,
+                    event_id: e.event_id,
+                    event_type: e.event_type,
+                    data: e.data,
+                    recorded_at_ms: e.recorded_at_ms,
+                };
+                apply_envelope::<P>(&mut docs, &raw.into_envelope()?)?;
+            }
+            // One host call per changed document, in key order, and only now
+            // that the whole batch succeeded.
+            for (key, doc) in docs.into_writes() {
+                match doc {
+                    Some(doc) => read_model::put(&key, &doc),
+                    None => read_model::delete(&key),
+                }
+            }
+            Ok(())
+        }
+
+        fn query(name: String, args: String) -> Result<String, wit::QueryError> {
+            run_query::<P>(&Docs::host(), &name, &args).map_err(|e| match e {
+                QueryError::UnknownQuery => wit::QueryError::UnknownQuery(format!(
+                    "this projection has no query named {name:?}"
+                )),
+                QueryError::BadArguments(reason) => wit::QueryError::BadArguments(reason),
+            })
         }
     }
 }

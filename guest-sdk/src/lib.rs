@@ -1,5 +1,10 @@
-//! Refold's guest SDK: write an aggregate as plain Rust, test it with
-//! `cargo test`, and export it as a Wasm component with one macro.
+//! Refold's guest SDK: write an aggregate or a projection as plain Rust, test it
+//! with `cargo test`, and export it as a Wasm component with one macro.
+//!
+//! # Aggregates
+//!
+//! An [`Aggregate`] decides what a command means (`handle`) and folds its own
+//! stream's events into its state (`apply`):
 //!
 //! ```ignore
 //! #[derive(Default, Serialize, Deserialize)]
@@ -28,14 +33,69 @@
 //! refold_sdk::export_aggregate!(Counter);
 //! ```
 //!
+//! # Projections
+//!
+//! A [`Projection`] folds events of the global log into a read model of JSON
+//! documents by key ([`Docs`]) and answers named queries from it. It keeps no
+//! state of its own: everything lives in the read model, which the host stores
+//! (one per projection version) and commits atomically with the projection's
+//! checkpoint after each batch.
+//!
+//! ```ignore
+//! struct Totals;
+//!
+//! impl Projection for Totals {
+//!     type Event = Event; // the aggregate's event enum, reused as is
+//!
+//!     fn subscription() -> Selector {
+//!         Selector::aggregate_types(["counter"])
+//!     }
+//!
+//!     fn apply(docs: &mut Docs, event: &Envelope<Event>) -> Result<(), String> {
+//!         let key = format!("counter/{}", event.aggregate_id);
+//!         let mut total: i64 = docs.get(&key)?.unwrap_or(0);
+//!         match &event.event { Event::Added { amount } => total += amount }
+//!         docs.put(&key, &total)
+//!     }
+//!
+//!     fn query(docs: &Docs, name: &str, args: &Value) -> Result<Value, QueryError> {
+//!         match name {
+//!             "total" => {
+//!                 let id = args["id"].as_str().ok_or(QueryError::bad_arguments("needs \"id\""))?;
+//!                 let total: Option<i64> = docs.get(&format!("counter/{id}")).map_err(QueryError::BadArguments)?;
+//!                 Ok(serde_json::json!({ "total": total }))
+//!             }
+//!             _ => Err(QueryError::UnknownQuery),
+//!         }
+//!     }
+//! }
+//!
+//! refold_sdk::export_projection!(Totals);
+//! ```
+//!
+//! Inside the component, [`Docs`] is a write-back cache over the host's
+//! `read-model` import for the duration of one `apply` call: reads hit the
+//! cache first, writes are buffered, and the changed documents go to the host
+//! once, in key order, when the batch succeeded. Natively (tests, benchmarks)
+//! the same cache sits over an in-memory `BTreeMap`, so the same logic runs
+//! unchanged on both.
+//!
 //! # Layout
-//! - [`Aggregate`], [`Context`], [`Rejection`]: what a module author implements and sees.
-//! - [`codec`]: how commands, events and state cross the Wasm boundary (JSON and postcard).
-//! - [`testing`]: given / when / then, natively, no Wasm.
-//! - [`bindings`]: the generated WIT bindings (`wit/domain.wit`), used by the export macro.
+//! - [`Aggregate`], [`Context`], [`Rejection`]: what an aggregate author implements and sees.
+//! - [`Projection`], [`Envelope`], [`Selector`], [`Docs`], [`QueryError`]: the same for projections.
+//! - [`codec`]: how commands, events, state and read-model documents cross the Wasm
+//!   boundary, and native runners that execute exactly what the components run.
+//! - [`testing`]: given / when / then for both, natively, no Wasm.
+//! - [`bindings`], [`projection_bindings`]: the generated WIT bindings (`wit/domain.wit`) of the
+//!   `aggregate` and `projection` worlds, used by the export macros.
 
 pub mod codec;
+mod docs;
+mod projection;
 pub mod testing;
+
+pub use docs::{Docs, MAX_DOC_BYTES, MAX_KEY_BYTES, MAX_SCAN};
+pub use projection::{Envelope, Projection, QueryError, Selector};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -49,6 +109,20 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "export_aggregate_world",
         default_bindings_module: "refold_sdk::bindings",
+    });
+}
+
+/// The `projection` world's bindings: its exports and the `read-model` import.
+/// Its `types` are generated again here, distinct from [`bindings`]' ones.
+#[doc(hidden)]
+#[allow(clippy::too_many_arguments)] // generated code
+pub mod projection_bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "projection",
+        pub_export_macro: true,
+        export_macro_name: "export_projection_world",
+        default_bindings_module: "refold_sdk::projection_bindings",
     });
 }
 
@@ -113,6 +187,21 @@ macro_rules! export_aggregate {
         const _: () = {
             type RefoldComponent = $crate::codec::AggregateComponent<$aggregate>;
             $crate::bindings::export_aggregate_world!(RefoldComponent with_types_in $crate::bindings);
+        };
+    };
+}
+
+/// Exports a [`Projection`] as the `projection` world's component.
+///
+/// On non-Wasm targets it expands to nothing, so the same crate also builds
+/// natively for its tests.
+#[macro_export]
+macro_rules! export_projection {
+    ($projection:ty) => {
+        #[cfg(target_family = "wasm")]
+        const _: () = {
+            type RefoldProjection = $crate::codec::ProjectionComponent<$projection>;
+            $crate::projection_bindings::export_projection_world!(RefoldProjection with_types_in $crate::projection_bindings);
         };
     };
 }

@@ -1,4 +1,4 @@
-//! Given / when / then for aggregates, natively, in the shape of cqrs-es's
+//! Given / when / then, natively, for aggregates in the shape of cqrs-es's
 //! `TestFramework`:
 //!
 //! ```ignore
@@ -7,13 +7,28 @@
 //!     .then_expect_rejection("insufficient-funds");
 //! ```
 //!
+//! and for projections:
+//!
+//! ```ignore
+//! let mut test = ProjectionTest::<AccountBalances>::new()
+//!     .given("bank-account", "acc-1", Event::Opened { .. })
+//!     .given("bank-account", "acc-1", Event::Deposited { amount: 5, balance: 5 })
+//!     .then_doc("account/acc-1", json!({ "owner": "Ada", "balance": 5, .. }))
+//!     .then_no_doc("account/acc-2");
+//! assert_eq!(test.query("balance", json!({ "account": "acc-1" }))?["balance"], 5);
+//! ```
+//!
 //! Every event goes through the same JSON split (type + data) the component
 //! uses, so an event that would not survive the Wasm boundary fails here too.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 
-use crate::codec::{self, CommandFailure};
-use crate::{Aggregate, Context};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::codec::{self, CommandFailure, RawEvent};
+use crate::{Aggregate, Context, Projection, QueryError, Selector};
 
 pub struct AggregateTest<A: Aggregate> {
     state: A,
@@ -151,5 +166,304 @@ fn test_context() -> Context {
         command_id: "command-1".into(),
         correlation_id: "correlation-1".into(),
         received_at_ms: 1_700_000_000_000,
+    }
+}
+
+/// Given / then for a [`Projection`], natively, through the very code the
+/// component runs ([`codec::apply_projection_native`]).
+///
+/// Events are numbered like a log: positions 1, 2, 3, ... in the order given,
+/// versions 1, 2, 3, ... per aggregate. Those the projection's subscription
+/// does not select are dropped (their positions stay used), as the host does.
+/// The events given since the last check are applied as one batch when a
+/// `then_*` or [`query`](ProjectionTest::query) needs the read model.
+pub struct ProjectionTest<P: Projection> {
+    selector: Selector,
+    store: BTreeMap<String, String>,
+    pending: Vec<RawEvent>,
+    position: u64,
+    versions: HashMap<(String, String), u64>,
+    _projection: std::marker::PhantomData<P>,
+}
+
+impl<P: Projection> Default for ProjectionTest<P> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<P: Projection> ProjectionTest<P> {
+    /// An empty log and read model.
+    pub fn new() -> Self {
+        ProjectionTest {
+            selector: P::subscription(),
+            store: BTreeMap::new(),
+            pending: Vec::new(),
+            position: 0,
+            versions: HashMap::new(),
+            _projection: std::marker::PhantomData,
+        }
+    }
+
+    /// Starts from a read model holding these documents (key, JSON).
+    pub fn with_docs<K: Into<String>>(
+        mut self,
+        docs: impl IntoIterator<Item = (K, Value)>,
+    ) -> Self {
+        self.store
+            .extend(docs.into_iter().map(|(k, v)| (k.into(), v.to_string())));
+        self
+    }
+
+    /// Appends an event of aggregate `aggregate_type`/`aggregate_id` to the log.
+    pub fn given<E: Serialize>(self, aggregate_type: &str, aggregate_id: &str, event: E) -> Self {
+        let parts = codec::encode_event(&event).unwrap_or_else(|e| panic!("{e}"));
+        self.given_raw(aggregate_type, aggregate_id, &parts.event_type, &parts.data)
+    }
+
+    /// Appends several events of one aggregate.
+    pub fn given_events<E: Serialize>(
+        self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        events: impl IntoIterator<Item = E>,
+    ) -> Self {
+        events.into_iter().fold(self, |test, event| {
+            test.given(aggregate_type, aggregate_id, event)
+        })
+    }
+
+    /// Appends an event given as its type and JSON data (the fields without
+    /// the tag), for events the projection's `Event` type cannot express.
+    pub fn given_raw(
+        mut self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        event_type: &str,
+        data: &str,
+    ) -> Self {
+        self.position += 1;
+        let version = self
+            .versions
+            .entry((aggregate_type.to_string(), aggregate_id.to_string()))
+            .or_default();
+        *version += 1;
+        if self.selector.matches(aggregate_type, event_type) {
+            self.pending.push(RawEvent {
+                position: self.position,
+                aggregate_type: aggregate_type.to_string(),
+                aggregate_id: aggregate_id.to_string(),
+                version: *version,
+                event_id: format!("event-{}", self.position),
+                event_type: event_type.to_string(),
+                data: data.to_string(),
+                recorded_at_ms: 1_700_000_000_000 + self.position,
+            });
+        }
+        self
+    }
+
+    /// Applies the events given since the last check as one batch. On error
+    /// the read model is left as it was and the events are dropped.
+    pub fn apply_pending(&mut self) -> Result<(), String> {
+        let batch = std::mem::take(&mut self.pending);
+        codec::apply_projection_native::<P>(&mut self.store, &batch)
+    }
+
+    fn applied(&mut self) -> &BTreeMap<String, String> {
+        if let Err(e) = self.apply_pending() {
+            panic!("the projection failed to apply the given events: {e}");
+        }
+        &self.store
+    }
+
+    /// The read model after the given events: key to JSON text.
+    pub fn docs(&mut self) -> &BTreeMap<String, String> {
+        self.applied()
+    }
+
+    /// The document at `key` after the given events.
+    pub fn doc(&mut self, key: &str) -> Option<Value> {
+        self.applied()
+            .get(key)
+            .map(|doc| serde_json::from_str(doc).expect("the read model holds JSON"))
+    }
+
+    /// Asserts the document at `key` is exactly `expected`.
+    pub fn then_doc(mut self, key: &str, expected: Value) -> Self {
+        match self.doc(key) {
+            Some(doc) => assert_eq!(doc, expected, "the document at {key:?} differs"),
+            None => panic!("expected a document at {key:?}, there is none"),
+        }
+        self
+    }
+
+    /// Asserts there is no document at `key`.
+    pub fn then_no_doc(mut self, key: &str) -> Self {
+        if let Some(doc) = self.doc(key) {
+            panic!("expected no document at {key:?}, found {doc}");
+        }
+        self
+    }
+
+    /// Asserts exactly `count` documents have keys starting with `prefix`.
+    pub fn then_docs(mut self, prefix: &str, count: usize) -> Self {
+        let found = self
+            .applied()
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .count();
+        assert_eq!(found, count, "documents with keys starting with {prefix:?}");
+        self
+    }
+
+    /// Asserts applying the events given since the last check fails with an
+    /// error containing `fragment`, and that the read model kept none of the
+    /// batch's writes.
+    pub fn then_apply_fails(mut self, fragment: &str) -> Self {
+        let before = self.store.clone();
+        match self.apply_pending() {
+            Ok(()) => panic!("expected the batch to fail with {fragment:?}, it applied"),
+            Err(e) => assert!(
+                e.contains(fragment),
+                "the batch failed, but with {e:?}, not {fragment:?}"
+            ),
+        }
+        assert_eq!(self.store, before, "a failed batch must leave no writes");
+        self
+    }
+
+    /// Runs a query as the host would: `args` travels as JSON text, the answer comes back as JSON.
+    pub fn query(&mut self, name: &str, args: Value) -> Result<Value, QueryError> {
+        let answer = codec::query_projection_native::<P>(self.applied(), name, &args.to_string())?;
+        Ok(serde_json::from_str(&answer).expect("a query answers JSON"))
+    }
+
+    /// Asserts a query answers exactly `expected`.
+    pub fn then_query(mut self, name: &str, args: Value, expected: Value) -> Self {
+        match self.query(name, args) {
+            Ok(answer) => assert_eq!(answer, expected, "the answer to query {name:?} differs"),
+            Err(e) => panic!("query {name:?} failed: {e:?}"),
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Docs, Envelope};
+    use serde::Deserialize;
+    use serde_json::json;
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    #[serde(tag = "type")]
+    enum Event {
+        Added { amount: i64 },
+        Broken,
+    }
+
+    struct Sums;
+
+    impl Projection for Sums {
+        type Event = Event;
+
+        fn subscription() -> Selector {
+            Selector::aggregate_types(["counter"])
+        }
+
+        fn apply(docs: &mut Docs<'_>, e: &Envelope<Event>) -> Result<(), String> {
+            let key = format!("sum/{}", e.aggregate_id);
+            let mut sum: Value = docs.get(&key)?.unwrap_or(json!({"total": 0}));
+            match e.event {
+                Event::Added { amount } => {
+                    sum["total"] = json!(sum["total"].as_i64().unwrap() + amount);
+                    sum["version"] = json!(e.version);
+                    sum["position"] = json!(e.position);
+                    docs.put(&key, &sum)?;
+                    docs.put("last", &json!({"position": e.position}))
+                }
+                Event::Broken => Err("broken on purpose".into()),
+            }
+        }
+
+        fn query(docs: &Docs<'_>, name: &str, args: &Value) -> Result<Value, QueryError> {
+            match name {
+                "sum" => {
+                    let id = args["id"]
+                        .as_str()
+                        .ok_or(QueryError::bad_arguments("needs \"id\""))?;
+                    let doc: Option<Value> = docs
+                        .get(&format!("sum/{id}"))
+                        .map_err(QueryError::BadArguments)?;
+                    Ok(doc.unwrap_or(Value::Null))
+                }
+                "count" => Ok(json!(
+                    docs.scan_all("sum/")
+                        .map_err(QueryError::BadArguments)?
+                        .len()
+                )),
+                _ => Err(QueryError::UnknownQuery),
+            }
+        }
+    }
+
+    #[test]
+    fn events_of_other_aggregates_are_filtered_out_but_use_positions() {
+        let mut test = ProjectionTest::<Sums>::new()
+            .given("counter", "a", Event::Added { amount: 2 })
+            .given_raw("other", "x", "Unknown", "{\"garbage\":true}")
+            .given_events("counter", "a", [Event::Added { amount: 3 }])
+            .given("counter", "b", Event::Added { amount: 1 })
+            .then_doc("sum/a", json!({"total": 5, "version": 2, "position": 3}))
+            .then_doc("last", json!({"position": 4}))
+            .then_docs("sum/", 2)
+            .then_no_doc("sum/x")
+            .then_query(
+                "sum",
+                json!({"id": "b"}),
+                json!({"total": 1, "version": 1, "position": 4}),
+            )
+            .then_query("count", json!({}), json!(2));
+        assert_eq!(test.query("sum", json!({"id": "zz"})), Ok(Value::Null));
+        assert_eq!(test.query("nope", json!({})), Err(QueryError::UnknownQuery));
+        assert!(matches!(
+            test.query("sum", json!({})),
+            Err(QueryError::BadArguments(_))
+        ));
+    }
+
+    #[test]
+    fn a_failing_batch_keeps_no_writes_and_names_the_event() {
+        let mut test = ProjectionTest::<Sums>::new()
+            .given("counter", "a", Event::Added { amount: 2 })
+            .then_doc("sum/a", json!({"total": 2, "version": 1, "position": 1}))
+            .given("counter", "a", Event::Added { amount: 3 })
+            .given("counter", "a", Event::Broken)
+            .then_apply_fails("event Broken at position 3: broken on purpose")
+            .then_doc("sum/a", json!({"total": 2, "version": 1, "position": 1}))
+            .given_raw("counter", "a", "Added", "{\"amount\":\"three\"}")
+            .then_apply_fails("event Added does not decode");
+        test = test
+            .given_raw("counter", "a", "Teleported", "{}")
+            .then_apply_fails("(at position 5)");
+        assert_eq!(test.docs().len(), 2);
+    }
+
+    #[test]
+    fn query_arguments_travel_as_json_text() {
+        let store = BTreeMap::from([("sum/a".to_string(), "{\"total\":7}".to_string())]);
+        assert_eq!(
+            codec::query_projection_native::<Sums>(&store, "sum", r#"{"id":"a"}"#).unwrap(),
+            r#"{"total":7}"#
+        );
+        assert!(matches!(
+            codec::query_projection_native::<Sums>(&store, "sum", "{not json"),
+            Err(QueryError::BadArguments(e)) if e.contains("not JSON")
+        ));
+        assert!(matches!(
+            codec::query_projection_native::<Sums>(&store, "sum", ""),
+            Err(QueryError::BadArguments(_))
+        ));
     }
 }

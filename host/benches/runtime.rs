@@ -29,14 +29,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, ensure};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use bank_account::{BankAccount, Event, Status};
 use refold::commands::{
     APPLY_BATCH, CommandConfig, CommandRequest, CommandService, STATE_DIGEST_KEY, state_digest,
 };
 use refold::modules::ModuleRegistry;
 use refold::runtime::{
-    AggregateModule, CommandContext, Runtime, RuntimeConfig, StreamEvent, World,
+    AggregateModule, CommandContext, Guest, Runtime, RuntimeConfig, StreamEvent,
 };
 use refold::store::{
     Direction, Durability, EventMetadata, ExpectedVersion, NewEvent, Store, StoreConfig, StreamId,
@@ -553,7 +553,10 @@ async fn open_command_bench(
     let (_, loaded) = registry
         .upload(AGGREGATE_TYPE, MODULE_VERSION, module_bytes, true)
         .await?;
-    let module = loaded.aggregate.clone();
+    let module = loaded
+        .aggregate()
+        .expect("bank-account is an aggregate")
+        .clone();
     let service = Arc::new(CommandService::new(
         store.clone(),
         registry,
@@ -878,12 +881,10 @@ fn read_guest(path: &str) -> Result<Vec<u8>> {
 
 fn load(runtime: &Runtime, bytes: &[u8]) -> Result<AggregateModule> {
     let digest: [u8; 32] = Sha256::digest(bytes).into();
-    let (world, module) = runtime.load(bytes, &digest, "bank-account@1.0.0")?;
-    ensure!(
-        world == World::Aggregate,
-        "bank-account is not an aggregate"
-    );
-    Ok(module)
+    match runtime.load(bytes, &digest, "bank-account@1.0.0")? {
+        Guest::Aggregate(module) => Ok(module),
+        Guest::Projection(_) => bail!("bank-account is not an aggregate"),
+    }
 }
 
 /// Microseconds per call of `call`, per run: each run makes as many calls as a

@@ -10,6 +10,8 @@
 //!   deterministic. The only module that knows wasmtime.
 //! - [`modules`]: the module registry service: upload, validate, persist, compile, activate.
 //! - [`commands`]: the command pipeline: load state, decide in the guest, append.
+//! - [`projections`]: the query side: one runner per projection version, read
+//!   models committed atomically with their checkpoints, promote, diff.
 //! - [`api`]: the HTTP API (axum): routes, auth, limits, problem+json errors.
 //! - [`server`]: `refold serve`: wires the services to the HTTP API; graceful shutdown.
 //! - [`cli`]: the client commands of the `refold` binary, over HTTP.
@@ -23,6 +25,7 @@ pub mod commands;
 mod fsutil;
 mod hex;
 pub mod modules;
+pub mod projections;
 pub mod runtime;
 pub mod server;
 pub mod store;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use refold::api::Tokens;
-use refold::cli::{self, ClientOptions, ModuleCommand};
+use refold::cli::{self, ClientOptions, ModuleCommand, ProjectionCommand};
 use refold::server::{self, ServeConfig};
 use refold::store::Durability;
 
@@ -37,6 +37,9 @@ enum Command {
     /// Manage modules (Wasm components)
     #[command(subcommand)]
     Module(ModuleCommand),
+    /// Watch, compare, promote and read projections
+    #[command(subcommand)]
+    Projection(ProjectionCommand),
     /// Send a command (JSON) to an aggregate
     Send {
         aggregate_type: String,
@@ -119,6 +122,10 @@ struct ServeArgs {
     /// Keep a snapshot each time an aggregate crosses this many events (0: never)
     #[arg(long, env = "REFOLD_SNAPSHOT_EVERY", default_value_t = 100)]
     snapshot_every: u64,
+    /// Events per projection batch: one guest call and one atomic commit each
+    #[arg(long, env = "REFOLD_PROJECTION_BATCH", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    projection_batch: u32,
     /// Acknowledge appends without fsync. Loses acknowledged events on power loss: for tests only
     #[arg(long, hide = true)]
     unsafe_no_fsync: bool,
@@ -144,6 +151,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Module(cmd) => cli::module(opts, cmd).await,
+            Command::Projection(cmd) => cli::projection(opts, cmd).await,
             Command::Send {
                 aggregate_type,
                 id,
@@ -180,6 +188,7 @@ async fn serve(args: ServeArgs) -> i32 {
     config.runtime.deadline = Duration::from_millis(args.guest_deadline_ms);
     config.runtime.memory_bytes = args.guest_memory_mib << 20;
     config.commands.snapshot_every = args.snapshot_every;
+    config.projections.batch.events = args.projection_batch as usize;
     if args.unsafe_no_fsync {
         config.durability = Durability::None;
     }

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::fsutil;
 pub use crate::hex::hex;
-use crate::runtime::{AggregateModule, Runtime, RuntimeError, World};
+use crate::runtime::{AggregateModule, Guest, ProjectionModule, Runtime, RuntimeError, World};
 use crate::store::{ModuleKind, ModulePut, ModuleRecord, Store, StoreError};
 
 pub const MAX_MODULE_NAME_LEN: usize = 64;
@@ -23,10 +23,24 @@ pub const MAX_MODULE_NAME_LEN: usize = 64;
 /// A module version that is compiled and ready to run.
 pub struct LoadedModule {
     pub record: ModuleRecord,
-    pub aggregate: AggregateModule,
+    pub guest: Guest,
 }
 
 impl LoadedModule {
+    pub fn aggregate(&self) -> Option<&AggregateModule> {
+        match &self.guest {
+            Guest::Aggregate(m) => Some(m),
+            Guest::Projection(_) => None,
+        }
+    }
+
+    pub fn projection(&self) -> Option<&ProjectionModule> {
+        match &self.guest {
+            Guest::Projection(m) => Some(m),
+            Guest::Aggregate(_) => None,
+        }
+    }
+
     /// `name@version`.
     pub fn label(&self) -> String {
         format!("{}@{}", self.record.name, self.record.version)
@@ -51,6 +65,16 @@ pub enum ModuleError {
     },
     #[error("no module {0}")]
     NotFound(String),
+    #[error(
+        "{0} is a projection: a version goes live with POST /v1/projections/{0}/promote once it has caught up"
+    )]
+    PromoteProjection(String),
+    #[error("{name} already names {existing} modules; this upload is {uploaded}. Use another name")]
+    KindMismatch {
+        name: String,
+        existing: &'static str,
+        uploaded: &'static str,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("module host failure: {0}")]
@@ -74,6 +98,10 @@ pub enum Uploaded {
     Unchanged,
 }
 
+/// Told about every projection version that is uploaded (or loaded at
+/// startup), and whether the uploader asked for it to go live.
+pub type ProjectionListener = Box<dyn Fn(Arc<LoadedModule>, bool) + Send + Sync>;
+
 pub struct ModuleRegistry {
     store: Store,
     runtime: Arc<Runtime>,
@@ -86,6 +114,8 @@ pub struct ModuleRegistry {
     /// Held across the store write and the in-memory swap of an activation, so
     /// disk and memory agree on the active version.
     activation: std::sync::Mutex<()>,
+    /// The projection service, which runs every projection version.
+    projection_listener: RwLock<Option<ProjectionListener>>,
 }
 
 impl ModuleRegistry {
@@ -106,6 +136,7 @@ impl ModuleRegistry {
             active: RwLock::new(HashMap::new()),
             uploads: tokio::sync::Mutex::new(()),
             activation: std::sync::Mutex::new(()),
+            projection_listener: RwLock::new(None),
         };
         for record in registry.store.modules()? {
             let path = registry.path_of(&record.digest);
@@ -164,6 +195,18 @@ impl ModuleRegistry {
                 // Compile before anything is written: an invalid module leaves no trace.
                 let path = self.path_of(&digest);
                 let module = self.compile(bytes.clone(), record.clone()).await?;
+                // One name, one kind: the name is an aggregate type or a projection.
+                if let Some(other) = self
+                    .list()
+                    .into_iter()
+                    .find(|m| m.record.name == name && m.record.kind != module.record.kind)
+                {
+                    return Err(ModuleError::KindMismatch {
+                        name: name.to_string(),
+                        existing: other.record.kind.as_str(),
+                        uploaded: module.record.kind.as_str(),
+                    });
+                }
                 if !path.exists() {
                     fsutil::write_atomically(&path, &bytes).map_err(|e| {
                         ModuleError::Host(format!("writing {}: {e}", path.display()))
@@ -185,10 +228,66 @@ impl ModuleRegistry {
         let module = self
             .get(name, version)
             .ok_or_else(|| ModuleError::NotFound(format!("{name}@{version}")))?;
-        if activate || self.active(name).is_none() {
+        if module.record.kind == ModuleKind::Projection {
+            // A projection version goes live only after it has replayed the log:
+            // the projection service decides when.
+            if let Some(listener) = &*self
+                .projection_listener
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+            {
+                listener(module.clone(), activate);
+            }
+        } else if activate || self.active(name).is_none() {
             self.activate(name, version)?;
         }
         Ok((outcome, module))
+    }
+
+    /// Registers the projection service, and tells it about every projection
+    /// version already loaded.
+    pub fn set_projection_listener(&self, listener: ProjectionListener) {
+        for module in self.list() {
+            if module.record.kind == ModuleKind::Projection {
+                listener(module, false);
+            }
+        }
+        *self
+            .projection_listener
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(listener);
+    }
+
+    /// Makes `version` the live version of projection `name`. For the
+    /// projection service, which checks that it has caught up.
+    pub fn set_live(&self, name: &str, version: &str) -> Result<Arc<LoadedModule>, ModuleError> {
+        let module = self
+            .get(name, version)
+            .ok_or_else(|| ModuleError::NotFound(format!("{name}@{version}")))?;
+        let _in_step = self.activation.lock().unwrap_or_else(|e| e.into_inner());
+        self.store.set_active_module(name, version)?;
+        self.active_mut().insert(name.to_string(), module.clone());
+        tracing::info!(module = %module.label(), "projection version is live");
+        Ok(module)
+    }
+
+    /// Forgets a version that is not active (a dropped projection version), so
+    /// the version can be uploaded again. Its bytes stay under `modules/`,
+    /// where other versions may share them.
+    pub fn remove(&self, name: &str, version: &str) -> Result<(), ModuleError> {
+        let _in_step = self.activation.lock().unwrap_or_else(|e| e.into_inner());
+        if self
+            .active(name)
+            .is_some_and(|m| m.record.version == version)
+        {
+            return Err(ModuleError::Host(format!(
+                "{name}@{version} is active and cannot be removed"
+            )));
+        }
+        self.store.delete_module(name, version)?;
+        self.loaded_mut()
+            .remove(&(name.to_string(), version.to_string()));
+        Ok(())
     }
 
     /// Makes `version` the one that takes `name`'s next command.
@@ -196,6 +295,9 @@ impl ModuleRegistry {
         let module = self
             .get(name, version)
             .ok_or_else(|| ModuleError::NotFound(format!("{name}@{version}")))?;
+        if module.record.kind == ModuleKind::Projection {
+            return Err(ModuleError::PromoteProjection(name.to_string()));
+        }
         let _in_step = self.activation.lock().unwrap_or_else(|e| e.into_inner());
         self.store.set_active_module(name, version)?;
         self.active_mut().insert(name.to_string(), module.clone());
@@ -249,16 +351,16 @@ impl ModuleRegistry {
         let label = format!("{}@{}", record.name, record.version);
         let digest = record.digest;
         // Compilation takes tens of milliseconds of CPU: keep it off the reactor.
-        let (world, aggregate) =
-            tokio::task::spawn_blocking(move || runtime.load(&bytes, &digest, &label))
-                .await
-                .map_err(|e| ModuleError::Host(format!("compiling: {e}")))??;
-        let kind = match world {
+        let guest = tokio::task::spawn_blocking(move || runtime.load(&bytes, &digest, &label))
+            .await
+            .map_err(|e| ModuleError::Host(format!("compiling: {e}")))??;
+        let kind = match guest.world() {
             World::Aggregate => ModuleKind::Aggregate,
+            World::Projection => ModuleKind::Projection,
         };
         Ok(Arc::new(LoadedModule {
             record: ModuleRecord { kind, ..record },
-            aggregate,
+            guest,
         }))
     }
 

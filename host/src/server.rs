@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use crate::api::{self, AppState, Limits, Metrics, Tokens};
 use crate::commands::{CommandConfig, CommandService};
 use crate::modules::ModuleRegistry;
+use crate::projections::{ProjectionConfig, ProjectionService};
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::store::{Durability, Store, StoreConfig};
 
@@ -27,6 +28,7 @@ pub struct ServeConfig {
     pub limits: Limits,
     pub runtime: RuntimeConfig,
     pub commands: CommandConfig,
+    pub projections: ProjectionConfig,
     pub durability: Durability,
 }
 
@@ -39,6 +41,7 @@ impl ServeConfig {
             limits: Limits::default(),
             runtime: RuntimeConfig::default(),
             commands: CommandConfig::default(),
+            projections: ProjectionConfig::default(),
             durability: Durability::Fsync,
         }
     }
@@ -94,11 +97,14 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
         modules.clone(),
         config.commands.clone(),
     ));
+    let projections =
+        ProjectionService::start(store.clone(), modules.clone(), config.projections.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let app = AppState {
         store: store.clone(),
         modules,
         commands,
+        projections: projections.clone(),
         metrics: Arc::new(Metrics::new()),
         limits: config.limits,
         shutdown: shutdown_rx.clone(),
@@ -117,7 +123,9 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
             })
             .await
             .context("serving HTTP")?;
-        // Every request has finished: flush and stop the writer.
+        // Every request has finished: stop the projection runners (each commits
+        // the batch it is on), then flush and stop the writer.
+        projections.shutdown().await;
         store.close().await;
         tracing::info!("refold stopped; everything acknowledged is on disk");
         Ok(())

@@ -146,7 +146,7 @@ async fn a_component_without_wasi_imports_runs_too() {
         .await;
     let module = host.modules.active("bank-account").unwrap();
     assert!(
-        !module.aggregate.imports_wasi(),
+        !module.aggregate().unwrap().imports_wasi(),
         "the wrapped unknown-unknown build imports no WASI"
     );
     host.send("bank-account", "a", r#"{"type":"Open","owner":"Bo"}"#)

@@ -131,7 +131,13 @@ async fn a_guest_sees_the_received_at_clock_seeded_randomness_and_no_files_env_o
 
     // The same command context gives the same observations, in fresh instances;
     // another command id gives other randomness.
-    let module = host.modules.active("hostile").unwrap().aggregate.clone();
+    let module = host
+        .modules
+        .active("hostile")
+        .unwrap()
+        .aggregate()
+        .unwrap()
+        .clone();
     let context = |command_id: &str| CommandContext {
         aggregate_type: "hostile".into(),
         aggregate_id: "o".into(),
@@ -187,7 +193,8 @@ async fn two_replays_of_a_stream_give_byte_identical_state() {
         .modules
         .active("bank-account")
         .unwrap()
-        .aggregate
+        .aggregate()
+        .unwrap()
         .clone();
     let replay = || {
         module

@@ -21,6 +21,22 @@ fn main() {
         WASIP2,
         &["bank-account", "refold-hostile-guest"],
     );
+    // A cargo and a target directory of their own: the projections use
+    // `bank-account` without its `component` feature (only its types). One
+    // build unifies features, which would link the aggregate's exports into the
+    // projections; and a build in the same directory would overwrite
+    // `bank_account.wasm` with the featureless dependency's cdylib.
+    let projections_dir = root.join("target/guest-projections");
+    cargo_build(
+        &root,
+        &projections_dir,
+        WASIP2,
+        &[
+            "account-balances",
+            "account-balances-v2",
+            "refold-picky-projection",
+        ],
+    );
     cargo_build(&root, &target_dir, UNKNOWN, &["bank-account"]);
 
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
@@ -32,18 +48,24 @@ fn main() {
     let wrapped_path = out.join("bank_account_no_wasi.wasm");
     std::fs::write(&wrapped_path, wrapped).unwrap();
 
-    let p2 = |name: &str| {
-        target_dir
-            .join(WASIP2)
+    let p2_in = |dir: &Path, name: &str| {
+        dir.join(WASIP2)
             .join("release")
             .join(format!("{name}.wasm"))
     };
-    let consts = format!(
-        "pub const BANK_ACCOUNT: &str = {:?};\npub const BANK_ACCOUNT_NO_WASI: &str = {:?};\npub const HOSTILE: &str = {:?};\n",
-        p2("bank_account"),
-        wrapped_path,
-        p2("refold_hostile_guest"),
-    );
+    let p2 = |name: &str| p2_in(&target_dir, name);
+    let projection = |name: &str| p2_in(&projections_dir, name);
+    let consts = [
+        ("BANK_ACCOUNT", p2("bank_account")),
+        ("BANK_ACCOUNT_NO_WASI", wrapped_path),
+        ("HOSTILE", p2("refold_hostile_guest")),
+        ("ACCOUNT_BALANCES", projection("account_balances")),
+        ("ACCOUNT_BALANCES_V2", projection("account_balances_v2")),
+        ("PICKY_PROJECTION", projection("refold_picky_projection")),
+    ]
+    .iter()
+    .map(|(name, path)| format!("pub const {name}: &str = {path:?};\n"))
+    .collect::<String>();
     std::fs::write(out.join("guests.rs"), consts).unwrap();
 }
 

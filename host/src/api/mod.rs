@@ -5,7 +5,7 @@
 //! through a service (`CommandService`, `ModuleRegistry`); pages and
 //! subscriptions read the store directly.
 //!
-//! - `modules`, `aggregates`, `events`: the routes, one file per resource.
+//! - `modules`, `aggregates`, `events`, `projections`: the routes, one file per resource.
 //! - `problem`: errors as RFC 9457 problems with stable codes.
 //! - `request`: path, query and body parsing with clear errors and limits.
 //! - `auth`: bearer tokens and roles. `metrics`: Prometheus. `render`: event JSON.
@@ -16,6 +16,7 @@ mod events;
 mod metrics;
 mod modules;
 mod problem;
+mod projections;
 mod render;
 mod request;
 
@@ -25,7 +26,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -35,6 +36,7 @@ pub use problem::ApiError;
 
 use crate::commands::CommandService;
 use crate::modules::ModuleRegistry;
+use crate::projections::ProjectionService;
 use crate::store::Store;
 
 /// Request body limits.
@@ -58,6 +60,7 @@ pub struct AppState {
     pub store: Store,
     pub modules: Arc<ModuleRegistry>,
     pub commands: Arc<CommandService>,
+    pub projections: Arc<ProjectionService>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     /// Becomes true when the server is shutting down: subscriptions end.
@@ -71,6 +74,23 @@ pub fn router(app: AppState, tokens: Tokens) -> Router {
     let admin = Router::new()
         .route("/v1/modules/{name}/{version}", put(modules::put))
         .route("/v1/modules/{name}/activate", post(modules::activate))
+        .route("/v1/projections/{name}/promote", post(projections::promote))
+        .route(
+            "/v1/projections/{name}/versions/{version}/rebuild",
+            post(projections::rebuild),
+        )
+        .route(
+            "/v1/projections/{name}/versions/{version}/retry",
+            post(projections::retry),
+        )
+        .route(
+            "/v1/projections/{name}/versions/{version}/skip",
+            post(projections::skip),
+        )
+        .route(
+            "/v1/projections/{name}/versions/{version}",
+            delete(projections::drop_version),
+        )
         .route_layer(role(Role::Admin));
     let writer = Router::new()
         .route(
@@ -91,6 +111,26 @@ pub fn router(app: AppState, tokens: Tokens) -> Router {
         )
         .route("/v1/events", get(events::page))
         .route("/v1/events/subscribe", get(events::subscribe))
+        .route("/v1/projections", get(projections::list))
+        .route("/v1/projections/{name}", get(projections::get))
+        .route(
+            "/v1/projections/{name}/versions/{version}",
+            get(projections::version),
+        )
+        .route(
+            "/v1/projections/{name}/versions/{version}/digest",
+            get(projections::digest),
+        )
+        .route("/v1/projections/{name}/diff", get(projections::diff))
+        .route("/v1/projections/{name}/docs", get(projections::documents))
+        .route(
+            "/v1/projections/{name}/docs/{*key}",
+            get(projections::document),
+        )
+        .route(
+            "/v1/projections/{name}/queries/{query}",
+            get(projections::query),
+        )
         .route("/metrics", get(metrics_text))
         .route_layer(role(Role::Reader));
     Router::new()

@@ -7,6 +7,7 @@ use serde_json::{Map, Value, json};
 
 use crate::commands::CommandError;
 use crate::modules::ModuleError;
+use crate::projections::ProjectionError;
 use crate::runtime::GuestError;
 use crate::store::StoreError;
 
@@ -157,6 +158,14 @@ impl From<ModuleError> for ApiError {
                     .with("existing_digest", digest)
             }
             ModuleError::NotFound(_) => ApiError::not_found(err.to_string()),
+            ModuleError::PromoteProjection(_) => {
+                ApiError::new(StatusCode::CONFLICT, "use_promote", err.to_string())
+            }
+            ModuleError::KindMismatch { .. } => ApiError::new(
+                StatusCode::CONFLICT,
+                "module_kind_mismatch",
+                err.to_string(),
+            ),
             ModuleError::Store(store) => store.into(),
             ModuleError::Host(_) => {
                 tracing::error!(error = %err, "module host failure");
@@ -166,6 +175,62 @@ impl From<ModuleError> for ApiError {
                     err.to_string(),
                 )
             }
+        }
+    }
+}
+
+impl From<ProjectionError> for ApiError {
+    fn from(err: ProjectionError) -> Self {
+        let detail = err.to_string();
+        match err {
+            ProjectionError::NotFound(_) => ApiError::not_found(detail),
+            ProjectionError::NotLive { .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "projection_not_live",
+                detail,
+            ),
+            ProjectionError::Lagging {
+                position,
+                head,
+                lag,
+                ..
+            } => ApiError::new(StatusCode::CONFLICT, "projection_lagging", detail)
+                .with("position", position)
+                .with("head", head)
+                .with("lag", lag),
+            ProjectionError::IsLive(..) => {
+                ApiError::new(StatusCode::CONFLICT, "projection_live", detail)
+            }
+            ProjectionError::NotFailed(_) => {
+                ApiError::new(StatusCode::CONFLICT, "projection_not_failed", detail)
+            }
+            ProjectionError::Failed { failure, .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "projection_failed", detail)
+                    .with("position", failure.position)
+                    .with("failure_code", failure.code)
+            }
+            ProjectionError::Timeout {
+                wanted, reached, ..
+            } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "min_position_timeout",
+                detail,
+            )
+            .with("min_position", wanted)
+            .with("position", reached),
+            ProjectionError::InvalidRequest(_) => ApiError::bad_request("invalid_request", detail),
+            ProjectionError::UnknownQuery(..) => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_query", detail)
+            }
+            ProjectionError::BadQueryArguments(..) => {
+                ApiError::bad_request("bad_query_arguments", detail)
+            }
+            ProjectionError::Closed => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", detail)
+            }
+            ProjectionError::Guest(guest) => guest.into(),
+            ProjectionError::Module(module) => module.into(),
+            ProjectionError::Store(store) => store.into(),
         }
     }
 }

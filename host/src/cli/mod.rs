@@ -9,11 +9,15 @@
 //! - `follow`: `events --follow` over Server-Sent Events, with resumption.
 //! - `sse`: the Server-Sent Events line parser.
 //! - `output`: the text for people.
+//! - `projection`: `refold projection ...`, with progress bars while versions replay.
 
 mod client;
 mod follow;
 mod output;
+mod projection;
 mod sse;
+
+pub use projection::{ProjectionCommand, projection};
 
 use std::io::{self, Write};
 use std::path::PathBuf;

@@ -217,6 +217,7 @@ impl CommandService {
         let module = self
             .modules
             .active(&request.aggregate_type)
+            .filter(|m| m.aggregate().is_some())
             .ok_or_else(|| CommandError::UnknownAggregateType(request.aggregate_type.clone()))?;
         let _guard = self.locks.lock(&stream).await;
         // A retry that raced the original: the original has landed by the time we hold the lock.
@@ -270,7 +271,7 @@ impl CommandService {
             });
         }
         // One trip to a guest thread for both calls: each hand-off costs a wake-up.
-        let guest = module.aggregate.clone();
+        let guest = aggregate_of(module)?.clone();
         let label = module.label();
         let (before, version) = (state.bytes.clone(), state.version);
         let (request_copy, context_copy, label_copy) =
@@ -423,6 +424,7 @@ impl CommandService {
         let module = self
             .modules
             .active(aggregate_type)
+            .filter(|m| m.aggregate().is_some())
             .ok_or_else(|| CommandError::UnknownAggregateType(aggregate_type.to_string()))?;
         let current = self.store.stream_version(&stream)?;
         if current == 0 {
@@ -440,7 +442,7 @@ impl CommandService {
             }
             Some(v) => self.state_at(&module, &stream, v).await?,
         };
-        let guest = module.aggregate.clone();
+        let guest = aggregate_of(&module)?.clone();
         let bytes = state.bytes.clone();
         let rendered = self
             .runtime
@@ -464,6 +466,13 @@ impl CommandService {
 /// Event ids are derived from the command id, so a command's events have the
 /// same ids however often it is retried: the store's idempotency rule then
 /// catches any repeat that gets past the command record.
+/// The aggregate a module implements; a projection's name is no aggregate type.
+fn aggregate_of(module: &LoadedModule) -> Result<&crate::runtime::AggregateModule, CommandError> {
+    module
+        .aggregate()
+        .ok_or_else(|| CommandError::UnknownAggregateType(module.record.name.clone()))
+}
+
 fn event_id_for(command_id: &str, index: usize) -> Uuid {
     let mut hasher = Sha256::new();
     hasher.update(command_id.as_bytes());

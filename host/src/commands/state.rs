@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use super::{CommandError, CommandService};
+use super::{CommandError, CommandService, aggregate_of};
 use crate::modules::{LoadedModule, hex};
 use crate::runtime::StreamEvent;
 use crate::store::{Direction, RecordedEvent, StreamId, StreamVersion};
@@ -127,7 +127,7 @@ impl CommandService {
                 bytes: Arc::new(bytes),
             });
         }
-        let guest = module.aggregate.clone();
+        let guest = aggregate_of(module)?.clone();
         let bytes = self
             .runtime
             .pool()
@@ -159,7 +159,7 @@ impl CommandService {
             let Some(last) = events.last() else { break };
             let version = last.version;
             let batch: Vec<StreamEvent> = events.iter().map(to_stream_event).collect();
-            let guest = module.aggregate.clone();
+            let guest = aggregate_of(module)?.clone();
             let before = state.bytes.clone();
             let bytes = self
                 .runtime
@@ -216,7 +216,7 @@ impl CommandService {
                 let checkpoint = event.metadata.producer.as_deref() == Some(producer.as_str())
                     && event.metadata.extra.contains_key(STATE_DIGEST_KEY);
                 if checkpoint || batch.len() == APPLY_BATCH {
-                    let guest = module.aggregate.clone();
+                    let guest = aggregate_of(&module)?.clone();
                     let events = std::mem::take(&mut batch);
                     state = self
                         .runtime
@@ -246,7 +246,7 @@ impl CommandService {
         &self,
         module: &Arc<LoadedModule>,
     ) -> Result<Vec<u8>, CommandError> {
-        let guest = module.aggregate.clone();
+        let guest = aggregate_of(module)?.clone();
         Ok(self
             .runtime
             .pool()

@@ -4,7 +4,6 @@
 //! arguments and on what `Observed` pins down. That is what makes replay exact.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store};
@@ -14,7 +13,7 @@ use super::bindings::{
     Aggregate, AggregatePre, CommandContext, CommandError, NewEvent, StreamEvent,
 };
 use super::error::{GuestError, RuntimeError};
-use super::sandbox::{self, HostState, Observed};
+use super::sandbox::{CallSettings, HostState, Observed};
 
 /// A compiled, checked aggregate component, ready to be called. Cheap to clone.
 #[derive(Clone)]
@@ -23,13 +22,8 @@ pub struct AggregateModule {
 }
 
 struct Inner {
-    engine: Engine,
     pre: AggregatePre<HostState>,
-    with_wasi: bool,
-    label: String,
-    fuel: u64,
-    deadline: Duration,
-    memory_bytes: usize,
+    settings: CallSettings,
 }
 
 impl AggregateModule {
@@ -51,24 +45,19 @@ impl AggregateModule {
             })?;
         Ok(AggregateModule {
             inner: Arc::new(Inner {
-                engine: engine.clone(),
                 pre,
-                with_wasi,
-                label: label.to_string(),
-                fuel: config.fuel_per_call,
-                deadline: config.deadline,
-                memory_bytes: config.memory_bytes,
+                settings: CallSettings::new(engine, with_wasi, label, config),
             }),
         })
     }
 
     /// `name@version`, as it tags events and log lines.
     pub fn label(&self) -> &str {
-        &self.inner.label
+        self.inner.settings.label()
     }
 
     pub fn imports_wasi(&self) -> bool {
-        self.inner.with_wasi
+        self.inner.settings.with_wasi()
     }
 
     pub fn initial_state(&self) -> Result<Vec<u8>, GuestError> {
@@ -113,30 +102,13 @@ impl AggregateModule {
         observed: &Observed,
         f: impl FnOnce(&Aggregate, &mut Store<HostState>) -> wasmtime::Result<T>,
     ) -> Result<T, GuestError> {
-        let inner = &*self.inner;
-        let mut store = Store::new(
-            &inner.engine,
-            HostState::new(inner.memory_bytes, inner.with_wasi, observed),
-        );
-        store.limiter(|s| &mut s.limits);
-        store
-            .set_fuel(inner.fuel)
-            .map_err(|e| GuestError::Trap(format!("setting fuel: {e}")))?;
-        let ticks = (inner.deadline.as_millis() / super::EPOCH_TICK.as_millis()).max(1) as u64;
-        store.set_epoch_deadline(ticks);
-        let result = inner
-            .pre
-            .instantiate(&mut store)
-            .and_then(|guest| f(&guest, &mut store));
-        let (stdout, stderr) = store.data().take_output();
-        if !stdout.is_empty() {
-            tracing::info!(module = %inner.label, stream = "stdout", "{}", stdout.trim_end());
-        }
-        if !stderr.is_empty() {
-            tracing::warn!(module = %inner.label, stream = "stderr", "{}", stderr.trim_end());
-        }
-        result.map_err(|e| {
-            sandbox::classify(&e, inner.fuel, inner.memory_bytes, inner.deadline, &stderr)
-        })
+        let pre = &self.inner.pre;
+        self.inner
+            .settings
+            .run(observed, None, |store| {
+                let guest = pre.instantiate(&mut *store)?;
+                f(&guest, store)
+            })
+            .map(|(value, _)| value)
     }
 }

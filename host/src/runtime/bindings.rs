@@ -1,8 +1,29 @@
-//! The one place that generates host bindings for `wit/domain.wit`.
+//! The one place that generates host bindings for `wit/domain.wit`: one
+//! `bindgen!` per world, sharing the `types` interface.
 
-wasmtime::component::bindgen!({
-    path: "../wit",
-    world: "aggregate",
-});
+mod aggregate_world {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "aggregate",
+    });
+}
 
-pub use refold::domain::types::Rejection;
+mod projection_world {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "projection",
+        with: {
+            "refold:domain/types": super::aggregate_world::refold::domain::types,
+        },
+        // Read-model calls check their arguments and trap the guest on misuse.
+        imports: { default: trappable },
+    });
+}
+
+pub use aggregate_world::refold::domain::types::{
+    CommandContext, CommandError, EventSelector, NewEvent, QueryError, RecordedEvent, Rejection,
+    StreamEvent,
+};
+pub use aggregate_world::{Aggregate, AggregatePre};
+pub use projection_world::refold::domain::read_model;
+pub use projection_world::{Projection, ProjectionPre};

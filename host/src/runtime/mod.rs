@@ -6,6 +6,7 @@
 //! - `bindings`: the one `bindgen!` over `wit/domain.wit`.
 //! - `sandbox`: what a guest observes (virtual WASI, limits) and how failures are named.
 //! - `aggregate`: calls into an aggregate component, each in a fresh instance.
+//! - `projection`: calls into a projection component, and its read-model import.
 //! - `cache`: compiled artifacts on disk, keyed by digest and engine compatibility.
 //! - `pool`: the threads guest code runs on.
 
@@ -14,6 +15,7 @@ mod bindings;
 mod cache;
 mod error;
 mod pool;
+mod projection;
 mod sandbox;
 
 use std::path::PathBuf;
@@ -26,9 +28,16 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use aggregate::AggregateModule;
-pub use bindings::{CommandContext, CommandError, NewEvent as GuestEvent, Rejection, StreamEvent};
+pub use bindings::{
+    CommandContext, CommandError, NewEvent as GuestEvent, RecordedEvent as GuestRecordedEvent,
+    Rejection, StreamEvent,
+};
 pub use error::{GuestError, RuntimeError};
 pub use pool::GuestPool;
+pub use projection::{
+    DocumentChanges, DocumentSource, MAX_DOC_KEY_LEN, MAX_DOC_LEN, MAX_SCAN_LIMIT,
+    ProjectionModule, QueryFailure, Selector,
+};
 pub use sandbox::Observed;
 
 use sandbox::HostState;
@@ -68,6 +77,30 @@ impl Default for RuntimeConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum World {
     Aggregate,
+    Projection,
+}
+
+/// A loaded component, ready to call.
+#[derive(Clone)]
+pub enum Guest {
+    Aggregate(AggregateModule),
+    Projection(ProjectionModule),
+}
+
+impl Guest {
+    pub fn world(&self) -> World {
+        match self {
+            Guest::Aggregate(_) => World::Aggregate,
+            Guest::Projection(_) => World::Projection,
+        }
+    }
+
+    pub fn imports_wasi(&self) -> bool {
+        match self {
+            Guest::Aggregate(m) => m.imports_wasi(),
+            Guest::Projection(m) => m.imports_wasi(),
+        }
+    }
 }
 
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -111,7 +144,16 @@ impl Runtime {
         let mut wasi_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut wasi_linker)
             .map_err(|e| RuntimeError::Host(format!("linking WASI: {e:#}")))?;
-        let plain_linker = Linker::new(&engine);
+        let mut plain_linker = Linker::new(&engine);
+        // The read model is the one host interface Refold offers; an aggregate's
+        // InstancePre does not import it, so linking it for everyone is harmless.
+        for linker in [&mut wasi_linker, &mut plain_linker] {
+            bindings::read_model::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
+                linker,
+                |state| state,
+            )
+            .map_err(|e| RuntimeError::Host(format!("linking the read model: {e:#}")))?;
+        }
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         {
@@ -155,7 +197,7 @@ impl Runtime {
         bytes: &[u8],
         digest: &[u8; 32],
         label: &str,
-    ) -> Result<(World, AggregateModule), RuntimeError> {
+    ) -> Result<Guest, RuntimeError> {
         check_component_header(bytes)?;
         let (component, cached) = match &self.config.cache_dir {
             Some(dir) => cache::load_or_compile(&self.engine, dir, bytes, digest)?,
@@ -172,21 +214,30 @@ impl Runtime {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         let world = self.world_of(&component)?;
-        let with_wasi = self.check_imports(&component)?;
+        let with_wasi = self.check_imports(&component, world)?;
         let linker = if with_wasi {
             &self.wasi_linker
         } else {
             &self.plain_linker
         };
-        let module = AggregateModule::new(
-            &self.engine,
-            linker,
-            &component,
-            with_wasi,
-            label,
-            &self.config,
-        )?;
-        Ok((world, module))
+        Ok(match world {
+            World::Aggregate => Guest::Aggregate(AggregateModule::new(
+                &self.engine,
+                linker,
+                &component,
+                with_wasi,
+                label,
+                &self.config,
+            )?),
+            World::Projection => Guest::Projection(ProjectionModule::new(
+                &self.engine,
+                linker,
+                &component,
+                with_wasi,
+                label,
+                &self.config,
+            )?),
+        })
     }
 
     /// How many components this runtime compiled, and how many it loaded from
@@ -198,45 +249,67 @@ impl Runtime {
         )
     }
 
+    /// Names the world by a function only it exports (`handle` for aggregates,
+    /// `subscription` for projections), then checks the rest is there.
     fn world_of(&self, component: &Component) -> Result<World, RuntimeError> {
         let ty = component.component_type();
         let func = |name: &str| matches!(ty.get_export(&self.engine, name), Some(e) if matches!(e.ty, ComponentItem::ComponentFunc(_)));
-        if func("handle") || func("apply") {
-            let missing: Vec<&str> = ["initial-state", "handle", "apply", "render"]
-                .into_iter()
-                .filter(|f| !func(f))
+        let (world, needs): (World, &[&str]) = if func("handle") {
+            (
+                World::Aggregate,
+                &["initial-state", "handle", "apply", "render"],
+            )
+        } else if func("subscription") {
+            (World::Projection, &["subscription", "apply", "query"])
+        } else {
+            let exports: Vec<String> = ty
+                .exports(&self.engine)
+                .map(|(name, _)| name.to_string())
                 .collect();
-            if !missing.is_empty() {
-                return Err(RuntimeError::InvalidModule(format!(
-                    "looks like an aggregate but does not export {}",
-                    missing.join(", ")
-                )));
-            }
-            return Ok(World::Aggregate);
+            return Err(RuntimeError::InvalidModule(format!(
+                "implements no world Refold knows (refold:domain/aggregate exports initial-state, handle, apply, render; refold:domain/projection exports subscription, apply, query); it exports [{}]",
+                exports.join(", ")
+            )));
+        };
+        let missing: Vec<&str> = needs.iter().copied().filter(|f| !func(f)).collect();
+        if !missing.is_empty() {
+            let name = match world {
+                World::Aggregate => "an aggregate",
+                World::Projection => "a projection",
+            };
+            return Err(RuntimeError::InvalidModule(format!(
+                "looks like {name} but does not export {}",
+                missing.join(", ")
+            )));
         }
-        let exports: Vec<String> = ty
-            .exports(&self.engine)
-            .map(|(name, _)| name.to_string())
-            .collect();
-        Err(RuntimeError::InvalidModule(format!(
-            "implements no world Refold knows (refold:domain/aggregate exports initial-state, handle, apply, render); it exports [{}]",
-            exports.join(", ")
-        )))
+        Ok(world)
     }
 
-    /// A component may import WASI (which it gets, locked down) and Refold's
-    /// own types interface (which carries only types, no functions), nothing else.
-    fn check_imports(&self, component: &Component) -> Result<bool, RuntimeError> {
+    /// A component may import WASI (which it gets, locked down), Refold's own
+    /// types interface (which carries only types), and, for projections, the
+    /// read model. Nothing else.
+    fn check_imports(&self, component: &Component, world: World) -> Result<bool, RuntimeError> {
         let mut with_wasi = false;
         for (name, _) in component.component_type().imports(&self.engine) {
             if name.starts_with("refold:domain/types@") {
+                continue;
+            }
+            if name.starts_with("refold:domain/read-model@") && world == World::Projection {
                 continue;
             }
             if name.starts_with("wasi:") {
                 with_wasi = true;
             } else {
                 return Err(RuntimeError::InvalidModule(format!(
-                    "imports {name}, which Refold does not provide (only WASI is offered, locked down)"
+                    "imports {name}, which Refold does not provide to {} (only WASI is offered, locked down{})",
+                    match world {
+                        World::Aggregate => "aggregates",
+                        World::Projection => "projections",
+                    },
+                    match world {
+                        World::Aggregate => "",
+                        World::Projection => ", and refold:domain/read-model",
+                    }
                 )));
             }
         }

@@ -9,11 +9,13 @@ use rand::SeedableRng;
 use rand::rngs::ChaCha20Rng;
 use sha2::{Digest, Sha256};
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
+use super::RuntimeConfig;
 use super::error::GuestError;
+use super::projection::ReadModelSession;
 
 /// Bytes of stdout and of stderr a guest may write per call; they are forwarded
 /// to the host's log. Past this, the guest's writes fail (Rust's `print!` then panics).
@@ -36,6 +38,8 @@ pub struct HostState {
     pub limits: StoreLimits,
     pub stdout: Option<MemoryOutputPipe>,
     pub stderr: Option<MemoryOutputPipe>,
+    /// Present only for projection calls.
+    pub read_model: Option<ReadModelSession>,
 }
 
 impl HostState {
@@ -64,6 +68,7 @@ impl HostState {
             limits,
             stdout,
             stderr,
+            read_model: None,
         }
     }
 
@@ -89,6 +94,69 @@ impl WasiView for HostState {
             ctx,
             table: &mut self.table,
         }
+    }
+}
+
+/// What every call into one module shares: its engine, label and limits.
+pub struct CallSettings {
+    engine: Engine,
+    with_wasi: bool,
+    label: String,
+    fuel: u64,
+    deadline: Duration,
+    memory_bytes: usize,
+}
+
+impl CallSettings {
+    pub fn new(engine: &Engine, with_wasi: bool, label: &str, config: &RuntimeConfig) -> Self {
+        CallSettings {
+            engine: engine.clone(),
+            with_wasi,
+            label: label.to_string(),
+            fuel: config.fuel_per_call,
+            deadline: config.deadline,
+            memory_bytes: config.memory_bytes,
+        }
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    pub fn with_wasi(&self) -> bool {
+        self.with_wasi
+    }
+
+    /// Runs `f` (which instantiates the guest and calls it) in a fresh store with
+    /// this module's fuel, deadline and memory cap; forwards the guest's output
+    /// to the log; names whatever stopped it. Returns the store's host state too,
+    /// for the read-model writes a projection made.
+    pub fn run<T>(
+        &self,
+        observed: &Observed,
+        read_model: Option<ReadModelSession>,
+        f: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<T>,
+    ) -> Result<(T, HostState), GuestError> {
+        let mut state = HostState::new(self.memory_bytes, self.with_wasi, observed);
+        state.read_model = read_model;
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store
+            .set_fuel(self.fuel)
+            .map_err(|e| GuestError::Trap(format!("setting fuel: {e}")))?;
+        let ticks = (self.deadline.as_millis() / super::EPOCH_TICK.as_millis()).max(1) as u64;
+        store.set_epoch_deadline(ticks);
+        let result = f(&mut store);
+        let (stdout, stderr) = store.data().take_output();
+        if !stdout.is_empty() {
+            tracing::info!(module = %self.label, stream = "stdout", "{}", stdout.trim_end());
+        }
+        if !stderr.is_empty() {
+            tracing::warn!(module = %self.label, stream = "stderr", "{}", stderr.trim_end());
+        }
+        let value = result
+            .map_err(|e| classify(&e, self.fuel, self.memory_bytes, self.deadline, &stderr))?;
+        Ok((value, store.into_data()))
     }
 }
 

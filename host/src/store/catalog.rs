@@ -166,6 +166,16 @@ impl Store {
         self.sync("activating a module")
     }
 
+    /// Forgets a module version (a dropped projection version); durable on return.
+    /// Its name's active pointer is the caller's to keep consistent.
+    pub fn delete_module(&self, name: &str, version: &str) -> Result<(), StoreError> {
+        self.inner
+            .db
+            .remove(registry_key(VERSIONS, name, Some(version)))
+            .map_err(|e| StoreError::storage("deleting a module", e))?;
+        self.sync("deleting a module")
+    }
+
     /// Keeps `state` as the stream's state at `version` under `module_digest`.
     /// Returns false (and keeps nothing) for a state over [`MAX_SNAPSHOT_LEN`].
     pub fn save_snapshot(

@@ -10,11 +10,14 @@
 //! - `read`: stream and global-log reads, capped at the durable head.
 //! - `subscribe`: catch-up-then-live subscriptions.
 //! - `lock`: one process per data directory.
+//! - `projection`: read models and checkpoints of projection versions.
+//! - `catalog`: the module registry and aggregate snapshots.
 
 mod catalog;
 mod error;
 mod format;
 mod lock;
+mod projection;
 mod read;
 mod subscribe;
 mod types;
@@ -29,6 +32,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use catalog::{MAX_SNAPSHOT_LEN, ModuleKind, ModulePut, ModuleRecord};
 pub use error::StoreError;
+pub use projection::{ProjectionCheckpoint, ReadModel, SkipRecord};
 pub use types::*;
 
 use writer::{AppendRequest, Appended, Writer, WriterMessage};

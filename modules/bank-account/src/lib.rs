@@ -162,6 +162,7 @@ fn too_large() -> Rejection {
     Rejection::new("invalid-amount", "the amount is too large")
 }
 
+#[cfg(feature = "component")]
 refold_sdk::export_aggregate!(BankAccount);
 
 #[cfg(test)]

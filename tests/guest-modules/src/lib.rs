@@ -5,5 +5,9 @@
 //! - `BANK_ACCOUNT_NO_WASI`: the same crate for `wasm32-unknown-unknown`,
 //!   wrapped into a component with `wit-component`: no WASI imports at all.
 //! - `HOSTILE`: `tests/guests/hostile` for `wasm32-wasip2`.
+//! - `ACCOUNT_BALANCES`, `ACCOUNT_BALANCES_V2`: the projections `modules/account-balances`
+//!   (1.0.0) and `modules/account-balances-v2` (2.0.0) for `wasm32-wasip2`.
+//! - `PICKY_PROJECTION`: `tests/guests/picky-projection` for `wasm32-wasip2`, a projection
+//!   that fails, panics or loops on chosen event types.
 
 include!(concat!(env!("OUT_DIR"), "/guests.rs"));

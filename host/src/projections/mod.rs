@@ -1,0 +1,777 @@
+//! Projections: the query side. Each uploaded projection version runs as its
+//! own task ([`runner`]) that replays the global log into that version's read
+//! model and then follows live appends. Versions of one projection run side
+//! by side; readers see the live one unless they ask for another. A new
+//! version goes live by itself when its projection has none yet; otherwise an
+//! operator promotes it, after comparing the two ([`compare`]).
+//!
+//! Architecture Invariant: only a version's runner writes its read model, and
+//! every write lands in one sled batch with the checkpoint that covers it.
+
+mod compare;
+mod runner;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use compare::{Diff, DiffSample, ReadModelDigest};
+pub use runner::BatchLimits;
+
+use crate::modules::{LoadedModule, ModuleError, ModuleRegistry};
+use crate::runtime::{GuestError, QueryFailure, Runtime};
+use crate::store::{Position, ReadModel, RecordedEvent, SkipRecord, Store, StoreError};
+use runner::{Control, Documents, Runner};
+
+#[derive(Clone, Debug)]
+pub struct ProjectionConfig {
+    pub batch: BatchLimits,
+    /// How long a read with `min_position` waits when the caller does not say.
+    pub default_wait: Duration,
+    /// The longest wait a caller may ask for.
+    pub max_wait: Duration,
+}
+
+impl Default for ProjectionConfig {
+    fn default() -> Self {
+        ProjectionConfig {
+            batch: BatchLimits {
+                events: 1000,
+                bytes: 4 << 20,
+            },
+            default_wait: Duration::from_secs(5),
+            max_wait: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What a version's runner is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Asking the guest which events it wants.
+    Starting,
+    /// Behind the head of the log, replaying.
+    CatchingUp,
+    /// At the head of the log, following appends.
+    Live,
+    /// Stopped at a failing event until an operator retries or skips it.
+    Failed,
+}
+
+/// Why a version stopped.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Failure {
+    /// The position of the event that failed; everything before it is applied.
+    pub position: Position,
+    pub event_id: Option<String>,
+    pub event_type: Option<String>,
+    pub stream: Option<String>,
+    /// A stable code (`guest_failed`, `guest_trap`, `fuel_exhausted`, ...).
+    pub code: &'static str,
+    pub message: String,
+    /// How many times this event has failed in a row (retries add to it).
+    pub attempts: u32,
+    pub failed_at_ms: u64,
+}
+
+impl Failure {
+    fn from_guest(position: Position, event: Option<&RecordedEvent>, err: &GuestError) -> Self {
+        Failure {
+            position,
+            event_id: event.map(|e| e.event_id.to_string()),
+            event_type: event.map(|e| e.event_type.clone()),
+            stream: event.map(|e| e.stream.to_string()),
+            code: err.code(),
+            message: err.to_string(),
+            attempts: 1,
+            failed_at_ms: runner::now_ms(),
+        }
+    }
+
+    fn from_store(position: Position, err: &StoreError) -> Self {
+        Failure {
+            position,
+            event_id: None,
+            event_type: None,
+            stream: None,
+            code: err.code(),
+            message: err.to_string(),
+            attempts: 1,
+            failed_at_ms: runner::now_ms(),
+        }
+    }
+}
+
+/// A version's progress, published by its runner.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct VersionStatus {
+    pub state: RunState,
+    /// The last log position processed: everything up to here is in the read model.
+    pub position: Position,
+    pub events_applied: u64,
+    pub events_skipped: u64,
+    /// Log positions processed per second over the last few seconds.
+    pub events_per_second: f64,
+    pub failure: Option<Failure>,
+    /// The failure being retried, until the retry's outcome is known.
+    #[serde(skip)]
+    retrying: Option<Failure>,
+}
+
+/// A projection version and its runner.
+pub struct VersionHandle {
+    pub module: Arc<LoadedModule>,
+    read_model: RwLock<ReadModel>,
+    pub status: watch::Sender<VersionStatus>,
+    /// Held while committing, and while taking a digest, so a digest sees one checkpoint.
+    commit_lock: Mutex<()>,
+    runner: Mutex<Option<RunnerSlot>>,
+    /// Go live as soon as caught up (an upload with `activate`, or a forced wish).
+    promote_when_caught_up: AtomicBool,
+}
+
+struct RunnerSlot {
+    stop: watch::Sender<bool>,
+    control: mpsc::Sender<Control>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl VersionHandle {
+    pub fn name(&self) -> &str {
+        &self.module.record.name
+    }
+
+    pub fn version(&self) -> &str {
+        &self.module.record.version
+    }
+
+    /// `name@version`.
+    pub fn label(&self) -> String {
+        self.module.label()
+    }
+
+    fn read_model(&self) -> ReadModel {
+        self.read_model
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn control(&self) -> Option<mpsc::Sender<Control>> {
+        self.runner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|r| r.control.clone())
+    }
+}
+
+/// One version as readers and operators see it.
+#[derive(Clone, Debug, Serialize)]
+pub struct VersionView {
+    pub version: String,
+    pub digest: String,
+    pub live: bool,
+    #[serde(flatten)]
+    pub status: VersionStatus,
+    pub head: Position,
+    pub lag: u64,
+    /// Seconds until caught up at the current rate (absent when unknown).
+    pub eta_seconds: Option<f64>,
+    pub promote_when_caught_up: bool,
+    pub uploaded_at_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ProjectionView {
+    pub name: String,
+    pub live_version: Option<String>,
+    pub versions: Vec<VersionView>,
+}
+
+/// Documents read from one version, with the position they reflect.
+#[derive(Clone, Debug)]
+pub struct DocsPage {
+    pub version: String,
+    /// Every event up to this position is in the documents.
+    pub position: Position,
+    pub documents: Vec<(String, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{name} has no live version yet{detail}")]
+    NotLive { name: String, detail: String },
+    #[error(
+        "{label} is at position {position}, {lag} behind the head ({head}); wait until it catches up, or force"
+    )]
+    Lagging {
+        label: String,
+        position: Position,
+        head: Position,
+        lag: u64,
+    },
+    #[error("{0} is the live version; promote another version first{1}")]
+    IsLive(String, &'static str),
+    #[error("{0}")]
+    NotFailed(String),
+    #[error("{label} stopped at position {} ({}): {}", .failure.position, .failure.code, .failure.message)]
+    Failed {
+        label: String,
+        failure: Box<Failure>,
+    },
+    #[error("{label} reached position {reached}, not {wanted}, within {waited:?}")]
+    Timeout {
+        label: String,
+        wanted: Position,
+        reached: Position,
+        waited: Duration,
+    },
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("{0} has no query named {1:?}")]
+    UnknownQuery(String, String),
+    #[error("bad arguments for query {0:?}: {1}")]
+    BadQueryArguments(String, String),
+    #[error("the projection service is shutting down")]
+    Closed,
+    #[error(transparent)]
+    Guest(#[from] GuestError),
+    #[error(transparent)]
+    Module(#[from] ModuleError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct ProjectionService {
+    store: Store,
+    modules: Arc<ModuleRegistry>,
+    runtime: Arc<Runtime>,
+    config: ProjectionConfig,
+    versions: Mutex<HashMap<(String, String), Arc<VersionHandle>>>,
+    /// Serializes every change of which version is live.
+    live: Arc<Mutex<()>>,
+    closed: AtomicBool,
+}
+
+impl ProjectionService {
+    /// Starts a runner for every projection version in the registry, and for
+    /// every one uploaded later.
+    pub fn start(
+        store: Store,
+        modules: Arc<ModuleRegistry>,
+        config: ProjectionConfig,
+    ) -> Arc<ProjectionService> {
+        let service = Arc::new(ProjectionService {
+            store,
+            runtime: modules.runtime().clone(),
+            modules: modules.clone(),
+            config,
+            versions: Mutex::new(HashMap::new()),
+            live: Arc::new(Mutex::new(())),
+            closed: AtomicBool::new(false),
+        });
+        let weak = Arc::downgrade(&service);
+        modules.set_projection_listener(Box::new(move |module, promote| {
+            if let Some(service) = weak.upgrade()
+                && let Err(err) = service.on_version(module.clone(), promote)
+            {
+                tracing::error!(projection = %module.label(), "cannot start the projection: {err}");
+            }
+        }));
+        service
+    }
+
+    /// A projection version was uploaded (or found at startup): run it.
+    fn on_version(&self, module: Arc<LoadedModule>, promote: bool) -> Result<(), ProjectionError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(ProjectionError::Closed);
+        }
+        let key = (module.record.name.clone(), module.record.version.clone());
+        let existing = self.versions().get(&key).cloned();
+        let handle = match existing {
+            Some(handle) => handle,
+            None => {
+                let model = self.store.read_model(&key.0, &key.1)?;
+                let checkpoint = model.checkpoint()?;
+                let handle = Arc::new(VersionHandle {
+                    module,
+                    read_model: RwLock::new(model),
+                    status: watch::Sender::new(initial_status(
+                        checkpoint.position,
+                        checkpoint.events_applied,
+                        checkpoint.events_skipped,
+                    )),
+                    commit_lock: Mutex::new(()),
+                    runner: Mutex::new(None),
+                    promote_when_caught_up: AtomicBool::new(false),
+                });
+                self.versions().insert(key, handle.clone());
+                self.start_runner(&handle);
+                handle
+            }
+        };
+        if promote {
+            handle.promote_when_caught_up.store(true, Ordering::Release);
+            if handle.status.borrow().state == RunState::Live {
+                go_live_if_due(&self.modules, &self.live, &handle);
+            }
+        }
+        Ok(())
+    }
+
+    fn start_runner(&self, handle: &Arc<VersionHandle>) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (control_tx, control_rx) = mpsc::channel(16);
+        let (modules, live) = (self.modules.clone(), self.live.clone());
+        let runner = Runner {
+            handle: handle.clone(),
+            store: self.store.clone(),
+            pool: self.runtime.clone(),
+            limits: self.config.batch,
+            stop: stop_rx,
+            control: control_rx,
+            on_caught_up: Box::new(move |handle| go_live_if_due(&modules, &live, handle)),
+        };
+        let label = handle.label();
+        let task = tokio::spawn(async move {
+            tracing::info!(projection = %label, "projection runner started");
+            runner.run().await;
+            tracing::info!(projection = %label, "projection runner stopped");
+        });
+        *handle.runner.lock().unwrap_or_else(|e| e.into_inner()) = Some(RunnerSlot {
+            stop: stop_tx,
+            control: control_tx,
+            task,
+        });
+    }
+
+    async fn stop_runner(handle: &VersionHandle) {
+        let slot = handle
+            .runner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(slot) = slot {
+            slot.stop.send_replace(true);
+            let _ = slot.task.await;
+        }
+    }
+
+    /// Stops every runner (each finishes the batch it is committing).
+    pub async fn shutdown(&self) {
+        self.closed.store(true, Ordering::Release);
+        let handles: Vec<_> = self.versions().values().cloned().collect();
+        for handle in handles {
+            Self::stop_runner(&handle).await;
+        }
+    }
+
+    fn versions(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Arc<VersionHandle>>> {
+        self.versions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn live_version(&self, name: &str) -> Option<String> {
+        self.modules
+            .active(name)
+            .filter(|m| m.projection().is_some())
+            .map(|m| m.record.version.clone())
+    }
+
+    /// Every projection with its versions.
+    pub fn list(&self) -> Vec<ProjectionView> {
+        let mut names: Vec<String> = self.versions().keys().map(|(n, _)| n.clone()).collect();
+        names.sort();
+        names.dedup();
+        names.iter().filter_map(|n| self.view(n).ok()).collect()
+    }
+
+    pub fn view(&self, name: &str) -> Result<ProjectionView, ProjectionError> {
+        let mut handles: Vec<Arc<VersionHandle>> = self
+            .versions()
+            .iter()
+            .filter(|((n, _), _)| n == name)
+            .map(|(_, h)| h.clone())
+            .collect();
+        if handles.is_empty() {
+            return Err(ProjectionError::NotFound(format!("no projection {name}")));
+        }
+        handles.sort_by_key(|h| semver::Version::parse(h.version()).ok());
+        let live = self.live_version(name);
+        Ok(ProjectionView {
+            name: name.to_string(),
+            versions: handles
+                .iter()
+                .map(|h| self.version_view(h, live.as_deref()))
+                .collect(),
+            live_version: live,
+        })
+    }
+
+    fn version_view(&self, handle: &VersionHandle, live: Option<&str>) -> VersionView {
+        let status = handle.status.borrow().clone();
+        let head = self.store.head();
+        let lag = head.saturating_sub(status.position);
+        let eta_seconds = match lag {
+            0 => Some(0.0),
+            _ if status.events_per_second > 0.0 && status.failure.is_none() => {
+                Some(lag as f64 / status.events_per_second)
+            }
+            _ => None,
+        };
+        VersionView {
+            version: handle.version().to_string(),
+            digest: crate::hex::hex(&handle.module.record.digest),
+            live: live == Some(handle.version()),
+            status,
+            head,
+            lag,
+            eta_seconds,
+            promote_when_caught_up: handle.promote_when_caught_up.load(Ordering::Acquire),
+            uploaded_at_ms: handle.module.record.uploaded_at_ms,
+        }
+    }
+
+    pub fn version_status(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<VersionView, ProjectionError> {
+        let handle = self.handle(name, version)?;
+        Ok(self.version_view(&handle, self.live_version(name).as_deref()))
+    }
+
+    fn handle(&self, name: &str, version: &str) -> Result<Arc<VersionHandle>, ProjectionError> {
+        self.versions()
+            .get(&(name.to_string(), version.to_string()))
+            .cloned()
+            .ok_or_else(|| {
+                ProjectionError::NotFound(format!("no projection version {name}@{version}"))
+            })
+    }
+
+    /// The version reads go to: `version` if given, else the live one.
+    pub fn read_target(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Arc<VersionHandle>, ProjectionError> {
+        if let Some(version) = version {
+            return self.handle(name, version);
+        }
+        match self.live_version(name) {
+            Some(live) => self.handle(name, &live),
+            None => {
+                let view = self.view(name)?;
+                let detail = view
+                    .versions
+                    .iter()
+                    .map(|v| {
+                        format!(
+                            "{} is {:?} at position {} of {}",
+                            v.version, v.status.state, v.status.position, v.head
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                Err(ProjectionError::NotLive {
+                    name: name.to_string(),
+                    detail: format!(": {detail}; read one with ?version="),
+                })
+            }
+        }
+    }
+
+    /// Makes `version` live. Refuses while it lags or has failed, unless forced.
+    pub fn promote(
+        &self,
+        name: &str,
+        version: &str,
+        force: bool,
+    ) -> Result<VersionView, ProjectionError> {
+        let handle = self.handle(name, version)?;
+        {
+            let _one_at_a_time = self.live.lock().unwrap_or_else(|e| e.into_inner());
+            let status = handle.status.borrow().clone();
+            if !force {
+                // A failed version lags too: its checkpoint is before the failing event.
+                let head = self.store.head();
+                if status.position < head {
+                    return Err(ProjectionError::Lagging {
+                        label: handle.label(),
+                        position: status.position,
+                        head,
+                        lag: head - status.position,
+                    });
+                }
+            }
+            self.modules.set_live(name, version)?;
+        }
+        self.version_status(name, version)
+    }
+
+    /// Retries the failing event of a stopped version.
+    pub async fn retry(&self, name: &str, version: &str) -> Result<VersionView, ProjectionError> {
+        let handle = self.handle(name, version)?;
+        if handle.status.borrow().failure.is_none() {
+            return Err(ProjectionError::NotFailed(format!(
+                "{} has not failed; there is nothing to retry",
+                handle.label()
+            )));
+        }
+        let control = handle.control().ok_or(ProjectionError::Closed)?;
+        control
+            .send(Control::Retry)
+            .await
+            .map_err(|_| ProjectionError::Closed)?;
+        self.version_status(name, version)
+    }
+
+    /// Skips the failing event at `position`, which is recorded with its failure.
+    pub async fn skip(
+        &self,
+        name: &str,
+        version: &str,
+        position: Position,
+    ) -> Result<VersionView, ProjectionError> {
+        let handle = self.handle(name, version)?;
+        let control = handle.control().ok_or(ProjectionError::Closed)?;
+        let (reply, answer) = oneshot::channel();
+        control
+            .send(Control::Skip { position, reply })
+            .await
+            .map_err(|_| ProjectionError::Closed)?;
+        answer
+            .await
+            .map_err(|_| ProjectionError::Closed)?
+            .map_err(ProjectionError::NotFailed)?;
+        self.version_status(name, version)
+    }
+
+    pub fn skips(&self, name: &str, version: &str) -> Result<Vec<SkipRecord>, ProjectionError> {
+        Ok(self.handle(name, version)?.read_model().skips()?)
+    }
+
+    /// Empties a version's read model and replays it from the start of the log.
+    /// The live version is rebuilt only when forced: its readers would see it empty.
+    pub async fn rebuild(
+        &self,
+        name: &str,
+        version: &str,
+        force: bool,
+    ) -> Result<VersionView, ProjectionError> {
+        let handle = self.handle(name, version)?;
+        if !force && self.live_version(name).as_deref() == Some(version) {
+            return Err(ProjectionError::IsLive(
+                handle.label(),
+                "; or force the rebuild, and its readers see it empty until it catches up",
+            ));
+        }
+        Self::stop_runner(&handle).await;
+        let (store, name_owned, version_owned) =
+            (self.store.clone(), name.to_string(), version.to_string());
+        let model = tokio::task::spawn_blocking(move || {
+            store.reset_read_model(&name_owned, &version_owned)
+        })
+        .await
+        .map_err(|e| ProjectionError::NotFound(format!("rebuild task: {e}")))??;
+        *handle.read_model.write().unwrap_or_else(|e| e.into_inner()) = model;
+        handle.status.send_replace(initial_status(0, 0, 0));
+        tracing::info!(projection = %handle.label(), "rebuilding from the start of the log");
+        if !self.closed.load(Ordering::Acquire) {
+            self.start_runner(&handle);
+        }
+        self.version_status(name, version)
+    }
+
+    /// Deletes a version and its read model. The live version cannot be dropped.
+    pub async fn drop_version(&self, name: &str, version: &str) -> Result<(), ProjectionError> {
+        let handle = self.handle(name, version)?;
+        {
+            let _one_at_a_time = self.live.lock().unwrap_or_else(|e| e.into_inner());
+            if self.live_version(name).as_deref() == Some(version) {
+                return Err(ProjectionError::IsLive(handle.label(), ""));
+            }
+            // Out of the map first: no new reader finds it.
+            self.versions()
+                .remove(&(name.to_string(), version.to_string()));
+        }
+        Self::stop_runner(&handle).await;
+        self.modules.remove(name, version)?;
+        let (store, name, version) = (self.store.clone(), name.to_string(), version.to_string());
+        tokio::task::spawn_blocking(move || store.delete_read_model(&name, &version))
+            .await
+            .map_err(|e| ProjectionError::NotFound(format!("drop task: {e}")))??;
+        tracing::info!(projection = %handle.label(), "dropped");
+        Ok(())
+    }
+
+    /// Waits, at most `wait`, until `handle` has processed `position`.
+    pub async fn wait_for(
+        &self,
+        handle: &VersionHandle,
+        position: Position,
+        wait: Option<Duration>,
+    ) -> Result<(), ProjectionError> {
+        let wait = wait.unwrap_or(self.config.default_wait);
+        if wait > self.config.max_wait {
+            return Err(ProjectionError::InvalidRequest(format!(
+                "a read waits at most {} ms",
+                self.config.max_wait.as_millis()
+            )));
+        }
+        let mut status = handle.status.subscribe();
+        let reached = tokio::time::timeout(
+            wait,
+            status.wait_for(|s| s.position >= position || s.failure.is_some()),
+        )
+        .await;
+        let current = handle.status.borrow().clone();
+        match reached {
+            Ok(Ok(_)) if current.position >= position => Ok(()),
+            Ok(Ok(_)) => Err(ProjectionError::Failed {
+                label: handle.label(),
+                failure: Box::new(current.failure.expect("woken by a failure")),
+            }),
+            Ok(Err(_)) => Err(ProjectionError::Closed),
+            Err(_) => Err(ProjectionError::Timeout {
+                label: handle.label(),
+                wanted: position,
+                reached: current.position,
+                waited: wait,
+            }),
+        }
+    }
+
+    /// One document, or `None`; with the position the read reflects.
+    pub fn get_document(
+        &self,
+        handle: &VersionHandle,
+        key: &str,
+    ) -> Result<(Position, Option<String>), ProjectionError> {
+        let position = handle.status.borrow().position;
+        Ok((position, handle.read_model().get(key)?))
+    }
+
+    pub fn scan_documents(
+        &self,
+        handle: &VersionHandle,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<DocsPage, ProjectionError> {
+        let position = handle.status.borrow().position;
+        Ok(DocsPage {
+            version: handle.version().to_string(),
+            position,
+            documents: handle.read_model().scan(prefix, after, limit)?,
+        })
+    }
+
+    /// Calls the guest's `query` export over the version's documents.
+    pub async fn query(
+        &self,
+        handle: &VersionHandle,
+        query: &str,
+        args: &serde_json::Value,
+    ) -> Result<(Position, String), ProjectionError> {
+        let module = handle
+            .module
+            .projection()
+            .expect("projection handles hold projection modules")
+            .clone();
+        let position = handle.status.borrow().position;
+        let source = Arc::new(Documents(handle.read_model()));
+        let (q, a) = (query.to_string(), args.to_string());
+        let answer = self
+            .runtime
+            .pool()
+            .run(move || module.query(source, &q, &a))
+            .await?;
+        match answer {
+            Ok(json) => {
+                serde_json::from_str::<serde::de::IgnoredAny>(&json).map_err(|e| {
+                    GuestError::Failed(format!("query {query:?} answered with invalid JSON: {e}"))
+                })?;
+                Ok((position, json))
+            }
+            Err(QueryFailure::UnknownQuery(_)) => Err(ProjectionError::UnknownQuery(
+                handle.label(),
+                query.to_string(),
+            )),
+            Err(QueryFailure::BadArguments(why)) => {
+                Err(ProjectionError::BadQueryArguments(query.to_string(), why))
+            }
+        }
+    }
+
+    /// What promoting `to` over `from` would change in the documents readers see.
+    pub async fn diff(
+        &self,
+        name: &str,
+        from: &str,
+        to: &str,
+        samples: usize,
+    ) -> Result<Diff, ProjectionError> {
+        let (a, b) = (self.handle(name, from)?, self.handle(name, to)?);
+        tokio::task::spawn_blocking(move || compare::diff(&a, &b, samples))
+            .await
+            .map_err(|e| ProjectionError::NotFound(format!("diff task: {e}")))?
+    }
+
+    /// A digest of a version's documents at one checkpoint.
+    pub async fn digest(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<ReadModelDigest, ProjectionError> {
+        let handle = self.handle(name, version)?;
+        tokio::task::spawn_blocking(move || compare::digest(&handle))
+            .await
+            .map_err(|e| ProjectionError::NotFound(format!("digest task: {e}")))?
+    }
+}
+
+fn initial_status(position: Position, applied: u64, skipped: u64) -> VersionStatus {
+    VersionStatus {
+        state: RunState::Starting,
+        position,
+        events_applied: applied,
+        events_skipped: skipped,
+        events_per_second: 0.0,
+        failure: None,
+        retrying: None,
+    }
+}
+
+/// A caught-up version goes live when its projection has no live version, or
+/// when its uploader asked for it. The caller knows it has caught up.
+fn go_live_if_due(modules: &ModuleRegistry, live: &Mutex<()>, handle: &VersionHandle) {
+    if handle.status.borrow().failure.is_some() {
+        return;
+    }
+    let _one_at_a_time = live.lock().unwrap_or_else(|e| e.into_inner());
+    let current = modules
+        .active(handle.name())
+        .map(|m| m.record.version.clone());
+    let wanted = handle.promote_when_caught_up.load(Ordering::Acquire);
+    if current.is_none() || (wanted && current.as_deref() != Some(handle.version())) {
+        match modules.set_live(handle.name(), handle.version()) {
+            Ok(_) => handle
+                .promote_when_caught_up
+                .store(false, Ordering::Release),
+            Err(err) => tracing::error!(projection = %handle.label(), "cannot go live: {err}"),
+        }
+    } else if wanted {
+        handle
+            .promote_when_caught_up
+            .store(false, Ordering::Release);
+    }
+}

@@ -1,0 +1,450 @@
+//! One task per projection version: read the log from the checkpoint in
+//! batches, apply each batch in the guest, commit its document writes with the
+//! new checkpoint in one atomic batch; once caught up, wait for the durable
+//! head to move. A guest failure stops the version at the failing event until
+//! an operator retries or skips it.
+//!
+//! The runner reads the log with the same pull cursor discipline as
+//! subscriptions (positions below the durable head, in order), so live appends
+//! during a catch-up are neither missed nor applied twice: the checkpoint is
+//! the only cursor, and it moves exactly over what was committed.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{Failure, RunState, VersionHandle};
+use crate::runtime::{
+    DocumentChanges, DocumentSource, GuestError, GuestRecordedEvent, ProjectionModule,
+};
+use crate::store::{
+    EventFilter, Position, ProjectionCheckpoint, ReadModel, RecordedEvent, SkipRecord, Store,
+    StoreError,
+};
+
+/// What an operator asks a stopped version to do.
+pub enum Control {
+    /// Run the failing event again.
+    Retry,
+    /// Pass over the event at this position (it must be the failing one).
+    Skip {
+        position: Position,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+/// How a runner batches its work.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchLimits {
+    /// Events per guest call.
+    pub events: usize,
+    /// Bytes of event data per guest call: the guest copies them into its memory.
+    pub bytes: usize,
+}
+
+pub(super) struct Runner {
+    pub handle: Arc<VersionHandle>,
+    pub store: Store,
+    pub pool: Arc<crate::runtime::Runtime>,
+    pub limits: BatchLimits,
+    pub stop: watch::Receiver<bool>,
+    pub control: mpsc::Receiver<Control>,
+    /// Called when the version first catches up; may make it live.
+    pub on_caught_up: Box<dyn Fn(&VersionHandle) + Send + Sync>,
+}
+
+impl Runner {
+    pub async fn run(mut self) {
+        let module = self
+            .handle
+            .module
+            .projection()
+            .expect("runners are started for projection modules only")
+            .clone();
+        let selector = {
+            let module = module.clone();
+            self.pool.pool().run(move || module.selector()).await
+        };
+        let filter = match selector {
+            Ok(s) => EventFilter {
+                event_types: s.event_types,
+                aggregate_types: s.aggregate_types,
+            },
+            Err(err) => {
+                // Without a selector nothing can run: stopped, before any event.
+                let position = self.handle.status.borrow().position;
+                self.fail(Failure::from_guest(position + 1, None, &err));
+                let _ = self.stop.wait_for(|s| *s).await;
+                return;
+            }
+        };
+        let mut rate = Rate::default();
+        let mut head_rx = self.store.watch_head();
+        loop {
+            if *self.stop.borrow() {
+                return;
+            }
+            if self.handle.status.borrow().failure.is_some() {
+                tokio::select! {
+                    _ = self.stop.changed() => {}
+                    control = self.control.recv() => match control {
+                        Some(control) => self.on_control(control).await,
+                        None => return,
+                    },
+                }
+                continue;
+            }
+            let head = *head_rx.borrow_and_update();
+            let position = self.handle.status.borrow().position;
+            if position >= head {
+                // Live first, then say so: whoever sees the state sees the pointer.
+                (self.on_caught_up)(&self.handle);
+                self.handle.status.send_modify(|s| {
+                    s.state = RunState::Live;
+                    s.events_per_second = rate.per_second(position);
+                });
+                tokio::select! {
+                    _ = self.stop.changed() => {}
+                    changed = head_rx.changed() => if changed.is_err() { return },
+                    control = self.control.recv() => match control {
+                        Some(control) => self.on_control(control).await,
+                        None => return,
+                    },
+                }
+                continue;
+            }
+            self.handle
+                .status
+                .send_modify(|s| s.state = RunState::CatchingUp);
+            let step = {
+                let handle = self.handle.clone();
+                let (store, module, filter, limits) = (
+                    self.store.clone(),
+                    module.clone(),
+                    filter.clone(),
+                    self.limits,
+                );
+                self.pool
+                    .pool()
+                    .run(move || step(&handle, &store, &module, &filter, limits))
+                    .await
+            };
+            let failure = match step {
+                Ok(None) => None,
+                Ok(Some(failure)) => Some(failure),
+                Err(err) => Some(Failure::from_store(position + 1, &err)),
+            };
+            let position = self.handle.status.borrow().position;
+            self.handle
+                .status
+                .send_modify(|s| s.events_per_second = rate.record(position));
+            if let Some(failure) = failure {
+                self.fail(failure);
+            }
+        }
+    }
+
+    fn fail(&self, failure: Failure) {
+        tracing::error!(
+            projection = %self.handle.label(),
+            position = failure.position,
+            code = failure.code,
+            "projection stopped: {}",
+            failure.message
+        );
+        self.handle.status.send_modify(|s| {
+            let attempts = s
+                .failure
+                .as_ref()
+                .or(s.retrying.as_ref())
+                .filter(|f| f.position == failure.position)
+                .map_or(0, |f| f.attempts);
+            s.state = RunState::Failed;
+            s.retrying = None;
+            s.failure = Some(Failure {
+                attempts: attempts + 1,
+                ..failure
+            });
+        });
+    }
+
+    async fn on_control(&mut self, control: Control) {
+        match control {
+            Control::Retry => {
+                let failure = self.handle.status.borrow().failure.clone();
+                if let Some(failure) = failure {
+                    tracing::info!(projection = %self.handle.label(), position = failure.position, "retrying");
+                    // Keep the failure's attempt count until the next outcome replaces it.
+                    self.handle.status.send_modify(|s| {
+                        s.state = RunState::CatchingUp;
+                        s.retrying = s.failure.take();
+                    });
+                }
+            }
+            Control::Skip { position, reply } => {
+                let result = self.skip(position).await;
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    async fn skip(&mut self, position: Position) -> Result<(), String> {
+        let failure = self.handle.status.borrow().failure.clone();
+        let Some(failure) = failure else {
+            return Err(
+                "the projection has not failed; only a failing event can be skipped".into(),
+            );
+        };
+        if failure.position != position {
+            return Err(format!(
+                "the projection is stopped at position {}, not {position}",
+                failure.position
+            ));
+        }
+        let handle = self.handle.clone();
+        let store = self.store.clone();
+        let reason = failure.message.clone();
+        let committed = self
+            .pool
+            .pool()
+            .run(move || -> Result<ProjectionCheckpoint, StoreError> {
+                let event = store.read_event(position)?;
+                let _committing = handle.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
+                let model = handle.read_model();
+                let before = model.checkpoint()?;
+                let record = SkipRecord {
+                    position,
+                    event_id: event
+                        .as_ref()
+                        .map(|e| e.event_id.to_string())
+                        .unwrap_or_default(),
+                    event_type: event
+                        .as_ref()
+                        .map(|e| e.event_type.clone())
+                        .unwrap_or_default(),
+                    stream: event
+                        .as_ref()
+                        .map(|e| e.stream.to_string())
+                        .unwrap_or_default(),
+                    reason,
+                    skipped_at_ms: now_ms(),
+                };
+                let checkpoint = ProjectionCheckpoint {
+                    position,
+                    events_skipped: before.events_skipped + 1,
+                    ..before
+                };
+                model.commit(&DocumentChanges::new(), &checkpoint, Some(&record))?;
+                Ok(checkpoint)
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::warn!(projection = %self.handle.label(), position, "skipped a failing event");
+        self.handle.status.send_modify(|s| {
+            s.position = committed.position;
+            s.events_applied = committed.events_applied;
+            s.events_skipped = committed.events_skipped;
+            s.failure = None;
+            s.retrying = None;
+            s.state = RunState::CatchingUp;
+        });
+        Ok(())
+    }
+}
+
+/// One batch: read a page of the log after the checkpoint, apply it, commit.
+/// Runs on a guest thread. Returns the failure that stopped it, if any; the
+/// checkpoint covers everything before the failing event.
+fn step(
+    handle: &VersionHandle,
+    store: &Store,
+    module: &ProjectionModule,
+    filter: &EventFilter,
+    limits: BatchLimits,
+) -> Result<Option<Failure>, StoreError> {
+    let model = handle.read_model();
+    let start = handle.status.borrow().position;
+    let page = store.read_all(start + 1, limits.events, filter)?;
+    let mut done = start;
+    let mut events = page.events.as_slice();
+    while !events.is_empty() {
+        let chunk = take_chunk(events, limits.bytes);
+        events = &events[chunk.len()..];
+        // The chunk ends just before the next selected event (or at the page's end).
+        let end = events
+            .first()
+            .map_or(page.next_position - 1, |e| e.position - 1);
+        match apply(module, &model, chunk) {
+            Ok(changes) => {
+                commit(handle, &model, &changes, end, chunk.len() as u64)?;
+                done = end;
+            }
+            Err(_) if chunk.len() > 1 => {
+                // Find the failing event: apply one at a time, committing each,
+                // so the checkpoint stops exactly before it.
+                for (i, event) in chunk.iter().enumerate() {
+                    let end = chunk.get(i + 1).map_or(end, |e| e.position - 1);
+                    match apply(module, &model, std::slice::from_ref(event)) {
+                        Ok(changes) => {
+                            commit(handle, &model, &changes, end, 1)?;
+                            done = end;
+                        }
+                        Err(err) => {
+                            return Ok(Some(Failure::from_guest(
+                                event.position,
+                                Some(event),
+                                &err,
+                            )));
+                        }
+                    }
+                }
+            }
+            Err(err) => {
+                return Ok(Some(Failure::from_guest(
+                    chunk[0].position,
+                    Some(&chunk[0]),
+                    &err,
+                )));
+            }
+        }
+    }
+    if done < page.next_position - 1 {
+        // Nothing selected in the rest of the page: move the checkpoint over it.
+        commit(
+            handle,
+            &model,
+            &DocumentChanges::new(),
+            page.next_position - 1,
+            0,
+        )?;
+    }
+    Ok(None)
+}
+
+/// Events from the front of `events` up to `max_bytes` of data (at least one).
+fn take_chunk(events: &[RecordedEvent], max_bytes: usize) -> &[RecordedEvent] {
+    let mut bytes = 0;
+    let mut n = 0;
+    for event in events {
+        bytes += event.data.len() + event.event_type.len() + 64;
+        if n > 0 && bytes > max_bytes {
+            break;
+        }
+        n += 1;
+    }
+    &events[..n]
+}
+
+fn apply(
+    module: &ProjectionModule,
+    model: &ReadModel,
+    events: &[RecordedEvent],
+) -> Result<DocumentChanges, GuestError> {
+    let guest_events: Vec<GuestRecordedEvent> = events.iter().map(to_guest).collect();
+    module.apply(Arc::new(Documents(model.clone())), &guest_events)
+}
+
+fn commit(
+    handle: &VersionHandle,
+    model: &ReadModel,
+    changes: &DocumentChanges,
+    position: Position,
+    applied: u64,
+) -> Result<(), StoreError> {
+    let _committing = handle.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
+    let (applied_before, skipped) = {
+        let s = handle.status.borrow();
+        (s.events_applied, s.events_skipped)
+    };
+    let checkpoint = ProjectionCheckpoint {
+        position,
+        events_applied: applied_before + applied,
+        events_skipped: skipped,
+    };
+    model.commit(changes, &checkpoint, None)?;
+    handle.status.send_modify(|s| {
+        s.position = position;
+        s.events_applied = checkpoint.events_applied;
+        if applied > 0 {
+            s.retrying = None;
+        }
+    });
+    Ok(())
+}
+
+pub fn to_guest(event: &RecordedEvent) -> GuestRecordedEvent {
+    GuestRecordedEvent {
+        position: event.position,
+        aggregate_type: event.stream.aggregate_type().to_string(),
+        aggregate_id: event.stream.aggregate_id().to_string(),
+        version: event.version,
+        event_id: event.event_id.to_string(),
+        event_type: event.event_type.clone(),
+        data: event.data.clone(),
+        recorded_at_ms: event.recorded_at_ms,
+    }
+}
+
+/// The committed documents of a read model, as a guest call reads them.
+pub struct Documents(pub ReadModel);
+
+impl DocumentSource for Documents {
+    fn get(&self, key: &str) -> Result<Option<String>, String> {
+        self.0.get(key).map_err(|e| e.to_string())
+    }
+
+    fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, String> {
+        self.0.scan(prefix, after, limit).map_err(|e| e.to_string())
+    }
+}
+
+/// Positions per second over the last few seconds.
+#[derive(Default)]
+struct Rate {
+    samples: VecDeque<(Instant, Position)>,
+}
+
+const RATE_WINDOW: Duration = Duration::from_secs(5);
+
+impl Rate {
+    fn record(&mut self, position: Position) -> f64 {
+        let now = Instant::now();
+        self.samples.push_back((now, position));
+        while self.samples.len() > 2
+            && self
+                .samples
+                .front()
+                .is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW)
+        {
+            self.samples.pop_front();
+        }
+        self.per_second(position)
+    }
+
+    fn per_second(&self, position: Position) -> f64 {
+        match self.samples.front() {
+            Some((t, p)) if position > *p => {
+                let secs = t.elapsed().as_secs_f64();
+                if secs > 0.0 {
+                    (position - p) as f64 / secs
+                } else {
+                    0.0
+                }
+            }
+            _ => 0.0,
+        }
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

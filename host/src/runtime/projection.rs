@@ -1,0 +1,300 @@
+//! Calls into a projection component, and the host side of its `read-model`
+//! import. Like aggregates, every call gets a fresh, metered instance, so a
+//! projection's only memory between calls is its read model.
+//!
+//! The runtime does not know where documents live: the caller passes a
+//! [`DocumentSource`] (the committed read model) and gets back the
+//! [`DocumentChanges`] the guest made, to commit with its checkpoint.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::Arc;
+
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Engine, Store};
+
+use super::RuntimeConfig;
+use super::bindings::{EventSelector, Projection, ProjectionPre, QueryError, RecordedEvent};
+use super::error::{GuestError, RuntimeError};
+use super::sandbox::{CallSettings, HostState, Observed};
+
+/// Longest document key, in bytes.
+pub const MAX_DOC_KEY_LEN: usize = 512;
+/// Largest document, in bytes of JSON text. Keeps values small in sled.
+pub const MAX_DOC_LEN: usize = 64 * 1024;
+/// Most documents one `scan` returns.
+pub const MAX_SCAN_LIMIT: usize = 1000;
+
+/// The committed documents of one projection version, as a guest call reads them.
+pub trait DocumentSource: Send + Sync {
+    fn get(&self, key: &str) -> Result<Option<String>, String>;
+    /// Up to `limit` documents whose keys start with `prefix` and sort after `after`.
+    fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, String>;
+}
+
+/// What an `apply` wrote: key -> new document, or `None` for a delete.
+pub type DocumentChanges = BTreeMap<String, Option<String>>;
+
+/// A guest call's view of the read model: the committed documents with this
+/// call's own writes laid over them.
+pub struct ReadModelSession {
+    source: Arc<dyn DocumentSource>,
+    changes: DocumentChanges,
+    writable: bool,
+}
+
+impl ReadModelSession {
+    fn get(&self, key: &str) -> Result<Option<String>, String> {
+        match self.changes.get(key) {
+            Some(change) => Ok(change.clone()),
+            None => self.source.get(key),
+        }
+    }
+
+    fn write(&mut self, key: String, doc: Option<String>) -> Result<(), String> {
+        if !self.writable {
+            return Err("the read model is read-only during a query".into());
+        }
+        check_key(&key)?;
+        if let Some(doc) = &doc {
+            if doc.len() > MAX_DOC_LEN {
+                return Err(format!(
+                    "document {key:?} is {} bytes; the limit is {MAX_DOC_LEN}",
+                    doc.len()
+                ));
+            }
+            serde_json::from_str::<serde::de::IgnoredAny>(doc)
+                .map_err(|e| format!("document {key:?} is not valid JSON: {e}"))?;
+        }
+        self.changes.insert(key, doc);
+        Ok(())
+    }
+
+    /// The committed scan merged with this call's writes. Each write can hide
+    /// at most one committed document, so asking the source for `limit` plus
+    /// the number of writes in range is enough to fill `limit` after merging.
+    fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, String> {
+        if limit > MAX_SCAN_LIMIT {
+            return Err(format!(
+                "a scan returns at most {MAX_SCAN_LIMIT} documents, {limit} were asked for"
+            ));
+        }
+        let lower = match after {
+            Some(after) if after >= prefix => Bound::Excluded(after.to_string()),
+            _ => Bound::Included(prefix.to_string()),
+        };
+        let overlay: Vec<(&String, &Option<String>)> = self
+            .changes
+            .range((lower, Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .collect();
+        let mut merged: BTreeMap<String, String> = self
+            .source
+            .scan(prefix, after, limit + overlay.len())?
+            .into_iter()
+            .collect();
+        for (key, change) in overlay {
+            match change {
+                Some(doc) => merged.insert(key.clone(), doc.clone()),
+                None => merged.remove(key),
+            };
+        }
+        Ok(merged.into_iter().take(limit).collect())
+    }
+}
+
+fn check_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > MAX_DOC_KEY_LEN {
+        return Err(format!(
+            "document keys are 1 to {MAX_DOC_KEY_LEN} bytes, this one is {}",
+            key.len()
+        ));
+    }
+    Ok(())
+}
+
+/// A misused read-model call traps the guest with the reason.
+fn trap(what: &str, reason: String) -> wasmtime::Error {
+    wasmtime::Error::msg(format!("read-model {what}: {reason}"))
+}
+
+impl super::bindings::read_model::Host for HostState {
+    fn get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        self.read_model()?.get(&key).map_err(|e| trap("get", e))
+    }
+
+    fn put(&mut self, key: String, doc: String) -> wasmtime::Result<()> {
+        self.read_model()?
+            .write(key, Some(doc))
+            .map_err(|e| trap("put", e))
+    }
+
+    fn delete(&mut self, key: String) -> wasmtime::Result<()> {
+        self.read_model()?
+            .write(key, None)
+            .map_err(|e| trap("delete", e))
+    }
+
+    fn scan(
+        &mut self,
+        prefix: String,
+        after: Option<String>,
+        limit: u32,
+    ) -> wasmtime::Result<Vec<(String, String)>> {
+        self.read_model()?
+            .scan(&prefix, after.as_deref(), limit as usize)
+            .map_err(|e| trap("scan", e))
+    }
+}
+
+impl HostState {
+    fn read_model(&mut self) -> wasmtime::Result<&mut ReadModelSession> {
+        self.read_model
+            .as_mut()
+            .ok_or_else(|| wasmtime::Error::msg("this call has no read model"))
+    }
+}
+
+/// A compiled, checked projection component. Cheap to clone.
+#[derive(Clone)]
+pub struct ProjectionModule {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pre: ProjectionPre<HostState>,
+    settings: CallSettings,
+}
+
+/// Which events a projection wants; empty lists admit everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selector {
+    pub event_types: Vec<String>,
+    pub aggregate_types: Vec<String>,
+}
+
+/// A query the guest did not answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QueryFailure {
+    UnknownQuery(String),
+    BadArguments(String),
+}
+
+impl ProjectionModule {
+    pub(super) fn new(
+        engine: &Engine,
+        linker: &Linker<HostState>,
+        component: &Component,
+        with_wasi: bool,
+        label: &str,
+        config: &RuntimeConfig,
+    ) -> Result<ProjectionModule, RuntimeError> {
+        let pre = linker
+            .instantiate_pre(component)
+            .and_then(ProjectionPre::new)
+            .map_err(|e| {
+                RuntimeError::InvalidModule(format!(
+                    "does not implement refold:domain/projection: {e:#}"
+                ))
+            })?;
+        Ok(ProjectionModule {
+            inner: Arc::new(Inner {
+                pre,
+                settings: CallSettings::new(engine, with_wasi, label, config),
+            }),
+        })
+    }
+
+    pub fn label(&self) -> &str {
+        self.inner.settings.label()
+    }
+
+    pub fn imports_wasi(&self) -> bool {
+        self.inner.settings.with_wasi()
+    }
+
+    /// The events this projection wants.
+    pub fn selector(&self) -> Result<Selector, GuestError> {
+        let selector: EventSelector =
+            self.call(None, |guest, store| guest.call_subscription(store))?;
+        Ok(Selector {
+            event_types: selector.event_types,
+            aggregate_types: selector.aggregate_types,
+        })
+    }
+
+    /// Applies `events` over the committed documents in `source`; returns the
+    /// changes to commit. Nothing is written anywhere by this call.
+    pub fn apply(
+        &self,
+        source: Arc<dyn DocumentSource>,
+        events: &[RecordedEvent],
+    ) -> Result<DocumentChanges, GuestError> {
+        let session = ReadModelSession {
+            source,
+            changes: DocumentChanges::new(),
+            writable: true,
+        };
+        let (result, session) = self.call_with(Some(session), |guest, store| {
+            guest.call_apply(store, events)
+        })?;
+        result.map_err(GuestError::Failed)?;
+        Ok(session.map(|s| s.changes).unwrap_or_default())
+    }
+
+    /// Answers a named query, read-only. The outer error is the guest failing.
+    pub fn query(
+        &self,
+        source: Arc<dyn DocumentSource>,
+        name: &str,
+        args: &str,
+    ) -> Result<Result<String, QueryFailure>, GuestError> {
+        let session = ReadModelSession {
+            source,
+            changes: DocumentChanges::new(),
+            writable: false,
+        };
+        let (result, _) = self.call_with(Some(session), |guest, store| {
+            guest.call_query(store, name, args)
+        })?;
+        Ok(result.map_err(|e| match e {
+            QueryError::UnknownQuery(q) => QueryFailure::UnknownQuery(q),
+            QueryError::BadArguments(why) => QueryFailure::BadArguments(why),
+        }))
+    }
+
+    fn call<T>(
+        &self,
+        session: Option<ReadModelSession>,
+        f: impl FnOnce(&Projection, &mut Store<HostState>) -> wasmtime::Result<T>,
+    ) -> Result<T, GuestError> {
+        self.call_with(session, f).map(|(value, _)| value)
+    }
+
+    /// Projections observe nothing but their arguments and read model: no
+    /// clock reading but zero, randomness seeded from nothing.
+    fn call_with<T>(
+        &self,
+        session: Option<ReadModelSession>,
+        f: impl FnOnce(&Projection, &mut Store<HostState>) -> wasmtime::Result<T>,
+    ) -> Result<(T, Option<ReadModelSession>), GuestError> {
+        let pre = &self.inner.pre;
+        self.inner
+            .settings
+            .run(&Observed::default(), session, |store| {
+                let guest = pre.instantiate(&mut *store)?;
+                f(&guest, store)
+            })
+            .map(|(value, state)| (value, state.read_model))
+    }
+}

@@ -226,7 +226,51 @@ fn decode_payload<E: DeserializeOwned>(
     event_type: &str,
     data: &str,
 ) -> Result<E, String> {
-    decode_event(event_type, data).map_err(|e| format!("{e} (at position {position})"))
+    decode_event_reusing(event_type, data).map_err(|e| format!("{e} (at position {position})"))
+}
+
+thread_local! {
+    /// The text [`decode_event_reusing`] splices, kept from event to event.
+    static SPLICED: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// [`decode_event`], for a projection's every event: the same text is parsed
+/// (so the same result and errors), but spliced into a buffer reused from
+/// event to event, and the tag is quoted without a JSON serializer when it
+/// has nothing to escape (event types never do).
+fn decode_event_reusing<E: DeserializeOwned>(event_type: &str, data: &str) -> Result<E, String> {
+    let plain = event_type
+        .bytes()
+        .all(|b| b >= 0x20 && b != b'"' && b != b'\\');
+    if !plain {
+        return decode_event(event_type, data);
+    }
+    SPLICED.with(|buffer| {
+        // Only a Deserialize impl that decodes events itself would find it taken.
+        let Ok(mut text) = buffer.try_borrow_mut() else {
+            return decode_event(event_type, data);
+        };
+        let fields = data
+            .trim()
+            .strip_prefix('{')
+            .and_then(|rest| rest.strip_suffix('}'))
+            .ok_or_else(|| format!("event {event_type} has data that is not a JSON object"))?;
+        text.clear();
+        text.push_str("{\"type\":\"");
+        text.push_str(event_type);
+        text.push('"');
+        if !fields.trim().is_empty() {
+            text.push(',');
+            text.push_str(fields);
+        }
+        text.push('}');
+        let decoded = serde_json::from_str(&text)
+            .map_err(|e| format!("event {event_type} does not decode: {e}"));
+        if text.capacity() > 64 * 1024 {
+            *text = String::new(); // one huge event does not pin its memory
+        }
+        decoded
+    })
 }
 
 /// Runs the projection's `apply` on one decoded event, naming the event in its error.
@@ -259,7 +303,7 @@ pub fn apply_projection_native<P: Projection>(
         for raw in events {
             apply_envelope::<P>(&mut docs, &raw.to_envelope()?)?;
         }
-        docs.into_writes().collect()
+        docs.into_writes()?
     };
     for (key, doc) in writes {
         match doc {
@@ -331,7 +375,7 @@ mod projection_component {
             }
             // One host call per changed document, in key order, and only now
             // that the whole batch succeeded.
-            for (key, doc) in docs.into_writes() {
+            for (key, doc) in docs.into_writes()? {
                 match doc {
                     Some(doc) => read_model::put(&key, &doc),
                     None => read_model::delete(&key),
@@ -387,6 +431,34 @@ mod tests {
             decode_event::<Event>("Stopped", " { } ").unwrap(),
             Event::Stopped
         );
+    }
+
+    #[test]
+    fn a_projections_decoding_is_decode_events() {
+        let cases = [
+            ("Moved", r#"{"x":-3,"label":"a \"quoted\" } brace"}"#),
+            ("Stopped", " { } "),
+            ("Stopped", "{}"),
+            ("Moved", "[1,2]"),
+            ("Moved", r#"{"x":1}"#),
+            ("Teleported", "{}"),
+            ("Mo\"ved", r#"{"x":1,"label":""}"#),
+            ("Stopped", r#"{"type":"Moved"}"#),
+        ];
+        for (event_type, data) in cases {
+            for _ in 0..2 {
+                assert_eq!(
+                    decode_event_reusing::<Event>(event_type, data),
+                    decode_event::<Event>(event_type, data),
+                    "{event_type} {data}"
+                );
+                assert_eq!(
+                    decode_event_reusing::<Value>(event_type, data),
+                    decode_event::<Value>(event_type, data),
+                    "{event_type} {data}"
+                );
+            }
+        }
     }
 
     #[test]

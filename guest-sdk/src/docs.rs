@@ -1,8 +1,16 @@
 //! [`Docs`]: a projection's view of its read model, a write-back cache over
 //! the host's `read-model` import (in Wasm) or an in-memory map (natively).
+//!
+//! The cache holds documents as typed values: what `put` was given, or what
+//! the first `get` decoded. Getting and putting one key again and again within
+//! a batch (a running total, an account touched by many events) costs a clone,
+//! not a JSON parse and a JSON serialization each time; each changed document
+//! is serialized once, when the batch is flushed.
 
+use std::any::Any;
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Bound;
 
 use serde::Serialize;
@@ -22,11 +30,22 @@ pub const MAX_SCAN: u32 = 1000;
 /// cache and reach the store only when the whole batch has been applied
 /// without error, once per changed key, in key order. A failed batch leaves
 /// the store untouched. Reads, scans included, see the batch's own writes.
+///
+/// The cache keeps the values themselves, not their JSON: [`Docs::get`] of a
+/// key last [`put`](Docs::put) (or got) as the same type `T` returns a clone of
+/// that value, and a changed document is serialized once, at the end of the
+/// batch. So `T`'s `Serialize` and `Deserialize` must round-trip (what a
+/// later batch decodes from the stored JSON equals what was put), as derived
+/// impls of plain data do; a field that is `#[serde(skip)]`ped, or an `f64`
+/// that JSON does not carry exactly, would make the read model depend on where
+/// batches begin and end.
 #[derive(Debug)]
 pub struct Docs<'a> {
     backend: Backend<'a>,
-    cache: RefCell<BTreeMap<String, Slot>>,
+    cache: RefCell<Cache>,
 }
+
+type Cache = HashMap<String, Slot, BuildHasherDefault<KeyHasher>>;
 
 #[derive(Debug)]
 enum Backend<'a> {
@@ -37,19 +56,117 @@ enum Backend<'a> {
     Host,
 }
 
+/// One key in the cache.
 #[derive(Debug)]
-enum Slot {
-    /// As the store has it (`None`: absent).
-    Clean(Option<String>),
-    /// Written during this batch (`None`: deleted).
-    Dirty(Option<String>),
+struct Slot {
+    /// Written during this batch; else as the store has it.
+    dirty: bool,
+    /// `None`: absent from the store (clean) or deleted (dirty).
+    doc: Option<Doc>,
+}
+
+/// A document: its JSON text, its decoded value, or both (never neither).
+#[derive(Debug)]
+struct Doc {
+    /// The store's text (clean), or the value's serialization (dirty; `None`
+    /// until something needs it: the flush, a scan, a `get` as another type).
+    text: Option<String>,
+    value: Option<Typed>,
+}
+
+/// A value of some type `T`, and how to serialize it if `T` is the type it
+/// was put as (a value decoded by `get` keeps its text, so it needs none).
+struct Typed {
+    value: Box<dyn Any>,
+    to_json: Option<fn(&dyn Any) -> serde_json::Result<String>>,
+}
+
+impl std::fmt::Debug for Typed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Typed(..)")
+    }
+}
+
+fn to_json<T: Serialize + 'static>(value: &dyn Any) -> serde_json::Result<String> {
+    let value = value
+        .downcast_ref::<T>()
+        .expect("a typed document holds the type it was put as");
+    serde_json::to_string(value)
 }
 
 impl Slot {
-    fn doc(&self) -> Option<&str> {
-        match self {
-            Slot::Clean(doc) | Slot::Dirty(doc) => doc.as_deref(),
+    /// Makes `doc` the key's document, to be serialized when its text is needed.
+    fn put<T: Serialize + Clone + 'static>(&mut self, doc: &T) {
+        self.dirty = true;
+        // The same type again (the common case): reuse the allocation.
+        if let Some(Doc {
+            text,
+            value: Some(typed),
+        }) = &mut self.doc
+            && let Some(held) = typed.value.downcast_mut::<T>()
+        {
+            held.clone_from(doc);
+            *text = None;
+            typed.to_json = Some(to_json::<T>);
+            return;
         }
+        self.doc = Some(Doc {
+            text: None,
+            value: Some(Typed {
+                value: Box::new(doc.clone()),
+                to_json: Some(to_json::<T>),
+            }),
+        });
+    }
+}
+
+impl Doc {
+    /// The JSON text, serializing the value (once) if there is none yet.
+    /// An error if it does not serialize or is above [`MAX_DOC_BYTES`].
+    fn text(&mut self, key: &str) -> Result<&str, String> {
+        if self.text.is_none() {
+            self.text = Some(self.serialize(key)?);
+        }
+        Ok(self.text.as_deref().expect("just set"))
+    }
+
+    fn serialize(&self, key: &str) -> Result<String, String> {
+        let typed = self
+            .value
+            .as_ref()
+            .expect("a document has its text, its value or both");
+        let to_json = typed
+            .to_json
+            .expect("a value with no text is one that was put, with its serializer");
+        let text = to_json(&*typed.value)
+            .map_err(|e| format!("the document for {key:?} does not serialize: {e}"))?;
+        if text.len() > MAX_DOC_BYTES {
+            return Err(format!(
+                "the document for {key:?} is {} bytes of JSON, above the limit of {MAX_DOC_BYTES}",
+                text.len()
+            ));
+        }
+        Ok(text)
+    }
+
+    /// The document as a `T`: a clone of the value if it is one, else
+    /// decoded from the text (and kept, for the next `get` of a `T`).
+    fn get<T: DeserializeOwned + Clone + 'static>(&mut self, key: &str) -> Result<T, String> {
+        if let Some(value) = self
+            .value
+            .as_ref()
+            .and_then(|typed| typed.value.downcast_ref::<T>())
+        {
+            return Ok(value.clone());
+        }
+        let decoded: T = decode(key, self.text(key)?)?;
+        // The text stays: it is what the store has (clean) or will get
+        // (dirty), whatever `T` would serialize to.
+        self.value = Some(Typed {
+            value: Box::new(decoded.clone()),
+            to_json: None,
+        });
+        Ok(decoded)
     }
 }
 
@@ -59,7 +176,7 @@ impl<'a> Docs<'a> {
     pub(crate) fn in_memory(store: &'a BTreeMap<String, String>) -> Self {
         Docs {
             backend: Backend::Memory(store),
-            cache: RefCell::new(BTreeMap::new()),
+            cache: RefCell::default(),
         }
     }
 
@@ -68,62 +185,87 @@ impl<'a> Docs<'a> {
     pub(crate) fn host() -> Docs<'static> {
         Docs {
             backend: Backend::Host,
-            cache: RefCell::new(BTreeMap::new()),
+            cache: RefCell::default(),
         }
     }
 
     /// The document at `key`, decoded; `Ok(None)` if there is none.
     /// An error if the document does not decode as `T`.
-    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, String> {
+    ///
+    /// If the cache holds the document as a `T` (it was last put, or got, as
+    /// one in this batch), this is a clone of it, without JSON.
+    pub fn get<T: DeserializeOwned + Clone + 'static>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, String> {
         if !valid_key(key) {
             return Ok(None); // the store cannot hold it
         }
-        if let Some(slot) = self.cache.borrow().get(key) {
-            return slot.doc().map(|doc| decode(key, doc)).transpose();
+        let mut cache = self.cache.borrow_mut();
+        if let Some(slot) = cache.get_mut(key) {
+            return slot.doc.as_mut().map(|doc| doc.get(key)).transpose();
         }
-        let doc = self.backend.get(key);
-        let decoded = doc.as_deref().map(|doc| decode(key, doc)).transpose();
-        self.cache
-            .borrow_mut()
-            .insert(key.to_owned(), Slot::Clean(doc));
-        decoded
+        let doc = self.backend.get(key).map(|text| Doc {
+            text: Some(text),
+            value: None,
+        });
+        let slot = cache
+            .entry(key.to_owned())
+            .or_insert(Slot { dirty: false, doc });
+        slot.doc.as_mut().map(|doc| doc.get(key)).transpose()
     }
 
     /// Stores `doc` at `key`, replacing what was there. An error if the key is
-    /// empty or longer than [`MAX_KEY_BYTES`], or the document does not
-    /// serialize or is larger than [`MAX_DOC_BYTES`] as JSON.
-    pub fn put<T: Serialize + ?Sized>(&mut self, key: &str, doc: &T) -> Result<(), String> {
+    /// empty or longer than [`MAX_KEY_BYTES`].
+    ///
+    /// The cache keeps a clone of `doc`; it is serialized at the end of the
+    /// batch (or when a scan or a `get` as another type needs its JSON), and
+    /// only if it is still the key's document then. If it does not serialize
+    /// or is larger than [`MAX_DOC_BYTES`] as JSON, the batch fails there.
+    pub fn put<T: Serialize + Clone + 'static>(
+        &mut self,
+        key: &str,
+        doc: &T,
+    ) -> Result<(), String> {
         if !valid_key(key) {
             return Err(format!(
                 "read-model keys are 1 to {MAX_KEY_BYTES} bytes, not {} ({key:?})",
                 key.len()
             ));
         }
-        let text = serde_json::to_string(doc)
-            .map_err(|e| format!("the document for {key:?} does not serialize: {e}"))?;
-        if text.len() > MAX_DOC_BYTES {
-            return Err(format!(
-                "the document for {key:?} is {} bytes of JSON, above the limit of {MAX_DOC_BYTES}",
-                text.len()
-            ));
+        let cache = self.cache.get_mut();
+        if let Some(slot) = cache.get_mut(key) {
+            slot.put(doc);
+        } else {
+            let mut slot = Slot {
+                dirty: true,
+                doc: None,
+            };
+            slot.put(doc);
+            cache.insert(key.to_owned(), slot);
         }
-        self.set(key, Some(text));
         Ok(())
     }
 
     /// Removes `key`; removing an absent key does nothing.
     pub fn delete(&mut self, key: &str) {
-        if valid_key(key) {
-            self.set(key, None);
+        if !valid_key(key) {
+            return;
         }
-    }
-
-    fn set(&mut self, key: &str, doc: Option<String>) {
         let cache = self.cache.get_mut();
         match cache.get_mut(key) {
-            Some(slot) => *slot = Slot::Dirty(doc),
+            Some(slot) => {
+                slot.dirty = true;
+                slot.doc = None;
+            }
             None => {
-                cache.insert(key.to_owned(), Slot::Dirty(doc));
+                cache.insert(
+                    key.to_owned(),
+                    Slot {
+                        dirty: true,
+                        doc: None,
+                    },
+                );
             }
         }
     }
@@ -131,6 +273,9 @@ impl<'a> Docs<'a> {
     /// Up to `limit` documents whose keys start with `prefix`, in byte order
     /// of their keys, after `after` (exclusive) when it is given. Unlike one
     /// host call, `limit` may exceed [`MAX_SCAN`]: this pages through.
+    ///
+    /// An error if a document does not decode, or a document written in this
+    /// batch does not serialize.
     pub fn scan(
         &self,
         prefix: &str,
@@ -144,7 +289,19 @@ impl<'a> Docs<'a> {
         }
         let page_size = limit.min(MAX_SCAN as usize);
         let mut cursor = after.map(str::to_owned);
-        let cache = self.cache.borrow();
+        let mut cache = self.cache.borrow_mut();
+        // The batch's writes under the prefix, in key order, as JSON text.
+        let mut written: Vec<(&str, Option<&str>)> = Vec::new();
+        for (key, slot) in cache.iter_mut() {
+            if slot.dirty && key.starts_with(prefix) {
+                let text = match &mut slot.doc {
+                    Some(doc) => Some(doc.text(key)?),
+                    None => None,
+                };
+                written.push((key, text));
+            }
+        }
+        written.sort_unstable_by_key(|(key, _)| *key);
         loop {
             let page = self
                 .backend
@@ -153,25 +310,17 @@ impl<'a> Docs<'a> {
             // up to its last key only, and the next page carries on from there.
             let upper = (page.len() >= page_size).then(|| page[page.len() - 1].0.clone());
             let mut chunk: BTreeMap<String, String> = page.into_iter().collect();
-            let lower = match cursor.as_deref() {
-                Some(after) if after >= prefix => Bound::Excluded(after),
-                _ => Bound::Included(prefix),
-            };
-            let written =
-                cache
-                    .range::<str, _>((lower, Bound::Unbounded))
-                    .take_while(|(key, _)| {
-                        key.starts_with(prefix)
-                            && upper.as_deref().is_none_or(|u| key.as_str() <= u)
-                    });
-            for (key, slot) in written {
-                match slot {
-                    Slot::Clean(_) => {} // the store has the same
-                    Slot::Dirty(Some(doc)) => {
-                        chunk.insert(key.clone(), doc.clone());
+            let lower = cursor.as_deref();
+            let in_page = written.iter().filter(|(key, _)| {
+                lower.is_none_or(|l| *key > l) && upper.as_deref().is_none_or(|u| *key <= u)
+            });
+            for (key, text) in in_page {
+                match text {
+                    Some(text) => {
+                        chunk.insert(key.to_string(), text.to_string());
                     }
-                    Slot::Dirty(None) => {
-                        chunk.remove(key);
+                    None => {
+                        chunk.remove(*key);
                     }
                 }
             }
@@ -194,15 +343,31 @@ impl<'a> Docs<'a> {
         self.scan(prefix, None, u32::MAX)
     }
 
-    /// The batch's writes, in key order: `(key, Some(doc))` to store, `(key, None)` to remove.
-    pub(crate) fn into_writes(self) -> impl Iterator<Item = (String, Option<String>)> {
-        self.cache
+    /// The batch's writes, in key order: `(key, Some(doc))` to store, `(key,
+    /// None)` to remove. This is where each changed document is serialized:
+    /// an error if one does not serialize or is above [`MAX_DOC_BYTES`].
+    pub(crate) fn into_writes(self) -> Result<Vec<(String, Option<String>)>, String> {
+        let mut writes = self
+            .cache
             .into_inner()
             .into_iter()
-            .filter_map(|(key, slot)| match slot {
-                Slot::Clean(_) => None,
-                Slot::Dirty(doc) => Some((key, doc)),
+            .filter(|(_, slot)| slot.dirty)
+            .collect::<Vec<_>>();
+        // The cache's order is arbitrary; the host gets the writes in key order.
+        writes.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+        writes
+            .into_iter()
+            .map(|(key, slot)| {
+                let text = match slot.doc {
+                    None => None,
+                    Some(Doc {
+                        text: Some(text), ..
+                    }) => Some(text),
+                    Some(doc) => Some(doc.serialize(&key)?),
+                };
+                Ok((key, text))
             })
+            .collect()
     }
 }
 
@@ -237,6 +402,56 @@ impl Backend<'_> {
     }
 }
 
+/// The cache's hash: keys are the projection's own (often long, with long
+/// shared prefixes such as `account/acc-0001234`), so a fast multiply-rotate
+/// hash over 8 bytes at a time with a final mix, and fixed, with no random
+/// seed: the guest needs no entropy, and the cache's order is never observed
+/// (writes are sorted before they leave).
+#[derive(Default)]
+struct KeyHasher(u64);
+
+const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl KeyHasher {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(SEED);
+    }
+}
+
+impl Hasher for KeyHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            self.add(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word) ^ ((rest.len() as u64) << 59));
+        }
+    }
+
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        // fmix64 (MurmurHash3): every bit of the state reaches the low bits
+        // the table indexes by and the high bits it tags with.
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+}
+
 fn valid_key(key: &str) -> bool {
     !key.is_empty() && key.len() <= MAX_KEY_BYTES
 }
@@ -244,7 +459,6 @@ fn valid_key(key: &str) -> bool {
 fn decode<T: DeserializeOwned>(key: &str, doc: &str) -> Result<T, String> {
     serde_json::from_str(doc).map_err(|e| format!("the document at {key:?} does not decode: {e}"))
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,7 +488,7 @@ mod tests {
         assert_eq!(docs.get::<i64>("b").unwrap(), None);
         assert_eq!(docs.get::<i64>("zz").unwrap(), None);
         assert!(docs.get::<String>("a").unwrap_err().contains("\"a\""));
-        let writes: Vec<_> = docs.into_writes().collect();
+        let writes = docs.into_writes().unwrap();
         assert_eq!(
             writes,
             vec![
@@ -293,8 +507,139 @@ mod tests {
         assert!(docs.put("", &1).is_err());
         assert!(docs.put(&"k".repeat(MAX_KEY_BYTES + 1), &1).is_err());
         docs.put(&"k".repeat(MAX_KEY_BYTES), &1).unwrap();
-        assert!(docs.put("big", &"x".repeat(MAX_DOC_BYTES)).is_err());
         assert_eq!(docs.get::<i64>("").unwrap(), None);
+        // A document is measured when it is serialized: at the end of the
+        // batch, and only if it is still the key's document then.
+        docs.put("big", &"x".repeat(MAX_DOC_BYTES)).unwrap();
+        docs.put("big", &"x".repeat(MAX_DOC_BYTES - 2)).unwrap();
+        assert_eq!(docs.into_writes().unwrap().len(), 2);
+        let mut docs = Docs::in_memory(&base);
+        docs.put("fine", &1).unwrap();
+        docs.put("big", &"x".repeat(MAX_DOC_BYTES - 1)).unwrap();
+        let error = docs.into_writes().unwrap_err();
+        assert!(error.contains("\"big\" is 65537 bytes"), "{error}");
+        // A scan that needs its JSON finds out as well.
+        let mut docs = Docs::in_memory(&base);
+        docs.put("big", &"x".repeat(MAX_DOC_BYTES)).unwrap();
+        assert!(docs.scan_all("b").unwrap_err().contains("above the limit"));
+        assert_eq!(docs.scan_all("a").unwrap(), vec![]);
+    }
+
+    #[test]
+    fn a_document_that_does_not_serialize_fails_the_batch() {
+        let base = BTreeMap::new();
+        let mut docs = Docs::in_memory(&base);
+        // JSON object keys are strings; these are not.
+        let bad = BTreeMap::from([(vec![1u8], 1)]);
+        docs.put("bad", &bad).unwrap();
+        assert!(
+            docs.get::<Value>("bad")
+                .unwrap_err()
+                .contains("\"bad\" does not serialize")
+        );
+        assert!(
+            docs.into_writes()
+                .unwrap_err()
+                .contains("\"bad\" does not serialize")
+        );
+    }
+
+    #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Account {
+        owner: String,
+        balance: i64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+    }
+
+    #[test]
+    fn typed_documents_round_trip_without_json_and_flush_once_as_json() {
+        let base = store(&[
+            (
+                "acc/1",
+                json!({"owner": "Ada", "balance": 5, "extra": true}),
+            ),
+            ("acc/2", json!({"balance": 1, "owner": "Bob"})),
+        ]);
+        let mut docs = Docs::in_memory(&base);
+        let mut ada: Account = docs.get("acc/1").unwrap().unwrap();
+        assert_eq!(ada.balance, 5);
+        // Read as another type, a clean document is decoded from the store's text.
+        assert_eq!(
+            docs.get::<Value>("acc/1").unwrap().unwrap()["extra"],
+            json!(true)
+        );
+        for i in 0..10 {
+            ada.balance += i;
+            docs.put("acc/1", &ada).unwrap();
+            ada = docs.get("acc/1").unwrap().unwrap();
+        }
+        assert_eq!(ada.balance, 50);
+        // As another type, it is what its JSON decodes to.
+        let ada_json: Value = docs.get("acc/1").unwrap().unwrap();
+        assert_eq!(ada_json, json!({"owner": "Ada", "balance": 50}));
+        // ... and as the type again, the value put.
+        assert_eq!(docs.get::<Account>("acc/1").unwrap().unwrap(), ada);
+        docs.put("acc/3", &json!({"owner": "Cy"})).unwrap();
+        docs.put(
+            "acc/3",
+            &Account {
+                owner: "Cy".into(),
+                balance: -1,
+                note: Some("new".into()),
+            },
+        )
+        .unwrap();
+        assert!(docs.get::<i64>("acc/2").is_err());
+        assert!(docs.get::<i64>("acc/3").unwrap_err().contains("\"acc/3\""));
+        docs.put("acc/4", &1).unwrap();
+        docs.delete("acc/4");
+        assert_eq!(docs.get::<Account>("acc/4").unwrap(), None);
+        let scanned = docs.scan_all("acc/").unwrap();
+        assert_eq!(
+            scanned,
+            vec![
+                ("acc/1".into(), json!({"owner": "Ada", "balance": 50})),
+                ("acc/2".into(), json!({"balance": 1, "owner": "Bob"})),
+                (
+                    "acc/3".into(),
+                    json!({"owner": "Cy", "balance": -1, "note": "new"})
+                ),
+            ]
+        );
+        docs.put("acc/3", &Account::default()).unwrap();
+        let writes = docs.into_writes().unwrap();
+        assert_eq!(
+            writes,
+            vec![
+                (
+                    "acc/1".into(),
+                    Some(r#"{"owner":"Ada","balance":50}"#.into())
+                ),
+                ("acc/3".into(), Some(r#"{"owner":"","balance":0}"#.into())),
+                ("acc/4".into(), None),
+            ]
+        );
+    }
+
+    #[test]
+    fn writes_leave_in_key_order_whatever_the_cache_order() {
+        let base = BTreeMap::new();
+        let mut docs = Docs::in_memory(&base);
+        let mut keys: Vec<String> = (0..2000)
+            .map(|i| format!("account/acc-{:07}", (i * 7919) % 2000))
+            .collect();
+        for key in &keys {
+            docs.put(key, &key.len()).unwrap();
+        }
+        docs.delete("account/acc-0000007");
+        keys.sort();
+        let writes = docs.into_writes().unwrap();
+        assert_eq!(
+            writes.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            keys.iter().collect::<Vec<_>>()
+        );
+        assert_eq!(writes[7].1, None);
     }
 
     #[test]

@@ -26,6 +26,29 @@ pub trait Projection {
 
     /// Applies one event to the read model. An error stops the projection at
     /// this event: none of the batch's writes are kept.
+    ///
+    /// The usual shape is get, change, put, with the documents as plain
+    /// structs (`Serialize + Deserialize + Clone`, no borrowed fields):
+    ///
+    /// ```ignore
+    /// #[derive(Clone, Default, Serialize, Deserialize)]
+    /// struct Account { owner: String, balance: i64 }
+    ///
+    /// fn apply(docs: &mut Docs<'_>, event: &Envelope<Event>) -> Result<(), String> {
+    ///     let key = format!("account/{}", event.aggregate_id);
+    ///     let mut account: Account = docs.get(&key)?.unwrap_or_default();
+    ///     match &event.event {
+    ///         Event::Opened { owner } => account.owner.clone_from(owner),
+    ///         Event::Deposited { amount } => account.balance += amount,
+    ///     }
+    ///     docs.put(&key, &account)
+    /// }
+    /// ```
+    ///
+    /// Within a batch, [`Docs`] keeps each document as the value last put (or
+    /// first got): getting it again as the same type is a clone, and it becomes
+    /// JSON once, when the batch is written. Its `Serialize` and `Deserialize`
+    /// must therefore round-trip, as derived ones of plain data do.
     fn apply(docs: &mut Docs<'_>, event: &Envelope<Self::Event>) -> Result<(), String>;
 
     /// Answers a named query from the read model (read-only). `args` is the

@@ -1,5 +1,6 @@
-//! The `refold` binary: `refold serve` runs the host; the other commands are
-//! clients of a running server (`--server`, `--token`, `--json`).
+//! The `refold` binary: `refold serve` runs the host; `new` and `build` work
+//! on a module crate locally; the other commands (and `deploy`) are clients
+//! of a running server (`--server`, `--token`, `--json`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,9 +9,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use refold::api::Tokens;
+use refold::cli::tooling::{self, BuildArgs, DeployArgs, NewArgs};
 use refold::cli::{self, ClientOptions, ModuleCommand, ProjectionCommand};
-use refold::server::{self, ServeConfig};
-use refold::store::Durability;
+use refold::server::{self, Example, ExampleLoaded, ServeConfig};
+use refold::store::{Durability, ModuleKind};
 
 /// The host allocates per event and per request (JSON, strings); mimalloc is
 /// measurably faster at that than the system allocator (see the benchmarks).
@@ -34,6 +36,12 @@ struct Cli {
 enum Command {
     /// Run the server
     Serve(ServeArgs),
+    /// Create a module crate (an aggregate or a projection) with its tests
+    New(NewArgs),
+    /// Compile a module crate to a Wasm component and check what it implements
+    Build(BuildArgs),
+    /// Build a module crate and upload it to the server
+    Deploy(DeployArgs),
     /// Manage modules (Wasm components)
     #[command(subcommand)]
     Module(ModuleCommand),
@@ -132,6 +140,16 @@ struct ServeArgs {
     /// Log as JSON lines
     #[arg(long, env = "REFOLD_LOG_JSON")]
     log_json: bool,
+    /// Build the example module crates in DIR (DIR itself if it is one, else
+    /// its subdirectories) and register each as NAME@<package version> if that
+    /// version is new. Repeatable or comma-separated
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "REFOLD_EXAMPLES",
+        value_delimiter = ','
+    )]
+    examples: Vec<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -150,6 +168,9 @@ fn main() -> ExitCode {
         let opts = &cli.client;
         match cli.command {
             Command::Serve(args) => serve(args).await,
+            Command::New(args) => tooling::new(opts, args),
+            Command::Build(args) => tooling::build(opts, args).await,
+            Command::Deploy(args) => tooling::deploy(opts, args).await,
             Command::Module(cmd) => cli::module(opts, cmd).await,
             Command::Projection(cmd) => cli::projection(opts, cmd).await,
             Command::Send {
@@ -176,6 +197,24 @@ fn main() -> ExitCode {
 
 async fn serve(args: ServeArgs) -> i32 {
     init_logging(args.log_json);
+    // Built before the server starts: a build that fails stops here, with
+    // nothing listening yet.
+    let examples = if args.examples.is_empty() {
+        Vec::new()
+    } else {
+        let dirs = args.examples.clone();
+        match tokio::task::spawn_blocking(move || tooling::build_examples(&dirs)).await {
+            Ok(Ok(built)) => built,
+            Ok(Err(message)) => {
+                tooling::report_error(&message);
+                return 1;
+            }
+            Err(e) => {
+                tooling::report_error(&format!("the example build task failed: {e}"));
+                return 1;
+            }
+        }
+    };
     let mut config = ServeConfig::new(&args.data_dir, args.listen);
     config.tokens = Tokens {
         admin: args.admin_token,
@@ -209,6 +248,15 @@ async fn serve(args: ServeArgs) -> i32 {
             return 1;
         }
     };
+    if !examples.is_empty() && !load_examples(&server, examples).await {
+        return match server.shutdown().await {
+            Ok(()) => 1,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                1
+            }
+        };
+    }
     // Printed for scripts and tests that start the server on port 0.
     println!("refold listening on http://{}", server.addr);
     let stop = server.shutdown_handle();
@@ -224,6 +272,47 @@ async fn serve(args: ServeArgs) -> i32 {
             1
         }
     }
+}
+
+/// Registers the built examples and says what became of each on stderr;
+/// false if the registry refused one.
+async fn load_examples(server: &server::RunningServer, built: Vec<tooling::ExampleBuild>) -> bool {
+    let examples = built
+        .into_iter()
+        .map(|b| Example {
+            name: b.name,
+            version: b.version,
+            bytes: b.bytes,
+        })
+        .collect();
+    let loaded = match server.load_examples(examples).await {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            tooling::report_error(&format!("registering the examples: {e}"));
+            return false;
+        }
+    };
+    for outcome in loaded {
+        let line = match &outcome {
+            ExampleLoaded::Uploaded(m) => {
+                let state = match m.record.kind {
+                    ModuleKind::Projection => "goes live once caught up",
+                    ModuleKind::Aggregate => "active",
+                };
+                format!("uploaded, {state}")
+            }
+            ExampleLoaded::AlreadyRegistered(_) => "already registered".to_owned(),
+            ExampleLoaded::Differs(m) => format!(
+                "NOT loaded: this version is registered with other bytes (sha256 {}); bump the version in the crate's Cargo.toml",
+                refold::modules::hex(&m.record.digest)
+            ),
+        };
+        let (ExampleLoaded::Uploaded(m)
+        | ExampleLoaded::AlreadyRegistered(m)
+        | ExampleLoaded::Differs(m)) = &outcome;
+        eprintln!("example {} ({}): {line}", m.label(), m.record.kind.as_str());
+    }
+    true
 }
 
 /// SIGTERM and SIGINT, registered up front.

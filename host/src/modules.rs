@@ -364,6 +364,27 @@ impl ModuleRegistry {
         }))
     }
 
+    /// Copies every registered component file into `dir` (for a backup): each
+    /// written whole or not at all, and durable.
+    pub fn copy_files_to(&self, dir: &std::path::Path) -> Result<u64, ModuleError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| ModuleError::Host(format!("creating {}: {e}", dir.display())))?;
+        let mut copied = 0;
+        for record in self.store.modules()? {
+            let name = format!("{}.wasm", hex(&record.digest));
+            let target = dir.join(&name);
+            if target.exists() {
+                continue;
+            }
+            let bytes = std::fs::read(self.dir.join(&name))
+                .map_err(|e| ModuleError::Host(format!("reading {name}: {e}")))?;
+            fsutil::write_atomically(&target, &bytes)
+                .map_err(|e| ModuleError::Host(format!("writing {}: {e}", target.display())))?;
+            copied += 1;
+        }
+        Ok(copied)
+    }
+
     fn path_of(&self, digest: &[u8; 32]) -> PathBuf {
         self.dir.join(format!("{}.wasm", hex(digest)))
     }

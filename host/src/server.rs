@@ -4,18 +4,22 @@
 //!
 //! Data directory layout: `events/` (the store), `modules/` (component bytes
 //! by digest), `cache/` (compiled artifacts).
+//!
+//! `RunningServer::load_examples` registers components built at startup
+//! (`refold serve --examples`; the building is `cli::tooling`'s).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use sha2::Digest;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::{self, AppState, Limits, Metrics, Tokens};
 use crate::commands::{CommandConfig, CommandService};
-use crate::modules::ModuleRegistry;
+use crate::modules::{LoadedModule, ModuleError, ModuleRegistry};
 use crate::projections::{ProjectionConfig, ProjectionService};
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::store::{Durability, Store, StoreConfig};
@@ -70,6 +74,54 @@ impl RunningServer {
     pub fn shutdown_handle(&self) -> watch::Sender<bool> {
         self.shutdown.clone()
     }
+
+    /// Registers example components (`refold serve --examples`), each as
+    /// `name@version` unless that version is registered already: an
+    /// aggregate's new version becomes active, a projection's goes live once
+    /// it has caught up. A version registered with other bytes stays as it is
+    /// (versions are immutable). Stops at the first upload the registry refuses.
+    pub async fn load_examples(
+        &self,
+        examples: Vec<Example>,
+    ) -> Result<Vec<ExampleLoaded>, ModuleError> {
+        let mut loaded = Vec::with_capacity(examples.len());
+        for example in examples {
+            if let Some(existing) = self.app.modules.get(&example.name, &example.version) {
+                let digest: [u8; 32] = sha2::Sha256::digest(&example.bytes).into();
+                loaded.push(if existing.record.digest == digest {
+                    ExampleLoaded::AlreadyRegistered(existing)
+                } else {
+                    ExampleLoaded::Differs(existing)
+                });
+                continue;
+            }
+            let (_, module) = self
+                .app
+                .modules
+                .upload(&example.name, &example.version, example.bytes, true)
+                .await?;
+            loaded.push(ExampleLoaded::Uploaded(module));
+        }
+        Ok(loaded)
+    }
+}
+
+/// A component to register at startup.
+pub struct Example {
+    pub name: String,
+    pub version: String,
+    pub bytes: Vec<u8>,
+}
+
+/// What [`RunningServer::load_examples`] did with one example.
+pub enum ExampleLoaded {
+    /// Registered now.
+    Uploaded(Arc<LoadedModule>),
+    /// This version was registered with the same bytes already: nothing to do.
+    AlreadyRegistered(Arc<LoadedModule>),
+    /// This version is registered with other bytes, which stay; a changed
+    /// example needs a new version.
+    Differs(Arc<LoadedModule>),
 }
 
 pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {

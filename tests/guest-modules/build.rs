@@ -19,7 +19,7 @@ fn main() {
         &root,
         &target_dir,
         WASIP2,
-        &["bank-account", "refold-hostile-guest"],
+        &["bank-account", "inventory", "order", "refold-hostile-guest"],
     );
     // A cargo and a target directory of their own: the projections use
     // `bank-account` without its `component` feature (only its types). One
@@ -35,6 +35,7 @@ fn main() {
             "account-balances",
             "account-balances-v2",
             "refold-picky-projection",
+            "sales",
         ],
     );
     cargo_build(&root, &target_dir, UNKNOWN, &["bank-account"]);
@@ -62,6 +63,9 @@ fn main() {
         ("ACCOUNT_BALANCES", projection("account_balances")),
         ("ACCOUNT_BALANCES_V2", projection("account_balances_v2")),
         ("PICKY_PROJECTION", projection("refold_picky_projection")),
+        ("INVENTORY", p2("inventory")),
+        ("ORDER", p2("order")),
+        ("SALES", projection("sales")),
     ]
     .iter()
     .map(|(name, path)| format!("pub const {name}: &str = {path:?};\n"))

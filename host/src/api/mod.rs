@@ -10,6 +10,7 @@
 //! - `request`: path, query and body parsing with clear errors and limits.
 //! - `auth`: bearer tokens and roles. `metrics`: Prometheus. `render`: event JSON.
 
+mod admin;
 mod aggregates;
 mod auth;
 mod events;
@@ -74,6 +75,7 @@ pub fn router(app: AppState, tokens: Tokens) -> Router {
     let admin = Router::new()
         .route("/v1/modules/{name}/{version}", put(modules::put))
         .route("/v1/modules/{name}/activate", post(modules::activate))
+        .route("/v1/admin/backup", post(admin::backup))
         .route("/v1/projections/{name}/promote", post(projections::promote))
         .route(
             "/v1/projections/{name}/versions/{version}/rebuild",
@@ -135,6 +137,7 @@ pub fn router(app: AppState, tokens: Tokens) -> Router {
         .route_layer(role(Role::Reader));
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/v1/openapi.json", get(openapi))
         .merge(admin)
         .merge(writer)
         .merge(reader)
@@ -148,6 +151,13 @@ pub fn router(app: AppState, tokens: Tokens) -> Router {
 
 async fn healthz(State(app): State<AppState>) -> impl IntoResponse {
     axum::Json(json!({"status": "ok", "head": app.store.head()}))
+}
+
+/// The OpenAPI document of these routes; `tests/openapi.rs` checks the two agree.
+const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
 }
 
 async fn metrics_text(State(app): State<AppState>) -> impl IntoResponse {

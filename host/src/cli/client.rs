@@ -45,6 +45,8 @@ pub(crate) struct Problem {
     pub code: String,
     pub detail: String,
     pub actual_version: Option<u64>,
+    /// A rejected command's domain code, such as `insufficient-funds`.
+    pub reason: Option<String>,
     /// The body, when it was a JSON object, for `--json`.
     pub json: Option<String>,
 }
@@ -63,6 +65,7 @@ impl Problem {
                     .unwrap_or(reason)
                     .to_owned(),
                 actual_version: v["actual_version"].as_u64(),
+                reason: v["reason"].as_str().map(str::to_owned),
                 json: Some(body.trim_end().to_owned()),
             },
             // Not from our server (a proxy, say): show a little of what came back.
@@ -77,6 +80,7 @@ impl Problem {
                         text
                     },
                     actual_version: None,
+                    reason: None,
                     json: None,
                 }
             }
@@ -86,7 +90,10 @@ impl Problem {
     /// `<code>: <detail>`, plus the actual version after a version conflict
     /// since that is what the user needs to retry with.
     pub(crate) fn message(&self) -> String {
-        let mut message = format!("{}: {}", self.code, self.detail);
+        let mut message = match &self.reason {
+            Some(reason) => format!("{} ({reason}): {}", self.code, self.detail),
+            None => format!("{}: {}", self.code, self.detail),
+        };
         if let Some(actual) = self.actual_version {
             let _ = write!(message, " (actual version {actual})");
         }

@@ -10,12 +10,15 @@
 //! - `sse`: the Server-Sent Events line parser.
 //! - `output`: the text for people.
 //! - `projection`: `refold projection ...`, with progress bars while versions replay.
+//! - `tooling`: `refold new`, `build` and `deploy` (crates, cargo, the world
+//!   check), and the example builds of `refold serve --examples`.
 
 mod client;
 mod follow;
 mod output;
 mod projection;
 mod sse;
+pub mod tooling;
 
 pub use projection::{ProjectionCommand, projection};
 
@@ -130,21 +133,9 @@ async fn run_module(opts: &ClientOptions, cmd: ModuleCommand) -> Result<(), Fail
             let bytes = tokio::fs::read(&file)
                 .await
                 .map_err(|e| Failure::Local(format!("cannot read {}: {e}", file.display())))?;
-            let query = if activate {
-                vec![("activate", "true".to_owned())]
-            } else {
-                Vec::new()
-            };
-            let url = client.url(&["v1", "modules", &name, &version], &query)?;
-            let request = client
-                .request(Method::PUT, &url)
-                .header(CONTENT_TYPE, "application/wasm")
-                .body(bytes);
-            let reply = client.call(request).await?;
-            let created = reply.status == StatusCode::CREATED;
-            emit(opts, &reply.body, |out, v| {
-                output::module_pushed(out, created, v)
-            })
+            push(&client, opts, bytes, &name, &version, activate)
+                .await
+                .map(|_| ())
         }
         ModuleCommand::List => {
             let url = client.url(&["v1", "modules"], &[])?;
@@ -160,6 +151,34 @@ async fn run_module(opts: &ClientOptions, cmd: ModuleCommand) -> Result<(), Fail
             emit(opts, &reply.body, output::module_activated)
         }
     }
+}
+
+/// Uploads a component as `name@version` and prints the server's answer
+/// (`refold module push`, `refold deploy`); returns the answer's body.
+async fn push(
+    client: &Client,
+    opts: &ClientOptions,
+    bytes: Vec<u8>,
+    name: &str,
+    version: &str,
+    activate: bool,
+) -> Result<String, Failure> {
+    let query = if activate {
+        vec![("activate", "true".to_owned())]
+    } else {
+        Vec::new()
+    };
+    let url = client.url(&["v1", "modules", name, version], &query)?;
+    let request = client
+        .request(Method::PUT, &url)
+        .header(CONTENT_TYPE, "application/wasm")
+        .body(bytes);
+    let reply = client.call(request).await?;
+    let created = reply.status == StatusCode::CREATED;
+    emit(opts, &reply.body, |out, v| {
+        output::module_pushed(out, created, v)
+    })?;
+    Ok(reply.body)
 }
 
 async fn run_send(

@@ -89,6 +89,9 @@ pub enum ProjectionCommand {
         args: Vec<String>,
         #[arg(long)]
         version: Option<String>,
+        /// Wait until the version has processed this position (read your writes)
+        #[arg(long)]
+        min_position: Option<u64>,
     },
     /// A digest of a version's documents, to check two replays agree
     Digest { name: String, version: String },
@@ -269,6 +272,7 @@ async fn run(opts: &ClientOptions, cmd: ProjectionCommand) -> Result<(), Failure
             query,
             args,
             version,
+            min_position,
         } => {
             let mut params = Vec::new();
             for arg in &args {
@@ -279,6 +283,9 @@ async fn run(opts: &ClientOptions, cmd: ProjectionCommand) -> Result<(), Failure
             }
             if let Some(v) = version {
                 params.push(("version", v));
+            }
+            if let Some(p) = min_position {
+                params.push(("min_position", p.to_string()));
             }
             let reply = client
                 .call(get(

@@ -224,7 +224,7 @@ impl Store {
     }
 
     /// Makes every earlier write durable, as the writer does for events.
-    fn sync(&self, context: &'static str) -> Result<(), StoreError> {
+    pub(super) fn sync(&self, context: &'static str) -> Result<(), StoreError> {
         self.inner
             .db
             .flush()

@@ -12,7 +12,9 @@
 //! - `lock`: one process per data directory.
 //! - `projection`: read models and checkpoints of projection versions.
 //! - `catalog`: the module registry and aggregate snapshots.
+//! - `backup`: a consistent copy at one durable position, while appends continue.
 
+mod backup;
 mod catalog;
 mod error;
 mod format;
@@ -30,6 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use futures::stream::BoxStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use backup::BackupReport;
 pub use catalog::{MAX_SNAPSHOT_LEN, ModuleKind, ModulePut, ModuleRecord};
 pub use error::StoreError;
 pub use projection::{ProjectionCheckpoint, ReadModel, SkipRecord};

@@ -9,5 +9,6 @@
 //!   (1.0.0) and `modules/account-balances-v2` (2.0.0) for `wasm32-wasip2`.
 //! - `PICKY_PROJECTION`: `tests/guests/picky-projection` for `wasm32-wasip2`, a projection
 //!   that fails, panics or loops on chosen event types.
+//! - `INVENTORY`, `ORDER` (aggregates) and `SALES` (a projection): the shop example.
 
 include!(concat!(env!("OUT_DIR"), "/guests.rs"));

@@ -1,0 +1,102 @@
+//! The OpenAPI document served at /v1/openapi.json matches the real routes:
+//! the same (method, path) pairs as the router in `host/src/api/mod.rs`, and
+//! every documented operation reaches a handler on a running server (never
+//! the "no route" fallback or a 405).
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use reqwest::Method;
+use serde_json::Value;
+use support::http::TestServer;
+use support::temp_dir;
+
+/// (METHOD, path) for every `.route("path", method(handler))` in the router's source.
+fn router_routes() -> BTreeSet<(String, String)> {
+    let source = include_str!("../src/api/mod.rs");
+    let compact: String = source.split_whitespace().collect();
+    let mut routes = BTreeSet::new();
+    for piece in compact.split(".route(\"").skip(1) {
+        let (path, rest) = piece.split_once('"').expect("a quoted path");
+        let rest = rest.trim_start_matches(',');
+        let method = rest.split('(').next().expect("a method router");
+        // axum's catch-all `{*key}` is an ordinary `{key}` parameter in OpenAPI.
+        routes.insert((method.to_uppercase(), path.replace("{*", "{")));
+    }
+    routes
+}
+
+fn documented(doc: &Value) -> BTreeSet<(String, String)> {
+    let mut routes = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for method in item.as_object().expect("path item").keys() {
+            routes.insert((method.to_uppercase(), path.clone()));
+        }
+    }
+    routes
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_openapi_document_matches_the_router_and_every_operation_is_routed() {
+    let dir = temp_dir();
+    let s = TestServer::start(dir.path()).await;
+    let (status, doc) = s.get_json("/v1/openapi.json").await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["openapi"], "3.1.0");
+
+    let router = router_routes();
+    assert!(
+        router.len() >= 25,
+        "the source scan found the routes: {router:?}"
+    );
+    let documented = documented(&doc);
+    let undocumented: Vec<_> = router.difference(&documented).collect();
+    let phantom: Vec<_> = documented.difference(&router).collect();
+    assert!(
+        undocumented.is_empty(),
+        "routes missing from openapi.json: {undocumented:?}"
+    );
+    assert!(
+        phantom.is_empty(),
+        "openapi.json documents routes that do not exist: {phantom:?}"
+    );
+
+    for (method, path) in &documented {
+        let op = &doc["paths"][path][method.to_lowercase()];
+        assert!(op["summary"].is_string(), "{method} {path} has a summary");
+        assert!(op["responses"].is_object(), "{method} {path} has responses");
+        let url = path
+            .replace("{name}", "bank-account")
+            .replace("{version}", "1.0.0")
+            .replace("{aggregate_type}", "bank-account")
+            .replace("{id}", "acc-1")
+            .replace("{key}", "a/b")
+            .replace("{query}", "q");
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let response = s
+            .request(method.clone(), &url)
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        // A subscription never ends: its status is the answer.
+        let streaming = response
+            .headers()
+            .get("content-type")
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        let body = if streaming {
+            String::new()
+        } else {
+            response.text().await.unwrap_or_default()
+        };
+        assert_ne!(status, 405, "{method} {url}: {body}");
+        assert!(
+            !body.contains("no route for"),
+            "{method} {url} reached no handler: {body}"
+        );
+    }
+    s.stop().await;
+}

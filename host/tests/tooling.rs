@@ -1,0 +1,523 @@
+//! `refold new`, `build`, `deploy` and `serve --examples`: the real binary,
+//! the real cargo and a real server.
+//!
+//! Every crate these tests create builds in one shared target directory
+//! (`CARGO_TARGET_DIR`, kept between runs), so the SDK and its dependencies
+//! compile once. Crate names are unique across tests: two crates of one name
+//! would write the same `.wasm` there.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_refold");
+
+fn shared_target_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("tooling-target")
+}
+
+fn temp_dir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("tooling-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("a temporary directory")
+}
+
+/// The binary with the shared target directory and no server settings from
+/// the environment.
+fn refold_command() -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env("CARGO_TARGET_DIR", shared_target_dir())
+        .env_remove("REFOLD_SERVER")
+        .env_remove("REFOLD_TOKEN")
+        .env_remove("REFOLD_EXAMPLES")
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn refold(args: &[&str]) -> Output {
+    refold_command().args(args).output().expect("refold runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[track_caller]
+fn assert_ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        stdout(o),
+        stderr(o)
+    );
+}
+
+/// `refold new NAME --kind KIND --dir DIR`; the crate's path.
+fn new_crate(dir: &Path, name: &str, kind: &str) -> PathBuf {
+    let out = refold(&["new", name, "--kind", kind, "--dir", dir.to_str().unwrap()]);
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains(&format!("created {name}, ")),
+        "{}",
+        stdout(&out)
+    );
+    dir.join(name)
+}
+
+/// `cargo test` inside a generated crate: its own tests pass, natively.
+fn cargo_test(krate: &Path, expected_tests: usize) {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(krate)
+        .env("CARGO_TARGET_DIR", shared_target_dir())
+        .arg("test")
+        .output()
+        .expect("cargo runs");
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains(&format!("test result: ok. {expected_tests} passed")),
+        "{}",
+        stdout(&out)
+    );
+}
+
+struct Served {
+    child: Child,
+    url: String,
+    log: PathBuf,
+}
+
+impl Served {
+    /// What the server wrote on stderr so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn stop(mut self) -> String {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "the server stops on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.log()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `refold serve` on port 0 with `extra` arguments; its stderr goes to a file.
+fn serve(data_dir: &Path, extra: &[&str]) -> Served {
+    let log = data_dir.with_extension("log");
+    let mut child = refold_command()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("refold serve starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let Some(url) = line.trim().strip_prefix("refold listening on ") else {
+        let _ = child.kill();
+        panic!(
+            "the server did not start; stderr:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    };
+    Served {
+        url: url.to_string(),
+        child,
+        log,
+    }
+}
+
+fn client(url: &str, args: &[&str]) -> Output {
+    refold_command()
+        .env("REFOLD_SERVER", url)
+        .args(args)
+        .output()
+        .expect("refold runs")
+}
+
+#[test]
+fn new_refuses_bad_names_and_directories_in_use() {
+    let dir = temp_dir();
+    for bad in ["Counter", "9lives", "has space", "fn", "serde", ""] {
+        let out = refold(&[
+            "new",
+            bad,
+            "--kind",
+            "aggregate",
+            "--dir",
+            dir.path().to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{bad:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("invalid module name"),
+            "{bad:?}: {}",
+            stderr(&out)
+        );
+    }
+    let used = dir.path().join("taken");
+    std::fs::create_dir_all(&used).unwrap();
+    std::fs::write(used.join("notes.txt"), "mine").unwrap();
+    let out = refold(&[
+        "new",
+        "taken",
+        "--kind",
+        "projection",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not empty"), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(used.join("notes.txt")).unwrap(),
+        "mine"
+    );
+
+    // An empty directory is fine, and --json says what was written.
+    std::fs::create_dir_all(dir.path().join("empty")).unwrap();
+    let out = refold(&[
+        "--json",
+        "new",
+        "empty",
+        "--kind",
+        "projection",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_ok(&out);
+    let created: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(created["kind"], "projection");
+    let manifest = std::fs::read_to_string(dir.path().join("empty/Cargo.toml")).unwrap();
+    for part in [
+        "name = \"empty\"",
+        "crate-type = [\"cdylib\", \"rlib\"]",
+        "default = [\"component\"]",
+        "\n[workspace]\n",
+        "kind = \"projection\"",
+    ] {
+        assert!(manifest.contains(part), "{part:?} in\n{manifest}");
+    }
+    let lib = std::fs::read_to_string(dir.path().join("empty/src/lib.rs")).unwrap();
+    assert!(
+        lib.contains("#[cfg(feature = \"component\")]\nrefold_sdk::export_projection!(Empty);")
+    );
+
+    let out = refold(&[
+        "new",
+        "nosdk",
+        "--kind",
+        "aggregate",
+        "--dir",
+        dir.path().to_str().unwrap(),
+        "--sdk",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("is not the Refold SDK"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dir.path().join("nosdk").exists());
+}
+
+#[test]
+fn an_aggregate_from_new_tests_builds_and_deploys() {
+    let dir = temp_dir();
+    let krate = new_crate(dir.path(), "tool-counter", "aggregate");
+    cargo_test(&krate, 4);
+
+    let out = refold(&["--json", "build", krate.to_str().unwrap()]);
+    assert_ok(&out);
+    let built: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(built["name"], "tool-counter");
+    assert_eq!(built["version"], "0.1.0");
+    assert_eq!(built["kind"], "aggregate");
+    let path = built["path"].as_str().unwrap();
+    assert!(
+        path.ends_with("wasm32-wasip2/release/tool_counter.wasm"),
+        "{path}"
+    );
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(built["size"], bytes.len());
+    let digest: String = Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(built["digest"], digest.as_str());
+    // Cargo's own output went to stderr, keeping stdout to the one object.
+    assert!(stderr(&out).contains("Finished"), "{}", stderr(&out));
+
+    let data = dir.path().join("data");
+    let server = serve(&data, &[]);
+    let run = |args: &[&str]| client(&server.url, args);
+    let out = run(&["deploy", krate.to_str().unwrap(), "--activate"]);
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains(&format!(
+            "uploaded tool-counter@0.1.0: aggregate, {} KiB, {digest}, active",
+            format_args!("{:.1}", bytes.len() as f64 / 1024.0)
+        )),
+        "{}",
+        stdout(&out)
+    );
+    let out = run(&[
+        "send",
+        "tool-counter",
+        "c-1",
+        r#"{"type":"Add","amount":5}"#,
+    ]);
+    assert_ok(&out);
+    assert!(stdout(&out).contains("Added"), "{}", stdout(&out));
+    let out = run(&[
+        "--json",
+        "send",
+        "tool-counter",
+        "c-1",
+        r#"{"type":"Add","amount":5000}"#,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let problem: Value = serde_json::from_slice(&out.stdout).expect("the problem as JSON");
+    assert_eq!(problem["code"], "rejected", "{problem}");
+    assert_eq!(problem["reason"], "over-limit", "{problem}");
+    // The same bytes again: nothing changes. --json prints the server's answer only.
+    let out = run(&["--json", "deploy", krate.to_str().unwrap()]);
+    assert_ok(&out);
+    let answer: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(answer["version"], "0.1.0");
+    assert_eq!(answer["active"], true);
+    server.stop();
+}
+
+#[test]
+fn a_projection_from_new_tests_builds_and_deploys() {
+    let dir = temp_dir();
+    let krate = new_crate(dir.path(), "tool-counts", "projection");
+    cargo_test(&krate, 2);
+
+    let out = refold(&["build", krate.to_str().unwrap()]);
+    assert_ok(&out);
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("built tool-counts 0.1.0 (projection)"),
+        "{text}"
+    );
+    assert!(text.contains("kind:   projection"), "{text}");
+    assert!(text.contains("tool_counts.wasm"), "{text}");
+    assert!(text.contains("sha256: "), "{text}");
+
+    let data = dir.path().join("data");
+    let server = serve(&data, &[]);
+    let run = |args: &[&str]| client(&server.url, args);
+    let out = run(&[
+        "deploy",
+        krate.to_str().unwrap(),
+        "--name",
+        "counts",
+        "--version",
+        "2.0.0",
+        "--activate",
+    ]);
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains("uploaded counts@2.0.0: projection"),
+        "{}",
+        stdout(&out)
+    );
+    // The log is empty, so it catches up and goes live at once; then it answers.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let answer = loop {
+        let out = run(&["--json", "projection", "query", "counts", "summary"]);
+        if out.status.success() {
+            break serde_json::from_slice::<Value>(&out.stdout).unwrap();
+        }
+        assert!(Instant::now() < deadline, "{}", stderr(&out));
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(answer["total"], 0, "{answer}");
+    server.stop();
+}
+
+#[test]
+fn a_compile_error_fails_the_build_with_cargos_errors() {
+    let dir = temp_dir();
+    let krate = new_crate(dir.path(), "tool-broken", "aggregate");
+    let lib = krate.join("src/lib.rs");
+    let source = std::fs::read_to_string(&lib).unwrap();
+    std::fs::write(
+        &lib,
+        source.replace(
+            "Event::Reset => self.value = 0,",
+            "Event::Reset => self.value = \"zero\",",
+        ),
+    )
+    .unwrap();
+    let out = refold(&["build", krate.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("error[E0308]: mismatched types"), "{err}");
+    assert!(err.contains("src/lib.rs"), "{err}");
+    assert!(err.contains("cargo build of tool-broken failed"), "{err}");
+    assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+}
+
+#[test]
+fn a_crate_that_is_not_a_module_fails_the_world_check() {
+    let dir = temp_dir();
+    let plain = dir.path().join("tool-plain");
+    std::fs::create_dir_all(plain.join("src")).unwrap();
+    std::fs::write(
+        plain.join("Cargo.toml"),
+        "[package]\nname = \"tool-plain\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n\
+         [lib]\ncrate-type = [\"cdylib\"]\n\n[workspace]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        plain.join("src/lib.rs"),
+        "#[unsafe(no_mangle)]\npub extern \"C\" fn add(a: i32, b: i32) -> i32 {\n    a + b\n}\n",
+    )
+    .unwrap();
+    let out = refold(&["build", plain.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("tool_plain.wasm is not a Refold module"),
+        "{err}"
+    );
+    assert!(err.contains("implements no world Refold knows"), "{err}");
+
+    // A module that is not what its Cargo.toml says it is.
+    let liar = new_crate(dir.path(), "tool-liar", "projection");
+    let manifest = std::fs::read_to_string(liar.join("Cargo.toml")).unwrap();
+    std::fs::write(
+        liar.join("Cargo.toml"),
+        manifest.replace("kind = \"projection\"", "kind = \"aggregate\""),
+    )
+    .unwrap();
+    let out = refold(&["build", liar.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is a projection component, but its Cargo.toml declares"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Not a crate at all.
+    let out = refold(&["build", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("has no Cargo.toml"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn serve_examples_builds_and_registers_each_example_once() {
+    let dir = temp_dir();
+    let examples = dir.path().join("examples");
+    new_crate(&examples, "tool-ex-agg", "aggregate");
+    new_crate(&examples, "tool-ex-proj", "projection");
+    let skipped = new_crate(&examples, "tool-ex-skipped", "aggregate");
+    let mut manifest = std::fs::read_to_string(skipped.join("Cargo.toml")).unwrap();
+    manifest = manifest.replace(
+        "[package.metadata.refold]\n",
+        "[package.metadata.refold]\nexample = false\n",
+    );
+    std::fs::write(skipped.join("Cargo.toml"), manifest).unwrap();
+    std::fs::create_dir_all(examples.join("notes")).unwrap();
+
+    let data = dir.path().join("data");
+    let examples_arg = examples.to_str().unwrap();
+    let server = serve(&data, &["--examples", examples_arg]);
+    let list = client(&server.url, &["--json", "module", "list"]);
+    assert_ok(&list);
+    let list: Value = serde_json::from_slice(&list.stdout).unwrap();
+    let modules: Vec<(String, String, String)> = list["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap().to_owned(),
+                m["versions"][0]["version"].as_str().unwrap().to_owned(),
+                m["versions"][0]["kind"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        modules,
+        [
+            ("tool-ex-agg".into(), "0.1.0".into(), "aggregate".into()),
+            ("tool-ex-proj".into(), "0.1.0".into(), "projection".into()),
+        ]
+    );
+    assert_eq!(list["modules"][0]["active_version"], "0.1.0");
+    let out = client(
+        &server.url,
+        &["send", "tool-ex-agg", "x", r#"{"type":"Add","amount":1}"#],
+    );
+    assert_ok(&out);
+    let log = server.stop();
+    assert!(
+        log.contains("example tool-ex-agg@0.1.0 (aggregate): uploaded, active"),
+        "{log}"
+    );
+    assert!(
+        log.contains("example tool-ex-proj@0.1.0 (projection): uploaded"),
+        "{log}"
+    );
+    assert!(
+        log.contains("skipping") && log.contains("tool-ex-skipped"),
+        "{log}"
+    );
+
+    // Again, on the same data: the projection's bytes are registered already;
+    // the aggregate changed without a new version, so the registered one stays.
+    let lib = examples.join("tool-ex-agg/src/lib.rs");
+    let source = std::fs::read_to_string(&lib).unwrap();
+    std::fs::write(
+        &lib,
+        source.replace("LIMIT: u64 = 1000", "LIMIT: u64 = 2000"),
+    )
+    .unwrap();
+    let server = serve(&data, &["--examples", examples_arg]);
+    let log = server.stop();
+    assert!(
+        log.contains("example tool-ex-agg@0.1.0 (aggregate): NOT loaded: this version is registered with other bytes"),
+        "{log}"
+    );
+    assert!(
+        log.contains("example tool-ex-proj@0.1.0 (projection): already registered"),
+        "{log}"
+    );
+}

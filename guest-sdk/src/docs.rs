@@ -290,17 +290,34 @@ impl<'a> Docs<'a> {
         let page_size = limit.min(MAX_SCAN as usize);
         let mut cursor = after.map(str::to_owned);
         let mut cache = self.cache.borrow_mut();
-        // The batch's writes under the prefix, in key order, as JSON text.
-        let mut written: Vec<(&str, Option<&str>)> = Vec::new();
-        for (key, slot) in cache.iter_mut() {
-            if slot.dirty && key.starts_with(prefix) {
-                let text = match &mut slot.doc {
-                    Some(doc) => Some(doc.text(key)?),
-                    None => None,
-                };
-                written.push((key, text));
+        // The batch's writes under the prefix need their JSON: serialized in
+        // key order, so the first that fails is the same on every run.
+        let written_under = |(key, slot): &(&String, &Slot)| slot.dirty && key.starts_with(prefix);
+        let mut unserialized: Vec<String> = cache
+            .iter()
+            .filter(written_under)
+            .filter(|(_, slot)| slot.doc.as_ref().is_some_and(|doc| doc.text.is_none()))
+            .map(|(key, _)| key.clone())
+            .collect();
+        unserialized.sort_unstable();
+        for key in &unserialized {
+            if let Some(doc) = cache.get_mut(key).and_then(|slot| slot.doc.as_mut()) {
+                doc.text(key)?;
             }
         }
+        // ... and then, in key order, as JSON text (`None`: deleted).
+        let mut written: Vec<(&str, Option<&str>)> = cache
+            .iter()
+            .filter(written_under)
+            .map(|(key, slot)| {
+                let text = slot.doc.as_ref().map(|doc| {
+                    doc.text
+                        .as_deref()
+                        .expect("serialized just above for the scan")
+                });
+                (key.as_str(), text)
+            })
+            .collect();
         written.sort_unstable_by_key(|(key, _)| *key);
         loop {
             let page = self

@@ -53,7 +53,7 @@ async fn wait_for(
 }
 
 fn caught_up(view: &Value) -> bool {
-    view["state"] == "live" && view["lag"] == 0
+    view["state"] == "caught_up" && view["lag"] == 0
 }
 
 async fn deposit(s: &TestServer, id: &str, amount: i64) -> u64 {

@@ -146,7 +146,7 @@ async fn sigkill_during_catch_up_neither_loses_nor_repeats_an_event() {
     let deadline = Instant::now() + Duration::from_secs(120);
     let view = loop {
         let view = status(&client, &url).await;
-        if view["position"] == head && view["state"] == "live" {
+        if view["position"] == head && view["state"] == "caught_up" {
             break view;
         }
         assert!(Instant::now() < deadline, "never caught up: {view}");
@@ -212,7 +212,7 @@ async fn sigkill_during_catch_up_neither_loses_nor_repeats_an_event() {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let view = status(&client, &url).await;
-        if view["position"] == head && view["state"] == "live" {
+        if view["position"] == head && view["state"] == "caught_up" {
             break;
         }
         assert!(

@@ -416,12 +416,13 @@ fn edits_replace_one_item_with_its_attributes() {
 fn the_tutorial_runs_end_to_end() {
     let started = Instant::now();
     let tutorial = parse(TUTORIAL);
-    // A fixed place, emptied first: the crates keep their paths from run to
-    // run, so the shared target directory does not fill with stale copies.
-    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tutorial");
-    if root.exists() {
-        std::fs::remove_dir_all(&root).expect("the last run's directory is removed");
-    }
+    // Under the target directory, like the tooling tests' crates; a directory
+    // of its own, so two test runs at once do not share one.
+    let temp = tempfile::Builder::new()
+        .prefix("tutorial-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("a temporary directory");
+    let root = temp.path();
     let work = root.join("work");
     let outputs = root.join("outputs");
     for dir in [&work, &outputs] {

@@ -57,8 +57,9 @@ pub enum RunState {
     Starting,
     /// Behind the head of the log, replaying.
     CatchingUp,
-    /// At the head of the log, following appends.
-    Live,
+    /// At the head of the log, following appends. (Whether readers see this
+    /// version is another matter: that is the projection's live version.)
+    CaughtUp,
     /// Stopped at a failing event until an operator retries or skips it.
     Failed,
 }
@@ -115,7 +116,8 @@ pub struct VersionStatus {
     pub position: Position,
     pub events_applied: u64,
     pub events_skipped: u64,
-    /// Log positions processed per second over the last few seconds.
+    /// While catching up, log positions processed per second over the last few
+    /// seconds; 0 while caught up and waiting for appends.
     pub events_per_second: f64,
     pub failure: Option<Failure>,
     /// The failure being retried, until the retry's outcome is known.
@@ -320,7 +322,7 @@ impl ProjectionService {
         };
         if promote {
             handle.promote_when_caught_up.store(true, Ordering::Release);
-            if handle.status.borrow().state == RunState::Live {
+            if handle.status.borrow().state == RunState::CaughtUp {
                 go_live_if_due(&self.modules, &self.live, &handle);
             }
         }

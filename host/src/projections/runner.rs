@@ -102,8 +102,9 @@ impl Runner {
                 // Live first, then say so: whoever sees the state sees the pointer.
                 (self.on_caught_up)(&self.handle);
                 self.handle.status.send_modify(|s| {
-                    s.state = RunState::Live;
-                    s.events_per_second = rate.per_second(position);
+                    s.state = RunState::CaughtUp;
+                    // The rate is a catch-up rate: waiting, nothing moves.
+                    s.events_per_second = 0.0;
                 });
                 tokio::select! {
                     _ = self.stop.changed() => {}
@@ -429,6 +430,14 @@ impl Rate {
     }
 
     fn per_second(&self, position: Position) -> f64 {
+        // Idle for a whole window: nothing is moving.
+        if self
+            .samples
+            .back()
+            .is_none_or(|(t, _)| t.elapsed() > RATE_WINDOW)
+        {
+            return 0.0;
+        }
         match self.samples.front() {
             Some((t, p)) if position > *p => {
                 let secs = t.elapsed().as_secs_f64();

@@ -3,37 +3,10 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
 
+use support::process::{BIN, serve, sigterm};
 use support::temp_dir;
-
-const BIN: &str = env!("CARGO_BIN_EXE_refold");
-
-struct Served {
-    child: Child,
-    url: String,
-}
-
-fn serve(data_dir: &std::path::Path) -> Served {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("refold serve starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("refold listening on ")
-        .expect("the server prints its address")
-        .to_string();
-    Served { child, url }
-}
 
 fn refold(url: &str, args: &[&str]) -> Output {
     Command::new(BIN)
@@ -51,29 +24,10 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn sigterm(child: &mut Child) -> std::process::ExitStatus {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the server stops within 20 s of SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn the_cli_uploads_sends_reads_and_reports_errors_with_their_codes() {
     let dir = temp_dir();
-    let mut server = serve(dir.path());
+    let mut server = serve(dir.path(), &[]);
     let url = server.url.clone();
     let run = |args: &[&str]| refold(&url, args);
 
@@ -242,7 +196,7 @@ fn the_cli_uploads_sends_reads_and_reports_errors_with_their_codes() {
     );
 
     // Everything acknowledged is there after a restart on the same data directory.
-    let mut again = serve(dir.path());
+    let mut again = serve(dir.path(), &[]);
     let state = refold(&again.url, &["--json", "state", "bank-account", "acc-1"]);
     let state: serde_json::Value = serde_json::from_slice(&state.stdout).unwrap();
     assert_eq!(
@@ -267,7 +221,7 @@ fn serve_refuses_a_public_address_without_tokens_and_a_second_server_on_one_dire
         stderr(&public)
     );
 
-    let mut first = serve(dir.path());
+    let mut first = serve(dir.path(), &[]);
     let second = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())

@@ -5,14 +5,13 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use support::process::{BIN, Served, sigterm};
 use support::temp_dir;
 
-const BIN: &str = env!("CARGO_BIN_EXE_refold");
 /// A script that takes longer than this is stuck (a wait that never ends).
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -23,42 +22,9 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-struct Served {
-    child: Child,
-    url: String,
-    log: PathBuf,
-}
-
-impl Drop for Served {
-    /// A failed test must not leave its server running.
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// `refold serve` on a free port over `dir/data`, its log in `dir/server.log`.
+/// `refold serve` on a free port over `dir/data`.
 fn serve(dir: &Path) -> Served {
-    let log = dir.join("server.log");
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.join("data"))
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).expect("the server log"))
-        .spawn()
-        .expect("refold serve starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("refold listening on ")
-        .unwrap_or_else(|| panic!("the server prints its address, not {line:?}"))
-        .to_string();
-    Served { child, url, log }
+    support::process::serve(&dir.join("data"), &[])
 }
 
 fn refold(url: &str, args: &[&str]) -> Output {
@@ -188,25 +154,6 @@ fn assert_contains(run: &ScriptRun, markers: &[&str]) {
             "the output lacks {marker:?}:\n{}",
             run.stdout
         );
-    }
-}
-
-fn sigterm(child: &mut Child) -> std::process::ExitStatus {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the server stops within 20 s of SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -6,44 +6,20 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use refold::store::{ExpectedVersion, NewEvent, StreamId};
 use serde_json::{Value, json};
+use support::process::Served;
 use support::temp_dir;
 
-const BIN: &str = env!("CARGO_BIN_EXE_refold");
 const ACCOUNTS: usize = 200;
 const DEPOSITS: usize = 149;
 const KILLS: usize = 4;
 
-fn serve(data_dir: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--projection-batch",
-            "25",
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("refold serve starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("refold listening on ")
-        .expect("the server prints its address")
-        .to_string();
-    (child, url)
+fn serve(data_dir: &std::path::Path) -> Served {
+    // Small batches: the catch-up takes many commits, so the kills land inside it.
+    support::process::serve(data_dir, &["--projection-batch", "25"])
 }
 
 async fn status(client: &reqwest::Client, url: &str) -> Value {
@@ -101,7 +77,8 @@ async fn sigkill_during_catch_up_neither_loses_nor_repeats_an_event() {
     assert_eq!(head, (ACCOUNTS * (DEPOSITS + 1)) as u64);
     let client = reqwest::Client::new();
 
-    let (mut child, mut url) = serve(&data);
+    let mut server = serve(&data);
+    let mut url = server.url.clone();
     let bytes = std::fs::read(refold_test_guests::ACCOUNT_BALANCES).unwrap();
     let put = client
         .put(format!("{url}/v1/modules/account-balances/1.0.0"))
@@ -128,9 +105,10 @@ async fn sigkill_during_catch_up_neither_loses_nor_repeats_an_event() {
             assert!(Instant::now() < deadline, "no progress: {view}");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        (child, url) = serve(&data);
+        server.child.kill().unwrap(); // SIGKILL
+        server.child.wait().unwrap();
+        server = serve(&data);
+        url = server.url.clone();
         // It resumes from its last committed checkpoint, which may be a little
         // behind what the status said before the kill.
         let view = status(&client, &url).await;
@@ -227,6 +205,5 @@ async fn sigkill_during_catch_up_neither_loses_nor_repeats_an_event() {
         survived["digest"], rebuilt["digest"],
         "{survived} vs {rebuilt}"
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(server);
 }

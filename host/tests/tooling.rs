@@ -6,13 +6,15 @@
 //! compile once. Crate names are unique across tests: two crates of one name
 //! would write the same `.wasm` there.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+mod support;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use support::process::Served;
 use tempfile::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_refold");
@@ -92,69 +94,15 @@ fn cargo_test(krate: &Path, expected_tests: usize) {
     );
 }
 
-struct Served {
-    child: Child,
-    url: String,
-    log: PathBuf,
+/// Stops a server with SIGTERM and returns what it logged.
+fn stop(mut server: Served) -> String {
+    assert!(server.sigterm().success());
+    server.log_text()
 }
 
-impl Served {
-    /// What the server wrote on stderr so far.
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn stop(mut self) -> String {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "the server stops on SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.log()
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// `refold serve` on port 0 with `extra` arguments; its stderr goes to a file.
+/// `refold serve` on port 0 with `extra` arguments and the shared target directory.
 fn serve(data_dir: &Path, extra: &[&str]) -> Served {
-    let log = data_dir.with_extension("log");
-    let mut child = refold_command()
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("refold serve starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let Some(url) = line.trim().strip_prefix("refold listening on ") else {
-        let _ = child.kill();
-        panic!(
-            "the server did not start; stderr:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-    };
-    Served {
-        url: url.to_string(),
-        child,
-        log,
-    }
+    support::process::serve_with(refold_command(), data_dir, extra)
 }
 
 fn client(url: &str, args: &[&str]) -> Output {
@@ -315,7 +263,7 @@ fn an_aggregate_from_new_tests_builds_and_deploys() {
     let answer: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
     assert_eq!(answer["version"], "0.1.0");
     assert_eq!(answer["active"], true);
-    server.stop();
+    stop(server);
 }
 
 #[test]
@@ -364,7 +312,7 @@ fn a_projection_from_new_tests_builds_and_deploys() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(answer["total"], 0, "{answer}");
-    server.stop();
+    stop(server);
 }
 
 #[test]
@@ -487,7 +435,7 @@ fn serve_examples_builds_and_registers_each_example_once() {
         &["send", "tool-ex-agg", "x", r#"{"type":"Add","amount":1}"#],
     );
     assert_ok(&out);
-    let log = server.stop();
+    let log = stop(server);
     assert!(
         log.contains("example tool-ex-agg@0.1.0 (aggregate): uploaded, active"),
         "{log}"
@@ -511,7 +459,7 @@ fn serve_examples_builds_and_registers_each_example_once() {
     )
     .unwrap();
     let server = serve(&data, &["--examples", examples_arg]);
-    let log = server.stop();
+    let log = stop(server);
     assert!(
         log.contains("example tool-ex-agg@0.1.0 (aggregate): NOT loaded: this version is registered with other bytes"),
         "{log}"

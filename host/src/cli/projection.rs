@@ -452,7 +452,7 @@ async fn watch(client: &Client, name: &str, version: Option<&str>) -> Result<(),
             } else {
                 format!("{rate:.0} events/s")
             });
-            if !failed && position < head {
+            if !failed && (position < head || v["state"] != "caught_up") {
                 done = false;
             }
         }

@@ -78,6 +78,12 @@ enum Command {
         #[arg(long)]
         follow: bool,
     },
+    /// Write a consistent copy of the server's data directory into PATH, on the
+    /// server's machine, while it keeps serving (admin)
+    Backup {
+        /// An absolute directory that does not exist yet or is empty
+        path: std::path::PathBuf,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -190,6 +196,7 @@ fn main() -> ExitCode {
                 limit,
                 follow,
             } => cli::events(opts, from, limit, follow).await,
+            Command::Backup { path } => cli::backup(opts, &path).await,
         }
     });
     ExitCode::from(code.clamp(0, 255) as u8)

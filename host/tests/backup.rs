@@ -93,6 +93,22 @@ async fn a_backup_under_load_is_a_consistent_data_directory() {
         .await
         .unwrap();
     expect_problem(relative, 400, "invalid_request").await;
+    // The CLI asks for the same.
+    let by_cli = backup_dir.path().join("by-cli");
+    let cli = std::process::Command::new(support::process::BIN)
+        .env("REFOLD_SERVER", &s.base)
+        .arg("backup")
+        .arg(&by_cli)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&cli.stdout);
+    assert!(
+        cli.status.success(),
+        "{said} {}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    assert!(said.starts_with("backed up "), "{said}");
+    assert!(by_cli.join("events").is_dir() && by_cli.join("modules").is_dir());
     Arc::try_unwrap(s).ok().expect("writers done").stop().await;
 
     // The copy: gapless up to the position, each stream's version = its events.

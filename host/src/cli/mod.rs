@@ -121,6 +121,32 @@ pub async fn events(
     finish(opts, result)
 }
 
+/// Asks the server for an online backup into `path` (on the server's machine);
+/// returns the process exit code.
+pub async fn backup(opts: &ClientOptions, path: &std::path::Path) -> i32 {
+    let result = async {
+        let client = Client::new(opts)?;
+        let url = client.url(&["v1", "admin", "backup"], &[])?;
+        let request = client
+            .request(Method::POST, &url)
+            .json(&serde_json::json!({ "path": path }));
+        let reply = client.call(request).await?;
+        emit(opts, &reply.body, |out, v| {
+            writeln!(
+                out,
+                "backed up {} events ({} streams, {} module files) up to position {} into {}",
+                v["events"],
+                v["streams"],
+                v["module_files"],
+                v["position"],
+                v["path"].as_str().unwrap_or("?")
+            )
+        })
+    }
+    .await;
+    finish(opts, result)
+}
+
 async fn run_module(opts: &ClientOptions, cmd: ModuleCommand) -> Result<(), Failure> {
     let client = Client::new(opts)?;
     match cmd {

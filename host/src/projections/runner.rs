@@ -20,8 +20,8 @@ use crate::runtime::{
     DocumentChanges, DocumentSource, GuestError, GuestRecordedEvent, ProjectionModule,
 };
 use crate::store::{
-    EventFilter, Position, ProjectionCheckpoint, ReadModel, RecordedEvent, SkipRecord, Store,
-    StoreError,
+    EventFilter, LogPage, Position, ProjectionCheckpoint, ReadModel, RecordedEvent, SkipRecord,
+    Store, StoreError,
 };
 
 /// What an operator asks a stopped version to do.
@@ -82,6 +82,10 @@ impl Runner {
         };
         let mut rate = Rate::default();
         let mut head_rx = self.store.watch_head();
+        let mut prefetched: Option<(
+            Position,
+            tokio::task::JoinHandle<Result<LogPage, StoreError>>,
+        )> = None;
         loop {
             if *self.stop.borrow() {
                 return;
@@ -119,17 +123,41 @@ impl Runner {
             self.handle
                 .status
                 .send_modify(|s| s.state = RunState::CatchingUp);
+            // The page for this batch: the one read ahead during the last batch if
+            // it starts where this one must, else a fresh read.
+            let page = match prefetched.take() {
+                Some((from, read)) if from == position + 1 => read
+                    .await
+                    .unwrap_or_else(|e| Err(StoreError::storage("reading the log ahead", e))),
+                _ => self.read_page(position + 1, &filter).await,
+            };
+            let page = match page {
+                Ok(page) => page,
+                Err(err) => {
+                    self.fail(Failure::from_store(position + 1, &err));
+                    continue;
+                }
+            };
+            // Read the next page while the guest works on this one: reads and guest
+            // calls overlap. Used only if this batch ends exactly where it starts.
+            if page.next_position <= page.head {
+                let (store, filter, from, limit) = (
+                    self.store.clone(),
+                    filter.clone(),
+                    page.next_position,
+                    self.limits.events,
+                );
+                prefetched = Some((
+                    from,
+                    tokio::task::spawn_blocking(move || store.read_all(from, limit, &filter)),
+                ));
+            }
             let step = {
                 let handle = self.handle.clone();
-                let (store, module, filter, limits) = (
-                    self.store.clone(),
-                    module.clone(),
-                    filter.clone(),
-                    self.limits,
-                );
+                let (module, limits) = (module.clone(), self.limits);
                 self.pool
                     .pool()
-                    .run(move || step(&handle, &store, &module, &filter, limits))
+                    .run(move || step(&handle, &module, page, limits))
                     .await
             };
             let failure = match step {
@@ -145,6 +173,13 @@ impl Runner {
                 self.fail(failure);
             }
         }
+    }
+
+    async fn read_page(&self, from: Position, filter: &EventFilter) -> Result<LogPage, StoreError> {
+        let (store, filter, limit) = (self.store.clone(), filter.clone(), self.limits.events);
+        tokio::task::spawn_blocking(move || store.read_all(from, limit, &filter))
+            .await
+            .map_err(|e| StoreError::storage("reading the log", e))?
     }
 
     fn fail(&self, failure: Failure) {
@@ -255,19 +290,17 @@ impl Runner {
     }
 }
 
-/// One batch: read a page of the log after the checkpoint, apply it, commit.
-/// Runs on a guest thread. Returns the failure that stopped it, if any; the
-/// checkpoint covers everything before the failing event.
+/// One batch: apply a page of the log that starts just after the checkpoint,
+/// and commit. Runs on a guest thread. Returns the failure that stopped it, if
+/// any; the checkpoint covers everything before the failing event.
 fn step(
     handle: &VersionHandle,
-    store: &Store,
     module: &ProjectionModule,
-    filter: &EventFilter,
+    page: LogPage,
     limits: BatchLimits,
 ) -> Result<Option<Failure>, StoreError> {
     let model = handle.read_model();
     let start = handle.status.borrow().position;
-    let page = store.read_all(start + 1, limits.events, filter)?;
     let mut done = start;
     let mut events = page.events.as_slice();
     while !events.is_empty() {

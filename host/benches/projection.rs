@@ -440,7 +440,7 @@ async fn caught_up(service: &ProjectionService, start: Instant) -> Result<Durati
 /// One timed run: a forced rebuild (the version is live), until caught up
 /// again. Returns the whole time, and how long the `rebuild` call itself took
 /// (stopping the runner, emptying the read model).
-async fn rebuild(service: &ProjectionService) -> Result<(Duration, Duration)> {
+async fn rebuild(service: &Arc<ProjectionService>) -> Result<(Duration, Duration)> {
     let start = Instant::now();
     let view = service.rebuild(PROJECTION, VERSION, true).await?;
     let call = start.elapsed();

@@ -364,13 +364,17 @@ impl ModuleRegistry {
         }))
     }
 
-    /// Copies every registered component file into `dir` (for a backup): each
+    /// Copies the component files of `records` into `dir` (for a backup): each
     /// written whole or not at all, and durable.
-    pub fn copy_files_to(&self, dir: &std::path::Path) -> Result<u64, ModuleError> {
+    pub fn copy_files_to(
+        &self,
+        records: &[ModuleRecord],
+        dir: &std::path::Path,
+    ) -> Result<u64, ModuleError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| ModuleError::Host(format!("creating {}: {e}", dir.display())))?;
         let mut copied = 0;
-        for record in self.store.modules()? {
+        for record in records {
             let name = format!("{}.wasm", hex(&record.digest));
             let target = dir.join(&name);
             if target.exists() {

@@ -387,6 +387,29 @@ async fn a_new_version_replays_beside_the_live_one_then_diff_promote_rebuild_and
         .await;
     assert_eq!(before["documents"], 11);
     assert_eq!(before["digest"], after["digest"], "{before} vs {after}");
+
+    // Rebuilds that race each other still leave one runner and the same bytes.
+    let racing: Vec<_> = (0..3)
+        .map(|_| {
+            s.request(
+                Method::POST,
+                "/v1/projections/account-balances/versions/2.0.0/rebuild?force=true",
+            )
+            .send()
+        })
+        .collect();
+    for r in futures::future::join_all(racing).await {
+        assert_eq!(r.unwrap().status().as_u16(), 202);
+    }
+    let view = wait_for(&s, "account-balances", "2.0.0", caught_up).await;
+    assert_eq!(
+        view["events_applied"], 30,
+        "each event applied once: {view}"
+    );
+    let (_, raced) = s
+        .get_json("/v1/projections/account-balances/versions/2.0.0/digest")
+        .await;
+    assert_eq!(before["digest"], raced["digest"], "{before} vs {raced}");
     s.stop().await;
 }
 

@@ -53,7 +53,8 @@ pub async fn backup(State(app): State<AppState>, body: Body) -> Result<Response,
     let (store, modules, path) = (app.store.clone(), app.modules.clone(), body.path.clone());
     let report = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
         let report = store.backup_to(&path.join("events"))?;
-        let files = modules.copy_files_to(&path.join("modules"))?;
+        // Exactly the files of the registry records the copy holds.
+        let files = modules.copy_files_to(&report.modules, &path.join("modules"))?;
         Ok((report, files))
     })
     .await

@@ -135,6 +135,12 @@ pub struct VersionHandle {
     runner: Mutex<Option<RunnerSlot>>,
     /// Go live as soon as caught up (an upload with `activate`, or a forced wish).
     promote_when_caught_up: AtomicBool,
+    /// Operator actions that stop and restart the runner (rebuild, drop) run one
+    /// at a time per version.
+    ops: tokio::sync::Mutex<()>,
+    /// Set under the `live` lock while a rebuild empties the version, and for
+    /// good once it is dropped: such a version must not become live.
+    held: AtomicBool,
 }
 
 struct RunnerSlot {
@@ -258,6 +264,8 @@ pub struct ProjectionService {
     runtime: Arc<Runtime>,
     config: ProjectionConfig,
     versions: Mutex<HashMap<(String, String), Arc<VersionHandle>>>,
+    /// Versions being dropped: an upload of one waits for the drop to finish.
+    dropping: Mutex<std::collections::HashSet<(String, String)>>,
     /// Serializes every change of which version is live.
     live: Arc<Mutex<()>>,
     closed: AtomicBool,
@@ -277,6 +285,7 @@ impl ProjectionService {
             modules: modules.clone(),
             config,
             versions: Mutex::new(HashMap::new()),
+            dropping: Mutex::new(std::collections::HashSet::new()),
             live: Arc::new(Mutex::new(())),
             closed: AtomicBool::new(false),
         });
@@ -297,6 +306,12 @@ impl ProjectionService {
             return Err(ProjectionError::Closed);
         }
         let key = (module.record.name.clone(), module.record.version.clone());
+        if self.dropping().contains(&key) {
+            return Err(ProjectionError::InvalidRequest(format!(
+                "{}@{} is being dropped; upload it again once the drop has finished",
+                key.0, key.1
+            )));
+        }
         let existing = self.versions().get(&key).cloned();
         let handle = match existing {
             Some(handle) => handle,
@@ -314,6 +329,8 @@ impl ProjectionService {
                     commit_lock: Mutex::new(()),
                     runner: Mutex::new(None),
                     promote_when_caught_up: AtomicBool::new(false),
+                    ops: tokio::sync::Mutex::new(()),
+                    held: AtomicBool::new(false),
                 });
                 self.versions().insert(key, handle.clone());
                 self.start_runner(&handle);
@@ -322,14 +339,22 @@ impl ProjectionService {
         };
         if promote {
             handle.promote_when_caught_up.store(true, Ordering::Release);
-            if handle.status.borrow().state == RunState::CaughtUp {
+            // Caught up already (the runner may have looked at the flag just
+            // before it was set): go live now rather than at the next append.
+            let status = handle.status.borrow().clone();
+            if status.failure.is_none() && status.position >= self.store.head() {
                 go_live_if_due(&self.modules, &self.live, &handle);
             }
         }
         Ok(())
     }
 
+    /// Starts the version's runner unless one is running: a version never has two.
     fn start_runner(&self, handle: &Arc<VersionHandle>) {
+        let mut slot = handle.runner.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_some() {
+            return;
+        }
         let (stop_tx, stop_rx) = watch::channel(false);
         let (control_tx, control_rx) = mpsc::channel(16);
         let (modules, live) = (self.modules.clone(), self.live.clone());
@@ -348,7 +373,7 @@ impl ProjectionService {
             runner.run().await;
             tracing::info!(projection = %label, "projection runner stopped");
         });
-        *handle.runner.lock().unwrap_or_else(|e| e.into_inner()) = Some(RunnerSlot {
+        *slot = Some(RunnerSlot {
             stop: stop_tx,
             control: control_tx,
             task,
@@ -371,9 +396,19 @@ impl ProjectionService {
     pub async fn shutdown(&self) {
         self.closed.store(true, Ordering::Release);
         let handles: Vec<_> = self.versions().values().cloned().collect();
+        // Signal every runner first, then wait: they finish their batches in parallel.
+        for handle in &handles {
+            if let Some(slot) = &*handle.runner.lock().unwrap_or_else(|e| e.into_inner()) {
+                slot.stop.send_replace(true);
+            }
+        }
         for handle in handles {
             Self::stop_runner(&handle).await;
         }
+    }
+
+    fn dropping(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<(String, String)>> {
+        self.dropping.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn versions(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Arc<VersionHandle>>> {
@@ -501,6 +536,12 @@ impl ProjectionService {
         let handle = self.handle(name, version)?;
         {
             let _one_at_a_time = self.live.lock().unwrap_or_else(|e| e.into_inner());
+            if handle.held.load(Ordering::Acquire) {
+                return Err(ProjectionError::NotFound(format!(
+                    "{} is being rebuilt or dropped",
+                    handle.label()
+                )));
+            }
             let status = handle.status.borrow().clone();
             if !force {
                 // A failed version lags too: its checkpoint is before the failing event.
@@ -515,6 +556,12 @@ impl ProjectionService {
                 }
             }
             self.modules.set_live(name, version)?;
+            // An explicit promotion overrides earlier "promote when caught up" wishes.
+            for other in self.versions().values() {
+                if other.name() == name {
+                    other.promote_when_caught_up.store(false, Ordering::Release);
+                }
+            }
         }
         self.version_status(name, version)
     }
@@ -544,6 +591,12 @@ impl ProjectionService {
         position: Position,
     ) -> Result<VersionView, ProjectionError> {
         let handle = self.handle(name, version)?;
+        if handle.status.borrow().failure.is_none() {
+            return Err(ProjectionError::NotFailed(format!(
+                "{} has not failed; only a failing event can be skipped",
+                handle.label()
+            )));
+        }
         let control = handle.control().ok_or(ProjectionError::Closed)?;
         let (reply, answer) = oneshot::channel();
         control
@@ -564,53 +617,106 @@ impl ProjectionService {
     /// Empties a version's read model and replays it from the start of the log.
     /// The live version is rebuilt only when forced: its readers would see it empty.
     pub async fn rebuild(
-        &self,
+        self: &Arc<Self>,
         name: &str,
         version: &str,
         force: bool,
     ) -> Result<VersionView, ProjectionError> {
         let handle = self.handle(name, version)?;
-        if !force && self.live_version(name).as_deref() == Some(version) {
-            return Err(ProjectionError::IsLive(
-                handle.label(),
-                "; or force the rebuild, and its readers see it empty until it catches up",
-            ));
-        }
-        Self::stop_runner(&handle).await;
-        let (store, name_owned, version_owned) =
-            (self.store.clone(), name.to_string(), version.to_string());
-        let model = tokio::task::spawn_blocking(move || {
-            store.reset_read_model(&name_owned, &version_owned)
-        })
-        .await
-        .map_err(|e| ProjectionError::NotFound(format!("rebuild task: {e}")))??;
-        *handle.read_model.write().unwrap_or_else(|e| e.into_inner()) = model;
-        handle.status.send_replace(initial_status(0, 0, 0));
-        tracing::info!(projection = %handle.label(), "rebuilding from the start of the log");
-        if !self.closed.load(Ordering::Acquire) {
-            self.start_runner(&handle);
-        }
+        // In a task of its own: a client that goes away must not leave the
+        // version half reset, without a runner.
+        let service = self.clone();
+        let task_handle = handle.clone();
+        tokio::spawn(async move { service.rebuild_now(&task_handle, force).await })
+            .await
+            .map_err(|e| ProjectionError::NotFound(format!("rebuild task: {e}")))??;
         self.version_status(name, version)
     }
 
-    /// Deletes a version and its read model. The live version cannot be dropped.
-    pub async fn drop_version(&self, name: &str, version: &str) -> Result<(), ProjectionError> {
-        let handle = self.handle(name, version)?;
+    async fn rebuild_now(
+        &self,
+        handle: &Arc<VersionHandle>,
+        force: bool,
+    ) -> Result<(), ProjectionError> {
+        let _one_action = handle.ops.lock().await;
         {
             let _one_at_a_time = self.live.lock().unwrap_or_else(|e| e.into_inner());
-            if self.live_version(name).as_deref() == Some(version) {
+            if !force && self.live_version(handle.name()).as_deref() == Some(handle.version()) {
+                return Err(ProjectionError::IsLive(
+                    handle.label(),
+                    "; or force the rebuild, and its readers see it empty until it catches up",
+                ));
+            }
+            handle.held.store(true, Ordering::Release);
+        }
+        Self::stop_runner(handle).await;
+        let (store, name, version) = (
+            self.store.clone(),
+            handle.name().to_string(),
+            handle.version().to_string(),
+        );
+        let reset = tokio::task::spawn_blocking(move || store.reset_read_model(&name, &version))
+            .await
+            .map_err(|e| ProjectionError::NotFound(format!("rebuild task: {e}")));
+        let outcome = match reset {
+            Ok(Ok(model)) => {
+                let _no_commits = handle.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
+                *handle.read_model.write().unwrap_or_else(|e| e.into_inner()) = model;
+                handle.status.send_replace(initial_status(0, 0, 0));
+                tracing::info!(projection = %handle.label(), "rebuilding from the start of the log");
+                Ok(())
+            }
+            Ok(Err(err)) => Err(err.into()),
+            Err(err) => Err(err),
+        };
+        handle.held.store(false, Ordering::Release);
+        // Whatever happened, the version keeps a runner (it resumes from its checkpoint).
+        if !self.closed.load(Ordering::Acquire) {
+            self.start_runner(handle);
+        }
+        outcome
+    }
+
+    /// Deletes a version and its read model. The live version cannot be dropped.
+    pub async fn drop_version(
+        self: &Arc<Self>,
+        name: &str,
+        version: &str,
+    ) -> Result<(), ProjectionError> {
+        let handle = self.handle(name, version)?;
+        let service = self.clone();
+        tokio::spawn(async move { service.drop_now(&handle).await })
+            .await
+            .map_err(|e| ProjectionError::NotFound(format!("drop task: {e}")))?
+    }
+
+    async fn drop_now(&self, handle: &Arc<VersionHandle>) -> Result<(), ProjectionError> {
+        let _one_action = handle.ops.lock().await;
+        let key = (handle.name().to_string(), handle.version().to_string());
+        {
+            let _one_at_a_time = self.live.lock().unwrap_or_else(|e| e.into_inner());
+            if self.live_version(&key.0).as_deref() == Some(&key.1) {
                 return Err(ProjectionError::IsLive(handle.label(), ""));
             }
-            // Out of the map first: no new reader finds it.
-            self.versions()
-                .remove(&(name.to_string(), version.to_string()));
+            // From here on it never goes live, no reader finds it, and no upload
+            // of the same version starts until the drop is done.
+            handle.held.store(true, Ordering::Release);
+            self.versions().remove(&key);
+            self.dropping().insert(key.clone());
         }
-        Self::stop_runner(&handle).await;
-        self.modules.remove(name, version)?;
-        let (store, name, version) = (self.store.clone(), name.to_string(), version.to_string());
-        tokio::task::spawn_blocking(move || store.delete_read_model(&name, &version))
+        Self::stop_runner(handle).await;
+        let (store, name, version) = (self.store.clone(), key.0.clone(), key.1.clone());
+        let deleted = tokio::task::spawn_blocking(move || store.delete_read_model(&name, &version))
             .await
-            .map_err(|e| ProjectionError::NotFound(format!("drop task: {e}")))??;
+            .map_err(|e| ProjectionError::NotFound(format!("drop task: {e}")))
+            .and_then(|r| r.map_err(ProjectionError::from))
+            .and_then(|()| {
+                self.modules
+                    .remove(&key.0, &key.1)
+                    .map_err(ProjectionError::from)
+            });
+        self.dropping().remove(&key);
+        deleted?;
         tracing::info!(projection = %handle.label(), "dropped");
         Ok(())
     }
@@ -760,6 +866,9 @@ fn go_live_if_due(modules: &ModuleRegistry, live: &Mutex<()>, handle: &VersionHa
         return;
     }
     let _one_at_a_time = live.lock().unwrap_or_else(|e| e.into_inner());
+    if handle.held.load(Ordering::Acquire) {
+        return;
+    }
     let current = modules
         .active(handle.name())
         .map(|m| m.record.version.clone());

@@ -63,21 +63,40 @@ impl Runner {
             .projection()
             .expect("runners are started for projection modules only")
             .clone();
-        let selector = {
-            let module = module.clone();
-            self.pool.pool().run(move || module.selector()).await
-        };
-        let filter = match selector {
-            Ok(s) => EventFilter {
-                event_types: s.event_types,
-                aggregate_types: s.aggregate_types,
-            },
-            Err(err) => {
-                // Without a selector nothing can run: stopped, before any event.
-                let position = self.handle.status.borrow().position;
-                self.fail(Failure::from_guest(position + 1, None, &err));
-                let _ = self.stop.wait_for(|s| *s).await;
-                return;
+        let filter = loop {
+            let selector = {
+                let module = module.clone();
+                self.pool.pool().run(move || module.selector()).await
+            };
+            match selector {
+                Ok(s) => {
+                    self.handle.status.send_modify(|s| {
+                        s.failure = None;
+                        s.retrying = None;
+                    });
+                    break EventFilter {
+                        event_types: s.event_types,
+                        aggregate_types: s.aggregate_types,
+                    };
+                }
+                Err(err) => {
+                    // Without a selector nothing can run: stopped before any event,
+                    // until a retry asks the guest again.
+                    let position = self.handle.status.borrow().position;
+                    self.fail(Failure::from_guest(position + 1, None, &err));
+                    loop {
+                        tokio::select! {
+                            changed = self.stop.changed() => if changed.is_err() || *self.stop.borrow() { return },
+                            control = self.control.recv() => match control {
+                                Some(Control::Retry) => break,
+                                Some(Control::Skip { reply, .. }) => {
+                                    let _ = reply.send(Err("the projection failed before any event (asking which events it wants); fix the module or retry".into()));
+                                }
+                                None => return,
+                            },
+                        }
+                    }
+                }
             }
         };
         let mut rate = Rate::default();
@@ -92,7 +111,7 @@ impl Runner {
             }
             if self.handle.status.borrow().failure.is_some() {
                 tokio::select! {
-                    _ = self.stop.changed() => {}
+                    changed = self.stop.changed() => if changed.is_err() { return },
                     control = self.control.recv() => match control {
                         Some(control) => self.on_control(control).await,
                         None => return,
@@ -111,7 +130,7 @@ impl Runner {
                     s.events_per_second = 0.0;
                 });
                 tokio::select! {
-                    _ = self.stop.changed() => {}
+                    changed = self.stop.changed() => if changed.is_err() { return },
                     changed = head_rx.changed() => if changed.is_err() { return },
                     control = self.control.recv() => match control {
                         Some(control) => self.on_control(control).await,
@@ -157,13 +176,29 @@ impl Runner {
                 let (module, limits) = (module.clone(), self.limits);
                 self.pool
                     .pool()
-                    .run(move || step(&handle, &module, page, limits))
+                    .run(move || {
+                        // A panic in host code must stop this version visibly, not
+                        // end its runner silently.
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            step(&handle, &module, page, limits)
+                        }))
+                        .unwrap_or_else(|_| {
+                            Err(StoreError::Unavailable(
+                                "the projection batch panicked in the host; see the log".into(),
+                            ))
+                        })
+                    })
                     .await
             };
             let failure = match step {
                 Ok(None) => None,
                 Ok(Some(failure)) => Some(failure),
-                Err(err) => Some(Failure::from_store(position + 1, &err)),
+                // The batch may have committed part of the page: the failure is
+                // just after what is committed, never before it.
+                Err(err) => Some(Failure::from_store(
+                    self.handle.status.borrow().position + 1,
+                    &err,
+                )),
             };
             let position = self.handle.status.borrow().position;
             self.handle
@@ -250,6 +285,12 @@ impl Runner {
                 let _committing = handle.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
                 let model = handle.read_model();
                 let before = model.checkpoint()?;
+                if position <= before.position {
+                    return Err(StoreError::InvalidStream(format!(
+                        "position {position} is already processed (checkpoint {})",
+                        before.position
+                    )));
+                }
                 let record = SkipRecord {
                     position,
                     event_id: event

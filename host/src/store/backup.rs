@@ -24,6 +24,10 @@ pub struct BackupReport {
     pub events: u64,
     pub streams: u64,
     pub keys: u64,
+    /// The module versions in the copied registry: their component files belong
+    /// with the copy.
+    #[serde(skip)]
+    pub modules: Vec<super::ModuleRecord>,
 }
 
 /// Keys copied per sled batch.
@@ -51,6 +55,7 @@ impl Store {
             events: 0,
             streams: 0,
             keys: 0,
+            modules: Vec::new(),
         };
         let mut out = Copier {
             db: &copy.inner.db,
@@ -120,6 +125,7 @@ impl Store {
             out.put(&key, &value)?;
         }
         out.flush()?;
+        report.modules = copy.modules()?;
         report.keys = out.keys;
         copy.sync("writing the backup")?;
         drop(copy);

@@ -154,18 +154,12 @@ impl Store {
         Ok(self.read_model_at(name, version, generation))
     }
 
-    /// Deletes every generation of `name@version`'s read model, then its meta.
+    /// Deletes `name@version`'s documents, checkpoint and skips. Like a reset,
+    /// it first moves the version to a new, empty generation (one durable
+    /// write), so a crash part-way, or a later upload of the same version,
+    /// never sees the old documents; `Q` stays to keep generations unique.
     pub fn delete_read_model(&self, name: &str, version: &str) -> Result<(), StoreError> {
-        check_id(name, version)?;
-        self.delete_prefix(id_bytes(SPACE_READ_MODEL, name, version))?;
-        self.inner
-            .db
-            .remove(id_bytes(SPACE_READ_MODEL_META, name, version))
-            .map_err(|e| StoreError::storage("deleting a read model", e))?;
-        self.inner
-            .db
-            .flush()
-            .map_err(|e| StoreError::storage("deleting a read model", e))?;
+        self.reset_read_model(name, version)?;
         Ok(())
     }
 

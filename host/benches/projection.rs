@@ -41,13 +41,13 @@ use account_balances::AccountBalances;
 use anyhow::{Context, Result, bail, ensure};
 use bank_account::Event;
 use refold::modules::ModuleRegistry;
-use refold::projections::{ProjectionConfig, ProjectionService};
+use refold::projections::{Documents, ProjectionConfig, ProjectionService, to_guest};
 use refold::runtime::{
     DocumentChanges, DocumentSource, GuestRecordedEvent, ProjectionModule, Runtime, RuntimeConfig,
 };
 use refold::store::{
     Durability, EventFilter, ExpectedVersion, MAX_EVENTS_PER_APPEND, NewEvent,
-    ProjectionCheckpoint, ReadModel, RecordedEvent, Store, StoreConfig, StreamId,
+    ProjectionCheckpoint, RecordedEvent, Store, StoreConfig, StreamId,
 };
 use refold_sdk::Projection;
 use refold_sdk::codec::{self, RawEvent};
@@ -563,24 +563,6 @@ fn write_batch(
 // ---------------------------------------------------------------------------
 // Where a batch's time goes.
 
-/// A read model's committed documents, as the runner hands them to a guest call.
-struct Committed(ReadModel);
-
-impl DocumentSource for Committed {
-    fn get(&self, key: &str) -> Result<Option<String>, String> {
-        self.0.get(key).map_err(|e| e.to_string())
-    }
-
-    fn scan(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(String, String)>, String> {
-        self.0.scan(prefix, after, limit).map_err(|e| e.to_string())
-    }
-}
-
 /// The native replay's documents, shared with guest calls as their committed
 /// read model: the same documents as the sled one, without sled.
 struct InMemory(Arc<RwLock<BTreeMap<String, String>>>);
@@ -655,9 +637,9 @@ fn measure_steps(
         split(&mut 0.0);
         let page = store.read_all(from, batch, filter)?;
         split(&mut steps.read);
-        let guest: Vec<GuestRecordedEvent> = page.events.iter().map(guest_event).collect();
+        let guest: Vec<GuestRecordedEvent> = page.events.iter().map(to_guest).collect();
         split(&mut steps.convert);
-        let changes: DocumentChanges = module.apply(Arc::new(Committed(model.clone())), &guest)?;
+        let changes: DocumentChanges = module.apply(Arc::new(Documents(model.clone())), &guest)?;
         split(&mut steps.apply);
         applied += guest.len() as u64;
         let checkpoint = ProjectionCheckpoint {
@@ -695,7 +677,7 @@ fn measure_steps(
     }
     // A fresh instance and a call with no events: what every batch pays before its first event.
     let calls = 200;
-    let source: Arc<dyn DocumentSource> = Arc::new(Committed(model.clone()));
+    let source: Arc<dyn DocumentSource> = Arc::new(Documents(model.clone()));
     split(&mut 0.0);
     for _ in 0..calls {
         black_box(module.apply(source.clone(), &[])?);
@@ -724,20 +706,6 @@ fn measure_steps(
     );
     store.delete_read_model(&split_name, VERSION)?;
     Ok(steps)
-}
-
-/// What the runner hands the guest for an event.
-fn guest_event(e: &RecordedEvent) -> GuestRecordedEvent {
-    GuestRecordedEvent {
-        position: e.position,
-        aggregate_type: e.stream.aggregate_type().to_string(),
-        aggregate_id: e.stream.aggregate_id().to_string(),
-        version: e.version,
-        event_id: e.event_id.to_string(),
-        event_type: e.event_type.clone(),
-        data: e.data.clone(),
-        recorded_at_ms: e.recorded_at_ms,
-    }
 }
 
 // ---------------------------------------------------------------------------

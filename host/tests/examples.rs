@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::process::{BIN, Served, sigterm};
+use support::process::{BIN, Served, sigterm, wait_or_kill};
 use support::temp_dir;
 
 /// A script that takes longer than this is stuck (a wait that never ends).
@@ -114,18 +114,7 @@ fn run_script(
         command.env(key, value);
     }
     let mut child = command.spawn().expect("bash runs");
-    let deadline = Instant::now() + SCRIPT_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_or_kill(&mut child, SCRIPT_TIMEOUT);
     let result = ScriptRun {
         success: status.is_some_and(|s| s.success()),
         stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),

@@ -24,13 +24,15 @@
 //! The module crates build in the target directory the tooling tests share
 //! (`CARGO_TARGET_DIR`), so the SDK and its dependencies compile once.
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use support::process::{BIN, Served};
+
 const TUTORIAL: &str = include_str!("../../docs/tutorial.md");
-const BIN: &str = env!("CARGO_BIN_EXE_refold");
 /// A command that takes longer is stuck (a cold build of the SDK for Wasm
 /// takes a few minutes on two cores).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(900);
@@ -263,54 +265,16 @@ fn missing_line<'a>(expected: &'a str, output: &str) -> Option<&'a str> {
     None
 }
 
-struct Served {
-    child: Child,
-    url: String,
-    log: PathBuf,
-}
-
-impl Served {
-    fn start(data_dir: &Path, log: PathBuf) -> Served {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .env_remove("REFOLD_ADMIN_TOKENS")
-            .env_remove("REFOLD_WRITER_TOKENS")
-            .env_remove("REFOLD_READER_TOKENS")
-            .env_remove("REFOLD_EXAMPLES")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("the server log"))
-            .spawn()
-            .expect("refold serve starts");
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let Some(url) = line.trim().strip_prefix("refold listening on ") else {
-            let _ = child.kill();
-            panic!(
-                "the server did not start; stderr:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        };
-        let url = url.to_string();
-        // Whatever else it prints goes nowhere, but is read: it must not block on a full pipe.
-        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-        Served { child, url, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// `refold serve` on a free port, with no token or example settings from the environment.
+fn serve(data_dir: &Path) -> Served {
+    let mut command = Command::new(BIN);
+    command
+        .env_remove("REFOLD_ADMIN_TOKENS")
+        .env_remove("REFOLD_WRITER_TOKENS")
+        .env_remove("REFOLD_READER_TOKENS")
+        .env_remove("REFOLD_EXAMPLES")
+        .stdin(Stdio::null());
+    support::process::serve_with(command, data_dir, &[])
 }
 
 struct Ran {
@@ -338,18 +302,7 @@ fn run(command: &str, dir: &Path, env: &[(&str, String)], out_dir: &Path, n: usi
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().expect("sh runs");
-    let deadline = Instant::now() + COMMAND_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = support::process::wait_or_kill(&mut child, COMMAND_TIMEOUT);
     Ran {
         code: status.and_then(|s| s.code()),
         stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
@@ -428,7 +381,7 @@ fn the_tutorial_runs_end_to_end() {
     for dir in [&work, &outputs] {
         std::fs::create_dir_all(dir).unwrap();
     }
-    let server = Served::start(&root.join("data"), root.join("server.log"));
+    let server = serve(&root.join("data"));
 
     let bin_dir = Path::new(BIN).parent().expect("the binary's directory");
     let path = std::env::join_paths(std::iter::once(bin_dir.to_path_buf()).chain(
@@ -496,7 +449,7 @@ fn the_tutorial_runs_end_to_end() {
                     dir.display(),
                     ran.stdout,
                     ran.stderr,
-                    server.log()
+                    server.log_text()
                 );
                 last = Some((*line, command.clone(), ran));
             }

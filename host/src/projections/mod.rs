@@ -20,12 +20,12 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use compare::{Diff, DiffSample, ReadModelDigest};
-pub use runner::BatchLimits;
+pub use runner::{BatchLimits, Documents, to_guest};
 
 use crate::modules::{LoadedModule, ModuleError, ModuleRegistry};
 use crate::runtime::{GuestError, QueryFailure, Runtime};
 use crate::store::{Position, ReadModel, RecordedEvent, SkipRecord, Store, StoreError};
-use runner::{Control, Documents, Runner};
+use runner::{Control, Runner};
 
 #[derive(Clone, Debug)]
 pub struct ProjectionConfig {

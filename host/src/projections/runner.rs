@@ -449,6 +449,7 @@ fn commit(
     Ok(())
 }
 
+/// An event of the log as the guest receives it.
 pub fn to_guest(event: &RecordedEvent) -> GuestRecordedEvent {
     GuestRecordedEvent {
         position: event.position,

@@ -50,8 +50,9 @@ pub fn serve_with(mut command: Command, data_dir: &Path, extra: &[&str]) -> Serv
         .stderr(std::fs::File::create(&log).expect("the server log"))
         .spawn()
         .expect("refold serve starts");
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
     let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("piped stdout"))
+    stdout
         .read_line(&mut line)
         .expect("the server's first line");
     let Some(url) = line.trim().strip_prefix("refold listening on ") else {
@@ -62,6 +63,8 @@ pub fn serve_with(mut command: Command, data_dir: &Path, extra: &[&str]) -> Serv
             std::fs::read_to_string(&log).unwrap_or_default()
         );
     };
+    // Whatever else it prints is read and dropped: it must not block on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
     Served {
         url: url.to_string(),
         child,
@@ -89,5 +92,21 @@ pub fn sigterm(child: &mut Child) -> ExitStatus {
             "the server stops within 20 s of SIGTERM"
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits for `child` at most `timeout`; past it, kills it and answers `None`.
+pub fn wait_or_kill(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("the child's status") {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -15,6 +15,8 @@
 //! - [`api`]: the HTTP API (axum): routes, auth, limits, problem+json errors.
 //! - [`server`]: `refold serve`: wires the services to the HTTP API; graceful shutdown.
 //! - [`cli`]: the client commands of the `refold` binary, over HTTP.
+//! - [`json_text`]: the one strict check of JSON text that is stored or served,
+//!   and indenting it for people without re-encoding it.
 //! - `fsutil`: crash-safe file writes. `hex`: digests as text.
 //!
 //! `docs/ARCHITECTURE.md` has the bird's-eye view and the invariants.
@@ -24,6 +26,7 @@ pub mod cli;
 pub mod commands;
 mod fsutil;
 mod hex;
+pub mod json_text;
 pub mod modules;
 pub mod projections;
 pub mod runtime;

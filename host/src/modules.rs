@@ -16,9 +16,14 @@ use sha2::{Digest, Sha256};
 use crate::fsutil;
 pub use crate::hex::hex;
 use crate::runtime::{AggregateModule, Guest, ProjectionModule, Runtime, RuntimeError, World};
-use crate::store::{ModuleKind, ModulePut, ModuleRecord, Store, StoreError};
+use crate::store::{
+    MAX_METADATA_ID_LEN, ModuleKind, ModulePut, ModuleRecord, Store, StoreError, check_event_type,
+};
 
 pub const MAX_MODULE_NAME_LEN: usize = 64;
+/// Longest version, in bytes: `name@version` tags every event a module
+/// produces, so it must always fit the store's limit for such ids.
+pub const MAX_MODULE_VERSION_LEN: usize = MAX_METADATA_ID_LEN - MAX_MODULE_NAME_LEN - 1;
 
 /// A module version that is compiled and ready to run.
 pub struct LoadedModule {
@@ -195,6 +200,7 @@ impl ModuleRegistry {
                 // Compile before anything is written: an invalid module leaves no trace.
                 let path = self.path_of(&digest);
                 let module = self.compile(bytes.clone(), record.clone()).await?;
+                self.check_selector(&module).await?;
                 // One name, one kind: the name is an aggregate type or a projection.
                 if let Some(other) = self
                     .list()
@@ -364,6 +370,32 @@ impl ModuleRegistry {
         }))
     }
 
+    /// A projection's selector may name only event types that events can have:
+    /// a name with a comma or an invisible character would silently select
+    /// nothing. A selector that fails to run is left to the projection's
+    /// runner, which reports it like any failure of the module's code.
+    async fn check_selector(&self, module: &LoadedModule) -> Result<(), ModuleError> {
+        let Some(projection) = module.projection().cloned() else {
+            return Ok(());
+        };
+        let selector = self
+            .runtime
+            .pool()
+            .run(move || projection.selector())
+            .await;
+        let Ok(selector) = selector else {
+            return Ok(());
+        };
+        for event_type in &selector.event_types {
+            check_event_type(event_type).map_err(|reason| {
+                ModuleError::InvalidModule(format!(
+                    "its subscription selects an event type no event can have: {reason}"
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
     /// Copies the component files of `records` into `dir` (for a backup): each
     /// written whole or not at all, and durable.
     pub fn copy_files_to(
@@ -422,11 +454,19 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// At most the first 64 characters of a rejected name or version, for its error.
+fn shown(text: &str) -> String {
+    match text.char_indices().nth(64) {
+        Some((at, _)) => format!("{}...", &text[..at]),
+        None => text.to_string(),
+    }
+}
+
 /// Module names double as aggregate types: lowercase letters, digits, `-` and `_`.
 pub fn validate_name(name: &str) -> Result<(), ModuleError> {
     let bad = |reason: &str| {
         Err(ModuleError::InvalidName {
-            name: name.to_string(),
+            name: shown(name),
             reason: reason.to_string(),
         })
     };
@@ -445,8 +485,18 @@ pub fn validate_name(name: &str) -> Result<(), ModuleError> {
     Ok(())
 }
 
-/// Semantic versions: MAJOR.MINOR.PATCH with an optional -prerelease and +build.
+/// Semantic versions: MAJOR.MINOR.PATCH with an optional -prerelease and
+/// +build, at most [`MAX_MODULE_VERSION_LEN`] bytes.
 pub fn validate_version(version: &str) -> Result<(), ModuleError> {
+    if version.len() > MAX_MODULE_VERSION_LEN {
+        return Err(ModuleError::InvalidVersion {
+            version: shown(version),
+            reason: format!(
+                "is {} bytes; the limit is {MAX_MODULE_VERSION_LEN}, so that name@version fits the {MAX_METADATA_ID_LEN} bytes events carry",
+                version.len()
+            ),
+        });
+    }
     semver::Version::parse(version)
         .map(|_| ())
         .map_err(|e| ModuleError::InvalidVersion {

@@ -8,19 +8,52 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::AppState;
 use super::problem::ApiError;
-use super::render::event_views;
+use super::render::{EventView, event_views};
 use super::request::{self, QueryPairs};
-use crate::commands::CommandRequest;
+use crate::commands::{CommandError, CommandRequest};
 use crate::store::{
     Direction, MAX_AGGREGATE_ID_LEN, MAX_AGGREGATE_TYPE_LEN, MAX_METADATA_ID_LEN, StreamId,
 };
 
 const MAX_PAGE: u64 = 1000;
+
+// The bodies below are typed, never built as a `serde_json::Value`: event data
+// and states are written out as the stored text (`RawValue`), so what a reader
+// gets is byte for byte what was stored, and no text can fail to re-encode.
+
+/// A command's answer, the same for the command and for every retry of it.
+#[derive(Serialize)]
+struct CommandReply<'a> {
+    aggregate_type: &'a str,
+    aggregate_id: &'a str,
+    version: u64,
+    position: Option<u64>,
+    module: &'a str,
+    command_id: &'a str,
+    events: Vec<EventView<'a>>,
+}
+
+#[derive(Serialize)]
+struct StateReply<'a> {
+    aggregate_type: &'a str,
+    aggregate_id: &'a str,
+    version: u64,
+    module: &'a str,
+    state: &'a RawValue,
+}
+
+#[derive(Serialize)]
+struct StreamPage<'a> {
+    aggregate_type: &'a str,
+    aggregate_id: &'a str,
+    events: Vec<EventView<'a>>,
+    next_version: u64,
+}
 
 fn stream_path(
     path: Result<Path<(String, String)>, PathRejection>,
@@ -113,15 +146,15 @@ pub async fn command(
         Err(problem) => app.metrics.command(problem.code, started.elapsed(), 0),
     }
     let outcome = result?;
-    let body = json!({
-        "aggregate_type": outcome.stream.aggregate_type(),
-        "aggregate_id": outcome.stream.aggregate_id(),
-        "version": outcome.version,
-        "position": outcome.position,
-        "module": outcome.module,
-        "command_id": outcome.command_id,
-        "events": event_views(&outcome.events),
-    });
+    let body = CommandReply {
+        aggregate_type: outcome.stream.aggregate_type(),
+        aggregate_id: outcome.stream.aggregate_id(),
+        version: outcome.version,
+        position: outcome.position,
+        module: &outcome.module,
+        command_id: &outcome.command_id,
+        events: event_views(&outcome.events),
+    };
     let mut response = Json(body).into_response();
     response
         .headers_mut()
@@ -145,20 +178,19 @@ pub async fn state(
         .commands
         .read_state(&aggregate_type, &aggregate_id, at_version)
         .await?;
-    let state: Box<RawValue> = RawValue::from_string(view.state).map_err(|e| {
-        ApiError::new(
-            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_guest_output",
-            e.to_string(),
-        )
-    })?;
-    let body = json!({
-        "aggregate_type": aggregate_type,
-        "aggregate_id": aggregate_id,
-        "version": view.version,
-        "module": view.module,
-        "state": state,
-    });
+    // `read_state` checked the text; whitespace around it is not part of the value.
+    let state: &RawValue =
+        serde_json::from_str(&view.state).map_err(|e| CommandError::InvalidGuestOutput {
+            module: view.module.clone(),
+            reason: format!("render returned text that is not JSON: {e}"),
+        })?;
+    let body = StateReply {
+        aggregate_type: &aggregate_type,
+        aggregate_id: &aggregate_id,
+        version: view.version,
+        module: &view.module,
+        state,
+    };
     let mut response = Json(body).into_response();
     response
         .headers_mut()
@@ -170,7 +202,7 @@ pub async fn events(
     State(app): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
     RawQuery(query): RawQuery,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let (aggregate_type, aggregate_id) = stream_path(path)?;
     let stream = StreamId::new(&aggregate_type, &aggregate_id)
         .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
@@ -181,10 +213,11 @@ pub async fn events(
         .store
         .read_stream(&stream, from, Direction::Forward, limit as usize)?;
     let next_version = events.last().map_or(from, |e| e.version + 1);
-    Ok(Json(json!({
-        "aggregate_type": aggregate_type,
-        "aggregate_id": aggregate_id,
-        "events": event_views(&events),
-        "next_version": next_version,
-    })))
+    let body = StreamPage {
+        aggregate_type: &aggregate_type,
+        aggregate_id: &aggregate_id,
+        events: event_views(&events),
+        next_version,
+    };
+    Ok(Json(body).into_response())
 }

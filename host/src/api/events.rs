@@ -8,13 +8,15 @@ use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
+use serde::Serialize;
 use serde_json::json;
 
 use super::AppState;
 use super::metrics::Metrics;
 use super::problem::ApiError;
-use super::render::{event_view, event_views};
+use super::render::{EventView, event_view, event_views};
 use super::request::QueryPairs;
 use crate::store::EventFilter;
 
@@ -27,19 +29,28 @@ fn filter(query: &QueryPairs) -> EventFilter {
     }
 }
 
+/// Typed, so event data goes out as the stored text (see `render`).
+#[derive(Serialize)]
+struct LogPageView<'a> {
+    events: Vec<EventView<'a>>,
+    next_position: u64,
+    head: u64,
+}
+
 pub async fn page(
     State(app): State<AppState>,
     RawQuery(query): RawQuery,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let query = QueryPairs::parse(query.as_deref())?;
     let from = query.number("from")?.unwrap_or(1);
     let limit = query.number("limit")?.unwrap_or(100).clamp(1, MAX_PAGE);
     let page = app.store.read_all(from, limit as usize, &filter(&query))?;
-    Ok(Json(json!({
-        "events": event_views(&page.events),
-        "next_position": page.next_position,
-        "head": page.head,
-    })))
+    let body = LogPageView {
+        events: event_views(&page.events),
+        next_position: page.next_position,
+        head: page.head,
+    };
+    Ok(Json(body).into_response())
 }
 
 /// Counts a subscriber for as long as its stream lives.

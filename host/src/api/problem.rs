@@ -225,6 +225,11 @@ impl From<ProjectionError> for ApiError {
             ProjectionError::BadQueryArguments(..) => {
                 ApiError::bad_request("bad_query_arguments", detail)
             }
+            ProjectionError::InvalidGuestOutput { .. } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_guest_output",
+                detail,
+            ),
             ProjectionError::Closed => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", detail)
             }

@@ -19,11 +19,12 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::problem::ApiError;
 use super::request::{self, QueryPairs};
-use crate::modules::{MAX_MODULE_NAME_LEN, validate_name, validate_version};
+use crate::modules::{
+    MAX_MODULE_NAME_LEN, MAX_MODULE_VERSION_LEN, validate_name, validate_version,
+};
 use crate::projections::VersionHandle;
 use crate::runtime::{MAX_DOC_KEY_LEN, MAX_SCAN_LIMIT};
 
-const MAX_VERSION_LEN: usize = 128;
 const MAX_QUERY_NAME_LEN: usize = 128;
 const MAX_DIFF_SAMPLES: u64 = 1000;
 
@@ -42,7 +43,7 @@ fn name_version(
 ) -> Result<(String, String), ApiError> {
     let Path((name, version)) = path.map_err(request::path_error)?;
     request::segment("projection name", &name, MAX_MODULE_NAME_LEN)?;
-    request::segment("version", &version, MAX_VERSION_LEN)?;
+    request::segment("version", &version, MAX_MODULE_VERSION_LEN)?;
     validate_name(&name)?;
     validate_version(&version)?;
     Ok((name, version))
@@ -202,8 +203,8 @@ fn with_read_headers(mut response: Response, version: &str, position: u64) -> Re
     response
 }
 
-fn raw(json: String) -> Result<Box<RawValue>, ApiError> {
-    RawValue::from_string(json).map_err(|e| {
+fn raw(json: &str) -> Result<&RawValue, ApiError> {
+    serde_json::from_str(json).map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "corrupt_record",
@@ -248,6 +249,22 @@ pub async fn document(
     Ok(with_read_headers(response, handle.version(), position))
 }
 
+/// Typed, so documents go out as the stored text, never re-encoded.
+#[derive(serde::Serialize)]
+struct DocumentsPage<'a> {
+    projection: &'a str,
+    version: &'a str,
+    position: u64,
+    documents: Vec<DocumentView<'a>>,
+    next_after: Option<String>,
+}
+
+#[derive(serde::Serialize)]
+struct DocumentView<'a> {
+    key: &'a str,
+    doc: &'a RawValue,
+}
+
 /// `GET /v1/projections/{name}/docs?prefix=&after=&limit=`: documents in key order.
 pub async fn documents(
     State(app): State<AppState>,
@@ -274,16 +291,16 @@ pub async fn documents(
         _ => None,
     };
     let mut documents = Vec::with_capacity(page.documents.len());
-    for (key, doc) in page.documents {
-        documents.push(json!({"key": key, "doc": raw(doc)?}));
+    for (key, doc) in &page.documents {
+        documents.push(DocumentView { key, doc: raw(doc)? });
     }
-    let body = Json(json!({
-        "projection": name,
-        "version": page.version,
-        "position": page.position,
-        "documents": documents,
-        "next_after": next_after,
-    }));
+    let body = Json(DocumentsPage {
+        projection: &name,
+        version: &page.version,
+        position: page.position,
+        documents,
+        next_after,
+    });
     Ok(with_read_headers(
         body.into_response(),
         &page.version,

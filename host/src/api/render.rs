@@ -1,4 +1,8 @@
-//! How recorded events look on the wire, everywhere: `data` is JSON, not a string.
+//! How recorded events look on the wire, everywhere: `data` is JSON, not a
+//! string, and it is the stored text itself (`RawValue`), byte for byte.
+//! Never pass these views through `serde_json::Value` (`json!`, `to_value`):
+//! that re-parses the data, turning big integers into floats, collapsing
+//! duplicate keys, and failing on text that is valid but out of its range.
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -27,8 +31,8 @@ pub struct MetadataView<'a> {
     pub extra: &'a std::collections::BTreeMap<String, String>,
 }
 
-/// The store validated `data` as JSON on append, so this cannot fail for a
-/// stored event; a corrupt one is shown as a JSON string rather than breaking a page.
+/// The store checked `data` on append, so this cannot fail for a stored
+/// event; a corrupt one is shown as `null` rather than breaking a page.
 pub fn event_view(event: &RecordedEvent) -> EventView<'_> {
     let data: &RawValue = serde_json::from_str(&event.data).unwrap_or_else(|_| {
         tracing::error!(position = event.position, "stored event data is not JSON");

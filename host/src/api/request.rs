@@ -118,11 +118,11 @@ pub async fn body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     })
 }
 
-/// A body that must be UTF-8 JSON.
+/// A body that must be UTF-8 JSON by the rules of `json_text::check`.
 pub fn json_text(bytes: &Bytes, code: &'static str) -> Result<String, ApiError> {
     let text = std::str::from_utf8(bytes)
         .map_err(|e| ApiError::bad_request(code, format!("the body is not UTF-8: {e}")))?;
-    serde_json::from_str::<serde::de::IgnoredAny>(text)
+    crate::json_text::check(text)
         .map_err(|e| ApiError::bad_request(code, format!("the body is not JSON: {e}")))?;
     Ok(text.to_string())
 }

@@ -174,21 +174,22 @@ impl Follower {
 
     /// Prints one event unless it is a repeat.
     fn handle(&mut self, out: &mut dyn Write, message: sse::Message) -> io::Result<Step> {
-        let event: Option<Value> = serde_json::from_str(&message.data).ok();
         if message.event.as_deref() == Some("error") {
             // Resuming from the last printed position is the remedy the
             // server expects ("the client sees it and can resume").
-            let reason = match &event {
+            let problem: Option<Value> = serde_json::from_str(&message.data).ok();
+            let reason = match &problem {
                 Some(e) => format!("server error {}: {}", text(&e["code"]), text(&e["detail"])),
                 None => format!("server error: {}", message.data),
             };
             return Ok(Step::ServerError(reason));
         }
+        let event = serde_json::from_str::<output::EventText>(&message.data).ok();
         let position = message
             .id
             .as_deref()
             .and_then(|id| id.trim().parse::<u64>().ok())
-            .or_else(|| event.as_ref().and_then(|e| e["position"].as_u64()));
+            .or_else(|| event.as_ref().and_then(output::EventText::position));
         if let (Some(position), Some(last)) = (position, self.last_position)
             && position <= last
         {

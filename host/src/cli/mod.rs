@@ -218,7 +218,7 @@ async fn run_send(
     let client = Client::new(opts)?;
     // A typo in hand-written JSON is caught here with the parser's position,
     // which is more helpful than the server's generic invalid_command.
-    serde_json::from_str::<serde::de::IgnoredAny>(command_json)
+    crate::json_text::check(command_json)
         .map_err(|e| Failure::Local(format!("the command is not valid JSON: {e}")))?;
     let url = client.url(&["v1", "aggregates", aggregate_type, id, "commands"], &[])?;
     let mut request = client
@@ -241,7 +241,7 @@ async fn run_send(
         .headers
         .get("idempotent-replayed")
         .is_some_and(|v| v.as_bytes() == b"true");
-    emit(opts, &reply.body, |out, v| {
+    emit_as(opts, &reply.body, |out, v| {
         output::send_result(out, v)?;
         if replayed {
             writeln!(
@@ -266,7 +266,7 @@ async fn run_state(
         .collect();
     let url = client.url(&["v1", "aggregates", aggregate_type, id], &query)?;
     let reply = client.call(client.request(Method::GET, &url)).await?;
-    emit(opts, &reply.body, output::state_result)
+    emit_as(opts, &reply.body, output::state_result)
 }
 
 async fn run_events_page(
@@ -284,7 +284,7 @@ async fn run_events_page(
     }
     let url = client.url(&["v1", "events"], &query)?;
     let reply = client.call(client.request(Method::GET, &url)).await?;
-    emit(opts, &reply.body, output::event_page)
+    emit_as(opts, &reply.body, output::event_page)
 }
 
 /// Prints a successful response: the body untouched with `--json`, else
@@ -294,11 +294,21 @@ fn emit(
     body: &str,
     people: impl FnOnce(&mut dyn Write, &Value) -> io::Result<()>,
 ) -> Result<(), Failure> {
+    emit_as(opts, body, people)
+}
+
+/// [`emit`], reading the body as `T`: a type that keeps JSON text as sent
+/// (`RawValue`) where the output shows data.
+fn emit_as<'a, T: serde::Deserialize<'a>>(
+    opts: &ClientOptions,
+    body: &'a str,
+    people: impl FnOnce(&mut dyn Write, &T) -> io::Result<()>,
+) -> Result<(), Failure> {
     let mut out = io::stdout().lock();
     if opts.json {
         writeln!(out, "{}", body.trim_end()).map_err(Failure::Output)?;
     } else {
-        let value: Value = serde_json::from_str(body).map_err(|e| {
+        let value: T = serde_json::from_str(body).map_err(|e| {
             Failure::Local(format!("the server answered with something not JSON: {e}"))
         })?;
         people(&mut out, &value).map_err(Failure::Output)?;

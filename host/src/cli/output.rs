@@ -1,10 +1,18 @@
 //! Text for people. The server's JSON is read leniently: a missing field
 //! prints as `?` instead of failing, so output stays useful if the server
 //! grows or renames fields (`--json` is the exact, stable form).
+//!
+//! Event data and states are printed as the text the server sent (`RawValue`),
+//! never re-encoded through `Value`: a 30-digit integer stays one, and so does
+//! every escape and key order.
 
 use std::io::{self, Write};
 
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::json_text::pretty;
 
 /// A field as text: strings bare, null as `?`, anything else as compact JSON.
 pub(crate) fn text(value: &Value) -> String {
@@ -29,68 +37,144 @@ fn module_label(value: &Value) -> Option<String> {
     }
 }
 
-fn stream_name(value: &Value) -> String {
-    format!(
-        "{}/{}",
-        text(&value["aggregate_type"]),
-        text(&value["aggregate_id"])
-    )
+/// A JSON value's text as sent, `null` included (unlike `Option`'s default).
+fn raw_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+fn raw_or_unknown(raw: Option<&RawValue>) -> &str {
+    raw.map_or("?", RawValue::get)
+}
+
+/// One recorded event, as the text output reads it.
+#[derive(Deserialize)]
+pub(crate) struct EventText<'a> {
+    #[serde(default)]
+    position: Value,
+    #[serde(default)]
+    aggregate_type: Value,
+    #[serde(default)]
+    aggregate_id: Value,
+    #[serde(default)]
+    version: Value,
+    #[serde(default)]
+    event_type: Value,
+    #[serde(borrow, default, deserialize_with = "raw_text")]
+    data: Option<&'a RawValue>,
+}
+
+impl EventText<'_> {
+    pub(crate) fn position(&self) -> Option<u64> {
+        self.position.as_u64()
+    }
+}
+
+/// A command's answer.
+#[derive(Deserialize)]
+pub(crate) struct SendText<'a> {
+    #[serde(default)]
+    aggregate_type: Value,
+    #[serde(default)]
+    aggregate_id: Value,
+    #[serde(default)]
+    version: Value,
+    #[serde(default)]
+    position: Value,
+    #[serde(default)]
+    module: Value,
+    #[serde(borrow, default)]
+    events: Vec<EventText<'a>>,
+}
+
+/// An aggregate's state.
+#[derive(Deserialize)]
+pub(crate) struct StateText<'a> {
+    #[serde(default)]
+    aggregate_type: Value,
+    #[serde(default)]
+    aggregate_id: Value,
+    #[serde(default)]
+    version: Value,
+    #[serde(default)]
+    module: Value,
+    #[serde(borrow, default, deserialize_with = "raw_text")]
+    state: Option<&'a RawValue>,
+}
+
+/// A page of events.
+#[derive(Deserialize)]
+pub(crate) struct EventPageText<'a> {
+    #[serde(borrow, default)]
+    events: Vec<EventText<'a>>,
+}
+
+fn stream_name(aggregate_type: &Value, aggregate_id: &Value) -> String {
+    format!("{}/{}", text(aggregate_type), text(aggregate_id))
 }
 
 /// `bank-account/acc-1 -> version 3 (position 17) by bank-account@1.0.0`,
 /// then one line per new event.
-pub(crate) fn send_result(out: &mut dyn Write, v: &Value) -> io::Result<()> {
-    write!(out, "{} -> version {}", stream_name(v), text(&v["version"]))?;
-    if !v["position"].is_null() {
-        write!(out, " (position {})", text(&v["position"]))?;
+pub(crate) fn send_result(out: &mut dyn Write, v: &SendText) -> io::Result<()> {
+    write!(
+        out,
+        "{} -> version {}",
+        stream_name(&v.aggregate_type, &v.aggregate_id),
+        text(&v.version)
+    )?;
+    if !v.position.is_null() {
+        write!(out, " (position {})", text(&v.position))?;
     }
-    if let Some(module) = module_label(&v["module"]) {
+    if let Some(module) = module_label(&v.module) {
         write!(out, " by {module}")?;
     }
     writeln!(out)?;
-    match v["events"].as_array() {
-        Some(events) if !events.is_empty() => {
-            for e in events {
-                writeln!(
-                    out,
-                    "  #{} v{} {} {}",
-                    text(&e["position"]),
-                    text(&e["version"]),
-                    text(&e["event_type"]),
-                    e["data"]
-                )?;
-            }
-        }
-        _ => writeln!(out, "  (no new events)")?,
+    if v.events.is_empty() {
+        return writeln!(out, "  (no new events)");
+    }
+    for e in &v.events {
+        writeln!(
+            out,
+            "  #{} v{} {} {}",
+            text(&e.position),
+            text(&e.version),
+            text(&e.event_type),
+            raw_or_unknown(e.data)
+        )?;
     }
     Ok(())
 }
 
-/// `bank-account/acc-1 @ version 3 (bank-account@1.0.0)`, then the state.
-pub(crate) fn state_result(out: &mut dyn Write, v: &Value) -> io::Result<()> {
-    write!(out, "{} @ version {}", stream_name(v), text(&v["version"]))?;
-    if let Some(module) = module_label(&v["module"]) {
+/// `bank-account/acc-1 @ version 3 (bank-account@1.0.0)`, then the state,
+/// indented without re-encoding it.
+pub(crate) fn state_result(out: &mut dyn Write, v: &StateText) -> io::Result<()> {
+    write!(
+        out,
+        "{} @ version {}",
+        stream_name(&v.aggregate_type, &v.aggregate_id),
+        text(&v.version)
+    )?;
+    if let Some(module) = module_label(&v.module) {
         write!(out, " ({module})")?;
     }
     writeln!(out)?;
-    writeln!(out, "{:#}", v["state"])
+    writeln!(out, "{}", pretty(raw_or_unknown(v.state)))
 }
 
 /// `#17 bank-account/acc-1 v3 Deposited {"amount":5}`
-pub(crate) fn event_line(out: &mut dyn Write, e: &Value) -> io::Result<()> {
+pub(crate) fn event_line(out: &mut dyn Write, e: &EventText) -> io::Result<()> {
     writeln!(
         out,
         "#{} {} v{} {} {}",
-        text(&e["position"]),
-        stream_name(e),
-        text(&e["version"]),
-        text(&e["event_type"]),
-        e["data"]
+        text(&e.position),
+        stream_name(&e.aggregate_type, &e.aggregate_id),
+        text(&e.version),
+        text(&e.event_type),
+        raw_or_unknown(e.data)
     )
 }
 
-pub(crate) fn event_page(out: &mut dyn Write, v: &Value) -> io::Result<()> {
-    for e in v["events"].as_array().into_iter().flatten() {
+pub(crate) fn event_page(out: &mut dyn Write, v: &EventPageText) -> io::Result<()> {
+    for e in &v.events {
         event_line(out, e)?;
     }
     Ok(())
@@ -236,36 +320,44 @@ mod tests {
         String::from_utf8(out).expect("utf-8")
     }
 
-    fn event() -> Value {
-        json!({"position":17,"aggregate_type":"bank-account","aggregate_id":"acc-1","version":3,
-               "event_id":"e","event_type":"Deposited","data":{"amount":5},
-               "metadata":{"recorded_at_ms":0,"extra":{}}})
+    const EVENT: &str = r#"{"position":17,"aggregate_type":"bank-account","aggregate_id":"acc-1","version":3,
+        "event_id":"e","event_type":"Deposited","data":{"amount":5, "big":123456789012345678901234567890,"k":"\u00e9","k":1E2},
+        "metadata":{"recorded_at_ms":0,"extra":{}}}"#;
+    const DATA: &str = r#"{"amount":5, "big":123456789012345678901234567890,"k":"\u00e9","k":1E2}"#;
+
+    fn parse<'a, T: Deserialize<'a>>(text: &'a str) -> T {
+        serde_json::from_str(text).expect("test JSON")
     }
 
     #[test]
-    fn formats_send_and_events() {
-        let reply = json!({"aggregate_type":"bank-account","aggregate_id":"acc-1","version":3,
-                           "position":17,"module":"bank-account@1.0.0","events":[event()]});
-        assert_eq!(
-            render(|out| send_result(out, &reply)),
-            "bank-account/acc-1 -> version 3 (position 17) by bank-account@1.0.0\n  #17 v3 Deposited {\"amount\":5}\n"
+    fn formats_send_and_events_with_the_data_as_sent() {
+        let reply = format!(
+            r#"{{"aggregate_type":"bank-account","aggregate_id":"acc-1","version":3,
+                "position":17,"module":"bank-account@1.0.0","events":[{EVENT}]}}"#
         );
         assert_eq!(
-            render(|out| event_page(
-                out,
-                &json!({"events":[event()],"next_position":18,"head":17})
-            )),
-            "#17 bank-account/acc-1 v3 Deposited {\"amount\":5}\n"
+            render(|out| send_result(out, &parse(&reply))),
+            format!("bank-account/acc-1 -> version 3 (position 17) by bank-account@1.0.0\n  #17 v3 Deposited {DATA}\n")
+        );
+        let page = format!(r#"{{"events":[{EVENT}],"next_position":18,"head":17}}"#);
+        assert_eq!(
+            render(|out| event_page(out, &parse(&page))),
+            format!("#17 bank-account/acc-1 v3 Deposited {DATA}\n")
+        );
+        let nothing = r#"{"aggregate_type":"t","aggregate_id":"a","version":0,"position":null,"events":[]}"#;
+        assert_eq!(
+            render(|out| send_result(out, &parse(nothing))),
+            "t/a -> version 0\n  (no new events)\n"
         );
     }
 
     #[test]
     fn formats_state_with_a_module_object() {
-        let reply = json!({"aggregate_type":"t","aggregate_id":"a b","version":0,
-                           "module":{"name":"m","version":"2.0.0"},"state":{"x":1}});
+        let reply = r#"{"aggregate_type":"t","aggregate_id":"a b","version":0,
+                        "module":{"name":"m","version":"2.0.0"},"state":{"x":1,"n":100000000000000000000001}}"#;
         assert_eq!(
-            render(|out| state_result(out, &reply)),
-            "t/a b @ version 0 (m@2.0.0)\n{\n  \"x\": 1\n}\n"
+            render(|out| state_result(out, &parse(reply))),
+            "t/a b @ version 0 (m@2.0.0)\n{\n  \"x\": 1,\n  \"n\": 100000000000000000000001\n}\n"
         );
     }
 

@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use reqwest::Method;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::client::{Client, Failure};
-use super::{ClientOptions, emit, finish};
+use super::{ClientOptions, emit, emit_as, finish};
+use crate::json_text::pretty;
 
 /// `refold projection ...`
 #[derive(clap::Subcommand, Debug)]
@@ -232,12 +234,8 @@ async fn run(opts: &ClientOptions, cmd: ProjectionCommand) -> Result<(), Failure
             let mut segments = vec!["v1", "projections", &name, "docs"];
             segments.extend(key.split('/'));
             let reply = client.call(get(&segments, &query)?).await?;
-            emit(opts, &reply.body, |out, v| {
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string_pretty(v).unwrap_or_default()
-                )
+            emit_as(opts, &reply.body, |out, doc: &&RawValue| {
+                writeln!(out, "{}", pretty(doc.get()))
             })
         }
         ProjectionCommand::Docs {
@@ -253,17 +251,17 @@ async fn run(opts: &ClientOptions, cmd: ProjectionCommand) -> Result<(), Failure
             let reply = client
                 .call(get(&["v1", "projections", &name, "docs"], &query)?)
                 .await?;
-            emit(opts, &reply.body, |out, v| {
-                for d in v["documents"].as_array().into_iter().flatten() {
-                    writeln!(out, "{}  {}", str_of(&d["key"]), d["doc"])?;
+            emit_as(opts, &reply.body, |out, page: &DocsText| {
+                for d in &page.documents {
+                    writeln!(out, "{}  {}", str_of(&d.key), d.doc.get())?;
                 }
                 writeln!(
                     out,
                     "({} documents of {}@{} at position {})",
-                    v["documents"].as_array().map_or(0, Vec::len),
+                    page.documents.len(),
                     name,
-                    str_of(&v["version"]),
-                    v["position"]
+                    str_of(&page.version),
+                    page.position
                 )
             })
         }
@@ -293,12 +291,8 @@ async fn run(opts: &ClientOptions, cmd: ProjectionCommand) -> Result<(), Failure
                     &params,
                 )?)
                 .await?;
-            emit(opts, &reply.body, |out, v| {
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string_pretty(v).unwrap_or_default()
-                )
+            emit_as(opts, &reply.body, |out, answer: &&RawValue| {
+                writeln!(out, "{}", pretty(answer.get()))
             })
         }
         ProjectionCommand::Digest { name, version } => {
@@ -319,6 +313,25 @@ async fn run(opts: &ClientOptions, cmd: ProjectionCommand) -> Result<(), Failure
             })
         }
     }
+}
+
+/// A page of documents, each kept as the text the server sent.
+#[derive(serde::Deserialize)]
+struct DocsText<'a> {
+    #[serde(borrow, default)]
+    documents: Vec<DocText<'a>>,
+    #[serde(default)]
+    version: Value,
+    #[serde(default)]
+    position: Value,
+}
+
+#[derive(serde::Deserialize)]
+struct DocText<'a> {
+    #[serde(default)]
+    key: Value,
+    #[serde(borrow)]
+    doc: &'a RawValue,
 }
 
 fn str_of(v: &Value) -> &str {

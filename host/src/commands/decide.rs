@@ -1,13 +1,12 @@
 //! One command's guest work, run on a guest thread: `handle`, check what the
 //! guest returned, then `apply` the new events to get the state they lead to.
 
+use super::guest_output;
 use super::{CommandError, CommandRequest, STATE_DIGEST_KEY, event_id_for, state_digest};
 use crate::runtime::{
     AggregateModule, CommandContext, CommandError as GuestCommandError, StreamEvent,
 };
-use crate::store::{
-    EventMetadata, MAX_EVENT_DATA_LEN, MAX_EVENT_TYPE_LEN, NewEvent, StreamVersion, check_name,
-};
+use crate::store::{EventMetadata, NewEvent, StreamVersion};
 
 /// What a command decided: the events to append and the state they lead to.
 pub struct Decision {
@@ -24,12 +23,18 @@ pub fn decide(
     request: &CommandRequest,
     context: &CommandContext,
 ) -> Result<Option<Decision>, CommandError> {
+    let invalid = |reason: String| CommandError::InvalidGuestOutput {
+        module: label.to_string(),
+        reason,
+    };
     let decided = match guest.handle(state, &request.command, context)? {
         Ok(events) => events,
         Err(GuestCommandError::Malformed(reason)) => {
+            guest_output::check_malformed(&reason).map_err(invalid)?;
             return Err(CommandError::InvalidCommand(reason));
         }
         Err(GuestCommandError::Rejected(r)) => {
+            guest_output::check_rejection(&r.code, &r.message).map_err(invalid)?;
             return Err(CommandError::Rejected {
                 code: r.code,
                 message: r.message,
@@ -39,26 +44,11 @@ pub fn decide(
     if decided.is_empty() {
         return Ok(None);
     }
-    let invalid = |reason: String| CommandError::InvalidGuestOutput {
-        module: label.to_string(),
-        reason,
-    };
+    guest_output::check_event_count(decided.len()).map_err(invalid)?;
+    guest_output::check_producer(label).map_err(invalid)?;
     let mut events = Vec::with_capacity(decided.len());
     for (i, event) in decided.into_iter().enumerate() {
-        check_name("event type", &event.event_type, MAX_EVENT_TYPE_LEN)
-            .map_err(|r| invalid(format!("event #{i}: {r}")))?;
-        if event.data.len() > MAX_EVENT_DATA_LEN {
-            return Err(invalid(format!(
-                "event #{i} has {} bytes of data; the limit is {MAX_EVENT_DATA_LEN}",
-                event.data.len()
-            )));
-        }
-        serde_json::from_str::<serde::de::IgnoredAny>(&event.data).map_err(|e| {
-            invalid(format!(
-                "event #{i} ({}) has data that is not JSON: {e}",
-                event.event_type
-            ))
-        })?;
+        guest_output::check_event(i, &event.event_type, &event.data).map_err(invalid)?;
         events.push(NewEvent {
             event_id: event_id_for(&context.command_id, i),
             event_type: event.event_type,

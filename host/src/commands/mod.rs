@@ -8,11 +8,14 @@
 //! on a concurrency conflict start over from fresh state (bounded), unless the
 //! caller named the expected version.
 //!
-//! - `decide`: the guest calls of one command and the checks on what the guest returned.
+//! - `decide`: the guest calls of one command.
+//! - `guest_output`: the rules for what `handle` returns (event count, types,
+//!   data, rejections), each breach an `invalid_guest_output`.
 //! - `state`: loading state (cache, snapshots, replay), temporal reads, `verify`.
 //! - `locks`: one in-process lock per aggregate.
 
 mod decide;
+mod guest_output;
 mod locks;
 mod state;
 
@@ -24,6 +27,9 @@ use lru::LruCache;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+pub use guest_output::{
+    MAX_GUEST_MESSAGE_LEN, MAX_REJECTION_CODE_LEN, REJECTION_CODE_SEPARATORS,
+};
 pub use state::{
     APPLY_BATCH, AggregateState, DigestMismatch, STATE_DIGEST_KEY, VerifyReport, state_digest,
     to_stream_event,
@@ -349,7 +355,7 @@ impl CommandService {
                 self.config.max_command_bytes
             )));
         }
-        serde_json::from_str::<serde::de::IgnoredAny>(&request.command)
+        crate::json_text::check(&request.command)
             .map_err(|e| CommandError::InvalidCommand(format!("the command is not JSON: {e}")))?;
         Ok(())
     }
@@ -449,11 +455,9 @@ impl CommandService {
             .pool()
             .run(move || guest.render(&bytes))
             .await?;
-        serde_json::from_str::<serde::de::IgnoredAny>(&rendered).map_err(|e| {
-            CommandError::InvalidGuestOutput {
-                module: module.label(),
-                reason: format!("render returned text that is not JSON: {e}"),
-            }
+        crate::json_text::check(&rendered).map_err(|e| CommandError::InvalidGuestOutput {
+            module: module.label(),
+            reason: format!("render returned text that is not JSON: {e}"),
         })?;
         Ok(StateView {
             version: state.version,

@@ -4,6 +4,7 @@
 use std::cmp::Ordering;
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use super::{ProjectionError, VersionHandle};
@@ -29,9 +30,23 @@ pub struct Diff {
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct DiffSample {
-    pub added: Vec<serde_json::Value>,
-    pub removed: Vec<serde_json::Value>,
-    pub changed: Vec<serde_json::Value>,
+    pub added: Vec<SampleDocument>,
+    pub removed: Vec<SampleDocument>,
+    pub changed: Vec<ChangedDocument>,
+}
+
+/// Documents go out as their stored text, never re-encoded.
+#[derive(Clone, Debug, Serialize)]
+pub struct SampleDocument {
+    pub key: String,
+    pub doc: Box<RawValue>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ChangedDocument {
+    pub key: String,
+    pub from: Box<RawValue>,
+    pub to: Box<RawValue>,
 }
 
 /// sha256 over every (key, document) in key order, each length-prefixed.
@@ -43,8 +58,12 @@ pub struct ReadModelDigest {
     pub digest: String,
 }
 
-fn doc(json: &str) -> serde_json::Value {
-    serde_json::from_str(json).unwrap_or_else(|_| serde_json::Value::String(json.to_string()))
+/// A stored document; one that is somehow not JSON is shown as a string of its text.
+fn doc(json: &str) -> Box<RawValue> {
+    match serde_json::from_str::<&RawValue>(json) {
+        Ok(raw) => raw.to_owned(),
+        Err(_) => serde_json::value::to_raw_value(json).expect("a string serializes"),
+    }
 }
 
 /// Walks both read models in key order at once. Each side is read while its
@@ -81,7 +100,10 @@ pub(super) fn diff(
                 if out.samples.removed.len() < samples {
                     out.samples
                         .removed
-                        .push(serde_json::json!({"key": key, "doc": doc(&value)}));
+                        .push(SampleDocument {
+                            doc: doc(&value),
+                            key,
+                        });
                 }
             }
             Ordering::Greater => {
@@ -90,7 +112,10 @@ pub(super) fn diff(
                 if out.samples.added.len() < samples {
                     out.samples
                         .added
-                        .push(serde_json::json!({"key": key, "doc": doc(&value)}));
+                        .push(SampleDocument {
+                            doc: doc(&value),
+                            key,
+                        });
                 }
             }
             Ordering::Equal => {
@@ -101,9 +126,11 @@ pub(super) fn diff(
                 } else {
                     out.changed += 1;
                     if out.samples.changed.len() < samples {
-                        out.samples.changed.push(
-                            serde_json::json!({"key": key, "from": doc(&old), "to": doc(&new)}),
-                        );
+                        out.samples.changed.push(ChangedDocument {
+                            from: doc(&old),
+                            to: doc(&new),
+                            key,
+                        });
                     }
                 }
             }

@@ -19,11 +19,11 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use compare::{Diff, DiffSample, ReadModelDigest};
+pub use compare::{ChangedDocument, Diff, DiffSample, ReadModelDigest, SampleDocument};
 pub use runner::{BatchLimits, Documents, to_guest};
 
 use crate::modules::{LoadedModule, ModuleError, ModuleRegistry};
-use crate::runtime::{GuestError, QueryFailure, Runtime};
+use crate::runtime::{GuestError, QueryFailure, Runtime, clip_guest_text};
 use crate::store::{Position, ReadModel, RecordedEvent, SkipRecord, Store, StoreError};
 use runner::{Control, Runner};
 
@@ -248,6 +248,8 @@ pub enum ProjectionError {
     UnknownQuery(String, String),
     #[error("bad arguments for query {0:?}: {1}")]
     BadQueryArguments(String, String),
+    #[error("the module {module} returned invalid output: {reason}")]
+    InvalidGuestOutput { module: String, reason: String },
     #[error("the projection service is shutting down")]
     Closed,
     #[error(transparent)]
@@ -805,8 +807,12 @@ impl ProjectionService {
             .await?;
         match answer {
             Ok(json) => {
-                serde_json::from_str::<serde::de::IgnoredAny>(&json).map_err(|e| {
-                    GuestError::Failed(format!("query {query:?} answered with invalid JSON: {e}"))
+                // Served as the body, as is: it must be JSON every reader can take.
+                crate::json_text::check(&json).map_err(|e| {
+                    ProjectionError::InvalidGuestOutput {
+                        module: handle.label(),
+                        reason: format!("query {query:?} answered with invalid JSON: {e}"),
+                    }
                 })?;
                 Ok((position, json))
             }
@@ -814,9 +820,10 @@ impl ProjectionService {
                 handle.label(),
                 query.to_string(),
             )),
-            Err(QueryFailure::BadArguments(why)) => {
-                Err(ProjectionError::BadQueryArguments(query.to_string(), why))
-            }
+            Err(QueryFailure::BadArguments(why)) => Err(ProjectionError::BadQueryArguments(
+                query.to_string(),
+                clip_guest_text(&why),
+            )),
         }
     }
 

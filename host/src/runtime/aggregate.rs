@@ -87,14 +87,14 @@ impl AggregateModule {
         self.call(&Observed::default(), |guest, store| {
             guest.call_apply(store, state, events)
         })?
-        .map_err(GuestError::Failed)
+        .map_err(GuestError::failed)
     }
 
     pub fn render(&self, state: &[u8]) -> Result<String, GuestError> {
         self.call(&Observed::default(), |guest, store| {
             guest.call_render(store, state)
         })?
-        .map_err(GuestError::Failed)
+        .map_err(GuestError::failed)
     }
 
     fn call<T>(

@@ -14,12 +14,43 @@ pub enum GuestError {
     MemoryLimit { limit_bytes: usize },
     #[error("the guest trapped: {0}")]
     Trap(String),
-    /// The guest's own `Err` from `apply` or `render`.
+    /// The guest's own `Err` from `apply` or `render`, clipped: build it
+    /// with [`GuestError::failed`].
     #[error("the guest reported a failure: {0}")]
     Failed(String),
 }
 
+/// The longest guest-supplied text kept in an error (an `apply` or `render`
+/// `Err`, a query's complaint), in bytes, before the truncation marker.
+pub const MAX_GUEST_ERROR_LEN: usize = 1024;
+
+/// Guest text made fit for an error detail: control characters escaped (they
+/// would reach terminals through the CLI), and cut at a character boundary to
+/// at most [`MAX_GUEST_ERROR_LEN`] bytes, followed by a marker that says so.
+pub fn clip_guest_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MAX_GUEST_ERROR_LEN));
+    for c in text.chars() {
+        let mut piece = [0u8; 4];
+        let piece = if c.is_control() {
+            c.escape_default().to_string()
+        } else {
+            c.encode_utf8(&mut piece).to_string()
+        };
+        if out.len() + piece.len() > MAX_GUEST_ERROR_LEN {
+            out.push_str(&format!(" [truncated: {} bytes in all]", text.len()));
+            return out;
+        }
+        out.push_str(&piece);
+    }
+    out
+}
+
 impl GuestError {
+    /// A guest's own `Err`, clipped (see [`clip_guest_text`]).
+    pub fn failed(message: String) -> GuestError {
+        GuestError::Failed(clip_guest_text(&message))
+    }
+
     pub fn code(&self) -> &'static str {
         match self {
             GuestError::FuelExhausted { .. } => "fuel_exhausted",
@@ -41,4 +72,20 @@ pub enum RuntimeError {
     /// The engine or the artifact cache failed (not the guest's fault).
     #[error("runtime failure: {0}")]
     Host(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_text_is_clipped_with_a_marker_and_escaped() {
+        assert_eq!(clip_guest_text("short"), "short");
+        assert_eq!(clip_guest_text("a\u{1b}[2Jb\n"), "a\\u{1b}[2Jb\\n");
+        let long = "é".repeat(1000);
+        let clipped = clip_guest_text(&long);
+        assert!(clipped.ends_with(" [truncated: 2000 bytes in all]"), "{clipped}");
+        let kept = clipped.trim_end_matches(" [truncated: 2000 bytes in all]");
+        assert_eq!(kept, "é".repeat(MAX_GUEST_ERROR_LEN / 2));
+    }
 }

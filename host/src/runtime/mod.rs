@@ -32,7 +32,7 @@ pub use bindings::{
     CommandContext, CommandError, NewEvent as GuestEvent, RecordedEvent as GuestRecordedEvent,
     Rejection, StreamEvent,
 };
-pub use error::{GuestError, RuntimeError};
+pub use error::{GuestError, MAX_GUEST_ERROR_LEN, RuntimeError, clip_guest_text};
 pub use pool::GuestPool;
 pub use projection::{
     DocumentChanges, DocumentSource, MAX_DOC_KEY_LEN, MAX_DOC_LEN, MAX_SCAN_LIMIT,

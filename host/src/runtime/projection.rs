@@ -68,7 +68,7 @@ impl ReadModelSession {
                     doc.len()
                 ));
             }
-            serde_json::from_str::<serde::de::IgnoredAny>(doc)
+            crate::json_text::check_stored(doc)
                 .map_err(|e| format!("document {key:?} is not valid JSON: {e}"))?;
         }
         self.changes.insert(key, doc);
@@ -248,7 +248,7 @@ impl ProjectionModule {
         let (result, session) = self.call_with(Some(session), |guest, store| {
             guest.call_apply(store, events)
         })?;
-        result.map_err(GuestError::Failed)?;
+        result.map_err(GuestError::failed)?;
         Ok(session.map(|s| s.changes).unwrap_or_default())
     }
 

@@ -4,7 +4,11 @@
 //! Commands (`{"type": ...}`): `Count` (a normal event), `Loop` (never ends),
 //! `Allocate` (grows memory without end), `Panic`, `NotJson` (event data that
 //! is not JSON), `Observe` (reports the clock, randomness, a file read, the
-//! environment and arguments it sees), `Shout` (writes to stdout and stderr).
+//! environment and arguments it sees), `Shout` (writes to stdout and stderr),
+//! `EmitRaw` (events with the types and data texts the command gives),
+//! `EmitMany` (`count` events), `RejectWith` (a rejection with the command's
+//! `code` and `message`), `MalformedWith` (a `malformed` with its `reason`).
+//! `apply` fails, loudly and at length, on an `ApplyFailsLoudly` event.
 
 #[cfg(target_family = "wasm")]
 mod component {
@@ -12,7 +16,7 @@ mod component {
 
     use refold_sdk::bindings::Guest;
     use refold_sdk::bindings::refold::domain::types::{
-        CommandContext, CommandError, NewEvent, StreamEvent,
+        CommandContext, CommandError, NewEvent, Rejection, StreamEvent,
     };
 
     struct Hostile;
@@ -80,6 +84,29 @@ mod component {
                     eprintln!("hostile guest says hello on stderr");
                     Ok(vec![event("Shouted", "{}".into())])
                 }
+                // Guest output the host must refuse or keep byte for byte: each
+                // event's type and data text exactly as the command spells them.
+                "EmitRaw" => Ok(command["events"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|e| {
+                        event(
+                            e["event_type"].as_str().unwrap_or_default(),
+                            e["data"].as_str().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .collect()),
+                "EmitMany" => Ok((0..command["count"].as_u64().unwrap_or(0))
+                    .map(|n| event("Counted", format!("{{\"n\":{n}}}")))
+                    .collect()),
+                "RejectWith" => Err(CommandError::Rejected(Rejection {
+                    code: command["code"].as_str().unwrap_or_default().to_string(),
+                    message: command["message"].as_str().unwrap_or_default().to_string(),
+                })),
+                "MalformedWith" => Err(CommandError::Malformed(
+                    command["reason"].as_str().unwrap_or_default().to_string(),
+                )),
                 other => Err(CommandError::Malformed(format!(
                     "unknown command type {other:?}"
                 ))),
@@ -88,6 +115,9 @@ mod component {
 
         /// The state is the data of the last event, so `render` shows what `Observe` saw.
         fn apply(state: Vec<u8>, events: Vec<StreamEvent>) -> Result<Vec<u8>, String> {
+            if let Some(e) = events.iter().find(|e| e.event_type == "ApplyFailsLoudly") {
+                return Err(format!("\u{1b}[2J{}", "apply refuses ".repeat(e.data.len())));
+            }
             Ok(events
                 .last()
                 .map(|e| e.data.clone().into_bytes())

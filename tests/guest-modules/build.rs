@@ -35,6 +35,7 @@ fn main() {
             "account-balances",
             "account-balances-v2",
             "refold-picky-projection",
+            "refold-sloppy-selector",
             "sales",
         ],
     );
@@ -63,6 +64,7 @@ fn main() {
         ("ACCOUNT_BALANCES", projection("account_balances")),
         ("ACCOUNT_BALANCES_V2", projection("account_balances_v2")),
         ("PICKY_PROJECTION", projection("refold_picky_projection")),
+        ("SLOPPY_SELECTOR", projection("refold_sloppy_selector")),
         ("INVENTORY", p2("inventory")),
         ("ORDER", p2("order")),
         ("SALES", projection("sales")),

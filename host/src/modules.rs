@@ -378,11 +378,7 @@ impl ModuleRegistry {
         let Some(projection) = module.projection().cloned() else {
             return Ok(());
         };
-        let selector = self
-            .runtime
-            .pool()
-            .run(move || projection.selector())
-            .await;
+        let selector = self.runtime.pool().run(move || projection.selector()).await;
         let Ok(selector) = selector else {
             return Ok(());
         };

@@ -34,7 +34,9 @@ async fn hostile_server(dir: &std::path::Path) -> TestServer {
     let s = TestServer::start(dir).await;
     assert_eq!(s.upload("hostile", "1.0.0", HOSTILE).await.status(), 201);
     assert_eq!(
-        s.upload("bank-account", "1.0.0", BANK_ACCOUNT).await.status(),
+        s.upload("bank-account", "1.0.0", BANK_ACCOUNT)
+            .await
+            .status(),
         201
     );
     s
@@ -71,11 +73,20 @@ async fn each_kind_of_bad_guest_output_is_a_422_that_writes_nothing() {
         ("a number past f64", emit(&[("T", "{\"n\":1e400}")])),
         ("a negative one", emit(&[("T", "-1e999")])),
         ("a lone surrogate", emit(&[("T", "\"\\ud800\"")])),
-        ("a lone low surrogate", emit(&[("T", "{\"k\":\"\\udc00\"}")])),
-        ("mis-ordered surrogates", emit(&[("T", "\"\\udc00\\ud800\"")])),
+        (
+            "a lone low surrogate",
+            emit(&[("T", "{\"k\":\"\\udc00\"}")]),
+        ),
+        (
+            "mis-ordered surrogates",
+            emit(&[("T", "\"\\udc00\\ud800\"")]),
+        ),
         ("nesting past 64", emit(&[("T", &too_deep)])),
         ("a duplicate key", emit(&[("T", "{\"a\":1,\"a\":2}")])),
-        ("an escaped duplicate", emit(&[("T", "{\"a\":1,\"\\u0061\":2}")])),
+        (
+            "an escaped duplicate",
+            emit(&[("T", "{\"a\":1,\"\\u0061\":2}")]),
+        ),
         ("whitespace around", emit(&[("T", " {}")])),
         ("a carriage return", emit(&[("T", "{\"a\":\r\n1}")])),
         ("not JSON", emit(&[("T", "{nope")])),
@@ -85,14 +96,38 @@ async fn each_kind_of_bad_guest_output_is_a_422_that_writes_nothing() {
         ("a space in a type", emit(&[("Was Paid", "{}")])),
         ("an empty type", emit(&[("", "{}")])),
         ("a long type", emit(&[(&long_type, "{}")])),
-        ("a good event then a bad one", emit(&[("Ok", "{}"), ("T", "1e400")])),
-        ("1001 events", json!({"type": "EmitMany", "count": 1001}).to_string()),
-        ("a long code", json!({"type": "RejectWith", "code": long_code, "message": "m"}).to_string()),
-        ("a code with a space", json!({"type": "RejectWith", "code": "no funds", "message": "m"}).to_string()),
-        ("an empty code", json!({"type": "RejectWith", "code": "", "message": "m"}).to_string()),
-        ("a long message", json!({"type": "RejectWith", "code": "c", "message": long_message}).to_string()),
-        ("an escape sequence", json!({"type": "RejectWith", "code": "c", "message": "\u{1b}[2J"}).to_string()),
-        ("a long reason", json!({"type": "MalformedWith", "reason": long_message}).to_string()),
+        (
+            "a good event then a bad one",
+            emit(&[("Ok", "{}"), ("T", "1e400")]),
+        ),
+        (
+            "1001 events",
+            json!({"type": "EmitMany", "count": 1001}).to_string(),
+        ),
+        (
+            "a long code",
+            json!({"type": "RejectWith", "code": long_code, "message": "m"}).to_string(),
+        ),
+        (
+            "a code with a space",
+            json!({"type": "RejectWith", "code": "no funds", "message": "m"}).to_string(),
+        ),
+        (
+            "an empty code",
+            json!({"type": "RejectWith", "code": "", "message": "m"}).to_string(),
+        ),
+        (
+            "a long message",
+            json!({"type": "RejectWith", "code": "c", "message": long_message}).to_string(),
+        ),
+        (
+            "an escape sequence",
+            json!({"type": "RejectWith", "code": "c", "message": "\u{1b}[2J"}).to_string(),
+        ),
+        (
+            "a long reason",
+            json!({"type": "MalformedWith", "reason": long_message}).to_string(),
+        ),
     ];
     for (what, command) in &cases {
         let r = s.send("hostile", "h", command).await;
@@ -107,8 +142,16 @@ async fn each_kind_of_bad_guest_output_is_a_422_that_writes_nothing() {
             "{what}: the detail echoes no hidden characters: {detail:?}"
         );
     }
-    assert_eq!(head(&s).await, 1, "only the bank account's event is in the log");
-    assert_eq!(stream_len(&s, "h").await, 0, "the hostile stream never moved");
+    assert_eq!(
+        head(&s).await,
+        1,
+        "only the bank account's event is in the log"
+    );
+    assert_eq!(
+        stream_len(&s, "h").await,
+        0,
+        "the hostile stream never moved"
+    );
 
     // The limits are limits, not off by one: 64 deep and 1000 events are fine.
     let deepest = nested(64);
@@ -122,11 +165,18 @@ async fn each_kind_of_bad_guest_output_is_a_422_that_writes_nothing() {
     assert_eq!(reply["events"].as_array().unwrap().len(), 1000);
     // A page around the deepest data still parses with serde_json's default limit.
     let (status, page) = s.get_json("/v1/events?from=2&limit=1").await;
-    assert_eq!((status, page["events"][0]["data"].to_string()), (200, deepest));
+    assert_eq!(
+        (status, page["events"][0]["data"].to_string()),
+        (200, deepest)
+    );
 
     // A rejection within the rules passes through; other modules keep serving.
     let r = s
-        .send("hostile", "h", r#"{"type":"RejectWith","code":"no-funds.v2","message":"Not now, café."}"#)
+        .send(
+            "hostile",
+            "h",
+            r#"{"type":"RejectWith","code":"no-funds.v2","message":"Not now, café."}"#,
+        )
         .await;
     let problem = expect_problem(r, 422, "rejected").await;
     assert_eq!(
@@ -138,6 +188,24 @@ async fn each_kind_of_bad_guest_output_is_a_422_that_writes_nothing() {
         .await;
     assert_eq!(r.status(), 200);
     assert_eq!(head(&s).await, 1 + 1 + 1000 + 1);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_commands_are_held_to_the_same_json_rules() {
+    let dir = temp_dir();
+    let s = hostile_server(dir.path()).await;
+    let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
+    for body in [
+        r#"{"type":"Count","type":"Loop"}"#,
+        r#"{"type":"Count","n":1e400}"#,
+        r#"{"type":"Count","s":"\ud800"}"#,
+        deep.as_str(),
+    ] {
+        let r = s.send("hostile", "h", body).await;
+        expect_problem(r, 400, "invalid_command").await;
+    }
+    assert_eq!(head(&s).await, 0);
     s.stop().await;
 }
 
@@ -196,11 +264,18 @@ async fn a_projection_selecting_an_impossible_event_type_is_refused_at_upload() 
     let r = s.upload("sloppy", "1.0.0", SLOPPY_SELECTOR).await;
     let problem = expect_problem(r, 422, "invalid_module").await;
     assert!(
-        problem["detail"].as_str().unwrap().contains("Opened,Closed"),
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("Opened,Closed"),
         "{problem}"
     );
     let (_, modules) = s.get_json("/v1/modules").await;
-    assert_eq!(modules["modules"], json!([]), "the refused upload left no trace");
+    assert_eq!(
+        modules["modules"],
+        json!([]),
+        "the refused upload left no trace"
+    );
     s.stop().await;
 }
 
@@ -240,7 +315,11 @@ struct EventData<'a> {
 
 fn data_of(body: &str) -> Vec<String> {
     let events: Events = serde_json::from_str(body).expect("a JSON body with events");
-    events.events.iter().map(|e| e.data.get().to_string()).collect()
+    events
+        .events
+        .iter()
+        .map(|e| e.data.get().to_string())
+        .collect()
 }
 
 /// The first SSE message's data, its `data:` lines joined with `\n` as the
@@ -326,12 +405,26 @@ async fn event_data_comes_back_byte_for_byte_from_every_reader() {
         "refold events --json"
     );
     let line = cli(s, &["events"]).await;
-    assert!(line.ends_with(&format!(" Exact {EXACT}\n")), "refold events: {line:?}");
+    assert!(
+        line.ends_with(&format!(" Exact {EXACT}\n")),
+        "refold events: {line:?}"
+    );
     let followed = cli(s, &["events", "--follow", "--limit", "1"]).await;
-    assert!(followed.ends_with(&format!(" Exact {EXACT}\n")), "--follow: {followed:?}");
+    assert!(
+        followed.ends_with(&format!(" Exact {EXACT}\n")),
+        "--follow: {followed:?}"
+    );
     let sent = cli(
         s,
-        &["send", "hostile", "rt", &command, "--key", "round-trip-1", "--json"],
+        &[
+            "send",
+            "hostile",
+            "rt",
+            &command,
+            "--key",
+            "round-trip-1",
+            "--json",
+        ],
     )
     .await;
     assert_eq!(data_of(&sent), [EXACT], "refold send --json (a retry)");

@@ -252,6 +252,52 @@ async fn invalid_input_is_refused_with_a_reason_and_writes_nothing() {
 }
 
 #[tokio::test]
+async fn every_appender_is_held_to_the_event_type_charset_and_the_json_rules() {
+    let dir = temp_dir();
+    let store = open(&dir, Durability::None);
+    let s = stream("s");
+    let refused = |event_type: &str, data: &str| {
+        let (store, s) = (store.clone(), s.clone());
+        let e = NewEvent::new(event_type, data);
+        let what = format!("{event_type:?} {data:?}");
+        async move {
+            match store.append(&s, ExpectedVersion::Any, vec![e]).await {
+                Err(StoreError::InvalidEvent { reason, .. }) => reason,
+                other => panic!("{what} should be refused, got {other:?}"),
+            }
+        }
+    };
+    for bad_type in ["a,b", "a b", "a\u{202E}b", "a\u{200B}b", "é"] {
+        let reason = refused(bad_type, "{}").await;
+        assert!(reason.contains("ASCII letters"), "{reason}");
+    }
+    let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
+    for bad_data in [
+        "1e400",
+        "\"\\ud800\"",
+        "{\"a\":1,\"a\":2}",
+        deep.as_str(),
+        " {}",
+        "{\r}",
+    ] {
+        let reason = refused("T", bad_data).await;
+        assert!(reason.contains("not valid JSON"), "{reason}");
+    }
+    assert_eq!(store.head(), 0);
+    let exact = "{\"n\":123456789012345678901234567890,\"x\":[1E2,-0,1.0]}";
+    store
+        .append(
+            &s,
+            ExpectedVersion::Any,
+            vec![NewEvent::new("ns.v2:Thing_done/ok-1", exact)],
+        )
+        .await
+        .expect("the charset's separators and big numbers are fine");
+    let events = store.read_stream(&s, 1, Direction::Forward, 10).unwrap();
+    assert_eq!(events[0].data, exact);
+}
+
+#[tokio::test]
 async fn reads_go_forward_backward_and_through_a_filtered_global_log() {
     let dir = temp_dir();
     let store = open(&dir, Durability::None);

@@ -292,7 +292,10 @@ pub async fn documents(
     };
     let mut documents = Vec::with_capacity(page.documents.len());
     for (key, doc) in &page.documents {
-        documents.push(DocumentView { key, doc: raw(doc)? });
+        documents.push(DocumentView {
+            key,
+            doc: raw(doc)?,
+        });
     }
     let body = Json(DocumentsPage {
         projection: &name,

@@ -337,14 +337,17 @@ mod tests {
         );
         assert_eq!(
             render(|out| send_result(out, &parse(&reply))),
-            format!("bank-account/acc-1 -> version 3 (position 17) by bank-account@1.0.0\n  #17 v3 Deposited {DATA}\n")
+            format!(
+                "bank-account/acc-1 -> version 3 (position 17) by bank-account@1.0.0\n  #17 v3 Deposited {DATA}\n"
+            )
         );
         let page = format!(r#"{{"events":[{EVENT}],"next_position":18,"head":17}}"#);
         assert_eq!(
             render(|out| event_page(out, &parse(&page))),
             format!("#17 bank-account/acc-1 v3 Deposited {DATA}\n")
         );
-        let nothing = r#"{"aggregate_type":"t","aggregate_id":"a","version":0,"position":null,"events":[]}"#;
+        let nothing =
+            r#"{"aggregate_type":"t","aggregate_id":"a","version":0,"position":null,"events":[]}"#;
         assert_eq!(
             render(|out| send_result(out, &parse(nothing))),
             "t/a -> version 0\n  (no new events)\n"

@@ -99,7 +99,14 @@ mod tests {
     fn rejection_codes_are_short_and_plain() {
         assert_eq!(check_rejection("insufficient-funds", "not enough"), Ok(()));
         assert_eq!(check_rejection("a.b_C-9", ""), Ok(()));
-        for code in ["", "has space", "comma,", "bidi\u{202e}", "é", &"x".repeat(65)] {
+        for code in [
+            "",
+            "has space",
+            "comma,",
+            "bidi\u{202e}",
+            "é",
+            &"x".repeat(65),
+        ] {
             assert!(check_rejection(code, "m").is_err(), "{code:?}");
         }
         assert!(check_rejection("c", &"m".repeat(1025)).is_err());
@@ -117,7 +124,10 @@ mod tests {
             assert!(check_event(0, ty, "{}").is_err(), "{ty:?}");
         }
         let dup = check_event(3, "T", "{\"a\":1,\"a\":2}").unwrap_err();
-        assert!(dup.contains("event #3 (T)") && dup.contains("twice"), "{dup}");
+        assert!(
+            dup.contains("event #3 (T)") && dup.contains("twice"),
+            "{dup}"
+        );
         assert!(check_event(0, "T", "{} ").is_err());
     }
 }

@@ -27,9 +27,7 @@ use lru::LruCache;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-pub use guest_output::{
-    MAX_GUEST_MESSAGE_LEN, MAX_REJECTION_CODE_LEN, REJECTION_CODE_SEPARATORS,
-};
+pub use guest_output::{MAX_GUEST_MESSAGE_LEN, MAX_REJECTION_CODE_LEN, REJECTION_CODE_SEPARATORS};
 pub use state::{
     APPLY_BATCH, AggregateState, DigestMismatch, STATE_DIGEST_KEY, VerifyReport, state_digest,
     to_stream_event,

@@ -89,8 +89,26 @@ fn refuses_nesting_deeper_than_the_limit() {
 #[test]
 fn refuses_what_the_grammar_does_not_allow() {
     for text in [
-        "", " ", "01", "1.", ".5", "+1", "1e", "-", "NaN", "Infinity", "[1,]", "{\"a\":1,}",
-        "{a:1}", "'a'", "[1 2]", "\"open", "tru", "nul", "\u{a0}1", "[\u{feff}]",
+        "",
+        " ",
+        "01",
+        "1.",
+        ".5",
+        "+1",
+        "1e",
+        "-",
+        "NaN",
+        "Infinity",
+        "[1,]",
+        "{\"a\":1,}",
+        "{a:1}",
+        "'a'",
+        "[1 2]",
+        "\"open",
+        "tru",
+        "nul",
+        "\u{a0}1",
+        "[\u{feff}]",
     ] {
         assert!(check(text).is_err(), "{text:?} should be refused");
     }
@@ -176,9 +194,35 @@ fn value(depth: u32) -> impl Strategy<Value = Value> {
 }
 
 const PIECES: [&str; 29] = [
-        "{", "}", "[", "]", ",", ":", "\"a\"", "\"\\u0061\"", "\"\\ud83d\\ude00\"", "\"😀\"",
-        "\"\\ud800\"", "\"\\udc00\"", "\"\\n\"", "\"\t\"", "\"\\q\"", "1", "-0", "0.5", "1E2",
-    "1e400", "-1e-400", "01", "1.", "true", "null", "fals", " ", "\n", "\"k\":",
+    "{",
+    "}",
+    "[",
+    "]",
+    ",",
+    ":",
+    "\"a\"",
+    "\"\\u0061\"",
+    "\"\\ud83d\\ude00\"",
+    "\"😀\"",
+    "\"\\ud800\"",
+    "\"\\udc00\"",
+    "\"\\n\"",
+    "\"\t\"",
+    "\"\\q\"",
+    "1",
+    "-0",
+    "0.5",
+    "1E2",
+    "1e400",
+    "-1e-400",
+    "01",
+    "1.",
+    "true",
+    "null",
+    "fals",
+    " ",
+    "\n",
+    "\"k\":",
 ];
 
 /// Fragments that make JSON, nearly-JSON and broken JSON when strung together,
@@ -186,10 +230,16 @@ const PIECES: [&str; 29] = [
 fn soup() -> impl Strategy<Value = String> {
     let strung = prop::collection::vec(prop::sample::select(PIECES.to_vec()), 0..24)
         .prop_map(|parts| parts.concat());
-    let spliced = (value(4), any::<prop::sample::Index>(), prop::sample::select(PIECES.to_vec()))
+    let spliced = (
+        value(4),
+        any::<prop::sample::Index>(),
+        prop::sample::select(PIECES.to_vec()),
+    )
         .prop_map(|(value, at, piece)| {
             let mut text = serde_json::to_string(&value).unwrap();
-            let boundaries: Vec<usize> = (0..=text.len()).filter(|i| text.is_char_boundary(*i)).collect();
+            let boundaries: Vec<usize> = (0..=text.len())
+                .filter(|i| text.is_char_boundary(*i))
+                .collect();
             text.insert_str(boundaries[at.index(boundaries.len())], piece);
             text
         });

@@ -98,24 +98,20 @@ pub(super) fn diff(
                 let (key, value) = next_ok(&mut a)?;
                 out.removed += 1;
                 if out.samples.removed.len() < samples {
-                    out.samples
-                        .removed
-                        .push(SampleDocument {
-                            doc: doc(&value),
-                            key,
-                        });
+                    out.samples.removed.push(SampleDocument {
+                        doc: doc(&value),
+                        key,
+                    });
                 }
             }
             Ordering::Greater => {
                 let (key, value) = next_ok(&mut b)?;
                 out.added += 1;
                 if out.samples.added.len() < samples {
-                    out.samples
-                        .added
-                        .push(SampleDocument {
-                            doc: doc(&value),
-                            key,
-                        });
+                    out.samples.added.push(SampleDocument {
+                        doc: doc(&value),
+                        key,
+                    });
                 }
             }
             Ordering::Equal => {

@@ -84,7 +84,10 @@ mod tests {
         assert_eq!(clip_guest_text("a\u{1b}[2Jb\n"), "a\\u{1b}[2Jb\\n");
         let long = "é".repeat(1000);
         let clipped = clip_guest_text(&long);
-        assert!(clipped.ends_with(" [truncated: 2000 bytes in all]"), "{clipped}");
+        assert!(
+            clipped.ends_with(" [truncated: 2000 bytes in all]"),
+            "{clipped}"
+        );
         let kept = clipped.trim_end_matches(" [truncated: 2000 bytes in all]");
         assert_eq!(kept, "é".repeat(MAX_GUEST_ERROR_LEN / 2));
     }

@@ -116,7 +116,10 @@ mod component {
         /// The state is the data of the last event, so `render` shows what `Observe` saw.
         fn apply(state: Vec<u8>, events: Vec<StreamEvent>) -> Result<Vec<u8>, String> {
             if let Some(e) = events.iter().find(|e| e.event_type == "ApplyFailsLoudly") {
-                return Err(format!("\u{1b}[2J{}", "apply refuses ".repeat(e.data.len())));
+                return Err(format!(
+                    "\u{1b}[2J{}",
+                    "apply refuses ".repeat(e.data.len())
+                ));
             }
             Ok(events
                 .last()

@@ -107,6 +107,51 @@ pub fn check_stored(text: &str) -> Result<(), JsonTextError> {
     Ok(())
 }
 
+/// The bytes that end a run of plain string content: a quote, a backslash, a
+/// control character. A table, as serde_json does it: faster than comparisons.
+static STRING_STOP: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
+/// The keys seen in one object: a list while it is short (no hashing, no
+/// allocation for most objects), a set once it is long (no quadratic scan).
+#[derive(Default)]
+struct Keys<'a> {
+    few: Vec<Cow<'a, str>>,
+    many: HashSet<Cow<'a, str>>,
+}
+
+impl<'a> Keys<'a> {
+    const FEW: usize = 16;
+
+    /// Adds `key`; gives it back if the object already has it.
+    fn insert(&mut self, key: Cow<'a, str>) -> Option<Cow<'a, str>> {
+        if self.many.is_empty() {
+            if self.few.contains(&key) {
+                return Some(key);
+            }
+            if self.few.len() < Self::FEW {
+                self.few.push(key);
+                return None;
+            }
+            self.many.extend(self.few.drain(..));
+        }
+        if self.many.contains(&key) {
+            return Some(key);
+        }
+        self.many.insert(key);
+        None
+    }
+}
+
 struct Checker<'a> {
     bytes: &'a [u8],
     pos: usize,
@@ -172,14 +217,14 @@ impl<'a> Checker<'a> {
             self.pos += 1;
             return Ok(());
         }
-        let mut keys: HashSet<Cow<'a, str>> = HashSet::new();
+        let mut keys = Keys::default();
         loop {
             if self.peek() != Some(b'"') {
                 return Err(self.fail(JsonFault::Expected("a key in double quotes")));
             }
             let at = self.pos;
             let key = self.string(true)?;
-            if let Some(dup) = keys.replace(key) {
+            if let Some(dup) = keys.insert(key) {
                 return Err(JsonTextError {
                     offset: at,
                     fault: JsonFault::DuplicateKey(dup.into_owned()),
@@ -244,20 +289,23 @@ impl<'a> Checker<'a> {
         if self.peek() == Some(b'-') {
             self.pos += 1;
         }
-        match self.peek() {
-            Some(b'0') => self.pos += 1,
-            Some(b'1'..=b'9') => {
-                self.digits();
+        let integer_digits = match self.peek() {
+            Some(b'0') => {
+                self.pos += 1;
+                1
             }
+            Some(b'1'..=b'9') => self.digits(),
             _ => return Err(self.fail(JsonFault::Expected("a digit"))),
-        }
+        };
         if self.peek() == Some(b'.') {
             self.pos += 1;
             if self.digits() == 0 {
                 return Err(self.fail(JsonFault::Expected("a digit after '.'")));
             }
         }
+        let mut exponent = false;
         if matches!(self.peek(), Some(b'e' | b'E')) {
+            exponent = true;
             self.pos += 1;
             if matches!(self.peek(), Some(b'+' | b'-')) {
                 self.pos += 1;
@@ -266,9 +314,14 @@ impl<'a> Checker<'a> {
                 return Err(self.fail(JsonFault::Expected("a digit in the exponent")));
             }
         }
+        // Without an exponent, fewer than 300 digits before the point is
+        // below 1e300: finite. Only the rest is worth parsing.
+        if !exponent && integer_digits < 300 {
+            return Ok(());
+        }
         // The grammar above is a subset of what Rust's float parser takes, and
         // that parser rounds huge values to infinity instead of failing.
-        let text = std::str::from_utf8(&self.bytes[start..self.pos]).unwrap_or("x");
+        let text = self.text(start, self.pos);
         match text.parse::<f64>() {
             Ok(n) if n.is_finite() => Ok(()),
             _ => Err(JsonTextError {
@@ -310,8 +363,15 @@ impl<'a> Checker<'a> {
                     plain_from = self.pos;
                 }
                 Some(0x00..=0x1f) => return Err(self.fail(JsonFault::ControlCharacter)),
-                // The text is a `str`, so multi-byte characters are whole.
-                Some(_) => self.pos += 1,
+                // Skip to the next byte that matters. The text is a `str`, so
+                // multi-byte characters are whole and never match these.
+                Some(_) => {
+                    let rest = &self.bytes[self.pos..];
+                    self.pos += rest
+                        .iter()
+                        .position(|&b| STRING_STOP[b as usize])
+                        .unwrap_or(rest.len());
+                }
             }
         }
     }

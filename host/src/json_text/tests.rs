@@ -70,6 +70,15 @@ fn refuses_duplicate_keys_compared_after_decoding() {
         fault("{\"😀\":1,\"\\ud83d\\ude00\":2}"),
         JsonFault::DuplicateKey("😀".into())
     );
+    // Past the short list of keys, the set finds duplicates as well.
+    let many: Vec<String> = (0..40).map(|i| format!("\"k{i}\":{i}")).collect();
+    assert_eq!(check(&format!("{{{}}}", many.join(","))), Ok(()));
+    for dup in ["k0", "k15", "k16", "k39"] {
+        assert_eq!(
+            fault(&format!("{{{},\"{dup}\":0}}", many.join(","))),
+            JsonFault::DuplicateKey(dup.into())
+        );
+    }
     // The same key in different objects is fine.
     assert_eq!(check("[{\"a\":1},{\"a\":{\"a\":2}}]"), Ok(()));
 }

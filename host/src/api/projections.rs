@@ -5,6 +5,7 @@
 //! `min_position=P` (with `wait_ms`) to wait until the version has processed P:
 //! a command's reply carries its position, so a client reads its own writes.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::Json;
@@ -312,8 +313,9 @@ pub async fn documents(
 }
 
 /// `GET /v1/projections/{name}/queries/{query}?arg=value`: the guest answers.
-/// Arguments become a JSON object; a value that parses as a number or a
-/// boolean is passed as one, anything else as a string.
+/// Arguments become a JSON object; a value that is a JSON number (by the
+/// rules of `json_text`, and kept as written) or a boolean is passed as one,
+/// anything else as a string.
 pub async fn query(
     State(app): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
@@ -327,23 +329,32 @@ pub async fn query(
         serde_urlencoded::from_str(raw_query.as_deref().unwrap_or("")).map_err(|e| {
             ApiError::bad_request("invalid_request", format!("invalid query string: {e}"))
         })?;
-    let mut args = serde_json::Map::new();
+    // Numbers keep their text (a 30-digit id stays one), built as raw JSON.
+    let mut args: BTreeMap<String, Box<RawValue>> = BTreeMap::new();
     for (key, value) in pairs {
         if READ_PARAMS.contains(&key.as_str()) {
             continue;
         }
-        let value = match serde_json::from_str::<Value>(&value) {
-            Ok(v @ (Value::Number(_) | Value::Bool(_))) => v,
-            _ => Value::String(value),
+        let scalar = value == "true"
+            || value == "false"
+            || (value.starts_with(|c: char| c == '-' || c.is_ascii_digit())
+                && crate::json_text::check_stored(&value).is_ok());
+        let raw = if scalar {
+            RawValue::from_string(value)
+        } else {
+            serde_json::value::to_raw_value(&value)
         };
-        args.insert(key, value);
+        let raw = raw.map_err(|e| {
+            ApiError::bad_request("invalid_request", format!("a query argument: {e}"))
+        })?;
+        args.insert(key, raw);
     }
+    let args = serde_json::to_string(&args).map_err(|e| {
+        ApiError::bad_request("invalid_request", format!("the query arguments: {e}"))
+    })?;
     let query = QueryPairs::parse(raw_query.as_deref())?;
     let handle = read_target(&app, &name, &query).await?;
-    let (position, answer) = app
-        .projections
-        .query(&handle, &query_name, &Value::Object(args))
-        .await?;
+    let (position, answer) = app.projections.query(&handle, &query_name, &args).await?;
     let response = (
         [(
             header::CONTENT_TYPE,

@@ -790,7 +790,7 @@ impl ProjectionService {
         &self,
         handle: &VersionHandle,
         query: &str,
-        args: &serde_json::Value,
+        args: &str,
     ) -> Result<(Position, String), ProjectionError> {
         let module = handle
             .module

@@ -279,7 +279,7 @@ impl CommandService {
         let decision = self
             .runtime
             .pool()
-            .run(move || {
+            .run(&module.record.name, move || {
                 decide::decide(
                     &guest,
                     &label_copy,
@@ -447,7 +447,7 @@ impl CommandService {
         let rendered = self
             .runtime
             .pool()
-            .run(move || guest.render(&bytes))
+            .run(&module.record.name, move || guest.render(&bytes))
             .await?;
         serde_json::from_str::<serde::de::IgnoredAny>(&rendered).map_err(|e| {
             CommandError::InvalidGuestOutput {

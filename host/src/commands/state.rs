@@ -131,7 +131,7 @@ impl CommandService {
         let bytes = self
             .runtime
             .pool()
-            .run(move || guest.initial_state())
+            .run(&module.record.name, move || guest.initial_state())
             .await?;
         Ok(AggregateState {
             version: 0,
@@ -164,7 +164,7 @@ impl CommandService {
             let bytes = self
                 .runtime
                 .pool()
-                .run(move || guest.apply(&before, &batch))
+                .run(&module.record.name, move || guest.apply(&before, &batch))
                 .await?;
             state = AggregateState {
                 version,
@@ -221,7 +221,7 @@ impl CommandService {
                     state = self
                         .runtime
                         .pool()
-                        .run(move || guest.apply(&state, &events))
+                        .run(&module.record.name, move || guest.apply(&state, &events))
                         .await?;
                 }
                 if checkpoint {
@@ -250,7 +250,7 @@ impl CommandService {
         Ok(self
             .runtime
             .pool()
-            .run(move || guest.initial_state())
+            .run(&module.record.name, move || guest.initial_state())
             .await?)
     }
 }

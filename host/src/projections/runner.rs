@@ -66,7 +66,10 @@ impl Runner {
         let filter = loop {
             let selector = {
                 let module = module.clone();
-                self.pool.pool().run(move || module.selector()).await
+                self.pool
+                    .pool()
+                    .run(&self.handle.module.record.name, move || module.selector())
+                    .await
             };
             match selector {
                 Ok(s) => {
@@ -176,7 +179,7 @@ impl Runner {
                 let (module, limits) = (module.clone(), self.limits);
                 self.pool
                     .pool()
-                    .run(move || {
+                    .run(&self.handle.module.record.name, move || {
                         // A panic in host code must stop this version visibly, not
                         // end its runner silently.
                         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -280,42 +283,45 @@ impl Runner {
         let committed = self
             .pool
             .pool()
-            .run(move || -> Result<ProjectionCheckpoint, StoreError> {
-                let event = store.read_event(position)?;
-                let _committing = handle.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
-                let model = handle.read_model();
-                let before = model.checkpoint()?;
-                if position <= before.position {
-                    return Err(StoreError::InvalidStream(format!(
-                        "position {position} is already processed (checkpoint {})",
-                        before.position
-                    )));
-                }
-                let record = SkipRecord {
-                    position,
-                    event_id: event
-                        .as_ref()
-                        .map(|e| e.event_id.to_string())
-                        .unwrap_or_default(),
-                    event_type: event
-                        .as_ref()
-                        .map(|e| e.event_type.clone())
-                        .unwrap_or_default(),
-                    stream: event
-                        .as_ref()
-                        .map(|e| e.stream.to_string())
-                        .unwrap_or_default(),
-                    reason,
-                    skipped_at_ms: now_ms(),
-                };
-                let checkpoint = ProjectionCheckpoint {
-                    position,
-                    events_skipped: before.events_skipped + 1,
-                    ..before
-                };
-                model.commit(&DocumentChanges::new(), &checkpoint, Some(&record))?;
-                Ok(checkpoint)
-            })
+            .run(
+                &self.handle.module.record.name,
+                move || -> Result<ProjectionCheckpoint, StoreError> {
+                    let event = store.read_event(position)?;
+                    let _committing = handle.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
+                    let model = handle.read_model();
+                    let before = model.checkpoint()?;
+                    if position <= before.position {
+                        return Err(StoreError::InvalidStream(format!(
+                            "position {position} is already processed (checkpoint {})",
+                            before.position
+                        )));
+                    }
+                    let record = SkipRecord {
+                        position,
+                        event_id: event
+                            .as_ref()
+                            .map(|e| e.event_id.to_string())
+                            .unwrap_or_default(),
+                        event_type: event
+                            .as_ref()
+                            .map(|e| e.event_type.clone())
+                            .unwrap_or_default(),
+                        stream: event
+                            .as_ref()
+                            .map(|e| e.stream.to_string())
+                            .unwrap_or_default(),
+                        reason,
+                        skipped_at_ms: now_ms(),
+                    };
+                    let checkpoint = ProjectionCheckpoint {
+                        position,
+                        events_skipped: before.events_skipped + 1,
+                        ..before
+                    };
+                    model.commit(&DocumentChanges::new(), &checkpoint, Some(&record))?;
+                    Ok(checkpoint)
+                },
+            )
             .await
             .map_err(|e| e.to_string())?;
         tracing::warn!(projection = %self.handle.label(), position, "skipped a failing event");

@@ -5,6 +5,13 @@
 //! `Allocate` (grows memory without end), `Panic`, `NotJson` (event data that
 //! is not JSON), `Observe` (reports the clock, randomness, a file read, the
 //! environment and arguments it sees), `Shout` (writes to stdout and stderr).
+//!
+//! Containment (issue 10): `Sleep {secs}` (std's sleep; reports the time it
+//! saw pass), `BlockForever` (a timer at the end of time, blocked on),
+//! `PollTimers` (three timers polled together), `Measure` (times a busy loop),
+//! `Flood {mb, trap}` (floods stdout and stderr, then succeeds or panics),
+//! `Zeroes` (asks stdout to write 2^40 zero bytes), `RandomFlood` (asks for
+//! 64 MiB of random bytes), `Handles` (holds pollables until the host says no).
 
 #[cfg(target_family = "wasm")]
 mod component {
@@ -79,6 +86,69 @@ mod component {
                     println!("hostile guest says hello on stdout");
                     eprintln!("hostile guest says hello on stderr");
                     Ok(vec![event("Shouted", "{}".into())])
+                }
+                "Sleep" => {
+                    let secs = command["secs"].as_u64().unwrap_or(1);
+                    let (wall, mono) = (std::time::SystemTime::now(), std::time::Instant::now());
+                    std::thread::sleep(std::time::Duration::from_secs(secs));
+                    let data = serde_json::json!({
+                        "monotonic_elapsed_ns": mono.elapsed().as_nanos() as u64,
+                        "wall_elapsed_ns": wall.elapsed().map(|d| d.as_nanos() as u64).unwrap_or(0),
+                    });
+                    Ok(vec![event("Slept", data.to_string())])
+                }
+                "BlockForever" => {
+                    wasip2::clocks::monotonic_clock::subscribe_instant(u64::MAX).block();
+                    let now = wasip2::clocks::monotonic_clock::now();
+                    Ok(vec![event("Woke", format!("{{\"now\":{now}}}"))])
+                }
+                "PollTimers" => {
+                    use wasip2::clocks::monotonic_clock::{now, subscribe_duration};
+                    let start = now();
+                    let timers =
+                        [3_000_000_000, 1_000_000_000, 2_000_000_000].map(subscribe_duration);
+                    let ready = wasip2::io::poll::poll(&timers.iter().collect::<Vec<_>>());
+                    let data = serde_json::json!({"ready": ready, "elapsed_ns": now() - start});
+                    Ok(vec![event("Polled", data.to_string())])
+                }
+                "Measure" => {
+                    let start = std::time::Instant::now();
+                    let mut x: u64 = 0;
+                    for i in 0..2_000_000u64 {
+                        x = std::hint::black_box(x.wrapping_add(i));
+                    }
+                    let data = serde_json::json!({"elapsed_ns": start.elapsed().as_nanos() as u64, "x": x});
+                    Ok(vec![event("Measured", data.to_string())])
+                }
+                "Flood" => {
+                    let line = "x".repeat(1023) + "\n";
+                    for _ in 0..command["mb"].as_u64().unwrap_or(1) * 1024 {
+                        print!("{line}");
+                        eprint!("{line}");
+                    }
+                    if command["trap"].as_bool().unwrap_or(false) {
+                        panic!("flooded, then panicked");
+                    }
+                    Ok(vec![event("Flooded", "{}".into())])
+                }
+                "Zeroes" => {
+                    let out = wasip2::cli::stdout::get_stdout();
+                    out.write_zeroes(1 << 40)
+                        .map_err(|e| CommandError::Malformed(format!("{e:?}")))?;
+                    Ok(vec![event("Zeroed", "{}".into())])
+                }
+                "RandomFlood" => {
+                    let bytes = wasip2::random::random::get_random_bytes(64 << 20);
+                    Ok(vec![event(
+                        "Random",
+                        format!("{{\"len\":{}}}", bytes.len()),
+                    )])
+                }
+                "Handles" => {
+                    let mut held = Vec::new();
+                    loop {
+                        held.push(wasip2::clocks::monotonic_clock::subscribe_duration(0));
+                    }
                 }
                 other => Err(CommandError::Malformed(format!(
                     "unknown command type {other:?}"

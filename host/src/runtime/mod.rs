@@ -37,7 +37,7 @@ pub use bindings::{
     Rejection, StreamEvent,
 };
 pub use error::{GuestError, RuntimeError};
-pub use pool::GuestPool;
+pub use pool::{GuestPool, PoolStats};
 pub use projection::{
     DocumentChanges, DocumentSource, MAX_DOC_KEY_LEN, MAX_DOC_LEN, MAX_SCAN_LIMIT,
     ProjectionModule, QueryFailure, Selector,

@@ -150,10 +150,16 @@ impl CallSettings {
     /// this module's fuel, deadline and memory cap; forwards the guest's output
     /// to the log; names whatever stopped it. Returns the store's host state too,
     /// for the read-model writes a projection made.
+    ///
+    /// `fuel_units` scales the fuel: a call that folds the work of n calls (a
+    /// replay of n commands' events, a projection batch of n events) gets what
+    /// those n calls would have had, so whatever was accepted one at a time
+    /// can be replayed in batches.
     pub fn run<T>(
         &self,
         observed: &Observed,
         read_model: Option<ReadModelSession>,
+        fuel_units: usize,
         f: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<T>,
     ) -> Result<(T, HostState), GuestError> {
         let mut state = HostState::new(self.memory_bytes, self.with_wasi, observed);
@@ -161,16 +167,17 @@ impl CallSettings {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         store.set_max_component_handles(MAX_HOST_RESOURCES);
+        let fuel = self.fuel.saturating_mul(fuel_units.max(1) as u64);
         store
-            .set_fuel(self.fuel)
+            .set_fuel(fuel)
             .map_err(|e| GuestError::Trap(format!("setting fuel: {e}")))?;
         let ticks = (self.deadline.as_millis() / super::EPOCH_TICK.as_millis()).max(1) as u64;
         store.set_epoch_deadline(ticks);
         let result = f(&mut store);
         let (stdout, stderr) = store.data().take_output();
         self.forward_output(&stdout, &stderr);
-        let value = result
-            .map_err(|e| classify(&e, self.fuel, self.memory_bytes, self.deadline, &stderr))?;
+        let value =
+            result.map_err(|e| classify(&e, fuel, self.memory_bytes, self.deadline, &stderr))?;
         Ok((value, store.into_data()))
     }
 }

@@ -116,7 +116,7 @@ fn timer(state: &mut HostState, deadline_ns: u64) -> wasmtime::Result<Resource<D
     let clock = state.clock().clone();
     let table = state.table();
     let timer = table.push(VirtualTimer { clock, deadline_ns })?;
-    Ok(subscribe(table, timer)?)
+    subscribe(table, timer)
 }
 
 /// Polls `pollables` in virtual time: the indices of those ready now, or else

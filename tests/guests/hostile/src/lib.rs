@@ -12,6 +12,9 @@
 //! `Flood {mb, trap}` (floods stdout and stderr, then succeeds or panics),
 //! `Zeroes` (asks stdout to write 2^40 zero bytes), `RandomFlood` (asks for
 //! 64 MiB of random bytes), `Handles` (holds pollables until the host says no).
+//! Heavy but accepted history: `Bulk {kb}` (an event with kb KiB of data),
+//! `Burn {n}` (an event whose `apply` loops n times), `Grow {kb}` (an event
+//! after which the state is kb KiB), `Emit {event_type, data}` (any event).
 
 #[cfg(target_family = "wasm")]
 mod component {
@@ -150,18 +153,50 @@ mod component {
                         held.push(wasip2::clocks::monotonic_clock::subscribe_duration(0));
                     }
                 }
+                "Bulk" => {
+                    let kb = command["kb"].as_u64().unwrap_or(1) as usize;
+                    let data = serde_json::json!({"pad": "x".repeat(kb * 1024 - 16)});
+                    Ok(vec![event("Bulked", data.to_string())])
+                }
+                "Burn" => {
+                    let n = command["n"].as_u64().unwrap_or(0);
+                    Ok(vec![event("Burned", format!("{{\"n\":{n}}}"))])
+                }
+                "Grow" => {
+                    let kb = command["kb"].as_u64().unwrap_or(1);
+                    Ok(vec![event("Grown", format!("{{\"kb\":{kb}}}"))])
+                }
+                "Emit" => Ok(vec![event(
+                    command["event_type"].as_str().unwrap_or("Emitted"),
+                    command["data"].to_string(),
+                )]),
                 other => Err(CommandError::Malformed(format!(
                     "unknown command type {other:?}"
                 ))),
             }
         }
 
-        /// The state is the data of the last event, so `render` shows what `Observe` saw.
-        fn apply(state: Vec<u8>, events: Vec<StreamEvent>) -> Result<Vec<u8>, String> {
-            Ok(events
-                .last()
-                .map(|e| e.data.clone().into_bytes())
-                .unwrap_or(state))
+        /// The state is the data of the last event, so `render` shows what `Observe` saw;
+        /// `Burned` costs fuel to apply and `Grown` makes the state big.
+        fn apply(mut state: Vec<u8>, events: Vec<StreamEvent>) -> Result<Vec<u8>, String> {
+            for e in events {
+                let data: serde_json::Value = serde_json::from_str(&e.data).unwrap_or_default();
+                state = match e.event_type.as_str() {
+                    "Burned" => {
+                        let mut x: u64 = 0;
+                        for i in 0..data["n"].as_u64().unwrap_or(0) {
+                            x = std::hint::black_box(x.wrapping_add(i));
+                        }
+                        format!("{{\"burned\":{x}}}").into_bytes()
+                    }
+                    "Grown" => {
+                        let kb = data["kb"].as_u64().unwrap_or(0) as usize;
+                        format!("{{\"big\":\"{}\"}}", "x".repeat(kb * 1024)).into_bytes()
+                    }
+                    _ => e.data.into_bytes(),
+                };
+            }
+            Ok(state)
         }
 
         fn render(state: Vec<u8>) -> Result<String, String> {

@@ -32,6 +32,9 @@ pub struct Metrics {
     guest_running: Gauge<u64, AtomicU64>,
     guest_queued: Gauge<u64, AtomicU64>,
     guest_calls: Counter<u64, AtomicU64>,
+    guest_demoted: Counter<u64, AtomicU64>,
+    /// Scrapes one at a time: counters are caught up to totals read elsewhere.
+    rendering: std::sync::Mutex<()>,
 }
 
 /// Readings taken when `/metrics` is scraped.
@@ -117,6 +120,12 @@ impl Metrics {
             "Guest calls run by the guest pool",
             guest_calls.clone(),
         );
+        let guest_demoted = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "guest_calls_demoted",
+            "Guest calls that ran long enough to have their thread's OS priority lowered",
+            guest_demoted.clone(),
+        );
         Metrics {
             registry,
             commands,
@@ -131,6 +140,8 @@ impl Metrics {
             guest_running,
             guest_queued,
             guest_calls,
+            guest_demoted,
+            rendering: std::sync::Mutex::new(()),
         }
     }
 
@@ -153,6 +164,7 @@ impl Metrics {
     }
 
     pub fn render(&self, readings: &Readings) -> String {
+        let _one_at_a_time = self.rendering.lock().unwrap_or_else(|e| e.into_inner());
         self.head.set(readings.head);
         self.cache_entries.set(readings.cache.entries as u64);
         self.cache_bytes.set(readings.cache.bytes as u64);
@@ -163,6 +175,9 @@ impl Metrics {
         let run = readings.pool.jobs_run;
         self.guest_calls
             .inc_by(run.saturating_sub(self.guest_calls.get()));
+        let demoted = readings.pool.demoted;
+        self.guest_demoted
+            .inc_by(demoted.saturating_sub(self.guest_demoted.get()));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");

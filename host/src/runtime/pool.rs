@@ -13,6 +13,12 @@
 //!   long calls: if every base thread is busy, an extra thread starts for it
 //!   (up to `2 * threads`), and the OS shares the cores between them.
 //!
+//! - A call that runs longer than [`DEMOTE_AFTER`] has its thread's OS priority
+//!   lowered (nice [`DEMOTED_NICE`]) for the rest of the call, so the threads that
+//!   serve short calls, the store's writer and tokio get the cores first. (Where
+//!   the process may not raise the priority back afterwards, that thread retires
+//!   and a fresh one takes its place.)
+//!
 //! Guest calls cannot be preempted, but every one ends by its deadline (fuel,
 //! epoch, and host calls that never block), so a busy thread frees up in bounded time.
 
@@ -27,6 +33,11 @@ type Job = Box<dyn FnOnce() + Send>;
 
 /// How long a tenant counts as active after its last call ended.
 pub const ACTIVE_WINDOW: Duration = Duration::from_secs(1);
+/// A call running this long is a long call: its thread's priority is lowered.
+pub const DEMOTE_AFTER: Duration = Duration::from_millis(20);
+/// The nice value of a thread running a long call.
+pub const DEMOTED_NICE: i32 = 10;
+const WATCH_TICK: Duration = Duration::from_millis(10);
 
 pub struct GuestPool {
     shared: Arc<Shared>,
@@ -53,7 +64,15 @@ struct Sched {
     idle: usize,
     /// Idle threads told to look for work that have not woken yet.
     wakeups: usize,
+    /// Threads running a call, by OS thread id.
+    busy: HashMap<i32, Busy>,
+    demoted: u64,
     shutdown: bool,
+}
+
+struct Busy {
+    since: Instant,
+    demoted: bool,
 }
 
 struct Tenant {
@@ -69,6 +88,8 @@ pub struct PoolStats {
     pub running: usize,
     pub queued: usize,
     pub jobs_run: u64,
+    /// Calls that ran long enough to have their thread's priority lowered.
+    pub demoted: u64,
 }
 
 impl GuestPool {
@@ -87,6 +108,13 @@ impl GuestPool {
                 sched.threads += 1;
                 spawn_worker(&shared);
             }
+        }
+        let watched = shared.clone();
+        let watch = std::thread::Builder::new()
+            .name("refold-guest-watch".into())
+            .spawn(move || watch_long_calls(&watched));
+        if let Err(e) = watch {
+            tracing::error!(error = %e, "could not start the guest pool's watch thread; long calls keep their priority");
         }
         GuestPool { shared }
     }
@@ -149,6 +177,7 @@ impl GuestPool {
             running: sched.running,
             queued: sched.queued,
             jobs_run: self.shared.jobs_run.load(Ordering::Relaxed),
+            demoted: sched.demoted,
         }
     }
 }
@@ -236,14 +265,29 @@ fn spawn_worker(shared: &Arc<Shared>) {
 }
 
 fn work(shared: &Shared) {
+    let tid = os::thread_id();
     let mut sched = shared.lock();
     loop {
         if let Some((tenant, job)) = sched.next_job(shared.base_threads) {
+            sched.busy.insert(
+                tid,
+                Busy {
+                    since: Instant::now(),
+                    demoted: false,
+                },
+            );
             drop(sched);
             job();
             shared.jobs_run.fetch_add(1, Ordering::Relaxed);
             sched = shared.lock();
             sched.finished(&tenant);
+            let demoted = sched.busy.remove(&tid).is_some_and(|b| b.demoted);
+            if demoted && !os::set_nice(tid, 0) {
+                // Not allowed to raise it back: leave, and let a fresh thread
+                // (started by the watch thread, at normal priority) take over.
+                sched.threads -= 1;
+                return;
+            }
             continue;
         }
         if sched.shutdown || sched.threads > shared.base_threads {
@@ -256,6 +300,61 @@ fn work(shared: &Shared) {
         }
         sched.wakeups = sched.wakeups.saturating_sub(1);
         sched.idle -= 1;
+    }
+}
+
+/// Lowers the priority of threads whose call runs long, and keeps the base
+/// number of threads (replacing threads that retired after a long call).
+fn watch_long_calls(shared: &Arc<Shared>) {
+    loop {
+        std::thread::sleep(WATCH_TICK);
+        let mut sched = shared.lock();
+        if sched.shutdown {
+            return;
+        }
+        let mut demoted = 0;
+        for (tid, busy) in sched.busy.iter_mut() {
+            if !busy.demoted && busy.since.elapsed() >= DEMOTE_AFTER {
+                busy.demoted = true;
+                demoted += 1;
+                os::set_nice(*tid, DEMOTED_NICE);
+            }
+        }
+        sched.demoted += demoted;
+        while sched.threads < shared.base_threads {
+            sched.threads += 1;
+            spawn_worker(shared);
+        }
+    }
+}
+
+/// Thread ids and priorities (Linux); elsewhere long calls keep their priority.
+mod os {
+    #[cfg(target_os = "linux")]
+    pub fn thread_id() -> i32 {
+        // SAFETY: gettid has no preconditions and cannot fail.
+        unsafe { libc::gettid() }
+    }
+
+    /// Sets a thread's nice value; false when the OS refuses.
+    #[cfg(target_os = "linux")]
+    pub fn set_nice(tid: i32, nice: i32) -> bool {
+        // SAFETY: setpriority only reads its arguments; a bad tid is an error return.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) == 0 }
+    }
+
+    /// A process-unique number per thread (no OS priorities to set here).
+    #[cfg(not(target_os = "linux"))]
+    pub fn thread_id() -> i32 {
+        use std::sync::atomic::{AtomicI32, Ordering};
+        static NEXT: AtomicI32 = AtomicI32::new(1);
+        thread_local!(static ID: i32 = NEXT.fetch_add(1, Ordering::Relaxed));
+        ID.with(|id| *id)
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub fn set_nice(_tid: i32, _nice: i32) -> bool {
+        true
     }
 }
 

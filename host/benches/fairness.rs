@@ -8,6 +8,11 @@
 //! is compared with its idle p99 in the same run: the goal is at most 2x. The
 //! same for a state read (`render` on the pool) beside the deposits.
 //!
+//! And the store's side: the p99 and worst latency of single-event durable
+//! appends while a projection commits batches of the most documents one call
+//! may write (`MAX_BATCH_WRITES` of `MAX_BATCH_WRITE_BYTES` in all), against
+//! the same appends with no projection committing.
+//!
 //! `cargo bench -p refold --bench fairness` runs the full benchmark; without
 //! `--bench` (as under `cargo test --all-targets`) a short smoke version.
 //! Results are appended to `bench-results/fairness.jsonl`.
@@ -21,8 +26,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, ensure};
 use refold::commands::{CommandConfig, CommandError, CommandRequest, CommandService};
 use refold::modules::ModuleRegistry;
-use refold::runtime::{GuestError, Runtime, RuntimeConfig};
-use refold::store::{Durability, Store, StoreConfig};
+use refold::runtime::{
+    DocumentChanges, GuestError, MAX_BATCH_WRITE_BYTES, MAX_BATCH_WRITES, Runtime, RuntimeConfig,
+};
+use refold::store::{
+    Durability, ExpectedVersion, NewEvent, ProjectionCheckpoint, Store, StoreConfig, StreamId,
+};
 
 use common::{Bench, Column, Line, Mode, Record, Table, median, tempdir};
 
@@ -93,6 +102,7 @@ fn main() -> Result<()> {
         }
         refused += attacks.load(Ordering::Relaxed);
     }
+    let (quiet, busy) = tokio.block_on(appends_beside_projection_commits(&store, &sizes))?;
     tokio.block_on(store.close());
     println!(
         "\nattackers ran {refused} fuel-exhausting commands in all ({} per run)",
@@ -122,6 +132,24 @@ fn main() -> Result<()> {
             verdict: if ratio <= 2.0 { "ok" } else { "MISSED" },
         });
         records.push((name, a, attacked.clone(), i, ratio));
+    }
+    for (name, pick) in [
+        (
+            "durable append beside max projection batches, p99",
+            p99 as fn(Vec<f64>) -> f64,
+        ),
+        ("durable append beside max projection batches, max", worst),
+    ] {
+        let (i, a) = (pick(quiet.clone()), pick(busy.clone()));
+        let ratio = a / i;
+        lines.push(Line {
+            name,
+            cells: vec![format!("{:.2}", i * 1e3), format!("{:.2}", a * 1e3)],
+            ratio: Some(ratio),
+            goal: "-".into(),
+            verdict: "",
+        });
+        records.push((name, a, vec![a], i, ratio));
     }
     table.print(lines);
     let records: Vec<Record> = records
@@ -248,6 +276,71 @@ async fn attack(
         }
     }
     Ok(())
+}
+
+/// Single-event appends for `measure`, alone and then while another thread
+/// commits maximal projection batches; the latencies of each.
+async fn appends_beside_projection_commits(
+    store: &Store,
+    sizes: &Sizes,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let stream = StreamId::new("appender", "a")?;
+    let append = || async {
+        let mut latencies = Vec::new();
+        let started = Instant::now();
+        while started.elapsed() < sizes.measure {
+            let t = Instant::now();
+            store
+                .append(
+                    &stream,
+                    ExpectedVersion::Any,
+                    vec![NewEvent::new("Ticked", "{}")],
+                )
+                .await?;
+            latencies.push(t.elapsed().as_secs_f64());
+        }
+        anyhow::Ok(latencies)
+    };
+    let quiet = append().await?;
+    let model = store.read_model("scatter", "1.0.0")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let committer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || -> Result<usize> {
+            let doc = format!(
+                r#"{{"pad":"{}"}}"#,
+                "x".repeat(MAX_BATCH_WRITE_BYTES / MAX_BATCH_WRITES - 40)
+            );
+            let mut batches = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let changes: DocumentChanges = (0..MAX_BATCH_WRITES)
+                    .map(|i| (format!("doc/{batches}/{i:05}"), Some(doc.clone())))
+                    .collect();
+                batches += 1;
+                let checkpoint = ProjectionCheckpoint {
+                    position: batches as u64,
+                    events_applied: batches as u64,
+                    events_skipped: 0,
+                };
+                model.commit(&changes, &checkpoint, None)?;
+            }
+            Ok(batches)
+        })
+    };
+    let busy = append().await?;
+    stop.store(true, Ordering::Relaxed);
+    let batches = committer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the committer panicked"))??;
+    println!(
+        "
+{batches} projection batches of {MAX_BATCH_WRITES} documents committed beside the appends"
+    );
+    Ok((quiet, busy))
+}
+
+fn worst(latencies: Vec<f64>) -> f64 {
+    latencies.into_iter().fold(0.0, f64::max)
 }
 
 fn p99(mut latencies: Vec<f64>) -> f64 {

@@ -357,38 +357,9 @@ fn step(
         let end = events
             .first()
             .map_or(page.next_position - 1, |e| e.position - 1);
-        match apply(module, &model, chunk) {
-            Ok(changes) => {
-                commit(handle, &model, &changes, end, chunk.len() as u64)?;
-                done = end;
-            }
-            Err(_) if chunk.len() > 1 => {
-                // Find the failing event: apply one at a time, committing each,
-                // so the checkpoint stops exactly before it.
-                for (i, event) in chunk.iter().enumerate() {
-                    let end = chunk.get(i + 1).map_or(end, |e| e.position - 1);
-                    match apply(module, &model, std::slice::from_ref(event)) {
-                        Ok(changes) => {
-                            commit(handle, &model, &changes, end, 1)?;
-                            done = end;
-                        }
-                        Err(err) => {
-                            return Ok(Some(Failure::from_guest(
-                                event.position,
-                                Some(event),
-                                &err,
-                            )));
-                        }
-                    }
-                }
-            }
-            Err(err) => {
-                return Ok(Some(Failure::from_guest(
-                    chunk[0].position,
-                    Some(&chunk[0]),
-                    &err,
-                )));
-            }
+        match apply_span(handle, module, &model, chunk, end)? {
+            Ok(()) => done = end,
+            Err(failure) => return Ok(Some(failure)),
         }
     }
     if done < page.next_position - 1 {
@@ -402,6 +373,38 @@ fn step(
         )?;
     }
     Ok(None)
+}
+
+/// Applies `events` and commits them with a checkpoint at `end`. If the guest
+/// fails, the span is halved and each half applied and committed in turn, down
+/// to the single event that fails: the checkpoint then stops exactly before it.
+/// Halving (rather than going one event at a time) also keeps a batch that
+/// only went past the per-call write limit fast: its halves commit.
+fn apply_span(
+    handle: &VersionHandle,
+    module: &ProjectionModule,
+    model: &ReadModel,
+    events: &[RecordedEvent],
+    end: Position,
+) -> Result<Result<(), Failure>, StoreError> {
+    match apply(module, model, events) {
+        Ok(changes) => {
+            commit(handle, model, &changes, end, events.len() as u64)?;
+            Ok(Ok(()))
+        }
+        Err(err) if events.len() == 1 => Ok(Err(Failure::from_guest(
+            events[0].position,
+            Some(&events[0]),
+            &err,
+        ))),
+        Err(_) => {
+            let (first, second) = events.split_at(events.len() / 2);
+            match apply_span(handle, module, model, first, second[0].position - 1)? {
+                Ok(()) => apply_span(handle, module, model, second, end),
+                failed => Ok(failed),
+            }
+        }
+    }
 }
 
 /// Events from the front of `events` up to `max_bytes` of data (at least one).

@@ -39,8 +39,8 @@ pub use bindings::{
 pub use error::{GuestError, RuntimeError};
 pub use pool::{GuestPool, PoolStats};
 pub use projection::{
-    DocumentChanges, DocumentSource, MAX_DOC_KEY_LEN, MAX_DOC_LEN, MAX_SCAN_LIMIT,
-    ProjectionModule, QueryFailure, Selector,
+    DocumentChanges, DocumentSource, MAX_BATCH_WRITE_BYTES, MAX_BATCH_WRITES, MAX_DOC_KEY_LEN,
+    MAX_DOC_LEN, MAX_SCAN_LIMIT, ProjectionModule, QueryFailure, Selector,
 };
 pub use sandbox::Observed;
 

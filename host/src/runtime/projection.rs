@@ -28,7 +28,7 @@ pub const MAX_SCAN_LIMIT: usize = 1000;
 /// make, and their bytes: a batch's writes are committed in one store batch,
 /// which holds up appends while it is written.
 pub const MAX_BATCH_WRITES: usize = 10_000;
-pub const MAX_BATCH_WRITE_BYTES: usize = 16 << 20;
+pub const MAX_BATCH_WRITE_BYTES: usize = 4 << 20;
 
 /// The committed documents of one projection version, as a guest call reads them.
 pub trait DocumentSource: Send + Sync {

@@ -211,3 +211,69 @@ async fn a_component_that_imports_sockets_is_refused_at_upload() {
     );
     host.stop().await;
 }
+
+/// Over HTTP, as the attack was made: sleepers and a flood on one module while
+/// commands, state reads, a projection query and `/healthz` are served.
+#[tokio::test(flavor = "multi_thread")]
+async fn over_http_a_sleeping_module_stalls_nothing_else() {
+    use support::http::TestServer;
+    let dir = temp_dir();
+    let s = TestServer::start(dir.path()).await;
+    for (name, path) in [
+        ("hostile", HOSTILE),
+        ("bank-account", BANK_ACCOUNT),
+        ("account-balances", refold_test_guests::ACCOUNT_BALANCES),
+    ] {
+        assert_eq!(s.upload(name, "1.0.0", path).await.status(), 201, "{name}");
+    }
+    let open = s
+        .send("bank-account", "a", r#"{"type":"Open","owner":"Ada"}"#)
+        .await;
+    assert_eq!(open.status(), 200);
+    let started = Instant::now();
+    let attacks = [
+        r#"{"type":"Sleep","secs":3600}"#,
+        r#"{"type":"Sleep","secs":86400}"#,
+        r#"{"type":"BlockForever"}"#,
+        r#"{"type":"Flood","mb":4,"trap":true}"#,
+    ];
+    let ids: Vec<String> = (0..attacks.len()).map(|i| format!("x{i}")).collect();
+    let attack = futures::future::join_all(
+        attacks
+            .iter()
+            .zip(&ids)
+            .map(|(c, id)| s.send("hostile", id, c)),
+    );
+    let service = async {
+        let healthz = s
+            .request(reqwest::Method::GET, "/healthz")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(healthz.status(), 200);
+        let deposit = s
+            .send("bank-account", "a", r#"{"type":"Deposit","amount":5}"#)
+            .await;
+        assert_eq!(deposit.status(), 200);
+        let (status, state) = s.get_json("/v1/aggregates/bank-account/a").await;
+        assert_eq!(status, 200, "{state}");
+        let (status, balance) = s
+            .get_json("/v1/projections/account-balances/docs/account/a?min_position=2")
+            .await;
+        assert_eq!(status, 200, "{balance}");
+        started.elapsed()
+    };
+    let (answers, served_in) = tokio::join!(attack, service);
+    assert!(
+        served_in < Duration::from_secs(5),
+        "other modules took {served_in:?}"
+    );
+    let codes: Vec<u16> = answers.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(
+        codes,
+        [200, 200, 200, 422],
+        "sleeps finish in virtual time, the flood traps"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    s.stop().await;
+}

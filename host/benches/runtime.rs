@@ -775,7 +775,7 @@ async fn measure_steps(
     let hop_us = tokio::spawn(async move {
         let (mut calls, start) = (0u32, Instant::now());
         while start.elapsed() < hops {
-            runtime.pool().run(|| ()).await;
+            runtime.pool().run("bench", || ()).await;
             calls += 1;
         }
         start.elapsed().as_secs_f64() * 1e6 / f64::from(calls.max(1))

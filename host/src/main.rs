@@ -133,6 +133,13 @@ struct ServeArgs {
     /// Memory cap per guest instance, in MiB
     #[arg(long, env = "REFOLD_GUEST_MEMORY_MIB", default_value_t = 64)]
     guest_memory_mib: usize,
+    /// Bytes of aggregate state the state cache may hold, in MiB
+    #[arg(long, env = "REFOLD_STATE_CACHE_MIB", default_value_t = 256)]
+    state_cache_mib: usize,
+    /// The largest state an aggregate may reach, in KiB; a command that would
+    /// pass it is refused (state_too_large)
+    #[arg(long, env = "REFOLD_MAX_STATE_KIB", default_value_t = 8 << 10)]
+    max_state_kib: usize,
     /// Keep a snapshot each time an aggregate crosses this many events (0: never)
     #[arg(long, env = "REFOLD_SNAPSHOT_EVERY", default_value_t = 100)]
     snapshot_every: u64,
@@ -234,6 +241,8 @@ async fn serve(args: ServeArgs) -> i32 {
     config.runtime.deadline = Duration::from_millis(args.guest_deadline_ms);
     config.runtime.memory_bytes = args.guest_memory_mib << 20;
     config.commands.snapshot_every = args.snapshot_every;
+    config.commands.cache_bytes = args.state_cache_mib << 20;
+    config.commands.max_state_bytes = args.max_state_kib << 10;
     config.projections.batch.events = args.projection_batch as usize;
     if args.unsafe_no_fsync {
         config.durability = Durability::None;

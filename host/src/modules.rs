@@ -378,7 +378,11 @@ impl ModuleRegistry {
         let Some(projection) = module.projection().cloned() else {
             return Ok(());
         };
-        let selector = self.runtime.pool().run(move || projection.selector()).await;
+        let selector = self
+            .runtime
+            .pool()
+            .run(&module.record.name, move || projection.selector())
+            .await;
         let Ok(selector) = selector else {
             return Ok(());
         };

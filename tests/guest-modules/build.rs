@@ -19,7 +19,13 @@ fn main() {
         &root,
         &target_dir,
         WASIP2,
-        &["bank-account", "inventory", "order", "refold-hostile-guest"],
+        &[
+            "bank-account",
+            "inventory",
+            "order",
+            "refold-hostile-guest",
+            "refold-networked-guest",
+        ],
     );
     // A cargo and a target directory of their own: the projections use
     // `bank-account` without its `component` feature (only its types). One
@@ -61,6 +67,7 @@ fn main() {
         ("BANK_ACCOUNT", p2("bank_account")),
         ("BANK_ACCOUNT_NO_WASI", wrapped_path),
         ("HOSTILE", p2("refold_hostile_guest")),
+        ("NETWORKED", p2("refold_networked_guest")),
         ("ACCOUNT_BALANCES", projection("account_balances")),
         ("ACCOUNT_BALANCES_V2", projection("account_balances_v2")),
         ("PICKY_PROJECTION", projection("refold_picky_projection")),

@@ -10,6 +10,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::commands::CacheStats;
+use crate::runtime::PoolStats;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Outcome {
     pub outcome: String,
@@ -22,6 +25,23 @@ pub struct Metrics {
     appended: Counter,
     head: Gauge<u64, AtomicU64>,
     subscribers: Gauge,
+    cache_entries: Gauge<u64, AtomicU64>,
+    cache_bytes: Gauge<u64, AtomicU64>,
+    cache_max_bytes: Gauge<u64, AtomicU64>,
+    guest_threads: Gauge<u64, AtomicU64>,
+    guest_running: Gauge<u64, AtomicU64>,
+    guest_queued: Gauge<u64, AtomicU64>,
+    guest_calls: Counter<u64, AtomicU64>,
+    guest_demoted: Counter<u64, AtomicU64>,
+    /// Scrapes one at a time: counters are caught up to totals read elsewhere.
+    rendering: std::sync::Mutex<()>,
+}
+
+/// Readings taken when `/metrics` is scraped.
+pub struct Readings {
+    pub head: u64,
+    pub cache: CacheStats,
+    pub pool: PoolStats,
 }
 
 impl Metrics {
@@ -59,6 +79,53 @@ impl Metrics {
             "Open event subscriptions",
             subscribers.clone(),
         );
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let g = Gauge::<u64, AtomicU64>::default();
+            registry.register(name, help, g.clone());
+            g
+        };
+        let cache_entries = gauge(
+            &mut registry,
+            "state_cache_entries",
+            "Aggregate states held in the state cache",
+        );
+        let cache_bytes = gauge(
+            &mut registry,
+            "state_cache_bytes",
+            "Bytes of aggregate state held in the state cache",
+        );
+        let cache_max_bytes = gauge(
+            &mut registry,
+            "state_cache_max_bytes",
+            "The state cache's byte budget",
+        );
+        let guest_threads = gauge(
+            &mut registry,
+            "guest_threads",
+            "Threads that run guest code (base threads plus extra ones started for waiting modules)",
+        );
+        let guest_running = gauge(
+            &mut registry,
+            "guest_calls_running",
+            "Guest calls running now",
+        );
+        let guest_queued = gauge(
+            &mut registry,
+            "guest_calls_queued",
+            "Guest calls waiting for a thread",
+        );
+        let guest_calls = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "guest_calls",
+            "Guest calls run by the guest pool",
+            guest_calls.clone(),
+        );
+        let guest_demoted = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "guest_calls_demoted",
+            "Guest calls that ran long enough to have their thread's OS priority lowered",
+            guest_demoted.clone(),
+        );
         Metrics {
             registry,
             commands,
@@ -66,6 +133,15 @@ impl Metrics {
             appended,
             head,
             subscribers,
+            cache_entries,
+            cache_bytes,
+            cache_max_bytes,
+            guest_threads,
+            guest_running,
+            guest_queued,
+            guest_calls,
+            guest_demoted,
+            rendering: std::sync::Mutex::new(()),
         }
     }
 
@@ -87,8 +163,21 @@ impl Metrics {
         self.subscribers.dec();
     }
 
-    pub fn render(&self, head: u64) -> String {
-        self.head.set(head);
+    pub fn render(&self, readings: &Readings) -> String {
+        let _one_at_a_time = self.rendering.lock().unwrap_or_else(|e| e.into_inner());
+        self.head.set(readings.head);
+        self.cache_entries.set(readings.cache.entries as u64);
+        self.cache_bytes.set(readings.cache.bytes as u64);
+        self.cache_max_bytes.set(readings.cache.max_bytes as u64);
+        self.guest_threads.set(readings.pool.threads as u64);
+        self.guest_running.set(readings.pool.running as u64);
+        self.guest_queued.set(readings.pool.queued as u64);
+        let run = readings.pool.jobs_run;
+        self.guest_calls
+            .inc_by(run.saturating_sub(self.guest_calls.get()));
+        let demoted = readings.pool.demoted;
+        self.guest_demoted
+            .inc_by(demoted.saturating_sub(self.guest_demoted.get()));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");

@@ -166,7 +166,11 @@ async fn metrics_text(State(app): State<AppState>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        app.metrics.render(app.store.head()),
+        app.metrics.render(&metrics::Readings {
+            head: app.store.head(),
+            cache: app.commands.cache_stats(),
+            pool: app.commands.modules().runtime().pool().stats(),
+        }),
     )
 }
 

@@ -126,7 +126,7 @@ impl From<CommandError> for ApiError {
                     .with("actual_version", actual)
             }
             CommandError::Guest(guest) => guest.into(),
-            CommandError::InvalidGuestOutput { .. } => {
+            CommandError::InvalidGuestOutput { .. } | CommandError::StateTooLarge { .. } => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, err.to_string())
             }
             CommandError::Conflict { .. } => {

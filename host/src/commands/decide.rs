@@ -22,6 +22,7 @@ pub fn decide(
     version: StreamVersion,
     request: &CommandRequest,
     context: &CommandContext,
+    max_state_bytes: usize,
 ) -> Result<Option<Decision>, CommandError> {
     let invalid = |reason: String| CommandError::InvalidGuestOutput {
         module: label.to_string(),
@@ -80,6 +81,13 @@ pub fn decide(
         })
         .collect();
     let after = guest.apply(state, &batch)?;
+    if after.len() > max_state_bytes {
+        return Err(CommandError::StateTooLarge {
+            module: label.to_string(),
+            bytes: after.len(),
+            limit: max_state_bytes,
+        });
+    }
     if let Some(last) = events.last_mut() {
         last.metadata
             .extra

@@ -12,25 +12,28 @@
 //! - `guest_output`: the rules for what `handle` returns (event count, types,
 //!   data, rejections), each breach an `invalid_guest_output`.
 //! - `state`: loading state (cache, snapshots, replay), temporal reads, `verify`.
+//! - `fold`: replaying events through `apply` in batches a replay can always afford.
+//! - `cache`: the state cache, bounded in entries and bytes.
 //! - `locks`: one in-process lock per aggregate.
 
+mod cache;
 mod decide;
+mod fold;
 mod guest_output;
 mod locks;
 mod state;
 
-use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use lru::LruCache;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+pub use cache::CacheStats;
+pub use fold::{APPLY_BATCH, REPLAY_BATCH_BYTES};
 pub use guest_output::{MAX_GUEST_MESSAGE_LEN, MAX_REJECTION_CODE_LEN, REJECTION_CODE_SEPARATORS};
 pub use state::{
-    APPLY_BATCH, AggregateState, DigestMismatch, STATE_DIGEST_KEY, VerifyReport, state_digest,
-    to_stream_event,
+    AggregateState, DigestMismatch, STATE_DIGEST_KEY, VerifyReport, state_digest, to_stream_event,
 };
 
 use crate::modules::{LoadedModule, ModuleRegistry};
@@ -39,6 +42,7 @@ use crate::store::{
     EventFilter, ExpectedVersion, RecordedEvent, Store, StoreError, StreamId, StreamVersion,
     check_name,
 };
+use cache::StateCache;
 use locks::AggregateLocks;
 
 #[derive(Clone, Debug)]
@@ -47,8 +51,14 @@ pub struct CommandConfig {
     pub snapshot_every: u64,
     /// Fresh attempts after a concurrency conflict, when the caller gave no expected version.
     pub max_retries: u32,
-    /// Aggregate states kept in memory.
+    /// Aggregate states kept in memory, at most.
     pub cache_entries: usize,
+    /// Bytes of aggregate state kept in memory, at most.
+    pub cache_bytes: usize,
+    /// The largest state an aggregate may have: a command whose events would
+    /// lead past it is refused (`state_too_large`), so every accepted history
+    /// stays foldable within the guest's memory.
+    pub max_state_bytes: usize,
     /// The largest command JSON accepted.
     pub max_command_bytes: usize,
 }
@@ -59,6 +69,8 @@ impl Default for CommandConfig {
             snapshot_every: 100,
             max_retries: 3,
             cache_entries: 10_000,
+            cache_bytes: 256 << 20,
+            max_state_bytes: 8 << 20,
             max_command_bytes: 64 * 1024,
         }
     }
@@ -129,6 +141,14 @@ pub enum CommandError {
     Guest(#[from] GuestError),
     #[error("the module {module} returned invalid output: {reason}")]
     InvalidGuestOutput { module: String, reason: String },
+    #[error(
+        "the module {module} would make the aggregate's state {bytes} bytes; the limit is {limit}"
+    )]
+    StateTooLarge {
+        module: String,
+        bytes: usize,
+        limit: usize,
+    },
     #[error("the aggregate kept changing under the command; gave up after {attempts} attempts")]
     Conflict { attempts: u32 },
     #[error("not found: {0}")]
@@ -149,6 +169,7 @@ impl CommandError {
             CommandError::WrongExpectedVersion { .. } => "wrong_expected_version",
             CommandError::Guest(g) => g.code(),
             CommandError::InvalidGuestOutput { .. } => "invalid_guest_output",
+            CommandError::StateTooLarge { .. } => "state_too_large",
             CommandError::Conflict { .. } => "conflict",
             CommandError::NotFound(_) => "not_found",
             CommandError::Store(s) => s.code(),
@@ -161,7 +182,7 @@ pub struct CommandService {
     modules: Arc<ModuleRegistry>,
     runtime: Arc<Runtime>,
     locks: AggregateLocks,
-    cache: Mutex<LruCache<(StreamId, [u8; 32]), AggregateState>>,
+    cache: StateCache,
     config: CommandConfig,
 }
 
@@ -172,15 +193,19 @@ impl CommandService {
         config: CommandConfig,
     ) -> CommandService {
         let runtime = modules.runtime().clone();
-        let entries = NonZeroUsize::new(config.cache_entries.max(1)).expect("at least one entry");
         CommandService {
             store,
             modules,
             runtime,
             locks: AggregateLocks::default(),
-            cache: Mutex::new(LruCache::new(entries)),
+            cache: StateCache::new(config.cache_entries, config.cache_bytes),
             config,
         }
+    }
+
+    /// What the state cache holds now.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
     }
 
     pub fn modules(&self) -> &Arc<ModuleRegistry> {
@@ -280,10 +305,11 @@ impl CommandService {
         let (before, version) = (state.bytes.clone(), state.version);
         let (request_copy, context_copy, label_copy) =
             (request.clone(), context.clone(), label.clone());
+        let max_state_bytes = self.config.max_state_bytes;
         let decision = self
             .runtime
             .pool()
-            .run(move || {
+            .run(&module.record.name, move || {
                 decide::decide(
                     &guest,
                     &label_copy,
@@ -291,6 +317,7 @@ impl CommandService {
                     version,
                     &request_copy,
                     &context_copy,
+                    max_state_bytes,
                 )
             })
             .await?;
@@ -407,6 +434,10 @@ impl CommandService {
         if every == 0 || before / every == state.version / every {
             return;
         }
+        self.save_snapshot(module, stream, state);
+    }
+
+    fn save_snapshot(&self, module: &LoadedModule, stream: &StreamId, state: &AggregateState) {
         // A snapshot is an optimisation: failing to keep one is logged, not fatal.
         if let Err(e) =
             self.store
@@ -451,7 +482,7 @@ impl CommandService {
         let rendered = self
             .runtime
             .pool()
-            .run(move || guest.render(&bytes))
+            .run(&module.record.name, move || guest.render(&bytes))
             .await?;
         crate::json_text::check(&rendered).map_err(|e| CommandError::InvalidGuestOutput {
             module: module.label(),

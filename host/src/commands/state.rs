@@ -7,13 +7,11 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+use super::fold::{APPLY_BATCH, fold};
 use super::{CommandError, CommandService, aggregate_of};
 use crate::modules::{LoadedModule, hex};
 use crate::runtime::StreamEvent;
 use crate::store::{Direction, RecordedEvent, StreamId, StreamVersion};
-
-/// Events handed to one `apply` call.
-pub const APPLY_BATCH: usize = 1000;
 
 /// The metadata key under which a command's last event records the digest of the
 /// state it led to (sha256 of the state bytes, hex).
@@ -66,17 +64,17 @@ impl CommandService {
         stream: &StreamId,
     ) -> Result<AggregateState, CommandError> {
         let key = (stream.clone(), module.record.digest);
-        let cached = self
-            .cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            .cloned();
-        let start = match cached {
+        let start = match self.cache.get(&key) {
             Some(state) => state,
             None => self.starting_point(module, stream, None).await?,
         };
+        let from = start.version;
         let state = self.replay(module, stream, start, None).await?;
+        // A long replay is kept as a snapshot, so the next one starts here.
+        let every = self.config.snapshot_every;
+        if every > 0 && state.version - from >= every {
+            self.save_snapshot(module, stream, &state);
+        }
         self.remember(module, stream, &state);
         Ok(state)
     }
@@ -98,18 +96,12 @@ impl CommandService {
         stream: &StreamId,
         state: &AggregateState,
     ) {
-        let key = (stream.clone(), module.record.digest);
         self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .put(key, state.clone());
+            .put((stream.clone(), module.record.digest), state.clone());
     }
 
     pub(super) fn forget(&self, module: &LoadedModule, stream: &StreamId) {
-        self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop(&(stream.clone(), module.record.digest));
+        self.cache.remove(&(stream.clone(), module.record.digest));
     }
 
     /// The latest snapshot made by this module version at or below `limit`, else the initial state.
@@ -127,16 +119,28 @@ impl CommandService {
                 bytes: Arc::new(bytes),
             });
         }
+        Ok(AggregateState {
+            version: 0,
+            bytes: Arc::new(self.initial_state(module).await?),
+        })
+    }
+
+    /// The module's state for an aggregate with no events, checked against the state limit.
+    async fn initial_state(&self, module: &Arc<LoadedModule>) -> Result<Vec<u8>, CommandError> {
         let guest = aggregate_of(module)?.clone();
         let bytes = self
             .runtime
             .pool()
-            .run(move || guest.initial_state())
+            .run(&module.record.name, move || guest.initial_state())
             .await?;
-        Ok(AggregateState {
-            version: 0,
-            bytes: Arc::new(bytes),
-        })
+        if bytes.len() > self.config.max_state_bytes {
+            return Err(CommandError::StateTooLarge {
+                module: module.label(),
+                bytes: bytes.len(),
+                limit: self.config.max_state_bytes,
+            });
+        }
+        Ok(bytes)
     }
 
     /// Applies the stream's events after `state.version`, up to `limit` if given.
@@ -157,18 +161,9 @@ impl CommandService {
                 self.store
                     .read_stream(stream, state.version + 1, Direction::Forward, want)?;
             let Some(last) = events.last() else { break };
-            let version = last.version;
-            let batch: Vec<StreamEvent> = events.iter().map(to_stream_event).collect();
-            let guest = aggregate_of(module)?.clone();
-            let before = state.bytes.clone();
-            let bytes = self
-                .runtime
-                .pool()
-                .run(move || guest.apply(&before, &batch))
-                .await?;
             state = AggregateState {
-                version,
-                bytes: Arc::new(bytes),
+                version: last.version,
+                bytes: fold(&self.runtime, module, state.bytes, &events).await?,
             };
             if events.len() < want {
                 break;
@@ -209,20 +204,14 @@ impl CommandService {
                 report.unavailable_modules.push(producer);
                 continue;
             };
-            let mut state = self.starting_point_fresh(&module).await?;
-            let mut batch = Vec::new();
-            for event in &events {
-                batch.push(to_stream_event(event));
+            let mut state = Arc::new(self.initial_state(&module).await?);
+            let mut unfolded = 0;
+            for (i, event) in events.iter().enumerate() {
                 let checkpoint = event.metadata.producer.as_deref() == Some(producer.as_str())
                     && event.metadata.extra.contains_key(STATE_DIGEST_KEY);
-                if checkpoint || batch.len() == APPLY_BATCH {
-                    let guest = aggregate_of(&module)?.clone();
-                    let events = std::mem::take(&mut batch);
-                    state = self
-                        .runtime
-                        .pool()
-                        .run(move || guest.apply(&state, &events))
-                        .await?;
+                if checkpoint || i + 1 - unfolded == APPLY_BATCH {
+                    state = fold(&self.runtime, &module, state, &events[unfolded..=i]).await?;
+                    unfolded = i + 1;
                 }
                 if checkpoint {
                     let recorded = &event.metadata.extra[STATE_DIGEST_KEY];
@@ -240,17 +229,5 @@ impl CommandService {
             }
         }
         Ok(report)
-    }
-
-    async fn starting_point_fresh(
-        &self,
-        module: &Arc<LoadedModule>,
-    ) -> Result<Vec<u8>, CommandError> {
-        let guest = aggregate_of(module)?.clone();
-        Ok(self
-            .runtime
-            .pool()
-            .run(move || guest.initial_state())
-            .await?)
     }
 }

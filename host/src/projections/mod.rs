@@ -803,7 +803,9 @@ impl ProjectionService {
         let answer = self
             .runtime
             .pool()
-            .run(move || module.query(source, &q, &a))
+            .run(&handle.module.record.name, move || {
+                module.query(source, &q, &a)
+            })
             .await?;
         match answer {
             Ok(json) => {

@@ -66,7 +66,10 @@ impl Runner {
         let filter = loop {
             let selector = {
                 let module = module.clone();
-                self.pool.pool().run(move || module.selector()).await
+                self.pool
+                    .pool()
+                    .run(&self.handle.module.record.name, move || module.selector())
+                    .await
             };
             match selector {
                 Ok(s) => {
@@ -176,7 +179,7 @@ impl Runner {
                 let (module, limits) = (module.clone(), self.limits);
                 self.pool
                     .pool()
-                    .run(move || {
+                    .run(&self.handle.module.record.name, move || {
                         // A panic in host code must stop this version visibly, not
                         // end its runner silently.
                         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -280,42 +283,45 @@ impl Runner {
         let committed = self
             .pool
             .pool()
-            .run(move || -> Result<ProjectionCheckpoint, StoreError> {
-                let event = store.read_event(position)?;
-                let _committing = handle.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
-                let model = handle.read_model();
-                let before = model.checkpoint()?;
-                if position <= before.position {
-                    return Err(StoreError::InvalidStream(format!(
-                        "position {position} is already processed (checkpoint {})",
-                        before.position
-                    )));
-                }
-                let record = SkipRecord {
-                    position,
-                    event_id: event
-                        .as_ref()
-                        .map(|e| e.event_id.to_string())
-                        .unwrap_or_default(),
-                    event_type: event
-                        .as_ref()
-                        .map(|e| e.event_type.clone())
-                        .unwrap_or_default(),
-                    stream: event
-                        .as_ref()
-                        .map(|e| e.stream.to_string())
-                        .unwrap_or_default(),
-                    reason,
-                    skipped_at_ms: now_ms(),
-                };
-                let checkpoint = ProjectionCheckpoint {
-                    position,
-                    events_skipped: before.events_skipped + 1,
-                    ..before
-                };
-                model.commit(&DocumentChanges::new(), &checkpoint, Some(&record))?;
-                Ok(checkpoint)
-            })
+            .run(
+                &self.handle.module.record.name,
+                move || -> Result<ProjectionCheckpoint, StoreError> {
+                    let event = store.read_event(position)?;
+                    let _committing = handle.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
+                    let model = handle.read_model();
+                    let before = model.checkpoint()?;
+                    if position <= before.position {
+                        return Err(StoreError::InvalidStream(format!(
+                            "position {position} is already processed (checkpoint {})",
+                            before.position
+                        )));
+                    }
+                    let record = SkipRecord {
+                        position,
+                        event_id: event
+                            .as_ref()
+                            .map(|e| e.event_id.to_string())
+                            .unwrap_or_default(),
+                        event_type: event
+                            .as_ref()
+                            .map(|e| e.event_type.clone())
+                            .unwrap_or_default(),
+                        stream: event
+                            .as_ref()
+                            .map(|e| e.stream.to_string())
+                            .unwrap_or_default(),
+                        reason,
+                        skipped_at_ms: now_ms(),
+                    };
+                    let checkpoint = ProjectionCheckpoint {
+                        position,
+                        events_skipped: before.events_skipped + 1,
+                        ..before
+                    };
+                    model.commit(&DocumentChanges::new(), &checkpoint, Some(&record))?;
+                    Ok(checkpoint)
+                },
+            )
             .await
             .map_err(|e| e.to_string())?;
         tracing::warn!(projection = %self.handle.label(), position, "skipped a failing event");
@@ -351,38 +357,9 @@ fn step(
         let end = events
             .first()
             .map_or(page.next_position - 1, |e| e.position - 1);
-        match apply(module, &model, chunk) {
-            Ok(changes) => {
-                commit(handle, &model, &changes, end, chunk.len() as u64)?;
-                done = end;
-            }
-            Err(_) if chunk.len() > 1 => {
-                // Find the failing event: apply one at a time, committing each,
-                // so the checkpoint stops exactly before it.
-                for (i, event) in chunk.iter().enumerate() {
-                    let end = chunk.get(i + 1).map_or(end, |e| e.position - 1);
-                    match apply(module, &model, std::slice::from_ref(event)) {
-                        Ok(changes) => {
-                            commit(handle, &model, &changes, end, 1)?;
-                            done = end;
-                        }
-                        Err(err) => {
-                            return Ok(Some(Failure::from_guest(
-                                event.position,
-                                Some(event),
-                                &err,
-                            )));
-                        }
-                    }
-                }
-            }
-            Err(err) => {
-                return Ok(Some(Failure::from_guest(
-                    chunk[0].position,
-                    Some(&chunk[0]),
-                    &err,
-                )));
-            }
+        match apply_span(handle, module, &model, chunk, end)? {
+            Ok(()) => done = end,
+            Err(failure) => return Ok(Some(failure)),
         }
     }
     if done < page.next_position - 1 {
@@ -396,6 +373,38 @@ fn step(
         )?;
     }
     Ok(None)
+}
+
+/// Applies `events` and commits them with a checkpoint at `end`. If the guest
+/// fails, the span is halved and each half applied and committed in turn, down
+/// to the single event that fails: the checkpoint then stops exactly before it.
+/// Halving (rather than going one event at a time) also keeps a batch that
+/// only went past the per-call write limit fast: its halves commit.
+fn apply_span(
+    handle: &VersionHandle,
+    module: &ProjectionModule,
+    model: &ReadModel,
+    events: &[RecordedEvent],
+    end: Position,
+) -> Result<Result<(), Failure>, StoreError> {
+    match apply(module, model, events) {
+        Ok(changes) => {
+            commit(handle, model, &changes, end, events.len() as u64)?;
+            Ok(Ok(()))
+        }
+        Err(err) if events.len() == 1 => Ok(Err(Failure::from_guest(
+            events[0].position,
+            Some(&events[0]),
+            &err,
+        ))),
+        Err(_) => {
+            let (first, second) = events.split_at(events.len() / 2);
+            match apply_span(handle, module, model, first, second[0].position - 1)? {
+                Ok(()) => apply_span(handle, module, model, second, end),
+                failed => Ok(failed),
+            }
+        }
+    }
 }
 
 /// Events from the front of `events` up to `max_bytes` of data (at least one).

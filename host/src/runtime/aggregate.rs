@@ -84,7 +84,18 @@ impl AggregateModule {
     }
 
     pub fn apply(&self, state: &[u8], events: &[StreamEvent]) -> Result<Vec<u8>, GuestError> {
-        self.call(&Observed::default(), |guest, store| {
+        self.apply_scaled(state, events, 1)
+    }
+
+    /// `apply` for a replay that folds the events of `commands` commands at
+    /// once: the call gets that many calls' fuel.
+    pub fn apply_scaled(
+        &self,
+        state: &[u8],
+        events: &[StreamEvent],
+        commands: usize,
+    ) -> Result<Vec<u8>, GuestError> {
+        self.call_scaled(&Observed::default(), commands, |guest, store| {
             guest.call_apply(store, state, events)
         })?
         .map_err(GuestError::failed)
@@ -102,10 +113,19 @@ impl AggregateModule {
         observed: &Observed,
         f: impl FnOnce(&Aggregate, &mut Store<HostState>) -> wasmtime::Result<T>,
     ) -> Result<T, GuestError> {
+        self.call_scaled(observed, 1, f)
+    }
+
+    fn call_scaled<T>(
+        &self,
+        observed: &Observed,
+        fuel_units: usize,
+        f: impl FnOnce(&Aggregate, &mut Store<HostState>) -> wasmtime::Result<T>,
+    ) -> Result<T, GuestError> {
         let pre = &self.inner.pre;
         self.inner
             .settings
-            .run(observed, None, |store| {
+            .run(observed, None, fuel_units, |store| {
                 let guest = pre.instantiate(&mut *store)?;
                 f(&guest, store)
             })

@@ -14,6 +14,11 @@ pub enum GuestError {
     MemoryLimit { limit_bytes: usize },
     #[error("the guest trapped: {0}")]
     Trap(String),
+    /// The guest went past a bound of the sandbox other than fuel, time and
+    /// memory: host resources held, random bytes asked for, read-model writes, a
+    /// wait that nothing can end.
+    #[error("the guest exceeded a sandbox limit: {0}")]
+    LimitExceeded(String),
     /// The guest's own `Err` from `apply` or `render`, clipped: build it
     /// with [`GuestError::failed`].
     #[error("the guest reported a failure: {0}")]
@@ -57,10 +62,17 @@ impl GuestError {
             GuestError::Timeout(_) => "guest_timeout",
             GuestError::MemoryLimit { .. } => "memory_limit",
             GuestError::Trap(_) => "guest_trap",
+            GuestError::LimitExceeded(_) => "guest_limit_exceeded",
             GuestError::Failed(_) => "guest_failed",
         }
     }
 }
+
+/// What a host function returns when a guest goes past a sandbox bound; a
+/// call that ends with it fails as [`GuestError::LimitExceeded`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SandboxLimit(pub String);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {

@@ -5,6 +5,8 @@
 //!
 //! - `bindings`: the one `bindgen!` over `wit/domain.wit`.
 //! - `sandbox`: what a guest observes (virtual WASI, limits) and how failures are named.
+//! - `virtual_time`: the guest's clocks and timers, which never block and never read real time.
+//! - `output`: a guest's stdout and stderr, capped per call, rate-limited to the log per module.
 //! - `aggregate`: calls into an aggregate component, each in a fresh instance.
 //! - `projection`: calls into a projection component, and its read-model import.
 //! - `cache`: compiled artifacts on disk, keyed by digest and engine compatibility.
@@ -14,9 +16,11 @@ mod aggregate;
 mod bindings;
 mod cache;
 mod error;
+mod output;
 mod pool;
 mod projection;
 mod sandbox;
+mod virtual_time;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,10 +37,10 @@ pub use bindings::{
     Rejection, StreamEvent,
 };
 pub use error::{GuestError, MAX_GUEST_ERROR_LEN, RuntimeError, clip_guest_text};
-pub use pool::GuestPool;
+pub use pool::{GuestPool, PoolStats};
 pub use projection::{
-    DocumentChanges, DocumentSource, MAX_DOC_KEY_LEN, MAX_DOC_LEN, MAX_SCAN_LIMIT,
-    ProjectionModule, QueryFailure, Selector,
+    DocumentChanges, DocumentSource, MAX_BATCH_WRITE_BYTES, MAX_BATCH_WRITES, MAX_DOC_KEY_LEN,
+    MAX_DOC_LEN, MAX_SCAN_LIMIT, ProjectionModule, QueryFailure, Selector,
 };
 pub use sandbox::Observed;
 
@@ -143,6 +147,7 @@ impl Runtime {
             .map_err(|e| RuntimeError::Host(format!("creating the Wasm engine: {e:#}")))?;
         let mut wasi_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut wasi_linker)
+            .and_then(|()| virtual_time::shadow_wasi(&mut wasi_linker))
             .map_err(|e| RuntimeError::Host(format!("linking WASI: {e:#}")))?;
         let mut plain_linker = Linker::new(&engine);
         // The read model is the one host interface Refold offers; an aggregate's
@@ -285,9 +290,10 @@ impl Runtime {
         Ok(world)
     }
 
-    /// A component may import WASI (which it gets, locked down), Refold's own
-    /// types interface (which carries only types), and, for projections, the
-    /// read model. Nothing else.
+    /// A component may import the parts of WASI a program needs to run (which it
+    /// gets, locked down: `ALLOWED_WASI`), Refold's own types interface (which
+    /// carries only types), and, for projections, the read model. Nothing else:
+    /// not sockets, not HTTP, not any interface a later WASI adds.
     fn check_imports(&self, component: &Component, world: World) -> Result<bool, RuntimeError> {
         let mut with_wasi = false;
         for (name, _) in component.component_type().imports(&self.engine) {
@@ -297,18 +303,19 @@ impl Runtime {
             if name.starts_with("refold:domain/read-model@") && world == World::Projection {
                 continue;
             }
-            if name.starts_with("wasi:") {
+            if ALLOWED_WASI.iter().any(|prefix| name.starts_with(prefix)) {
                 with_wasi = true;
             } else {
                 return Err(RuntimeError::InvalidModule(format!(
-                    "imports {name}, which Refold does not provide to {} (only WASI is offered, locked down{})",
+                    "imports {name}, which Refold does not provide to {} (offered: {}{}, locked down: virtual clocks, seeded randomness, no files, network or environment)",
                     match world {
                         World::Aggregate => "aggregates",
                         World::Projection => "projections",
                     },
+                    ALLOWED_WASI.join(", "),
                     match world {
                         World::Aggregate => "",
-                        World::Projection => ", and refold:domain/read-model",
+                        World::Projection => ", refold:domain/read-model",
                     }
                 )));
             }
@@ -316,6 +323,16 @@ impl Runtime {
         Ok(with_wasi)
     }
 }
+
+/// The WASI packages a guest may import: what Rust's standard library links.
+/// (Sockets are refused even though wasmtime-wasi could serve them disabled.)
+const ALLOWED_WASI: &[&str] = &[
+    "wasi:cli/",
+    "wasi:clocks/",
+    "wasi:filesystem/",
+    "wasi:io/",
+    "wasi:random/",
+];
 
 impl Drop for Runtime {
     fn drop(&mut self) {

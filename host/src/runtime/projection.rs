@@ -15,7 +15,7 @@ use wasmtime::{Engine, Store};
 
 use super::RuntimeConfig;
 use super::bindings::{EventSelector, Projection, ProjectionPre, QueryError, RecordedEvent};
-use super::error::{GuestError, RuntimeError};
+use super::error::{GuestError, RuntimeError, SandboxLimit};
 use super::sandbox::{CallSettings, HostState, Observed};
 
 /// Longest document key, in bytes.
@@ -24,6 +24,11 @@ pub const MAX_DOC_KEY_LEN: usize = 512;
 pub const MAX_DOC_LEN: usize = 64 * 1024;
 /// Most documents one `scan` returns.
 pub const MAX_SCAN_LIMIT: usize = 1000;
+/// Most document writes (puts and deletes of distinct keys) one `apply` call may
+/// make, and their bytes: a batch's writes are committed in one store batch,
+/// which holds up appends while it is written.
+pub const MAX_BATCH_WRITES: usize = 10_000;
+pub const MAX_BATCH_WRITE_BYTES: usize = 4 << 20;
 
 /// The committed documents of one projection version, as a guest call reads them.
 pub trait DocumentSource: Send + Sync {
@@ -45,6 +50,8 @@ pub type DocumentChanges = BTreeMap<String, Option<String>>;
 pub struct ReadModelSession {
     source: Arc<dyn DocumentSource>,
     changes: DocumentChanges,
+    /// Bytes of keys and documents in `changes`.
+    change_bytes: usize,
     writable: bool,
 }
 
@@ -56,11 +63,38 @@ impl ReadModelSession {
         }
     }
 
-    fn write(&mut self, key: String, doc: Option<String>) -> Result<(), String> {
+    fn write(&mut self, key: String, doc: Option<String>) -> wasmtime::Result<()> {
+        let what = if doc.is_some() { "put" } else { "delete" };
+        self.check_write(&key, doc.as_deref())
+            .map_err(|e| trap(what, e))?;
+        let added = key.len() + doc.as_ref().map_or(0, String::len);
+        let replaced = self
+            .changes
+            .get(&key)
+            .map(|old| key.len() + old.as_ref().map_or(0, String::len));
+        if replaced.is_none() && self.changes.len() >= MAX_BATCH_WRITES {
+            return Err(SandboxLimit(format!(
+                "one apply call may write at most {MAX_BATCH_WRITES} documents"
+            ))
+            .into());
+        }
+        let bytes = self.change_bytes - replaced.unwrap_or(0) + added;
+        if bytes > MAX_BATCH_WRITE_BYTES {
+            return Err(SandboxLimit(format!(
+                "one apply call may write at most {MAX_BATCH_WRITE_BYTES} bytes of keys and documents"
+            ))
+            .into());
+        }
+        self.change_bytes = bytes;
+        self.changes.insert(key, doc);
+        Ok(())
+    }
+
+    fn check_write(&self, key: &str, doc: Option<&str>) -> Result<(), String> {
         if !self.writable {
             return Err("the read model is read-only during a query".into());
         }
-        check_key(&key)?;
+        check_key(key)?;
         if let Some(doc) = &doc {
             if doc.len() > MAX_DOC_LEN {
                 return Err(format!(
@@ -71,7 +105,6 @@ impl ReadModelSession {
             crate::json_text::check_stored(doc)
                 .map_err(|e| format!("document {key:?} is not valid JSON: {e}"))?;
         }
-        self.changes.insert(key, doc);
         Ok(())
     }
 
@@ -134,15 +167,11 @@ impl super::bindings::read_model::Host for HostState {
     }
 
     fn put(&mut self, key: String, doc: String) -> wasmtime::Result<()> {
-        self.read_model()?
-            .write(key, Some(doc))
-            .map_err(|e| trap("put", e))
+        self.read_model()?.write(key, Some(doc))
     }
 
     fn delete(&mut self, key: String) -> wasmtime::Result<()> {
-        self.read_model()?
-            .write(key, None)
-            .map_err(|e| trap("delete", e))
+        self.read_model()?.write(key, None)
     }
 
     fn scan(
@@ -243,9 +272,12 @@ impl ProjectionModule {
         let session = ReadModelSession {
             source,
             changes: DocumentChanges::new(),
+            change_bytes: 0,
             writable: true,
         };
-        let (result, session) = self.call_with(Some(session), |guest, store| {
+        // Fuel scales with the batch: what one event may use live, each event may
+        // use in a replay's batch of many.
+        let (result, session) = self.call_with(Some(session), events.len(), |guest, store| {
             guest.call_apply(store, events)
         })?;
         result.map_err(GuestError::failed)?;
@@ -262,9 +294,10 @@ impl ProjectionModule {
         let session = ReadModelSession {
             source,
             changes: DocumentChanges::new(),
+            change_bytes: 0,
             writable: false,
         };
-        let (result, _) = self.call_with(Some(session), |guest, store| {
+        let (result, _) = self.call_with(Some(session), 1, |guest, store| {
             guest.call_query(store, name, args)
         })?;
         Ok(result.map_err(|e| match e {
@@ -278,7 +311,7 @@ impl ProjectionModule {
         session: Option<ReadModelSession>,
         f: impl FnOnce(&Projection, &mut Store<HostState>) -> wasmtime::Result<T>,
     ) -> Result<T, GuestError> {
-        self.call_with(session, f).map(|(value, _)| value)
+        self.call_with(session, 1, f).map(|(value, _)| value)
     }
 
     /// Projections observe nothing but their arguments and read model: no
@@ -286,12 +319,13 @@ impl ProjectionModule {
     fn call_with<T>(
         &self,
         session: Option<ReadModelSession>,
+        fuel_units: usize,
         f: impl FnOnce(&Projection, &mut Store<HostState>) -> wasmtime::Result<T>,
     ) -> Result<(T, Option<ReadModelSession>), GuestError> {
         let pre = &self.inner.pre;
         self.inner
             .settings
-            .run(&Observed::default(), session, |store| {
+            .run(&Observed::default(), session, fuel_units, |store| {
                 let guest = pre.instantiate(&mut *store)?;
                 f(&guest, store)
             })

@@ -1,25 +1,30 @@
 //! What a guest may observe and use. Nothing ambient: no files, network,
 //! environment or arguments. A WASI guest sees a virtual WASI whose clocks read
-//! the command's received-at time and whose randomness is seeded from the
+//! the call's pinned time (a command's received-at time) plus only the time the
+//! guest itself waited (`virtual_time`), and whose randomness is seeded from the
 //! command id, so replaying a command gives the same answer on any host.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::SeedableRng;
 use rand::rngs::ChaCha20Rng;
 use sha2::{Digest, Sha256};
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{ResourceTable, ResourceTableError};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::RuntimeConfig;
-use super::error::GuestError;
+use super::error::{GuestError, SandboxLimit};
+use super::output::{CappedOutput, LogDecision, OutputBudget};
 use super::projection::ReadModelSession;
+use super::virtual_time::{VirtualClock, VirtualMonotonicClock, VirtualWallClock};
 
-/// Bytes of stdout and of stderr a guest may write per call; they are forwarded
-/// to the host's log. Past this, the guest's writes fail (Rust's `print!` then panics).
-pub const OUTPUT_CAPTURE: usize = 1 << 20;
+/// Host resources (streams, pollables, ...) a guest may hold at once in one call.
+/// Each costs host memory that no linear-memory cap sees.
+pub const MAX_HOST_RESOURCES: usize = 1024;
+/// The most random bytes one WASI call may ask for.
+pub const MAX_RANDOM_BYTES: u64 = 1 << 20;
 
 /// The inputs that decide what a guest observes besides its arguments.
 #[derive(Clone, Debug, Default)]
@@ -35,9 +40,10 @@ pub struct HostState {
     /// Present only for components that import WASI.
     wasi: Option<WasiCtx>,
     table: ResourceTable,
+    clock: Arc<VirtualClock>,
     pub limits: StoreLimits,
-    pub stdout: Option<MemoryOutputPipe>,
-    pub stderr: Option<MemoryOutputPipe>,
+    pub stdout: Option<CappedOutput>,
+    pub stderr: Option<CappedOutput>,
     /// Present only for projection calls.
     pub read_model: Option<ReadModelSession>,
 }
@@ -51,20 +57,24 @@ impl HostState {
             .memories(8)
             .trap_on_grow_failure(true)
             .build();
+        let clock = VirtualClock::starting_at(Duration::from_millis(observed.now_ms));
         let (wasi, stdout, stderr) = if with_wasi {
-            let out = MemoryOutputPipe::new(OUTPUT_CAPTURE);
-            let err = MemoryOutputPipe::new(OUTPUT_CAPTURE);
+            let out = CappedOutput::default();
+            let err = CappedOutput::default();
             (
-                Some(deterministic_wasi(observed, &out, &err)),
+                Some(deterministic_wasi(observed, &clock, &out, &err)),
                 Some(out),
                 Some(err),
             )
         } else {
             (None, None, None)
         };
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_HOST_RESOURCES);
         HostState {
             wasi,
-            table: ResourceTable::new(),
+            table,
+            clock,
             limits,
             stdout,
             stderr,
@@ -72,13 +82,19 @@ impl HostState {
         }
     }
 
+    /// What the guest wrote to stdout and stderr, each capped (head and tail kept).
     pub fn take_output(&self) -> (String, String) {
-        let read = |p: &Option<MemoryOutputPipe>| {
-            p.as_ref()
-                .map(|p| String::from_utf8_lossy(&p.contents()).into_owned())
-                .unwrap_or_default()
-        };
+        let read =
+            |p: &Option<CappedOutput>| p.as_ref().map(|p| p.contents().text).unwrap_or_default();
         (read(&self.stdout), read(&self.stderr))
+    }
+
+    pub(super) fn clock(&self) -> &Arc<VirtualClock> {
+        &self.clock
+    }
+
+    pub(super) fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
     }
 }
 
@@ -105,6 +121,8 @@ pub struct CallSettings {
     fuel: u64,
     deadline: Duration,
     memory_bytes: usize,
+    /// How much of this module's guest output reaches the log.
+    output_budget: OutputBudget,
 }
 
 impl CallSettings {
@@ -116,6 +134,7 @@ impl CallSettings {
             fuel: config.fuel_per_call,
             deadline: config.deadline,
             memory_bytes: config.memory_bytes,
+            output_budget: OutputBudget::default(),
         }
     }
 
@@ -131,62 +150,68 @@ impl CallSettings {
     /// this module's fuel, deadline and memory cap; forwards the guest's output
     /// to the log; names whatever stopped it. Returns the store's host state too,
     /// for the read-model writes a projection made.
+    ///
+    /// `fuel_units` scales the fuel: a call that folds the work of n calls (a
+    /// replay of n commands' events, a projection batch of n events) gets what
+    /// those n calls would have had, so whatever was accepted one at a time
+    /// can be replayed in batches.
     pub fn run<T>(
         &self,
         observed: &Observed,
         read_model: Option<ReadModelSession>,
+        fuel_units: usize,
         f: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<T>,
     ) -> Result<(T, HostState), GuestError> {
         let mut state = HostState::new(self.memory_bytes, self.with_wasi, observed);
         state.read_model = read_model;
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
+        store.set_max_component_handles(MAX_HOST_RESOURCES);
+        let fuel = self.fuel.saturating_mul(fuel_units.max(1) as u64);
         store
-            .set_fuel(self.fuel)
+            .set_fuel(fuel)
             .map_err(|e| GuestError::Trap(format!("setting fuel: {e}")))?;
         let ticks = (self.deadline.as_millis() / super::EPOCH_TICK.as_millis()).max(1) as u64;
         store.set_epoch_deadline(ticks);
         let result = f(&mut store);
         let (stdout, stderr) = store.data().take_output();
-        if !stdout.is_empty() {
-            tracing::info!(module = %self.label, stream = "stdout", "{}", stdout.trim_end());
-        }
-        if !stderr.is_empty() {
-            tracing::warn!(module = %self.label, stream = "stderr", "{}", stderr.trim_end());
-        }
-        let value = result
-            .map_err(|e| classify(&e, self.fuel, self.memory_bytes, self.deadline, &stderr))?;
+        self.forward_output(&stdout, &stderr);
+        let value =
+            result.map_err(|e| classify(&e, fuel, self.memory_bytes, self.deadline, &stderr))?;
         Ok((value, store.into_data()))
     }
 }
 
-struct FixedWallClock(Duration);
-
-impl HostWallClock for FixedWallClock {
-    fn resolution(&self) -> Duration {
-        Duration::from_millis(1)
-    }
-    fn now(&self) -> Duration {
-        self.0
-    }
-}
-
-/// Monotonic time stands still: a guest cannot measure how long it runs.
-struct FrozenMonotonicClock;
-
-impl HostMonotonicClock for FrozenMonotonicClock {
-    fn resolution(&self) -> u64 {
-        1_000_000
-    }
-    fn now(&self) -> u64 {
-        0
+impl CallSettings {
+    /// Sends a call's output to the log, within the module's rate.
+    fn forward_output(&self, stdout: &str, stderr: &str) {
+        for (stream, text) in [("stdout", stdout), ("stderr", stderr)] {
+            if text.is_empty() {
+                continue;
+            }
+            let LogDecision::Log { withheld } = self.output_budget.admit(text.len()) else {
+                continue;
+            };
+            let text = text.trim_end();
+            match (stream, withheld) {
+                ("stdout", 0) => tracing::info!(module = %self.label, stream, "{text}"),
+                ("stdout", n) => {
+                    tracing::info!(module = %self.label, stream, withheld_bytes = n, "[{n} bytes of earlier guest output dropped: over the module's log rate]\n{text}")
+                }
+                (_, 0) => tracing::warn!(module = %self.label, stream, "{text}"),
+                (_, n) => {
+                    tracing::warn!(module = %self.label, stream, withheld_bytes = n, "[{n} bytes of earlier guest output dropped: over the module's log rate]\n{text}")
+                }
+            }
+        }
     }
 }
 
 fn deterministic_wasi(
     observed: &Observed,
-    out: &MemoryOutputPipe,
-    err: &MemoryOutputPipe,
+    clock: &Arc<VirtualClock>,
+    out: &CappedOutput,
+    err: &CappedOutput,
 ) -> WasiCtx {
     let seed: [u8; 32] = Sha256::digest(observed.seed.as_bytes()).into();
     let mut insecure_seed = [0u8; 16];
@@ -199,11 +224,13 @@ fn deterministic_wasi(
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false)
-        .wall_clock(FixedWallClock(Duration::from_millis(observed.now_ms)))
-        .monotonic_clock(FrozenMonotonicClock)
+        .wall_clock(VirtualWallClock(clock.clone()))
+        .monotonic_clock(VirtualMonotonicClock(clock.clone()))
         .secure_random(ChaCha20Rng::from_seed(seed))
         .insecure_random(ChaCha20Rng::from_seed(Sha256::digest(seed).into()))
         .insecure_random_seed(u128::from_le_bytes(insecure_seed))
+        // The host fills what a guest asks for before handing it over.
+        .max_random_size(MAX_RANDOM_BYTES)
         .build()
 }
 
@@ -215,6 +242,9 @@ pub fn classify(
     deadline: Duration,
     stderr: &str,
 ) -> GuestError {
+    if let Some(limit) = sandbox_limit(err) {
+        return GuestError::LimitExceeded(limit);
+    }
     match err.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => GuestError::FuelExhausted { limit: fuel_limit },
         Some(Trap::Interrupt) => GuestError::Timeout(deadline),
@@ -240,6 +270,27 @@ pub fn classify(
         }
         None => GuestError::Trap(format!("{err:#}")),
     }
+}
+
+/// A bound of the sandbox that stopped the call: ours, or one of wasmtime's.
+fn sandbox_limit(err: &wasmtime::Error) -> Option<String> {
+    if let Some(limit) = err.downcast_ref::<SandboxLimit>() {
+        return Some(limit.0.clone());
+    }
+    if err.downcast_ref::<ResourceTableError>().is_some()
+        || format!("{err:#}").contains("store handle limit exceeded")
+    {
+        return Some(format!(
+            "the guest held more than {MAX_HOST_RESOURCES} host resources (streams, pollables, ...) at once"
+        ));
+    }
+    let text = format!("{err:#}");
+    if text.contains("requested len") && text.contains("exceeds limit") {
+        return Some(format!(
+            "the guest asked for more than {MAX_RANDOM_BYTES} random bytes in one call"
+        ));
+    }
+    None
 }
 
 fn last_chars(s: &str, n: usize) -> &str {

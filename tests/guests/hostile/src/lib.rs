@@ -4,11 +4,22 @@
 //! Commands (`{"type": ...}`): `Count` (a normal event), `Loop` (never ends),
 //! `Allocate` (grows memory without end), `Panic`, `NotJson` (event data that
 //! is not JSON), `Observe` (reports the clock, randomness, a file read, the
-//! environment and arguments it sees), `Shout` (writes to stdout and stderr),
-//! `EmitRaw` (events with the types and data texts the command gives),
-//! `EmitMany` (`count` events), `RejectWith` (a rejection with the command's
-//! `code` and `message`), `MalformedWith` (a `malformed` with its `reason`).
-//! `apply` fails, loudly and at length, on an `ApplyFailsLoudly` event.
+//! environment and arguments it sees), `Shout` (writes to stdout and stderr).
+//!
+//! Containment (issue 10): `Sleep {secs}` (std's sleep; reports the time it
+//! saw pass), `BlockForever` (a timer at the end of time, blocked on),
+//! `PollTimers` (three timers polled together), `Measure` (times a busy loop),
+//! `Flood {mb, trap}` (floods stdout and stderr, then succeeds or panics),
+//! `Zeroes` (asks stdout to write 2^40 zero bytes), `RandomFlood` (asks for
+//! 64 MiB of random bytes), `Handles` (holds pollables until the host says no).
+//! Heavy but accepted history: `Bulk {kb}` (an event with kb KiB of data),
+//! `Burn {n}` (an event whose `apply` loops n times), `Grow {kb}` (an event
+//! after which the state is kb KiB), `Emit {event_type, data}` (any event).
+//! Guest output (issue 10): `EmitRaw` (events with the types and data texts
+//! the command gives), `EmitMany` (`count` events), `RejectWith` (a rejection
+//! with the command's `code` and `message`), `MalformedWith` (a `malformed`
+//! with its `reason`); `apply` fails, loudly and at length, on an
+//! `ApplyFailsLoudly` event.
 
 #[cfg(target_family = "wasm")]
 mod component {
@@ -84,6 +95,86 @@ mod component {
                     eprintln!("hostile guest says hello on stderr");
                     Ok(vec![event("Shouted", "{}".into())])
                 }
+                "Sleep" => {
+                    let secs = command["secs"].as_u64().unwrap_or(1);
+                    let (wall, mono) = (std::time::SystemTime::now(), std::time::Instant::now());
+                    std::thread::sleep(std::time::Duration::from_secs(secs));
+                    let data = serde_json::json!({
+                        "monotonic_elapsed_ns": mono.elapsed().as_nanos() as u64,
+                        "wall_elapsed_ns": wall.elapsed().map(|d| d.as_nanos() as u64).unwrap_or(0),
+                    });
+                    Ok(vec![event("Slept", data.to_string())])
+                }
+                "BlockForever" => {
+                    wasip2::clocks::monotonic_clock::subscribe_instant(u64::MAX).block();
+                    let now = wasip2::clocks::monotonic_clock::now();
+                    Ok(vec![event("Woke", format!("{{\"now\":{now}}}"))])
+                }
+                "PollTimers" => {
+                    use wasip2::clocks::monotonic_clock::{now, subscribe_duration};
+                    let start = now();
+                    let timers =
+                        [3_000_000_000, 1_000_000_000, 2_000_000_000].map(subscribe_duration);
+                    let ready = wasip2::io::poll::poll(&timers.iter().collect::<Vec<_>>());
+                    let data = serde_json::json!({"ready": ready, "elapsed_ns": now() - start});
+                    Ok(vec![event("Polled", data.to_string())])
+                }
+                "Measure" => {
+                    let start = std::time::Instant::now();
+                    let mut x: u64 = 0;
+                    for i in 0..2_000_000u64 {
+                        x = std::hint::black_box(x.wrapping_add(i));
+                    }
+                    let data = serde_json::json!({"elapsed_ns": start.elapsed().as_nanos() as u64, "x": x});
+                    Ok(vec![event("Measured", data.to_string())])
+                }
+                "Flood" => {
+                    let line = "x".repeat(1023) + "\n";
+                    for _ in 0..command["mb"].as_u64().unwrap_or(1) * 1024 {
+                        print!("{line}");
+                        eprint!("{line}");
+                    }
+                    if command["trap"].as_bool().unwrap_or(false) {
+                        panic!("flooded, then panicked");
+                    }
+                    Ok(vec![event("Flooded", "{}".into())])
+                }
+                "Zeroes" => {
+                    let out = wasip2::cli::stdout::get_stdout();
+                    out.write_zeroes(1 << 40)
+                        .map_err(|e| CommandError::Malformed(format!("{e:?}")))?;
+                    Ok(vec![event("Zeroed", "{}".into())])
+                }
+                "RandomFlood" => {
+                    let bytes = wasip2::random::random::get_random_bytes(64 << 20);
+                    Ok(vec![event(
+                        "Random",
+                        format!("{{\"len\":{}}}", bytes.len()),
+                    )])
+                }
+                "Handles" => {
+                    let mut held = Vec::new();
+                    loop {
+                        held.push(wasip2::clocks::monotonic_clock::subscribe_duration(0));
+                    }
+                }
+                "Bulk" => {
+                    let kb = command["kb"].as_u64().unwrap_or(1) as usize;
+                    let data = serde_json::json!({"pad": "x".repeat(kb * 1024 - 16)});
+                    Ok(vec![event("Bulked", data.to_string())])
+                }
+                "Burn" => {
+                    let n = command["n"].as_u64().unwrap_or(0);
+                    Ok(vec![event("Burned", format!("{{\"n\":{n}}}"))])
+                }
+                "Grow" => {
+                    let kb = command["kb"].as_u64().unwrap_or(1);
+                    Ok(vec![event("Grown", format!("{{\"kb\":{kb}}}"))])
+                }
+                "Emit" => Ok(vec![event(
+                    command["event_type"].as_str().unwrap_or("Emitted"),
+                    command["data"].to_string(),
+                )]),
                 // Guest output the host must refuse or keep byte for byte: each
                 // event's type and data text exactly as the command spells them.
                 "EmitRaw" => Ok(command["events"]
@@ -113,18 +204,33 @@ mod component {
             }
         }
 
-        /// The state is the data of the last event, so `render` shows what `Observe` saw.
-        fn apply(state: Vec<u8>, events: Vec<StreamEvent>) -> Result<Vec<u8>, String> {
+        /// The state is the data of the last event, so `render` shows what `Observe` saw;
+        /// `Burned` costs fuel to apply and `Grown` makes the state big; `ApplyFailsLoudly` fails.
+        fn apply(mut state: Vec<u8>, events: Vec<StreamEvent>) -> Result<Vec<u8>, String> {
             if let Some(e) = events.iter().find(|e| e.event_type == "ApplyFailsLoudly") {
                 return Err(format!(
                     "\u{1b}[2J{}",
                     "apply refuses ".repeat(e.data.len())
                 ));
             }
-            Ok(events
-                .last()
-                .map(|e| e.data.clone().into_bytes())
-                .unwrap_or(state))
+            for e in events {
+                let data: serde_json::Value = serde_json::from_str(&e.data).unwrap_or_default();
+                state = match e.event_type.as_str() {
+                    "Burned" => {
+                        let mut x: u64 = 0;
+                        for i in 0..data["n"].as_u64().unwrap_or(0) {
+                            x = std::hint::black_box(x.wrapping_add(i));
+                        }
+                        format!("{{\"burned\":{x}}}").into_bytes()
+                    }
+                    "Grown" => {
+                        let kb = data["kb"].as_u64().unwrap_or(0) as usize;
+                        format!("{{\"big\":\"{}\"}}", "x".repeat(kb * 1024)).into_bytes()
+                    }
+                    _ => e.data.into_bytes(),
+                };
+            }
+            Ok(state)
         }
 
         fn render(state: Vec<u8>) -> Result<String, String> {

@@ -5,7 +5,8 @@
 //! `last` to `{"position": p}`, except for these event types:
 //! - `Poison`: fails with `poison at position P` (the batch keeps no writes);
 //! - `Panic`: panics (a trap);
-//! - `Loop`: never returns (fuel or the deadline stops it).
+//! - `Loop`: never returns (fuel or the deadline stops it);
+//! - `Scatter` (`{"docs": n}`): also writes n documents `scatter/{position}/{i}`.
 //!
 //! Query `count` `{"type": t}`: the document `count/{t}`, or `null` if there is none.
 //!
@@ -31,6 +32,15 @@ impl Projection for Picky {
                 let mut i: u64 = 0;
                 loop {
                     i = std::hint::black_box(i.wrapping_add(1));
+                }
+            }
+            "Scatter" => {
+                let n = event.event["docs"].as_u64().unwrap_or(0);
+                for i in 0..n {
+                    docs.put(
+                        &format!("scatter/{}/{i}", event.position),
+                        &json!({ "i": i }),
+                    )?;
                 }
             }
             _ => {}

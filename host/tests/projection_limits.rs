@@ -1,0 +1,97 @@
+//! A projection batch cannot write without bound: a batch whose writes go past
+//! the per-call limit is re-run event by event, and an event that alone goes
+//! past it stops the version with `guest_limit_exceeded` at that event, while
+//! appends and other reads carry on.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use refold::store::{ExpectedVersion, NewEvent, StreamId};
+use reqwest::Method;
+use serde_json::Value;
+use support::http::TestServer;
+use support::temp_dir;
+
+async fn wait_for(s: &TestServer, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, view) = s.get_json("/v1/projections/picky/versions/1.0.0").await;
+        if status == 200 && done(&view) {
+            return view;
+        }
+        assert!(Instant::now() < deadline, "never reached; last: {view}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn projection_writes_are_bounded_per_call() {
+    let dir = temp_dir();
+    // Enough fuel that the write limit, not fuel, is what stops a big batch.
+    let mut config = support::http::config(dir.path());
+    config.runtime.fuel_per_call = 4_000_000_000;
+    let s = TestServer::start_with(config).await;
+    let store = s.server.app.store.clone();
+    let thing = StreamId::new("thing", "t").unwrap();
+    let scatter = |n: u64| NewEvent::new("Scatter", format!(r#"{{"docs":{n}}}"#));
+    // Two events of 6,000 documents: together over the 10,000 limit, each within it.
+    store
+        .append(
+            &thing,
+            ExpectedVersion::Any,
+            vec![scatter(6000), scatter(6000), NewEvent::new("Hello", "{}")],
+        )
+        .await
+        .unwrap();
+    let status = s
+        .request(Method::PUT, "/v1/modules/picky/1.0.0")
+        .body(std::fs::read(refold_test_guests::PICKY_PROJECTION).unwrap())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 201);
+    let view = wait_for(&s, |v| v["state"] == "caught_up" && v["lag"] == 0).await;
+    assert_eq!(view["position"], 3, "{view}");
+    let (_, doc) = s
+        .get_json("/v1/projections/picky/docs/scatter/2/5999?version=1.0.0")
+        .await;
+    assert_eq!(doc["i"], 5999);
+
+    // One event of 20,000 documents cannot be applied at all.
+    store
+        .append(
+            &thing,
+            ExpectedVersion::Any,
+            vec![NewEvent::new("Hello", "{}"), scatter(20_000)],
+        )
+        .await
+        .unwrap();
+    let failed = wait_for(&s, |v| v["failure"].is_object()).await;
+    assert_eq!(failed["failure"]["position"], 5, "{failed}");
+    assert_eq!(
+        failed["failure"]["code"], "guest_limit_exceeded",
+        "{failed}"
+    );
+    assert_eq!(failed["position"], 4, "the event before it is applied");
+    let (_, none) = s
+        .get_json("/v1/projections/picky/docs/scatter/5/0?version=1.0.0")
+        .await;
+    assert_eq!(
+        none["code"], "not_found",
+        "nothing of the failing event is written: {none}"
+    );
+
+    // Appends and the log carry on.
+    store
+        .append(
+            &thing,
+            ExpectedVersion::Any,
+            vec![NewEvent::new("Hello", "{}")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.head(), 6);
+    s.stop().await;
+}

@@ -216,7 +216,7 @@ async fn run(opts: &ClientOptions, cmd: ProjectionCommand) -> Result<(), Failure
             let reply = client
                 .call(get(&["v1", "projections", &name, "diff"], &query)?)
                 .await?;
-            emit(opts, &reply.body, print_diff)
+            emit_as(opts, &reply.body, print_diff)
         }
         ProjectionCommand::Get {
             name,
@@ -386,32 +386,75 @@ fn print_projection(out: &mut dyn Write, p: &Value) -> io::Result<()> {
     Ok(())
 }
 
-fn print_diff(out: &mut dyn Write, v: &Value) -> io::Result<()> {
+/// A diff, its sample documents kept as the text the server sent.
+#[derive(serde::Deserialize)]
+struct DiffText<'a> {
+    #[serde(default)]
+    from: Value,
+    #[serde(default)]
+    to: Value,
+    #[serde(default)]
+    from_position: Value,
+    #[serde(default)]
+    to_position: Value,
+    #[serde(default)]
+    added: Value,
+    #[serde(default)]
+    removed: Value,
+    #[serde(default)]
+    changed: Value,
+    #[serde(default)]
+    unchanged: Value,
+    #[serde(borrow, default)]
+    samples: DiffSamplesText<'a>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct DiffSamplesText<'a> {
+    #[serde(borrow, default)]
+    added: Vec<DocText<'a>>,
+    #[serde(borrow, default)]
+    removed: Vec<DocText<'a>>,
+    #[serde(borrow, default)]
+    changed: Vec<ChangedText<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChangedText<'a> {
+    #[serde(default)]
+    key: Value,
+    #[serde(borrow)]
+    from: &'a RawValue,
+    #[serde(borrow)]
+    to: &'a RawValue,
+}
+
+fn print_diff(out: &mut dyn Write, v: &DiffText) -> io::Result<()> {
     writeln!(
         out,
         "{} (position {}) -> {} (position {}): {} added, {} removed, {} changed, {} unchanged",
-        str_of(&v["from"]),
-        v["from_position"],
-        str_of(&v["to"]),
-        v["to_position"],
-        v["added"],
-        v["removed"],
-        v["changed"],
-        v["unchanged"]
+        str_of(&v.from),
+        v.from_position,
+        str_of(&v.to),
+        v.to_position,
+        v.added,
+        v.removed,
+        v.changed,
+        v.unchanged
     )?;
-    for s in v["samples"]["added"].as_array().into_iter().flatten() {
-        writeln!(out, "  + {}  {}", str_of(&s["key"]), s["doc"])?;
+    for s in &v.samples.added {
+        writeln!(out, "  + {}  {}", str_of(&s.key), s.doc.get())?;
     }
-    for s in v["samples"]["removed"].as_array().into_iter().flatten() {
-        writeln!(out, "  - {}  {}", str_of(&s["key"]), s["doc"])?;
+    for s in &v.samples.removed {
+        writeln!(out, "  - {}  {}", str_of(&s.key), s.doc.get())?;
     }
-    for s in v["samples"]["changed"].as_array().into_iter().flatten() {
+    for s in &v.samples.changed {
         writeln!(
             out,
             "  ~ {}  {} -> {}",
-            str_of(&s["key"]),
-            s["from"],
-            s["to"]
+            str_of(&s.key),
+            s.from.get(),
+            s.to.get()
         )?;
     }
     Ok(())

@@ -19,7 +19,13 @@ fn main() {
         &root,
         &target_dir,
         WASIP2,
-        &["bank-account", "inventory", "order", "refold-hostile-guest"],
+        &[
+            "bank-account",
+            "inventory",
+            "order",
+            "refold-hostile-guest",
+            "refold-entropy-guest",
+        ],
     );
     // A cargo and a target directory of their own: the projections use
     // `bank-account` without its `component` feature (only its types). One
@@ -35,6 +41,7 @@ fn main() {
             "account-balances",
             "account-balances-v2",
             "refold-picky-projection",
+            "refold-entropy-projection",
             "sales",
         ],
     );
@@ -63,6 +70,11 @@ fn main() {
         ("ACCOUNT_BALANCES", projection("account_balances")),
         ("ACCOUNT_BALANCES_V2", projection("account_balances_v2")),
         ("PICKY_PROJECTION", projection("refold_picky_projection")),
+        ("ENTROPY", p2("refold_entropy_guest")),
+        (
+            "ENTROPY_PROJECTION",
+            projection("refold_entropy_projection"),
+        ),
         ("INVENTORY", p2("inventory")),
         ("ORDER", p2("order")),
         ("SALES", projection("sales")),

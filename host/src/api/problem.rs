@@ -133,6 +133,10 @@ impl From<CommandError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, code, err.to_string())
             }
             CommandError::NotFound(detail) => ApiError::not_found(detail),
+            CommandError::TooManyVerifies { running } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, err.to_string())
+                    .with("running", running)
+            }
             CommandError::Store(store) => store.into(),
         }
     }
@@ -227,6 +231,14 @@ impl From<ProjectionError> for ApiError {
             }
             ProjectionError::Closed => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", detail)
+            }
+            ProjectionError::VerifyInProgress {
+                position, target, ..
+            } => ApiError::new(StatusCode::CONFLICT, "verify_in_progress", detail)
+                .with("position", position)
+                .with("target", target),
+            ProjectionError::Busy(_) => {
+                ApiError::new(StatusCode::CONFLICT, "projection_busy", detail)
             }
             ProjectionError::Guest(guest) => guest.into(),
             ProjectionError::Module(module) => module.into(),

@@ -9,12 +9,14 @@
 //! caller named the expected version.
 //!
 //! - `decide`: the guest calls of one command and the checks on what the guest returned.
-//! - `state`: loading state (cache, snapshots, replay), temporal reads, `verify`.
+//! - `state`: loading state (cache, snapshots, replay), temporal reads.
+//! - `verify`: the determinism audit of a stream's recorded state digests.
 //! - `locks`: one in-process lock per aggregate.
 
 mod decide;
 mod locks;
 mod state;
+mod verify;
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
@@ -24,10 +26,8 @@ use lru::LruCache;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-pub use state::{
-    APPLY_BATCH, AggregateState, DigestMismatch, STATE_DIGEST_KEY, VerifyReport, state_digest,
-    to_stream_event,
-};
+pub use state::{APPLY_BATCH, AggregateState, STATE_DIGEST_KEY, state_digest, to_stream_event};
+pub use verify::{DigestMismatch, MAX_CONCURRENT_VERIFIES, MAX_REPORTED_DIVERGENCES, VerifyReport};
 
 use crate::modules::{LoadedModule, ModuleRegistry};
 use crate::runtime::{CommandContext, GuestError, Runtime};
@@ -129,6 +129,8 @@ pub enum CommandError {
     Conflict { attempts: u32 },
     #[error("not found: {0}")]
     NotFound(String),
+    #[error("{running} verifies are running, the most at once; try again when one has finished")]
+    TooManyVerifies { running: usize },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -147,6 +149,7 @@ impl CommandError {
             CommandError::InvalidGuestOutput { .. } => "invalid_guest_output",
             CommandError::Conflict { .. } => "conflict",
             CommandError::NotFound(_) => "not_found",
+            CommandError::TooManyVerifies { .. } => "too_many_verifies",
             CommandError::Store(s) => s.code(),
         }
     }
@@ -158,6 +161,8 @@ pub struct CommandService {
     runtime: Arc<Runtime>,
     locks: AggregateLocks,
     cache: Mutex<LruCache<(StreamId, [u8; 32]), AggregateState>>,
+    /// One permit per running `verify`: each costs a replay of a whole stream.
+    verifies: tokio::sync::Semaphore,
     config: CommandConfig,
 }
 
@@ -175,6 +180,7 @@ impl CommandService {
             runtime,
             locks: AggregateLocks::default(),
             cache: Mutex::new(LruCache::new(entries)),
+            verifies: tokio::sync::Semaphore::new(MAX_CONCURRENT_VERIFIES),
             config,
         }
     }

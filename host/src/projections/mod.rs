@@ -10,6 +10,7 @@
 
 mod compare;
 mod runner;
+mod verify;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,8 +20,11 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use compare::{Diff, DiffSample, ReadModelDigest};
+pub use compare::{
+    Comparison, Diff, DiffSample, DocumentsDigest, FirstDivergence, ReadModelDigest,
+};
 pub use runner::{BatchLimits, Documents, to_guest};
+pub use verify::{VerifyPhase, VerifyProgress, VerifyReport};
 
 use crate::modules::{LoadedModule, ModuleError, ModuleRegistry};
 use crate::runtime::{GuestError, QueryFailure, Runtime};
@@ -141,6 +145,8 @@ pub struct VersionHandle {
     /// Set under the `live` lock while a rebuild empties the version, and for
     /// good once it is dropped: such a version must not become live.
     held: AtomicBool,
+    /// What a running verify of this version is doing.
+    verify: Mutex<Option<VerifyProgress>>,
 }
 
 struct RunnerSlot {
@@ -170,6 +176,28 @@ impl VersionHandle {
             .clone()
     }
 
+    fn verify_progress(&self) -> Option<VerifyProgress> {
+        self.verify
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_verify_progress(&self, progress: Option<VerifyProgress>) {
+        *self.verify.lock().unwrap_or_else(|e| e.into_inner()) = progress;
+    }
+
+    fn update_verify_progress(&self, update: impl FnOnce(&mut VerifyProgress)) {
+        if let Some(progress) = self
+            .verify
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            update(progress);
+        }
+    }
+
     fn control(&self) -> Option<mpsc::Sender<Control>> {
         self.runner
             .lock()
@@ -193,6 +221,8 @@ pub struct VersionView {
     pub eta_seconds: Option<f64>,
     pub promote_when_caught_up: bool,
     pub uploaded_at_ms: u64,
+    /// A verify of this version in progress (null when none runs).
+    pub verify: Option<VerifyProgress>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -250,6 +280,16 @@ pub enum ProjectionError {
     BadQueryArguments(String, String),
     #[error("the projection service is shutting down")]
     Closed,
+    #[error(
+        "a verify of {label} is running (at position {position} of {target}); wait for its report"
+    )]
+    VerifyInProgress {
+        label: String,
+        position: Position,
+        target: Position,
+    },
+    #[error("{0} is being verified, rebuilt or dropped; try again when that has finished")]
+    Busy(String),
     #[error(transparent)]
     Guest(#[from] GuestError),
     #[error(transparent)]
@@ -331,6 +371,7 @@ impl ProjectionService {
                     promote_when_caught_up: AtomicBool::new(false),
                     ops: tokio::sync::Mutex::new(()),
                     held: AtomicBool::new(false),
+                    verify: Mutex::new(None),
                 });
                 self.versions().insert(key, handle.clone());
                 self.start_runner(&handle);
@@ -402,8 +443,14 @@ impl ProjectionService {
                 slot.stop.send_replace(true);
             }
         }
-        for handle in handles {
-            Self::stop_runner(&handle).await;
+        for handle in &handles {
+            Self::stop_runner(handle).await;
+        }
+        // A verify, rebuild or drop in progress sees `closed` and ends; one that
+        // started a runner again just before it was set is stopped here.
+        for handle in &handles {
+            let _done = handle.ops.lock().await;
+            Self::stop_runner(handle).await;
         }
     }
 
@@ -473,6 +520,7 @@ impl ProjectionService {
             eta_seconds,
             promote_when_caught_up: handle.promote_when_caught_up.load(Ordering::Acquire),
             uploaded_at_ms: handle.module.record.uploaded_at_ms,
+            verify: handle.verify_progress(),
         }
     }
 

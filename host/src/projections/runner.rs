@@ -399,7 +399,7 @@ fn step(
 }
 
 /// Events from the front of `events` up to `max_bytes` of data (at least one).
-fn take_chunk(events: &[RecordedEvent], max_bytes: usize) -> &[RecordedEvent] {
+pub(super) fn take_chunk(events: &[RecordedEvent], max_bytes: usize) -> &[RecordedEvent] {
     let mut bytes = 0;
     let mut n = 0;
     for event in events {
@@ -412,7 +412,7 @@ fn take_chunk(events: &[RecordedEvent], max_bytes: usize) -> &[RecordedEvent] {
     &events[..n]
 }
 
-fn apply(
+pub(super) fn apply(
     module: &ProjectionModule,
     model: &ReadModel,
     events: &[RecordedEvent],

@@ -1,0 +1,440 @@
+//! Verify: rebuild a projection version into a scratch generation that no
+//! reader sees, up to exactly the version's checkpoint, and compare the two
+//! sets of documents. A deterministic module rebuilds the same bytes; any
+//! difference is reported with the first differing key.
+//!
+//! The version keeps serving throughout. The scratch replays while the
+//! version's runner keeps running, until it is within one batch of the
+//! version's checkpoint; only then is the runner stopped (its checkpoint and
+//! documents are then still), the scratch catches up to that checkpoint, both
+//! are compared, and the runner starts again from its checkpoint. A version
+//! stopped at a failing event is not stopped again: its runner waits for an
+//! operator, so the comparison holds its commit lock instead and starts over
+//! if an operator moved the checkpoint meanwhile.
+//!
+//! The scratch is deleted however the verify ends (done, failed, cancelled
+//! because the client went away or the server is stopping); opening the read
+//! model at boot deletes what a crash left. One verify, rebuild or drop per
+//! version at a time (the version's operation lock): a second one is refused.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::compare::{self, Comparison};
+use super::runner::{self, BatchLimits};
+use super::{Failure, ProjectionError, ProjectionService, VersionHandle};
+use crate::runtime::{DocumentChanges, ProjectionModule};
+use crate::store::{
+    EventFilter, LogPage, Position, ProjectionCheckpoint, ReadModel, RecordedEvent, StoreError,
+};
+
+/// What a running verify is doing, shown in the version's status.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct VerifyProgress {
+    pub phase: VerifyPhase,
+    /// The scratch rebuild's checkpoint.
+    pub position: Position,
+    /// The version's checkpoint it is catching up with.
+    pub target: Position,
+    pub started_at_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerifyPhase {
+    /// Replaying into the scratch while the version runs.
+    Replaying,
+    /// The version's runner is stopped; the scratch catches up with its checkpoint.
+    Finishing,
+    /// Both are still; their documents are being compared.
+    Comparing,
+}
+
+/// What a verify found.
+#[derive(Clone, Debug, Serialize)]
+pub struct VerifyReport {
+    pub projection: String,
+    pub version: String,
+    /// The rebuild reproduced the version's documents exactly.
+    pub ok: bool,
+    /// The checkpoint both were compared at.
+    pub position: Position,
+    /// Events the rebuild applied (and skipped, where the version had skipped them).
+    pub events_applied: u64,
+    pub events_skipped: u64,
+    /// Both digests, the counts of differing keys and the first of them; absent
+    /// when the rebuild failed before reaching the position.
+    #[serde(flatten)]
+    pub comparison: Option<Comparison>,
+    /// The event at which the rebuild failed although the version had applied it.
+    pub failure: Option<Failure>,
+    /// How long the version's runner was stopped.
+    pub paused_ms: u64,
+    pub duration_ms: u64,
+}
+
+/// Sets the flag when dropped: the caller went away, so the verify stops.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// The scratch rebuild: its read model, how far it got, why it stopped.
+struct Scratch {
+    model: ReadModel,
+    filter: EventFilter,
+    checkpoint: ProjectionCheckpoint,
+    failure: Option<Failure>,
+}
+
+impl ProjectionService {
+    /// Rebuilds `name@version` into a scratch generation and compares (see the
+    /// module docs). Dropping the future stops the verify and cleans up.
+    pub async fn verify(
+        self: &Arc<Self>,
+        name: &str,
+        version: &str,
+    ) -> Result<VerifyReport, ProjectionError> {
+        let handle = self.handle(name, version)?;
+        let cancel = Arc::new(AtomicBool::new(false));
+        let _cancel_on_drop = CancelOnDrop(cancel.clone());
+        // In a task of its own, so the version's runner is started again even if
+        // the caller goes away while it is stopped.
+        let service = self.clone();
+        tokio::spawn(async move { service.verify_now(&handle, &cancel).await })
+            .await
+            .map_err(|e| ProjectionError::NotFound(format!("verify task: {e}")))?
+    }
+
+    async fn verify_now(
+        &self,
+        handle: &Arc<VersionHandle>,
+        cancel: &AtomicBool,
+    ) -> Result<VerifyReport, ProjectionError> {
+        let Ok(_one_action) = handle.ops.try_lock() else {
+            return Err(match handle.verify_progress() {
+                Some(progress) => ProjectionError::VerifyInProgress {
+                    label: handle.label(),
+                    position: progress.position,
+                    target: progress.target,
+                },
+                None => ProjectionError::Busy(handle.label()),
+            });
+        };
+        let started = Instant::now();
+        handle.set_verify_progress(Some(VerifyProgress {
+            phase: VerifyPhase::Replaying,
+            position: 0,
+            target: handle.status.borrow().position,
+            started_at_ms: runner::now_ms(),
+        }));
+        let (store, name, version) = (
+            self.store.clone(),
+            handle.name().to_string(),
+            handle.version().to_string(),
+        );
+        let scratch = blocking(move || store.scratch_read_model(&name, &version)).await;
+        let outcome = match scratch {
+            Ok(model) => self.rebuild_and_compare(handle, model, cancel).await,
+            Err(err) => Err(err),
+        };
+        handle.set_verify_progress(None);
+        let (store, name, version) = (
+            self.store.clone(),
+            handle.name().to_string(),
+            handle.version().to_string(),
+        );
+        if let Err(err) = blocking(move || store.delete_scratch_read_model(&name, &version)).await {
+            // Unreachable keys; the next open of the read model deletes them.
+            tracing::warn!(projection = %handle.label(), "could not delete the verify's scratch: {err}");
+        }
+        let (scratch, comparison, paused_ms) = outcome?;
+        let report = VerifyReport {
+            projection: handle.name().to_string(),
+            version: handle.version().to_string(),
+            ok: scratch.failure.is_none() && comparison.as_ref().is_some_and(|c| c.identical()),
+            position: scratch.checkpoint.position,
+            events_applied: scratch.checkpoint.events_applied,
+            events_skipped: scratch.checkpoint.events_skipped,
+            comparison,
+            failure: scratch.failure,
+            paused_ms,
+            duration_ms: started.elapsed().as_millis() as u64,
+        };
+        tracing::info!(
+            projection = %handle.label(),
+            ok = report.ok,
+            position = report.position,
+            paused_ms = report.paused_ms,
+            "verified"
+        );
+        Ok(report)
+    }
+
+    /// The scratch rebuild up to the version's checkpoint, and the comparison
+    /// (absent when the rebuild failed first), with how long the runner was stopped.
+    async fn rebuild_and_compare(
+        &self,
+        handle: &Arc<VersionHandle>,
+        model: ReadModel,
+        cancel: &AtomicBool,
+    ) -> Result<(Scratch, Option<Comparison>, u64), ProjectionError> {
+        let module = handle
+            .module
+            .projection()
+            .expect("projection handles hold projection modules")
+            .clone();
+        let selector = {
+            let module = module.clone();
+            self.runtime.pool().run(move || module.selector()).await?
+        };
+        let mut scratch = Scratch {
+            model,
+            filter: EventFilter {
+                event_types: selector.event_types,
+                aggregate_types: selector.aggregate_types,
+            },
+            checkpoint: ProjectionCheckpoint::default(),
+            failure: None,
+        };
+        let batch = self.config.batch;
+        let mut paused_ms = 0;
+        loop {
+            // While the version runs: chase its checkpoint until within one batch.
+            loop {
+                let target = handle.status.borrow().position;
+                self.progress(handle, VerifyPhase::Replaying, &scratch, target);
+                if target.saturating_sub(scratch.checkpoint.position) <= batch.events as u64 {
+                    break;
+                }
+                self.advance(handle, &module, &mut scratch, target, cancel)
+                    .await?;
+                if scratch.failure.is_some() {
+                    return Ok((scratch, None, paused_ms));
+                }
+            }
+            if handle.status.borrow().failure.is_some() {
+                // Its runner waits for an operator: compare under the commit lock.
+                let target = handle.read_model().checkpoint()?.position;
+                self.finish(handle, &module, &mut scratch, target, cancel)
+                    .await?;
+                if scratch.failure.is_some() {
+                    return Ok((scratch, None, paused_ms));
+                }
+                self.progress(handle, VerifyPhase::Comparing, &scratch, target);
+                let (handle_copy, scratch_model) = (handle.clone(), scratch.model.clone());
+                let compared = blocking(move || -> Result<_, ProjectionError> {
+                    let _no_commits = handle_copy
+                        .commit_lock
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    let live = handle_copy.read_model();
+                    if live.checkpoint()?.position != target {
+                        return Ok(None);
+                    }
+                    compare::compare(&live, &scratch_model).map(Some)
+                })
+                .await?;
+                match compared {
+                    Some(comparison) => return Ok((scratch, Some(comparison), paused_ms)),
+                    None => continue, // an operator retried or skipped meanwhile
+                }
+            }
+            // Stop the runner for the last stretch; start it again whatever happens.
+            let paused = Instant::now();
+            Self::stop_runner(handle).await;
+            let outcome = self
+                .compare_stopped(handle, &module, &mut scratch, cancel)
+                .await;
+            if !self.closed.load(Ordering::Acquire) {
+                self.start_runner(handle);
+            }
+            paused_ms += paused.elapsed().as_millis() as u64;
+            return outcome.map(|comparison| (scratch, comparison, paused_ms));
+        }
+    }
+
+    /// With the version's runner stopped: catch the scratch up with its
+    /// checkpoint and compare.
+    async fn compare_stopped(
+        &self,
+        handle: &Arc<VersionHandle>,
+        module: &ProjectionModule,
+        scratch: &mut Scratch,
+        cancel: &AtomicBool,
+    ) -> Result<Option<Comparison>, ProjectionError> {
+        let target = handle.read_model().checkpoint()?.position;
+        self.finish(handle, module, scratch, target, cancel).await?;
+        if scratch.failure.is_some() {
+            return Ok(None);
+        }
+        self.progress(handle, VerifyPhase::Comparing, scratch, target);
+        let (live, rebuilt) = (handle.read_model(), scratch.model.clone());
+        blocking(move || compare::compare(&live, &rebuilt))
+            .await
+            .map(Some)
+    }
+
+    /// Advances the scratch to exactly `target` (or to a failure).
+    async fn finish(
+        &self,
+        handle: &Arc<VersionHandle>,
+        module: &ProjectionModule,
+        scratch: &mut Scratch,
+        target: Position,
+        cancel: &AtomicBool,
+    ) -> Result<(), ProjectionError> {
+        while scratch.checkpoint.position < target && scratch.failure.is_none() {
+            self.progress(handle, VerifyPhase::Finishing, scratch, target);
+            self.advance(handle, module, scratch, target, cancel)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// One page of the log into the scratch, never past `target`. Events the
+    /// version skipped are skipped here too.
+    async fn advance(
+        &self,
+        handle: &Arc<VersionHandle>,
+        module: &ProjectionModule,
+        scratch: &mut Scratch,
+        target: Position,
+        cancel: &AtomicBool,
+    ) -> Result<(), ProjectionError> {
+        if cancel.load(Ordering::Acquire) || self.closed.load(Ordering::Acquire) {
+            return Err(ProjectionError::Closed);
+        }
+        let from = scratch.checkpoint.position + 1;
+        let (store, filter, limit) = (
+            self.store.clone(),
+            scratch.filter.clone(),
+            self.config.batch.events,
+        );
+        let live = handle.read_model();
+        let (page, skipped) = blocking(
+            move || -> Result<(LogPage, HashSet<Position>), StoreError> {
+                let page = store.read_all(from, limit, &filter)?;
+                let skipped = live.skips()?.into_iter().map(|s| s.position).collect();
+                Ok((page, skipped))
+            },
+        )
+        .await?;
+        let end = (page.next_position - 1).min(target);
+        let (mut apply, mut skip) = (Vec::new(), 0);
+        for event in page.events.into_iter().take_while(|e| e.position <= end) {
+            if skipped.contains(&event.position) {
+                skip += 1;
+            } else {
+                apply.push(event);
+            }
+        }
+        let (module, model, before, limits) = (
+            module.clone(),
+            scratch.model.clone(),
+            scratch.checkpoint,
+            self.config.batch,
+        );
+        let (checkpoint, failure) = self
+            .runtime
+            .pool()
+            .run(move || replay(&module, &model, before, apply, skip, end, limits))
+            .await?;
+        scratch.checkpoint = checkpoint;
+        scratch.failure = failure;
+        Ok(())
+    }
+
+    fn progress(
+        &self,
+        handle: &VersionHandle,
+        phase: VerifyPhase,
+        scratch: &Scratch,
+        target: Position,
+    ) {
+        handle.update_verify_progress(|p| {
+            p.phase = phase;
+            p.position = scratch.checkpoint.position;
+            p.target = target;
+        });
+    }
+}
+
+/// Applies `events` (the selected, not skipped events up to `end`) to the
+/// scratch in chunks like the runner's, committing each chunk with its
+/// checkpoint. A chunk that fails is applied one event at a time, so a failure
+/// names the event. Runs on a guest thread.
+fn replay(
+    module: &ProjectionModule,
+    model: &ReadModel,
+    mut checkpoint: ProjectionCheckpoint,
+    events: Vec<RecordedEvent>,
+    skipped: u64,
+    end: Position,
+    limits: BatchLimits,
+) -> Result<(ProjectionCheckpoint, Option<Failure>), StoreError> {
+    checkpoint.events_skipped += skipped;
+    let mut rest = events.as_slice();
+    while !rest.is_empty() {
+        let chunk = runner::take_chunk(rest, limits.bytes);
+        rest = &rest[chunk.len()..];
+        let chunk_end = rest.first().map_or(end, |e| e.position - 1);
+        match runner::apply(module, model, chunk) {
+            Ok(changes) => commit(model, &mut checkpoint, &changes, chunk_end, chunk.len())?,
+            Err(_) => {
+                for (i, event) in chunk.iter().enumerate() {
+                    let event_end = chunk.get(i + 1).map_or(chunk_end, |e| e.position - 1);
+                    match runner::apply(module, model, std::slice::from_ref(event)) {
+                        Ok(changes) => commit(model, &mut checkpoint, &changes, event_end, 1)?,
+                        Err(err) => {
+                            let failure = Failure::from_guest(event.position, Some(event), &err);
+                            return Ok((checkpoint, Some(failure)));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if checkpoint.position < end {
+        commit(model, &mut checkpoint, &DocumentChanges::new(), end, 0)?;
+    }
+    Ok((checkpoint, None))
+}
+
+fn commit(
+    model: &ReadModel,
+    checkpoint: &mut ProjectionCheckpoint,
+    changes: &DocumentChanges,
+    position: Position,
+    applied: usize,
+) -> Result<(), StoreError> {
+    let next = ProjectionCheckpoint {
+        position,
+        events_applied: checkpoint.events_applied + applied as u64,
+        events_skipped: checkpoint.events_skipped,
+    };
+    model.commit(changes, &next, None)?;
+    *checkpoint = next;
+    Ok(())
+}
+
+/// Store work off the async threads.
+async fn blocking<T, E>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, ProjectionError>
+where
+    T: Send + 'static,
+    E: Into<ProjectionError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ProjectionError::NotFound(format!("verify task: {e}")))?
+        .map_err(Into::into)
+}

@@ -152,6 +152,8 @@ async fn verify_matches_a_deterministic_projection_while_it_keeps_serving() {
     );
     let view = wait_for_version(&s, "account-balances", "1.0.0", caught_up).await;
     assert_eq!(view["verify"], Value::Null, "{view}");
+    assert_eq!(view["last_verify"]["outcome"], "ok", "{view}");
+    assert_eq!(view["last_verify"]["position"], quiet["position"]);
     let position = deposit(&s, "acc-1", 7).await;
     let r = s
         .request(
@@ -266,7 +268,10 @@ async fn a_second_verify_is_refused_while_one_runs_and_an_abandoned_one_cleans_u
     wait_for_version(&s, "picky", "1.0.0", caught_up).await;
 
     let first = tokio::spawn(verify_owned(s.base.clone(), "picky"));
-    let view = wait_for_version(&s, "picky", "1.0.0", |v| v["verify"].is_object()).await;
+    let view = wait_for_version(&s, "picky", "1.0.0", |v| {
+        v["verify"]["position"].as_u64().is_some_and(|p| p > 0)
+    })
+    .await;
     assert_eq!(view["verify"]["phase"], "replaying", "{view}");
     let second = verify(&s, "picky", "1.0.0").await;
     let problem = expect_problem(second, 409, "verify_in_progress").await;
@@ -287,6 +292,7 @@ async fn a_second_verify_is_refused_while_one_runs_and_an_abandoned_one_cleans_u
     // version keeps running.
     first.abort();
     let view = wait_for_version(&s, "picky", "1.0.0", |v| v["verify"].is_null()).await;
+    assert_eq!(view["last_verify"]["outcome"], "cancelled", "{view}");
     assert_eq!(view["failure"], Value::Null);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while s

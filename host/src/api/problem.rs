@@ -240,6 +240,10 @@ impl From<ProjectionError> for ApiError {
             ProjectionError::Busy(_) => {
                 ApiError::new(StatusCode::CONFLICT, "projection_busy", detail)
             }
+            // Only a caller that went away cancels, so hardly anyone reads this.
+            ProjectionError::VerifyCancelled(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "verify_cancelled", detail)
+            }
             ProjectionError::Guest(guest) => guest.into(),
             ProjectionError::Module(module) => module.into(),
             ProjectionError::Store(store) => store.into(),

@@ -24,7 +24,7 @@ pub use compare::{
     Comparison, Diff, DiffSample, DocumentsDigest, FirstDivergence, ReadModelDigest,
 };
 pub use runner::{BatchLimits, Documents, to_guest};
-pub use verify::{VerifyPhase, VerifyProgress, VerifyReport};
+pub use verify::{VerifyEnd, VerifyOutcome, VerifyPhase, VerifyProgress, VerifyReport};
 
 use crate::modules::{LoadedModule, ModuleError, ModuleRegistry};
 use crate::runtime::{GuestError, QueryFailure, Runtime};
@@ -145,8 +145,8 @@ pub struct VersionHandle {
     /// Set under the `live` lock while a rebuild empties the version, and for
     /// good once it is dropped: such a version must not become live.
     held: AtomicBool,
-    /// What a running verify of this version is doing.
-    verify: Mutex<Option<VerifyProgress>>,
+    /// What a running verify of this version is doing, and how the last one ended.
+    verify: Mutex<verify::VerifyState>,
 }
 
 struct RunnerSlot {
@@ -176,28 +176,6 @@ impl VersionHandle {
             .clone()
     }
 
-    fn verify_progress(&self) -> Option<VerifyProgress> {
-        self.verify
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    fn set_verify_progress(&self, progress: Option<VerifyProgress>) {
-        *self.verify.lock().unwrap_or_else(|e| e.into_inner()) = progress;
-    }
-
-    fn update_verify_progress(&self, update: impl FnOnce(&mut VerifyProgress)) {
-        if let Some(progress) = self
-            .verify
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_mut()
-        {
-            update(progress);
-        }
-    }
-
     fn control(&self) -> Option<mpsc::Sender<Control>> {
         self.runner
             .lock()
@@ -223,6 +201,8 @@ pub struct VersionView {
     pub uploaded_at_ms: u64,
     /// A verify of this version in progress (null when none runs).
     pub verify: Option<VerifyProgress>,
+    /// How the last verify since the server started ended (null: none yet).
+    pub last_verify: Option<VerifyOutcome>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -290,6 +270,8 @@ pub enum ProjectionError {
     },
     #[error("{0} is being verified, rebuilt or dropped; try again when that has finished")]
     Busy(String),
+    #[error("the verify of {0} was cancelled")]
+    VerifyCancelled(String),
     #[error(transparent)]
     Guest(#[from] GuestError),
     #[error(transparent)]
@@ -371,7 +353,7 @@ impl ProjectionService {
                     promote_when_caught_up: AtomicBool::new(false),
                     ops: tokio::sync::Mutex::new(()),
                     held: AtomicBool::new(false),
-                    verify: Mutex::new(None),
+                    verify: Mutex::default(),
                 });
                 self.versions().insert(key, handle.clone());
                 self.start_runner(&handle);
@@ -521,6 +503,7 @@ impl ProjectionService {
             promote_when_caught_up: handle.promote_when_caught_up.load(Ordering::Acquire),
             uploaded_at_ms: handle.module.record.uploaded_at_ms,
             verify: handle.verify_progress(),
+            last_verify: handle.last_verify(),
         }
     }
 

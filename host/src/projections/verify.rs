@@ -54,6 +54,64 @@ pub enum VerifyPhase {
     Comparing,
 }
 
+/// How a verify ended, kept in the version's status until the next one.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct VerifyOutcome {
+    pub outcome: VerifyEnd,
+    /// The position compared at (for `ok` and `diverged`).
+    pub position: Option<Position>,
+    /// Why it ended without a finding (for `cancelled` and `error`).
+    pub detail: Option<String>,
+    pub finished_at_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerifyEnd {
+    /// The rebuild reproduced the documents.
+    Ok,
+    /// It did not (or failed where the version had not).
+    Diverged,
+    /// The caller went away or the server stopped first.
+    Cancelled,
+    /// It could not run to the end (a store error, the selector failed, ...).
+    Error,
+}
+
+/// A version's verify, as its handle keeps it.
+#[derive(Default)]
+pub(super) struct VerifyState {
+    running: Option<VerifyProgress>,
+    last: Option<VerifyOutcome>,
+}
+
+impl VersionHandle {
+    pub(super) fn verify_progress(&self) -> Option<VerifyProgress> {
+        self.verify_state().running.clone()
+    }
+
+    pub(super) fn last_verify(&self) -> Option<VerifyOutcome> {
+        self.verify_state().last.clone()
+    }
+
+    fn verify_state(&self) -> std::sync::MutexGuard<'_, VerifyState> {
+        self.verify.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn update_verify_progress(&self, update: impl FnOnce(&mut VerifyProgress)) {
+        if let Some(progress) = self.verify_state().running.as_mut() {
+            update(progress);
+        }
+    }
+
+    /// The verify is over: it stops showing as running and its outcome stays.
+    fn verify_ended(&self, outcome: VerifyOutcome) {
+        let mut state = self.verify_state();
+        state.running = None;
+        state.last = Some(outcome);
+    }
+}
+
 /// What a verify found.
 #[derive(Clone, Debug, Serialize)]
 pub struct VerifyReport {
@@ -129,12 +187,12 @@ impl ProjectionService {
             });
         };
         let started = Instant::now();
-        handle.set_verify_progress(Some(VerifyProgress {
+        handle.verify_state().running = Some(VerifyProgress {
             phase: VerifyPhase::Replaying,
             position: 0,
             target: handle.status.borrow().position,
             started_at_ms: runner::now_ms(),
-        }));
+        });
         let (store, name, version) = (
             self.store.clone(),
             handle.name().to_string(),
@@ -145,7 +203,6 @@ impl ProjectionService {
             Ok(model) => self.rebuild_and_compare(handle, model, cancel).await,
             Err(err) => Err(err),
         };
-        handle.set_verify_progress(None);
         let (store, name, version) = (
             self.store.clone(),
             handle.name().to_string(),
@@ -155,7 +212,25 @@ impl ProjectionService {
             // Unreachable keys; the next open of the read model deletes them.
             tracing::warn!(projection = %handle.label(), "could not delete the verify's scratch: {err}");
         }
-        let (scratch, comparison, paused_ms) = outcome?;
+        let (scratch, comparison, paused_ms) = match outcome {
+            Ok(found) => found,
+            Err(err) => {
+                let outcome = match err {
+                    ProjectionError::VerifyCancelled(_) | ProjectionError::Closed => {
+                        VerifyEnd::Cancelled
+                    }
+                    _ => VerifyEnd::Error,
+                };
+                tracing::info!(projection = %handle.label(), ?outcome, "verify ended: {err}");
+                handle.verify_ended(VerifyOutcome {
+                    outcome,
+                    position: None,
+                    detail: Some(err.to_string()),
+                    finished_at_ms: runner::now_ms(),
+                });
+                return Err(err);
+            }
+        };
         let report = VerifyReport {
             projection: handle.name().to_string(),
             version: handle.version().to_string(),
@@ -175,6 +250,16 @@ impl ProjectionService {
             paused_ms = report.paused_ms,
             "verified"
         );
+        handle.verify_ended(VerifyOutcome {
+            outcome: if report.ok {
+                VerifyEnd::Ok
+            } else {
+                VerifyEnd::Diverged
+            },
+            position: Some(report.position),
+            detail: None,
+            finished_at_ms: runner::now_ms(),
+        });
         Ok(report)
     }
 
@@ -309,8 +394,11 @@ impl ProjectionService {
         target: Position,
         cancel: &AtomicBool,
     ) -> Result<(), ProjectionError> {
-        if cancel.load(Ordering::Acquire) || self.closed.load(Ordering::Acquire) {
+        if self.closed.load(Ordering::Acquire) {
             return Err(ProjectionError::Closed);
+        }
+        if cancel.load(Ordering::Acquire) {
+            return Err(ProjectionError::VerifyCancelled(handle.label()));
         }
         let from = scratch.checkpoint.position + 1;
         let (store, filter, limit) = (

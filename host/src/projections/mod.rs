@@ -10,6 +10,7 @@
 
 mod compare;
 mod runner;
+mod scratch;
 mod verify;
 
 use std::collections::HashMap;

@@ -14,10 +14,10 @@
 //!
 //! The scratch is deleted however the verify ends (done, failed, cancelled
 //! because the client went away or the server is stopping); opening the read
-//! model at boot deletes what a crash left. One verify, rebuild or drop per
-//! version at a time (the version's operation lock): a second one is refused.
+//! model at boot deletes what a crash left. A verify holds the version's
+//! operation lock throughout: a verify that finds it held (by another
+//! verify, a rebuild or a drop) is refused; a rebuild or drop waits for it.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -25,12 +25,11 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::compare::{self, Comparison};
-use super::runner::{self, BatchLimits};
+use super::runner;
+use super::scratch::{Scratch, blocking};
 use super::{Failure, ProjectionError, ProjectionService, VersionHandle};
-use crate::runtime::{DocumentChanges, ProjectionModule};
-use crate::store::{
-    EventFilter, LogPage, Position, ProjectionCheckpoint, ReadModel, RecordedEvent, StoreError,
-};
+use crate::runtime::ProjectionModule;
+use crate::store::{EventFilter, Position, ProjectionCheckpoint, ReadModel};
 
 /// What a running verify is doing, shown in the version's status.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -135,6 +134,33 @@ pub struct VerifyReport {
     pub duration_ms: u64,
 }
 
+/// Rounds of chasing a running version's checkpoint before its runner is
+/// stopped for the last stretch anyway.
+const MAX_CHASE_ROUNDS: usize = 8;
+
+/// How comparing a version stopped at a failing event went.
+enum AtFailure {
+    Compared(Comparison),
+    /// The rebuild failed before it reached the version's checkpoint.
+    RebuildFailed,
+    /// An operator retried or skipped meanwhile: start over.
+    CheckpointMoved,
+}
+
+/// Starts the version's runner again when dropped (unless the service is closing).
+struct RestartOnDrop<'a> {
+    service: &'a ProjectionService,
+    handle: &'a Arc<VersionHandle>,
+}
+
+impl Drop for RestartOnDrop<'_> {
+    fn drop(&mut self) {
+        if !self.service.closed.load(Ordering::Acquire) {
+            self.service.start_runner(self.handle);
+        }
+    }
+}
+
 /// Sets the flag when dropped: the caller went away, so the verify stops.
 struct CancelOnDrop(Arc<AtomicBool>);
 
@@ -142,14 +168,6 @@ impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         self.0.store(true, Ordering::Release);
     }
-}
-
-/// The scratch rebuild: its read model, how far it got, why it stopped.
-struct Scratch {
-    model: ReadModel,
-    filter: EventFilter,
-    checkpoint: ProjectionCheckpoint,
-    failure: Option<Failure>,
 }
 
 impl ProjectionService {
@@ -289,61 +307,94 @@ impl ProjectionService {
             checkpoint: ProjectionCheckpoint::default(),
             failure: None,
         };
-        let batch = self.config.batch;
-        let mut paused_ms = 0;
+        let within = self.config.batch.events as u64;
         loop {
-            // While the version runs: chase its checkpoint until within one batch.
-            loop {
+            // While the version runs, chase its checkpoint: each round catches up
+            // with where it was when the round began. Appends that outpace the
+            // replay for MAX_CHASE_ROUNDS rounds make the last stretch longer,
+            // never endless.
+            for _ in 0..MAX_CHASE_ROUNDS {
                 let target = handle.status.borrow().position;
-                self.progress(handle, VerifyPhase::Replaying, &scratch, target);
-                if target.saturating_sub(scratch.checkpoint.position) <= batch.events as u64 {
+                if target.saturating_sub(scratch.checkpoint.position) <= within {
                     break;
                 }
-                self.advance(handle, &module, &mut scratch, target, cancel)
-                    .await?;
+                self.catch_up(
+                    handle,
+                    &module,
+                    &mut scratch,
+                    target,
+                    VerifyPhase::Replaying,
+                    cancel,
+                )
+                .await?;
                 if scratch.failure.is_some() {
-                    return Ok((scratch, None, paused_ms));
+                    return Ok((scratch, None, 0));
                 }
             }
             if handle.status.borrow().failure.is_some() {
                 // Its runner waits for an operator: compare under the commit lock.
-                let target = handle.read_model().checkpoint()?.position;
-                self.finish(handle, &module, &mut scratch, target, cancel)
-                    .await?;
-                if scratch.failure.is_some() {
-                    return Ok((scratch, None, paused_ms));
-                }
-                self.progress(handle, VerifyPhase::Comparing, &scratch, target);
-                let (handle_copy, scratch_model) = (handle.clone(), scratch.model.clone());
-                let compared = blocking(move || -> Result<_, ProjectionError> {
-                    let _no_commits = handle_copy
-                        .commit_lock
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner());
-                    let live = handle_copy.read_model();
-                    if live.checkpoint()?.position != target {
-                        return Ok(None);
+                match self
+                    .compare_failed(handle, &module, &mut scratch, cancel)
+                    .await?
+                {
+                    AtFailure::Compared(comparison) => {
+                        return Ok((scratch, Some(comparison), 0));
                     }
-                    compare::compare(&live, &scratch_model).map(Some)
-                })
-                .await?;
-                match compared {
-                    Some(comparison) => return Ok((scratch, Some(comparison), paused_ms)),
-                    None => continue, // an operator retried or skipped meanwhile
+                    AtFailure::RebuildFailed => return Ok((scratch, None, 0)),
+                    AtFailure::CheckpointMoved => continue,
                 }
             }
-            // Stop the runner for the last stretch; start it again whatever happens.
+            // Stop the runner for the last stretch; the guard starts it again
+            // however this ends (an error, a cancel, a panic).
             let paused = Instant::now();
             Self::stop_runner(handle).await;
+            let restart = RestartOnDrop {
+                service: self,
+                handle,
+            };
             let outcome = self
                 .compare_stopped(handle, &module, &mut scratch, cancel)
                 .await;
-            if !self.closed.load(Ordering::Acquire) {
-                self.start_runner(handle);
-            }
-            paused_ms += paused.elapsed().as_millis() as u64;
+            drop(restart);
+            let paused_ms = paused.elapsed().as_millis() as u64;
             return outcome.map(|comparison| (scratch, comparison, paused_ms));
         }
+    }
+
+    /// For a version stopped at a failing event: catch the scratch up with its
+    /// checkpoint and compare while holding its commit lock (an operator's
+    /// skip or retry waits meanwhile).
+    async fn compare_failed(
+        &self,
+        handle: &Arc<VersionHandle>,
+        module: &ProjectionModule,
+        scratch: &mut Scratch,
+        cancel: &AtomicBool,
+    ) -> Result<AtFailure, ProjectionError> {
+        let target = handle.read_model().checkpoint()?.position;
+        self.catch_up(
+            handle,
+            module,
+            scratch,
+            target,
+            VerifyPhase::Finishing,
+            cancel,
+        )
+        .await?;
+        if scratch.failure.is_some() {
+            return Ok(AtFailure::RebuildFailed);
+        }
+        self.progress(handle, VerifyPhase::Comparing, scratch, target);
+        let (handle, rebuilt) = (handle.clone(), scratch.model.clone());
+        blocking(move || -> Result<_, ProjectionError> {
+            let _no_commits = handle.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let live = handle.read_model();
+            if live.checkpoint()?.position != target {
+                return Ok(AtFailure::CheckpointMoved);
+            }
+            compare::compare(&live, &rebuilt).map(AtFailure::Compared)
+        })
+        .await
     }
 
     /// With the version's runner stopped: catch the scratch up with its
@@ -356,7 +407,15 @@ impl ProjectionService {
         cancel: &AtomicBool,
     ) -> Result<Option<Comparison>, ProjectionError> {
         let target = handle.read_model().checkpoint()?.position;
-        self.finish(handle, module, scratch, target, cancel).await?;
+        self.catch_up(
+            handle,
+            module,
+            scratch,
+            target,
+            VerifyPhase::Finishing,
+            cancel,
+        )
+        .await?;
         if scratch.failure.is_some() {
             return Ok(None);
         }
@@ -367,80 +426,7 @@ impl ProjectionService {
             .map(Some)
     }
 
-    /// Advances the scratch to exactly `target` (or to a failure).
-    async fn finish(
-        &self,
-        handle: &Arc<VersionHandle>,
-        module: &ProjectionModule,
-        scratch: &mut Scratch,
-        target: Position,
-        cancel: &AtomicBool,
-    ) -> Result<(), ProjectionError> {
-        while scratch.checkpoint.position < target && scratch.failure.is_none() {
-            self.progress(handle, VerifyPhase::Finishing, scratch, target);
-            self.advance(handle, module, scratch, target, cancel)
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// One page of the log into the scratch, never past `target`. Events the
-    /// version skipped are skipped here too.
-    async fn advance(
-        &self,
-        handle: &Arc<VersionHandle>,
-        module: &ProjectionModule,
-        scratch: &mut Scratch,
-        target: Position,
-        cancel: &AtomicBool,
-    ) -> Result<(), ProjectionError> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(ProjectionError::Closed);
-        }
-        if cancel.load(Ordering::Acquire) {
-            return Err(ProjectionError::VerifyCancelled(handle.label()));
-        }
-        let from = scratch.checkpoint.position + 1;
-        let (store, filter, limit) = (
-            self.store.clone(),
-            scratch.filter.clone(),
-            self.config.batch.events,
-        );
-        let live = handle.read_model();
-        let (page, skipped) = blocking(
-            move || -> Result<(LogPage, HashSet<Position>), StoreError> {
-                let page = store.read_all(from, limit, &filter)?;
-                let skipped = live.skips()?.into_iter().map(|s| s.position).collect();
-                Ok((page, skipped))
-            },
-        )
-        .await?;
-        let end = (page.next_position - 1).min(target);
-        let (mut apply, mut skip) = (Vec::new(), 0);
-        for event in page.events.into_iter().take_while(|e| e.position <= end) {
-            if skipped.contains(&event.position) {
-                skip += 1;
-            } else {
-                apply.push(event);
-            }
-        }
-        let (module, model, before, limits) = (
-            module.clone(),
-            scratch.model.clone(),
-            scratch.checkpoint,
-            self.config.batch,
-        );
-        let (checkpoint, failure) = self
-            .runtime
-            .pool()
-            .run(move || replay(&module, &model, before, apply, skip, end, limits))
-            .await?;
-        scratch.checkpoint = checkpoint;
-        scratch.failure = failure;
-        Ok(())
-    }
-
-    fn progress(
+    pub(super) fn progress(
         &self,
         handle: &VersionHandle,
         phase: VerifyPhase,
@@ -453,76 +439,4 @@ impl ProjectionService {
             p.target = target;
         });
     }
-}
-
-/// Applies `events` (the selected, not skipped events up to `end`) to the
-/// scratch in chunks like the runner's, committing each chunk with its
-/// checkpoint. A chunk that fails is applied one event at a time, so a failure
-/// names the event. Runs on a guest thread.
-fn replay(
-    module: &ProjectionModule,
-    model: &ReadModel,
-    mut checkpoint: ProjectionCheckpoint,
-    events: Vec<RecordedEvent>,
-    skipped: u64,
-    end: Position,
-    limits: BatchLimits,
-) -> Result<(ProjectionCheckpoint, Option<Failure>), StoreError> {
-    checkpoint.events_skipped += skipped;
-    let mut rest = events.as_slice();
-    while !rest.is_empty() {
-        let chunk = runner::take_chunk(rest, limits.bytes);
-        rest = &rest[chunk.len()..];
-        let chunk_end = rest.first().map_or(end, |e| e.position - 1);
-        match runner::apply(module, model, chunk) {
-            Ok(changes) => commit(model, &mut checkpoint, &changes, chunk_end, chunk.len())?,
-            Err(_) => {
-                for (i, event) in chunk.iter().enumerate() {
-                    let event_end = chunk.get(i + 1).map_or(chunk_end, |e| e.position - 1);
-                    match runner::apply(module, model, std::slice::from_ref(event)) {
-                        Ok(changes) => commit(model, &mut checkpoint, &changes, event_end, 1)?,
-                        Err(err) => {
-                            let failure = Failure::from_guest(event.position, Some(event), &err);
-                            return Ok((checkpoint, Some(failure)));
-                        }
-                    }
-                }
-            }
-        }
-    }
-    if checkpoint.position < end {
-        commit(model, &mut checkpoint, &DocumentChanges::new(), end, 0)?;
-    }
-    Ok((checkpoint, None))
-}
-
-fn commit(
-    model: &ReadModel,
-    checkpoint: &mut ProjectionCheckpoint,
-    changes: &DocumentChanges,
-    position: Position,
-    applied: usize,
-) -> Result<(), StoreError> {
-    let next = ProjectionCheckpoint {
-        position,
-        events_applied: checkpoint.events_applied + applied as u64,
-        events_skipped: checkpoint.events_skipped,
-    };
-    model.commit(changes, &next, None)?;
-    *checkpoint = next;
-    Ok(())
-}
-
-/// Store work off the async threads.
-async fn blocking<T, E>(
-    f: impl FnOnce() -> Result<T, E> + Send + 'static,
-) -> Result<T, ProjectionError>
-where
-    T: Send + 'static,
-    E: Into<ProjectionError> + Send + 'static,
-{
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ProjectionError::NotFound(format!("verify task: {e}")))?
-        .map_err(Into::into)
 }

@@ -1,7 +1,9 @@
-//! Waiting for a projection version on a [`TestServer`](super::http::TestServer).
+//! Projection tests: waiting for a version on a [`TestServer`](super::http::TestServer),
+//! and a log to replay.
 
 use std::time::{Duration, Instant};
 
+use refold::store::{ExpectedVersion, NewEvent, Store, StreamId};
 use serde_json::Value;
 
 use super::http::TestServer;
@@ -33,4 +35,19 @@ pub async fn wait_for_version(
 /// Following the head of the log with nothing left to replay.
 pub fn caught_up(view: &Value) -> bool {
     view["state"] == "caught_up" && view["lag"] == 0
+}
+
+/// Appends `n` events of `event_type` to stream `t/i` through the store's own API.
+pub async fn append(store: &Store, id: &str, event_type: &str, n: usize) {
+    let stream = StreamId::new("t", id).unwrap();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+        let events = chunk
+            .iter()
+            .map(|_| NewEvent::new(event_type, "{}"))
+            .collect();
+        store
+            .append(&stream, ExpectedVersion::Any, events)
+            .await
+            .unwrap();
+    }
 }

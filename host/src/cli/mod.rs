@@ -358,6 +358,20 @@ mod tests {
         assert_send(send(&opts, "t", "i", "{}", None, None));
         assert_send(state(&opts, "t", "i", None));
         assert_send(events(&opts, None, None, true));
+        assert_send(verify(
+            &opts,
+            VerifyCommand::Aggregate {
+                aggregate_type: "t".into(),
+                id: "i".into(),
+            },
+        ));
+        assert_send(projection(
+            &opts,
+            ProjectionCommand::Verify {
+                name: "p".into(),
+                version: "1.0.0".into(),
+            },
+        ));
     }
 
     #[test]

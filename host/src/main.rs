@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use refold::api::Tokens;
 use refold::cli::tooling::{self, BuildArgs, DeployArgs, NewArgs};
-use refold::cli::{self, ClientOptions, ModuleCommand, ProjectionCommand};
+use refold::cli::{self, ClientOptions, ModuleCommand, ProjectionCommand, VerifyCommand};
 use refold::server::{self, Example, ExampleLoaded, ServeConfig};
 use refold::store::{Durability, ModuleKind};
 
@@ -45,9 +45,13 @@ enum Command {
     /// Manage modules (Wasm components)
     #[command(subcommand)]
     Module(ModuleCommand),
-    /// Watch, compare, promote and read projections
+    /// Watch, compare, promote, verify and read projections
     #[command(subcommand)]
     Projection(ProjectionCommand),
+    /// Audit that replaying recorded history reproduces what was recorded
+    /// (exit 3 on a divergence)
+    #[command(subcommand)]
+    Verify(VerifyCommand),
     /// Send a command (JSON) to an aggregate
     Send {
         aggregate_type: String,
@@ -186,6 +190,7 @@ fn main() -> ExitCode {
             Command::Deploy(args) => tooling::deploy(opts, args).await,
             Command::Module(cmd) => cli::module(opts, cmd).await,
             Command::Projection(cmd) => cli::projection(opts, cmd).await,
+            Command::Verify(cmd) => cli::verify(opts, cmd).await,
             Command::Send {
                 aggregate_type,
                 id,

@@ -25,6 +25,7 @@ fn main() {
             "order",
             "refold-hostile-guest",
             "refold-networked-guest",
+            "refold-entropy-guest",
         ],
     );
     // A cargo and a target directory of their own: the projections use
@@ -42,6 +43,7 @@ fn main() {
             "account-balances-v2",
             "refold-picky-projection",
             "refold-sloppy-selector",
+            "refold-entropy-projection",
             "sales",
         ],
     );
@@ -72,6 +74,11 @@ fn main() {
         ("ACCOUNT_BALANCES_V2", projection("account_balances_v2")),
         ("PICKY_PROJECTION", projection("refold_picky_projection")),
         ("SLOPPY_SELECTOR", projection("refold_sloppy_selector")),
+        ("ENTROPY", p2("refold_entropy_guest")),
+        (
+            "ENTROPY_PROJECTION",
+            projection("refold_entropy_projection"),
+        ),
         ("INVENTORY", p2("inventory")),
         ("ORDER", p2("order")),
         ("SALES", projection("sales")),

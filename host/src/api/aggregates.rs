@@ -1,4 +1,5 @@
-//! `/v1/aggregates/{type}/{id}`: commands, state (also as of a version), events.
+//! `/v1/aggregates/{type}/{id}`: commands, state (also as of a version), events,
+//! and the determinism audit (`/verify`).
 
 use std::time::Instant;
 
@@ -9,6 +10,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use serde_json::json;
 use serde_json::value::RawValue;
 
 use super::AppState;
@@ -220,4 +222,45 @@ pub async fn events(
         next_version,
     };
     Ok(Json(body).into_response())
+}
+
+/// `GET /v1/aggregates/{type}/{id}/verify`: replays the stream and compares
+/// every recorded state digest. A divergence is a finding, not an error: 200
+/// with `ok: false` and the first divergent version.
+pub async fn verify(
+    State(app): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (aggregate_type, aggregate_id) = stream_path(path)?;
+    let mut shutdown = app.shutdown.clone();
+    // Dropping the audit is safe (it writes nothing): a stopping server does not wait for it.
+    let report = tokio::select! {
+        report = app.commands.verify(&aggregate_type, &aggregate_id) => report?,
+        _ = shutdown.wait_for(|stopping| *stopping) => {
+            return Err(ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the server is shutting down; verify again once it is back",
+            ));
+        }
+    };
+    let first = report.first_divergence().map(|m| {
+        json!({
+            "version": m.version,
+            "module": m.module,
+            "recorded": m.recorded,
+            "replayed": m.replayed,
+        })
+    });
+    Ok(Json(json!({
+        "aggregate_type": aggregate_type,
+        "aggregate_id": aggregate_id,
+        "ok": report.ok(),
+        "events": report.events,
+        "digests_checked": report.checked,
+        "digests_unchecked": report.unchecked,
+        "unchecked_modules": report.unavailable_modules,
+        "divergences": report.divergences,
+        "first_divergence": first,
+    })))
 }

@@ -93,6 +93,10 @@ pub fn router(app: AppState, tokens: Tokens) -> Router {
             "/v1/projections/{name}/versions/{version}",
             delete(projections::drop_version),
         )
+        .route(
+            "/v1/projections/{name}/versions/{version}/verify",
+            post(projections::verify),
+        )
         .route_layer(role(Role::Admin));
     let writer = Router::new()
         .route(
@@ -110,6 +114,10 @@ pub fn router(app: AppState, tokens: Tokens) -> Router {
         .route(
             "/v1/aggregates/{aggregate_type}/{id}/events",
             get(aggregates::events),
+        )
+        .route(
+            "/v1/aggregates/{aggregate_type}/{id}/verify",
+            get(aggregates::verify),
         )
         .route("/v1/events", get(events::page))
         .route("/v1/events/subscribe", get(events::subscribe))

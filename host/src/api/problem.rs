@@ -133,6 +133,10 @@ impl From<CommandError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, code, err.to_string())
             }
             CommandError::NotFound(detail) => ApiError::not_found(detail),
+            CommandError::TooManyVerifies { running } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, err.to_string())
+                    .with("running", running)
+            }
             CommandError::Store(store) => store.into(),
         }
     }
@@ -232,6 +236,18 @@ impl From<ProjectionError> for ApiError {
             ),
             ProjectionError::Closed => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", detail)
+            }
+            ProjectionError::VerifyInProgress {
+                position, target, ..
+            } => ApiError::new(StatusCode::CONFLICT, "verify_in_progress", detail)
+                .with("position", position)
+                .with("target", target),
+            ProjectionError::Busy(_) => {
+                ApiError::new(StatusCode::CONFLICT, "projection_busy", detail)
+            }
+            // Only a caller that went away cancels, so hardly anyone reads this.
+            ProjectionError::VerifyCancelled(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "verify_cancelled", detail)
             }
             ProjectionError::Guest(guest) => guest.into(),
             ProjectionError::Module(module) => module.into(),

@@ -1,5 +1,5 @@
 //! `/v1/projections`: versions and their status, operator actions (promote,
-//! rebuild, retry, skip, drop), documents, queries and diffs.
+//! rebuild, retry, skip, drop, verify), documents, queries and diffs.
 //!
 //! Reads go to the live version unless `?version=` names another, and accept
 //! `min_position=P` (with `wait_ms`) to wait until the version has processed P:
@@ -145,6 +145,26 @@ pub async fn drop_version(
     let (name, version) = name_version(path)?;
     app.projections.drop_version(&name, &version).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST .../versions/{version}/verify`: rebuilds the version into a scratch
+/// generation and compares it with the version's documents. A divergence is
+/// a finding, not an error: 200 with `ok: false`. Admin: it costs a full replay.
+pub async fn verify(
+    State(app): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let (name, version) = name_version(path)?;
+    let mut shutdown = app.shutdown.clone();
+    // Dropping the verify stops it, deletes its scratch and restarts the
+    // version's runner: a stopping server does not wait for a whole replay.
+    let report = tokio::select! {
+        report = app.projections.verify(&name, &version) => report?,
+        _ = shutdown.wait_for(|stopping| *stopping) => {
+            return Err(crate::projections::ProjectionError::Closed.into());
+        }
+    };
+    Ok(Json(report).into_response())
 }
 
 pub async fn digest(

@@ -26,6 +26,8 @@ pub(crate) enum Failure {
     Local(String),
     /// Writing to stdout failed (a closed pipe exits 0).
     Output(std::io::Error),
+    /// A verify ran and found a divergence: exit code 3.
+    Diverged(String),
 }
 
 impl Failure {
@@ -33,6 +35,7 @@ impl Failure {
         match self {
             Failure::Unreachable { .. } => 2,
             Failure::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+            Failure::Diverged(_) => 3,
             _ => 1,
         }
     }
@@ -180,8 +183,18 @@ impl Client {
     /// Sends a request answered by one document; returns a success, and
     /// turns anything else into a [`Failure`].
     pub(crate) async fn call(&self, request: RequestBuilder) -> Result<Reply, Failure> {
+        self.call_within(request, REQUEST_TIMEOUT).await
+    }
+
+    /// [`call`](Client::call) for a request that may take longer than the
+    /// usual limit (a verify replays a whole stream or projection).
+    pub(crate) async fn call_within(
+        &self,
+        request: RequestBuilder,
+        timeout: Duration,
+    ) -> Result<Reply, Failure> {
         let response = request
-            .timeout(REQUEST_TIMEOUT)
+            .timeout(timeout)
             .send()
             .await
             .map_err(|e| self.transport(e))?;

@@ -3,13 +3,15 @@
 //!
 //! Every entry point returns the process exit code rather than an error, so
 //! `main` only has to pass it on: 0 ok, 1 the server said no (or a usage
-//! error), 2 the server could not be reached.
+//! error), 2 the server could not be reached, 3 a verify found a divergence.
 //!
 //! - `client`: URLs, requests, and how each failure maps to an exit code.
 //! - `follow`: `events --follow` over Server-Sent Events, with resumption.
 //! - `sse`: the Server-Sent Events line parser.
 //! - `output`: the text for people.
 //! - `projection`: `refold projection ...`, with progress bars while versions replay.
+//! - `verify`: `refold verify aggregate` and `refold projection verify`: the
+//!   determinism audits, exiting 3 on a divergence.
 //! - `tooling`: `refold new`, `build` and `deploy` (crates, cargo, the world
 //!   check), and the example builds of `refold serve --examples`.
 
@@ -19,8 +21,10 @@ mod output;
 mod projection;
 mod sse;
 pub mod tooling;
+mod verify;
 
 pub use projection::{ProjectionCommand, projection};
+pub use verify::{VerifyCommand, verify};
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -341,6 +345,7 @@ fn finish(opts: &ClientOptions, result: Result<(), Failure>) -> i32 {
         // enough; that is not an error worth a message.
         Failure::Output(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
         Failure::Output(e) => eprintln!("error: cannot write the output: {e}"),
+        Failure::Diverged(summary) => eprintln!("error: {summary}"),
     }
     failure.exit_code()
 }
@@ -363,6 +368,20 @@ mod tests {
         assert_send(send(&opts, "t", "i", "{}", None, None));
         assert_send(state(&opts, "t", "i", None));
         assert_send(events(&opts, None, None, true));
+        assert_send(verify(
+            &opts,
+            VerifyCommand::Aggregate {
+                aggregate_type: "t".into(),
+                id: "i".into(),
+            },
+        ));
+        assert_send(projection(
+            &opts,
+            ProjectionCommand::Verify {
+                name: "p".into(),
+                version: "1.0.0".into(),
+            },
+        ));
     }
 
     #[test]

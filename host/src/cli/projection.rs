@@ -1,5 +1,5 @@
 //! `refold projection ...`: watch projection versions replay, compare them,
-//! promote one, and read their documents.
+//! promote one, and read their documents. `verify` is in `cli::verify`.
 
 use std::io::{self, IsTerminal, Write};
 use std::time::Duration;
@@ -97,6 +97,9 @@ pub enum ProjectionCommand {
     },
     /// A digest of a version's documents, to check two replays agree
     Digest { name: String, version: String },
+    /// Rebuild VERSION into a scratch copy no reader sees, up to its checkpoint,
+    /// and compare the documents (exit 3 on a divergence); the version keeps serving
+    Verify { name: String, version: String },
 }
 
 pub async fn projection(opts: &ClientOptions, cmd: ProjectionCommand) -> i32 {
@@ -294,6 +297,9 @@ async fn run(opts: &ClientOptions, cmd: ProjectionCommand) -> Result<(), Failure
             emit_as(opts, &reply.body, |out, answer: &&RawValue| {
                 writeln!(out, "{}", pretty(answer.get()))
             })
+        }
+        ProjectionCommand::Verify { name, version } => {
+            super::verify::verify_projection(&client, opts, &name, &version).await
         }
         ProjectionCommand::Digest { name, version } => {
             let reply = client

@@ -11,9 +11,10 @@
 //! - `decide`: the guest calls of one command.
 //! - `guest_output`: the rules for what `handle` returns (event count, types,
 //!   data, rejections), each breach an `invalid_guest_output`.
-//! - `state`: loading state (cache, snapshots, replay), temporal reads, `verify`.
+//! - `state`: loading state (cache, snapshots, replay), temporal reads.
 //! - `fold`: replaying events through `apply` in batches a replay can always afford.
 //! - `cache`: the state cache, bounded in entries and bytes.
+//! - `verify`: the determinism audit of a stream's recorded state digests.
 //! - `locks`: one in-process lock per aggregate.
 
 mod cache;
@@ -22,6 +23,7 @@ mod fold;
 mod guest_output;
 mod locks;
 mod state;
+mod verify;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -32,9 +34,8 @@ use uuid::Uuid;
 pub use cache::CacheStats;
 pub use fold::{APPLY_BATCH, REPLAY_BATCH_BYTES};
 pub use guest_output::{MAX_GUEST_MESSAGE_LEN, MAX_REJECTION_CODE_LEN, REJECTION_CODE_SEPARATORS};
-pub use state::{
-    AggregateState, DigestMismatch, STATE_DIGEST_KEY, VerifyReport, state_digest, to_stream_event,
-};
+pub use state::{AggregateState, STATE_DIGEST_KEY, state_digest, to_stream_event};
+pub use verify::{DigestMismatch, MAX_CONCURRENT_VERIFIES, MAX_REPORTED_DIVERGENCES, VerifyReport};
 
 use crate::modules::{LoadedModule, ModuleRegistry};
 use crate::runtime::{CommandContext, GuestError, Runtime};
@@ -153,6 +154,8 @@ pub enum CommandError {
     Conflict { attempts: u32 },
     #[error("not found: {0}")]
     NotFound(String),
+    #[error("{running} verifies are running, the most at once; try again when one has finished")]
+    TooManyVerifies { running: usize },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -172,6 +175,7 @@ impl CommandError {
             CommandError::StateTooLarge { .. } => "state_too_large",
             CommandError::Conflict { .. } => "conflict",
             CommandError::NotFound(_) => "not_found",
+            CommandError::TooManyVerifies { .. } => "too_many_verifies",
             CommandError::Store(s) => s.code(),
         }
     }
@@ -183,6 +187,8 @@ pub struct CommandService {
     runtime: Arc<Runtime>,
     locks: AggregateLocks,
     cache: StateCache,
+    /// One permit per running `verify`: each costs a replay of a whole stream.
+    verifies: tokio::sync::Semaphore,
     config: CommandConfig,
 }
 
@@ -199,6 +205,7 @@ impl CommandService {
             runtime,
             locks: AggregateLocks::default(),
             cache: StateCache::new(config.cache_entries, config.cache_bytes),
+            verifies: tokio::sync::Semaphore::new(MAX_CONCURRENT_VERIFIES),
             config,
         }
     }

@@ -1,7 +1,6 @@
 //! Aggregate state: from the cache, else the latest snapshot plus the events
 //! after it, else every event from the start, applied through the module in
-//! batches. Also the temporal read (state as of a version) and the
-//! determinism audit (`verify`).
+//! batches. Also the temporal read (state as of a version).
 
 use std::sync::Arc;
 
@@ -35,25 +34,6 @@ pub fn to_stream_event(event: &RecordedEvent) -> StreamEvent {
         event_type: event.event_type.clone(),
         data: event.data.clone(),
     }
-}
-
-/// One audited checkpoint of `verify`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DigestMismatch {
-    pub version: StreamVersion,
-    pub module: String,
-    pub recorded: String,
-    pub replayed: String,
-}
-
-/// What `verify` found.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VerifyReport {
-    pub events: u64,
-    pub checked: u64,
-    pub mismatches: Vec<DigestMismatch>,
-    /// Producers whose module version is not loaded, so their digests were not checked.
-    pub unavailable_modules: Vec<String>,
 }
 
 impl CommandService {
@@ -126,7 +106,10 @@ impl CommandService {
     }
 
     /// The module's state for an aggregate with no events, checked against the state limit.
-    async fn initial_state(&self, module: &Arc<LoadedModule>) -> Result<Vec<u8>, CommandError> {
+    pub(super) async fn initial_state(
+        &self,
+        module: &Arc<LoadedModule>,
+    ) -> Result<Vec<u8>, CommandError> {
         let guest = aggregate_of(module)?.clone();
         let bytes = self
             .runtime
@@ -170,64 +153,5 @@ impl CommandService {
             }
         }
         Ok(state)
-    }
-
-    /// The determinism audit: replays the stream with each module version that
-    /// produced events in it and checks the state digest recorded by each command.
-    pub async fn verify(
-        &self,
-        aggregate_type: &str,
-        aggregate_id: &str,
-    ) -> Result<VerifyReport, CommandError> {
-        let stream = StreamId::new(aggregate_type, aggregate_id)
-            .map_err(|e| CommandError::InvalidRequest(e.to_string()))?;
-        let events = self
-            .store
-            .read_stream(&stream, 1, Direction::Forward, usize::MAX)?;
-        let mut producers: Vec<String> = events
-            .iter()
-            .filter_map(|e| e.metadata.producer.clone())
-            .collect();
-        producers.sort();
-        producers.dedup();
-        let mut report = VerifyReport {
-            events: events.len() as u64,
-            checked: 0,
-            mismatches: Vec::new(),
-            unavailable_modules: Vec::new(),
-        };
-        for producer in producers {
-            let module = producer
-                .split_once('@')
-                .and_then(|(name, version)| self.modules.get(name, version));
-            let Some(module) = module else {
-                report.unavailable_modules.push(producer);
-                continue;
-            };
-            let mut state = Arc::new(self.initial_state(&module).await?);
-            let mut unfolded = 0;
-            for (i, event) in events.iter().enumerate() {
-                let checkpoint = event.metadata.producer.as_deref() == Some(producer.as_str())
-                    && event.metadata.extra.contains_key(STATE_DIGEST_KEY);
-                if checkpoint || i + 1 - unfolded == APPLY_BATCH {
-                    state = fold(&self.runtime, &module, state, &events[unfolded..=i]).await?;
-                    unfolded = i + 1;
-                }
-                if checkpoint {
-                    let recorded = &event.metadata.extra[STATE_DIGEST_KEY];
-                    let replayed = state_digest(&state);
-                    report.checked += 1;
-                    if *recorded != replayed {
-                        report.mismatches.push(DigestMismatch {
-                            version: event.version,
-                            module: producer.clone(),
-                            recorded: recorded.clone(),
-                            replayed,
-                        });
-                    }
-                }
-            }
-        }
-        Ok(report)
     }
 }

@@ -10,6 +10,8 @@
 
 mod compare;
 mod runner;
+mod scratch;
+mod verify;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,8 +21,12 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use compare::{ChangedDocument, Diff, DiffSample, ReadModelDigest, SampleDocument};
+pub use compare::{
+    ChangedDocument, Comparison, Diff, DiffSample, DocumentsDigest, FirstDivergence,
+    ReadModelDigest, SampleDocument,
+};
 pub use runner::{BatchLimits, Documents, to_guest};
+pub use verify::{VerifyEnd, VerifyOutcome, VerifyPhase, VerifyProgress, VerifyReport};
 
 use crate::modules::{LoadedModule, ModuleError, ModuleRegistry};
 use crate::runtime::{GuestError, QueryFailure, Runtime, clip_guest_text};
@@ -141,6 +147,8 @@ pub struct VersionHandle {
     /// Set under the `live` lock while a rebuild empties the version, and for
     /// good once it is dropped: such a version must not become live.
     held: AtomicBool,
+    /// What a running verify of this version is doing, and how the last one ended.
+    verify: Mutex<verify::VerifyState>,
 }
 
 struct RunnerSlot {
@@ -193,6 +201,10 @@ pub struct VersionView {
     pub eta_seconds: Option<f64>,
     pub promote_when_caught_up: bool,
     pub uploaded_at_ms: u64,
+    /// A verify of this version in progress (null when none runs).
+    pub verify: Option<VerifyProgress>,
+    /// How the last verify since the server started ended (null: none yet).
+    pub last_verify: Option<VerifyOutcome>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -252,6 +264,18 @@ pub enum ProjectionError {
     InvalidGuestOutput { module: String, reason: String },
     #[error("the projection service is shutting down")]
     Closed,
+    #[error(
+        "a verify of {label} is running (at position {position} of {target}); wait for its report"
+    )]
+    VerifyInProgress {
+        label: String,
+        position: Position,
+        target: Position,
+    },
+    #[error("{0} is being verified, rebuilt or dropped; try again when that has finished")]
+    Busy(String),
+    #[error("the verify of {0} was cancelled")]
+    VerifyCancelled(String),
     #[error(transparent)]
     Guest(#[from] GuestError),
     #[error(transparent)]
@@ -333,6 +357,7 @@ impl ProjectionService {
                     promote_when_caught_up: AtomicBool::new(false),
                     ops: tokio::sync::Mutex::new(()),
                     held: AtomicBool::new(false),
+                    verify: Mutex::default(),
                 });
                 self.versions().insert(key, handle.clone());
                 self.start_runner(&handle);
@@ -404,8 +429,14 @@ impl ProjectionService {
                 slot.stop.send_replace(true);
             }
         }
-        for handle in handles {
-            Self::stop_runner(&handle).await;
+        for handle in &handles {
+            Self::stop_runner(handle).await;
+        }
+        // A verify, rebuild or drop in progress sees `closed` and ends; one that
+        // started a runner again just before it was set is stopped here.
+        for handle in &handles {
+            let _done = handle.ops.lock().await;
+            Self::stop_runner(handle).await;
         }
     }
 
@@ -475,6 +506,8 @@ impl ProjectionService {
             eta_seconds,
             promote_when_caught_up: handle.promote_when_caught_up.load(Ordering::Acquire),
             uploaded_at_ms: handle.module.record.uploaded_at_ms,
+            verify: handle.verify_progress(),
+            last_verify: handle.last_verify(),
         }
     }
 

@@ -357,7 +357,10 @@ fn step(
         let end = events
             .first()
             .map_or(page.next_position - 1, |e| e.position - 1);
-        match apply_span(handle, module, &model, chunk, end)? {
+        let mut commit_span = |changes: &DocumentChanges, end: Position, applied: u64| {
+            commit(handle, &model, changes, end, applied)
+        };
+        match apply_span(module, &model, chunk, end, &mut commit_span)? {
             Ok(()) => done = end,
             Err(failure) => return Ok(Some(failure)),
         }
@@ -380,16 +383,16 @@ fn step(
 /// to the single event that fails: the checkpoint then stops exactly before it.
 /// Halving (rather than going one event at a time) also keeps a batch that
 /// only went past the per-call write limit fast: its halves commit.
-fn apply_span(
-    handle: &VersionHandle,
+pub(super) fn apply_span(
     module: &ProjectionModule,
     model: &ReadModel,
     events: &[RecordedEvent],
     end: Position,
+    commit: &mut impl FnMut(&DocumentChanges, Position, u64) -> Result<(), StoreError>,
 ) -> Result<Result<(), Failure>, StoreError> {
     match apply(module, model, events) {
         Ok(changes) => {
-            commit(handle, model, &changes, end, events.len() as u64)?;
+            commit(&changes, end, events.len() as u64)?;
             Ok(Ok(()))
         }
         Err(err) if events.len() == 1 => Ok(Err(Failure::from_guest(
@@ -399,8 +402,8 @@ fn apply_span(
         ))),
         Err(_) => {
             let (first, second) = events.split_at(events.len() / 2);
-            match apply_span(handle, module, model, first, second[0].position - 1)? {
-                Ok(()) => apply_span(handle, module, model, second, end),
+            match apply_span(module, model, first, second[0].position - 1, commit)? {
+                Ok(()) => apply_span(module, model, second, end, commit),
                 failed => Ok(failed),
             }
         }
@@ -408,7 +411,7 @@ fn apply_span(
 }
 
 /// Events from the front of `events` up to `max_bytes` of data (at least one).
-fn take_chunk(events: &[RecordedEvent], max_bytes: usize) -> &[RecordedEvent] {
+pub(super) fn take_chunk(events: &[RecordedEvent], max_bytes: usize) -> &[RecordedEvent] {
     let mut bytes = 0;
     let mut n = 0;
     for event in events {
@@ -421,7 +424,7 @@ fn take_chunk(events: &[RecordedEvent], max_bytes: usize) -> &[RecordedEvent] {
     &events[..n]
 }
 
-fn apply(
+pub(super) fn apply(
     module: &ProjectionModule,
     model: &ReadModel,
     events: &[RecordedEvent],

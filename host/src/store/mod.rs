@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use backup::BackupReport;
 pub use catalog::{MAX_SNAPSHOT_LEN, ModuleKind, ModulePut, ModuleRecord};
 pub use error::StoreError;
-pub use projection::{ProjectionCheckpoint, ReadModel, SkipRecord};
+pub use projection::{ProjectionCheckpoint, ReadModel, SCRATCH_GENERATION, SkipRecord};
 pub use types::*;
 
 use writer::{AppendRequest, Appended, Writer, WriterMessage};

@@ -13,6 +13,10 @@
 //!
 //! A rebuild moves to a new generation in one write, then deletes the old one:
 //! a crash part-way leaves only unreachable keys, which the next open removes.
+//!
+//! A verify replays into the scratch generation, [`SCRATCH_GENERATION`]: no
+//! `Q` record ever points there, so no reader or runner sees it; the verify
+//! deletes it when done, and opening the read model deletes what a crash left.
 
 use std::collections::BTreeMap;
 
@@ -32,6 +36,10 @@ const SKIP: u8 = b's';
 
 /// Keys removed per sled batch when a read model is deleted.
 const DELETE_BATCH: usize = 10_000;
+
+/// The generation a verify rebuilds into. A rebuild never reaches it (it stops
+/// one short), so it is never a version's current generation.
+pub const SCRATCH_GENERATION: u32 = u32::MAX;
 
 /// How far a projection version has got.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,7 +101,7 @@ pub struct ReadModel {
 
 impl Store {
     /// The read model of `name@version`, created empty if it has none. Removes
-    /// what an interrupted rebuild left behind.
+    /// what an interrupted rebuild or verify left behind.
     pub fn read_model(&self, name: &str, version: &str) -> Result<ReadModel, StoreError> {
         check_id(name, version)?;
         let meta_key = id_bytes(SPACE_READ_MODEL_META, name, version);
@@ -112,7 +120,64 @@ impl Store {
         let mut stale_end = base.clone();
         stale_end.extend_from_slice(&meta.generation.to_be_bytes());
         self.delete_range(base, stale_end)?;
+        self.delete_prefix(self.read_model_at(name, version, SCRATCH_GENERATION).prefix)?;
         Ok(model)
+    }
+
+    /// An empty read model for `name@version` in the scratch generation, which
+    /// no reader sees: what a verify rebuilds into. Deletes whatever an earlier
+    /// scratch of the same version left.
+    pub fn scratch_read_model(&self, name: &str, version: &str) -> Result<ReadModel, StoreError> {
+        check_id(name, version)?;
+        let model = self.read_model_at(name, version, SCRATCH_GENERATION);
+        self.delete_prefix(model.prefix.clone())?;
+        Ok(model)
+    }
+
+    /// Deletes `name@version`'s scratch generation.
+    pub fn delete_scratch_read_model(&self, name: &str, version: &str) -> Result<(), StoreError> {
+        check_id(name, version)?;
+        self.delete_prefix(self.read_model_at(name, version, SCRATCH_GENERATION).prefix)
+    }
+
+    /// The generations of `name@version` that hold any key, ascending: after an
+    /// open, only the current one (none while it is empty). One seek per
+    /// generation found, not a scan of the documents.
+    pub fn read_model_generations(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<Vec<u32>, StoreError> {
+        check_id(name, version)?;
+        let base = id_bytes(SPACE_READ_MODEL, name, version);
+        let mut end = base.clone();
+        end.extend_from_slice(&[0xFF; 5]);
+        let mut generations = Vec::new();
+        let mut start = base.clone();
+        loop {
+            let first = self
+                .inner
+                .db
+                .range(start..end.clone())
+                .keys()
+                .next()
+                .transpose()
+                .map_err(|e| StoreError::storage("listing read model generations", e))?;
+            let Some(key) = first else {
+                return Ok(generations);
+            };
+            let bytes: [u8; 4] = key
+                .get(base.len()..base.len() + 4)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| format::corrupt(&key, "read model key without a generation"))?;
+            let generation = u32::from_be_bytes(bytes);
+            generations.push(generation);
+            let Some(next) = generation.checked_add(1) else {
+                return Ok(generations);
+            };
+            start = base.clone();
+            start.extend_from_slice(&next.to_be_bytes());
+        }
     }
 
     fn read_model_at(&self, name: &str, version: &str, generation: u32) -> ReadModel {
@@ -138,9 +203,12 @@ impl Store {
             Some(v) => format::decode_v1::<ReadModelMeta>(&meta_key, &v)?.generation,
             None => 0,
         };
-        let generation = old.checked_add(1).ok_or_else(|| {
-            StoreError::InvalidStream("read model rebuilt 4 billion times".into())
-        })?;
+        let generation = old
+            .checked_add(1)
+            .filter(|g| *g != SCRATCH_GENERATION)
+            .ok_or_else(|| {
+                StoreError::InvalidStream("read model rebuilt 4 billion times".into())
+            })?;
         self.inner
             .db
             .insert(&meta_key, format::encode_v1(&ReadModelMeta { generation }))

@@ -7,6 +7,7 @@ use tempfile::TempDir;
 pub mod host;
 pub mod http;
 pub mod process;
+pub mod projection;
 
 pub fn temp_dir() -> TempDir {
     // Under the target directory: the same disk a deployment would use, not tmpfs.

@@ -9,6 +9,9 @@
 //!   (1.0.0) and `modules/account-balances-v2` (2.0.0) for `wasm32-wasip2`.
 //! - `PICKY_PROJECTION`: `tests/guests/picky-projection` for `wasm32-wasip2`, a projection
 //!   that fails, panics or loops on chosen event types.
+//! - `ENTROPY`, `ENTROPY_PROJECTION`: `tests/guests/entropy` and `tests/guests/entropy-projection`,
+//!   an aggregate and a projection that feed every clock and randomness source they can
+//!   reach into their state and documents, for the determinism tests.
 //! - `INVENTORY`, `ORDER` (aggregates) and `SALES` (a projection): the shop example.
 
 include!(concat!(env!("OUT_DIR"), "/guests.rs"));

@@ -1,0 +1,166 @@
+//! The scratch rebuild of a verify: pages of the log applied to a read model
+//! in the scratch generation, chunked like the runner's, never past the
+//! position it is told to reach, skipping what the version skipped.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::runner::{self, BatchLimits};
+use super::verify::VerifyPhase;
+use super::{Failure, ProjectionError, ProjectionService, VersionHandle};
+use crate::runtime::{DocumentChanges, ProjectionModule};
+use crate::store::{
+    EventFilter, LogPage, Position, ProjectionCheckpoint, ReadModel, RecordedEvent, StoreError,
+};
+
+/// The scratch rebuild: its read model, how far it got, why it stopped.
+pub(super) struct Scratch {
+    pub model: ReadModel,
+    pub filter: EventFilter,
+    pub checkpoint: ProjectionCheckpoint,
+    pub failure: Option<Failure>,
+}
+
+impl ProjectionService {
+    /// Advances the scratch to exactly `target` (or to a failure), a page at a
+    /// time, showing `phase` in the version's status.
+    pub(super) async fn catch_up(
+        &self,
+        handle: &Arc<VersionHandle>,
+        module: &ProjectionModule,
+        scratch: &mut Scratch,
+        target: Position,
+        phase: VerifyPhase,
+        cancel: &AtomicBool,
+    ) -> Result<(), ProjectionError> {
+        while scratch.checkpoint.position < target && scratch.failure.is_none() {
+            self.progress(handle, phase, scratch, target);
+            self.advance(handle, module, scratch, target, cancel)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// One page of the log into the scratch, never past `target`. Events the
+    /// version skipped are skipped here too.
+    async fn advance(
+        &self,
+        handle: &Arc<VersionHandle>,
+        module: &ProjectionModule,
+        scratch: &mut Scratch,
+        target: Position,
+        cancel: &AtomicBool,
+    ) -> Result<(), ProjectionError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(ProjectionError::Closed);
+        }
+        if cancel.load(Ordering::Acquire) {
+            return Err(ProjectionError::VerifyCancelled(handle.label()));
+        }
+        let from = scratch.checkpoint.position + 1;
+        let (store, filter, limit) = (
+            self.store.clone(),
+            scratch.filter.clone(),
+            self.config.batch.events,
+        );
+        let live = handle.read_model();
+        let (page, skipped) = blocking(
+            move || -> Result<(LogPage, HashSet<Position>), StoreError> {
+                let page = store.read_all(from, limit, &filter)?;
+                let skipped = live.skips()?.into_iter().map(|s| s.position).collect();
+                Ok((page, skipped))
+            },
+        )
+        .await?;
+        let end = (page.next_position - 1).min(target);
+        let (mut apply, mut skip) = (Vec::new(), 0);
+        for event in page.events.into_iter().take_while(|e| e.position <= end) {
+            if skipped.contains(&event.position) {
+                skip += 1;
+            } else {
+                apply.push(event);
+            }
+        }
+        let (module, model, before, limits) = (
+            module.clone(),
+            scratch.model.clone(),
+            scratch.checkpoint,
+            self.config.batch,
+        );
+        let (checkpoint, failure) = self
+            .runtime
+            .pool()
+            .run(&handle.module.record.name, move || {
+                replay(&module, &model, before, apply, skip, end, limits)
+            })
+            .await?;
+        scratch.checkpoint = checkpoint;
+        scratch.failure = failure;
+        Ok(())
+    }
+}
+
+/// Applies `events` (the selected, not skipped events up to `end`) to the
+/// scratch in chunks like the runner's, committing each chunk with its
+/// checkpoint. A chunk that fails is halved like the runner's, down to the
+/// event that fails. Runs on a guest thread.
+fn replay(
+    module: &ProjectionModule,
+    model: &ReadModel,
+    mut checkpoint: ProjectionCheckpoint,
+    events: Vec<RecordedEvent>,
+    skipped: u64,
+    end: Position,
+    limits: BatchLimits,
+) -> Result<(ProjectionCheckpoint, Option<Failure>), StoreError> {
+    checkpoint.events_skipped += skipped;
+    let mut rest = events.as_slice();
+    while !rest.is_empty() {
+        let chunk = runner::take_chunk(rest, limits.bytes);
+        rest = &rest[chunk.len()..];
+        let chunk_end = rest.first().map_or(end, |e| e.position - 1);
+        let mut commit_span = |changes: &DocumentChanges, end: Position, applied: u64| {
+            commit(model, &mut checkpoint, changes, end, applied as usize)
+        };
+        if let Err(failure) = runner::apply_span(module, model, chunk, chunk_end, &mut commit_span)?
+        {
+            return Ok((checkpoint, Some(failure)));
+        }
+    }
+    if checkpoint.position < end {
+        commit(model, &mut checkpoint, &DocumentChanges::new(), end, 0)?;
+    }
+    Ok((checkpoint, None))
+}
+
+fn commit(
+    model: &ReadModel,
+    checkpoint: &mut ProjectionCheckpoint,
+    changes: &DocumentChanges,
+    position: Position,
+    applied: usize,
+) -> Result<(), StoreError> {
+    let next = ProjectionCheckpoint {
+        position,
+        events_applied: checkpoint.events_applied + applied as u64,
+        events_skipped: checkpoint.events_skipped,
+    };
+    model.commit(changes, &next, None)?;
+    *checkpoint = next;
+    Ok(())
+}
+
+/// Store work off the async threads.
+pub(super) async fn blocking<T, E>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, ProjectionError>
+where
+    T: Send + 'static,
+    E: Into<ProjectionError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ProjectionError::NotFound(format!("verify task: {e}")))?
+        .map_err(Into::into)
+}

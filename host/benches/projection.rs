@@ -43,7 +43,8 @@ use bank_account::Event;
 use refold::modules::ModuleRegistry;
 use refold::projections::{Documents, ProjectionConfig, ProjectionService, to_guest};
 use refold::runtime::{
-    DocumentChanges, DocumentSource, GuestRecordedEvent, ProjectionModule, Runtime, RuntimeConfig,
+    CompileConfig, DocumentChanges, DocumentSource, GuestRecordedEvent, ProjectionModule, Runtime,
+    RuntimeConfig,
 };
 use refold::store::{
     Durability, EventFilter, ExpectedVersion, MAX_EVENTS_PER_APPEND, NewEvent,
@@ -173,6 +174,10 @@ fn main() -> Result<()> {
 
     let runtime = Arc::new(Runtime::new(RuntimeConfig {
         cache_dir: Some(dir.path().join("cache")),
+        compile: CompileConfig {
+            worker: Some(env!("CARGO_BIN_EXE_refold").into()),
+            ..CompileConfig::default()
+        },
         ..RuntimeConfig::default()
     })?);
     let bytes = std::fs::read(refold_test_guests::ACCOUNT_BALANCES).with_context(|| {

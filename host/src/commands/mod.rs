@@ -29,11 +29,11 @@ pub use state::{
     to_stream_event,
 };
 
-use crate::modules::{LoadedModule, ModuleRegistry};
+use crate::modules::{LoadedModule, ModuleRegistry, NotReady};
 use crate::runtime::{CommandContext, GuestError, Runtime};
 use crate::store::{
-    EventFilter, ExpectedVersion, RecordedEvent, Store, StoreError, StreamId, StreamVersion,
-    check_name,
+    EventFilter, ExpectedVersion, ModuleKind, RecordedEvent, Store, StoreError, StreamId,
+    StreamVersion, check_name,
 };
 use locks::AggregateLocks;
 
@@ -129,6 +129,9 @@ pub enum CommandError {
     Conflict { attempts: u32 },
     #[error("not found: {0}")]
     NotFound(String),
+    /// The active module is still compiling after a start without its artifact, or failed to.
+    #[error(transparent)]
+    ModuleNotReady(#[from] NotReady),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -147,6 +150,7 @@ impl CommandError {
             CommandError::InvalidGuestOutput { .. } => "invalid_guest_output",
             CommandError::Conflict { .. } => "conflict",
             CommandError::NotFound(_) => "not_found",
+            CommandError::ModuleNotReady(n) => n.code(),
             CommandError::Store(s) => s.code(),
         }
     }
@@ -216,8 +220,8 @@ impl CommandService {
         // command does not change it.
         let module = self
             .modules
-            .active(&request.aggregate_type)
-            .filter(|m| m.aggregate().is_some())
+            .active_ready(&request.aggregate_type, ModuleKind::Aggregate)
+            .await?
             .ok_or_else(|| CommandError::UnknownAggregateType(request.aggregate_type.clone()))?;
         let _guard = self.locks.lock(&stream).await;
         // A retry that raced the original: the original has landed by the time we hold the lock.
@@ -423,8 +427,8 @@ impl CommandService {
             .map_err(|e| CommandError::InvalidRequest(e.to_string()))?;
         let module = self
             .modules
-            .active(aggregate_type)
-            .filter(|m| m.aggregate().is_some())
+            .active_ready(aggregate_type, ModuleKind::Aggregate)
+            .await?
             .ok_or_else(|| CommandError::UnknownAggregateType(aggregate_type.to_string()))?;
         let current = self.store.stream_version(&stream)?;
         if current == 0 {

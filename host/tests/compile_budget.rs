@@ -68,13 +68,17 @@ fn hard_to_compile(depth: u32, locals: u32) -> Vec<u8> {
     component.finish()
 }
 
-/// The bank-account aggregate with a slow-to-compile core module appended:
-/// a valid aggregate (the extra module is never instantiated, but compiled).
-fn slow_bank_account() -> Vec<u8> {
-    let mut bytes = std::fs::read(BANK).expect("guest built");
+/// A guest component with a slow-to-compile core module appended: still a
+/// valid module (the extra core module is never instantiated, but compiled).
+fn slowed(path: &str) -> Vec<u8> {
+    let mut bytes = std::fs::read(path).expect("guest built");
     bytes.push(ComponentSectionId::CoreModule.into());
     nested_loops(100, 1000).as_slice().encode(&mut bytes);
     bytes
+}
+
+fn slow_bank_account() -> Vec<u8> {
+    slowed(BANK)
 }
 
 async fn put(s: &TestServer, name: &str, version: &str, bytes: Vec<u8>) -> reqwest::Response {
@@ -441,5 +445,57 @@ async fn a_module_that_fails_to_compile_at_startup_is_reported_and_the_others_se
         "compile_budget_exceeded",
     )
     .await;
+    s.stop().await;
+}
+
+/// Reads `path` until it answers 200; until then it must answer 503 `code`.
+async fn read_when_live(s: &TestServer, path: &str, code: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let response = s.request(Method::GET, path).send().await.unwrap();
+        if response.status() == 200 {
+            return response.json().await.unwrap();
+        }
+        expect_problem(response, 503, code).await;
+        assert!(Instant::now() < deadline, "{path} answered in time");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_projection_still_compiling_after_a_restart_answers_503_then_catches_up() {
+    let dir = temp_dir();
+    let s = TestServer::start(dir.path()).await;
+    assert_eq!(s.upload("bank-account", "1.0.0", BANK).await.status(), 201);
+    for id in ["acc-1", "acc-2"] {
+        assert_eq!(s.send("bank-account", id, OPEN).await.status(), 200);
+        assert_eq!(s.send("bank-account", id, DEPOSIT).await.status(), 200);
+    }
+    let uploaded = put(
+        &s,
+        "account-balances",
+        "1.0.0",
+        slowed(refold_test_guests::ACCOUNT_BALANCES),
+    )
+    .await;
+    assert_eq!(uploaded.status(), 201);
+    let doc = "/v1/projections/account-balances/docs/account/acc-1?min_position=4&wait_ms=30000";
+    let before = read_when_live(&s, doc, "projection_not_live").await;
+    s.stop().await;
+    std::fs::remove_dir_all(dir.path().join("cache")).expect("the cache is deleted");
+
+    let mut config = config(dir.path());
+    config.runtime.compile.request_wait = Duration::from_millis(100);
+    let s = TestServer::start_with(config).await;
+    let early = s.request(Method::GET, doc).send().await.unwrap();
+    assert!(early.headers().contains_key("retry-after"));
+    let problem = expect_problem(early, 503, "module_compiling").await;
+    assert_eq!(problem["module"], "account-balances@1.0.0");
+    // The live version stays live while it compiles: nothing else takes its place.
+    let (_, modules) = s.get_json("/v1/modules/account-balances").await;
+    assert_eq!(modules["active_version"], "1.0.0", "{modules}");
+
+    let after = read_when_live(&s, doc, "module_compiling").await;
+    assert_eq!(after, before, "the same document after the restart");
     s.stop().await;
 }

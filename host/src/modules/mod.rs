@@ -11,23 +11,25 @@
 //! their state); a request for one waits a little, then hears `NotReady`.
 
 mod boot;
+mod error;
+mod names;
+mod upload;
 mod version;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use sha2::{Digest, Sha256};
+use std::time::Duration;
 
 use crate::fsutil;
 pub use crate::hex::hex;
-use crate::runtime::{AggregateModule, Guest, ProjectionModule, Runtime, RuntimeError, World};
-use crate::store::{ModuleKind, ModulePut, ModuleRecord, Store, StoreError};
+use crate::runtime::{AggregateModule, Guest, ProjectionModule, Runtime, World};
+use crate::store::{ModuleKind, ModuleRecord, Store};
+pub use error::{CompileBudget, ModuleError};
+use names::semver_key;
+pub use names::{MAX_MODULE_NAME_LEN, validate_name, validate_version};
 use version::Registered;
 pub use version::{CompileState, ModuleVersion, NotReady};
-
-pub const MAX_MODULE_NAME_LEN: usize = 64;
 
 /// A module version that is compiled and ready to run.
 pub struct LoadedModule {
@@ -65,97 +67,6 @@ impl LoadedModule {
     /// `name@version`.
     pub fn label(&self) -> String {
         format!("{}@{}", self.record.name, self.record.version)
-    }
-}
-
-/// Which compile budget a component exceeded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CompileBudget {
-    Time { limit: Duration },
-    Memory { limit_bytes: u64 },
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ModuleError {
-    #[error("invalid module name {name:?}: {reason}")]
-    InvalidName { name: String, reason: String },
-    #[error("invalid module version {version:?}: {reason}")]
-    InvalidVersion { version: String, reason: String },
-    #[error("invalid module: {0}")]
-    InvalidModule(String),
-    /// Compiling the component would take more time or memory than allowed.
-    #[error("{detail}")]
-    CompileBudgetExceeded {
-        budget: CompileBudget,
-        detail: String,
-    },
-    /// The compiler died on this component.
-    #[error("{0}")]
-    CompileCrashed(String),
-    #[error(transparent)]
-    NotReady(#[from] NotReady),
-    #[error(
-        "{name}@{version} already holds other bytes (digest {existing_digest}); versions are immutable, upload a new version"
-    )]
-    Conflict {
-        name: String,
-        version: String,
-        existing_digest: String,
-    },
-    #[error("no module {0}")]
-    NotFound(String),
-    #[error(
-        "{0} is a projection: a version goes live with POST /v1/projections/{0}/promote once it has caught up"
-    )]
-    PromoteProjection(String),
-    #[error("{name} already names {existing} modules; this upload is {uploaded}. Use another name")]
-    KindMismatch {
-        name: String,
-        existing: &'static str,
-        uploaded: &'static str,
-    },
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("module host failure: {0}")]
-    Host(String),
-}
-
-impl ModuleError {
-    pub fn code(&self) -> &'static str {
-        match self {
-            ModuleError::InvalidName { .. } | ModuleError::InvalidVersion { .. } => {
-                "invalid_request"
-            }
-            ModuleError::InvalidModule(_) => "invalid_module",
-            ModuleError::CompileBudgetExceeded { .. } => "compile_budget_exceeded",
-            ModuleError::CompileCrashed(_) => "compile_crashed",
-            ModuleError::NotReady(not_ready) => not_ready.code(),
-            ModuleError::Conflict { .. } => "module_conflict",
-            ModuleError::NotFound(_) => "not_found",
-            ModuleError::PromoteProjection(_) => "use_promote",
-            ModuleError::KindMismatch { .. } => "module_kind_mismatch",
-            ModuleError::Store(store) => store.code(),
-            ModuleError::Host(_) => "internal",
-        }
-    }
-}
-
-impl From<RuntimeError> for ModuleError {
-    fn from(err: RuntimeError) -> Self {
-        let detail = err.to_string();
-        match err {
-            RuntimeError::InvalidModule(reason) => ModuleError::InvalidModule(reason),
-            RuntimeError::CompileTimeout { limit } => ModuleError::CompileBudgetExceeded {
-                budget: CompileBudget::Time { limit },
-                detail,
-            },
-            RuntimeError::CompileMemory { limit_bytes } => ModuleError::CompileBudgetExceeded {
-                budget: CompileBudget::Memory { limit_bytes },
-                detail,
-            },
-            RuntimeError::CompileCrashed(_) => ModuleError::CompileCrashed(detail),
-            other => ModuleError::Host(other.to_string()),
-        }
     }
 }
 
@@ -222,135 +133,6 @@ impl ModuleRegistry {
             &registry.projection_listener,
         );
         Ok(registry)
-    }
-
-    /// Registers `bytes` as `name@version`. The first version of a name becomes
-    /// active; later ones only when `activate` is set.
-    pub async fn upload(
-        &self,
-        name: &str,
-        version: &str,
-        bytes: Vec<u8>,
-        activate: bool,
-    ) -> Result<(Uploaded, Arc<LoadedModule>), ModuleError> {
-        validate_name(name)?;
-        validate_version(version)?;
-        let digest: [u8; 32] = Sha256::digest(&bytes).into();
-        let bytes: Arc<[u8]> = bytes.into();
-        let (outcome, module) = match self.store.module(name, version)? {
-            Some(existing) if existing.digest == digest => {
-                (Uploaded::Unchanged, self.reload(existing, bytes).await?)
-            }
-            Some(existing) => return Err(conflict(&existing)),
-            None => self.register(name, version, digest, bytes).await?,
-        };
-        if module.record.kind == ModuleKind::Projection {
-            // A projection version goes live only after it has replayed the log:
-            // the projection service decides when.
-            if let Some(listener) = &*self
-                .projection_listener
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-            {
-                listener(module.clone(), activate);
-            }
-        } else if activate || self.active_version(name).is_none() {
-            self.activate(name, version)?;
-        }
-        Ok((outcome, module))
-    }
-
-    /// A new version: compiled first (not under the upload lock, so a slow
-    /// compilation holds up no other upload), then filed and recorded.
-    async fn register(
-        &self,
-        name: &str,
-        version: &str,
-        digest: [u8; 32],
-        bytes: Arc<[u8]>,
-    ) -> Result<(Uploaded, Arc<LoadedModule>), ModuleError> {
-        let record = ModuleRecord {
-            name: name.to_string(),
-            version: version.to_string(),
-            kind: ModuleKind::Aggregate,
-            digest,
-            size: bytes.len() as u64,
-            uploaded_at_ms: now_ms(),
-        };
-        // Compile before anything is written: an invalid module leaves no trace.
-        let module = load_module(&self.runtime, bytes.clone(), record).await?;
-        let _one_at_a_time = self.uploads.lock().await;
-        // One name, one kind: the name is an aggregate type or a projection.
-        if let Some(other) = self
-            .list()
-            .into_iter()
-            .find(|m| m.record.name == name && m.record.kind != module.record.kind)
-        {
-            return Err(ModuleError::KindMismatch {
-                name: name.to_string(),
-                existing: other.record.kind.as_str(),
-                uploaded: module.record.kind.as_str(),
-            });
-        }
-        self.write_file(&digest, &bytes)?;
-        let outcome = match self.store.put_module(&module.record)? {
-            ModulePut::Created => Uploaded::Created,
-            // The same bytes, registered by an upload that raced this one.
-            ModulePut::AlreadyPresent(_) => Uploaded::Unchanged,
-            ModulePut::Conflict(existing) => return Err(conflict(&existing)),
-        };
-        let entry = Registered::new(module.record.clone(), CompileState::Ready(module.clone()));
-        let module = match self.versions_mut().entry(key_of(&module.record)) {
-            std::collections::hash_map::Entry::Occupied(e) => e.get().ready().unwrap_or(module),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(entry);
-                module
-            }
-        };
-        Ok((outcome, module))
-    }
-
-    /// A version registered with these very bytes: the compiled module, once a
-    /// compilation under way has ended; compiled now if its startup
-    /// compilation failed (or it is recorded but was never loaded).
-    async fn reload(
-        &self,
-        record: ModuleRecord,
-        bytes: Arc<[u8]>,
-    ) -> Result<Arc<LoadedModule>, ModuleError> {
-        let entry = self
-            .versions_mut()
-            .entry(key_of(&record))
-            .or_insert_with(|| {
-                Registered::new(
-                    record.clone(),
-                    CompileState::Failed {
-                        code: "not_loaded",
-                        reason: "recorded, but not loaded".into(),
-                    },
-                )
-            })
-            .clone();
-        if let CompileState::Ready(module) = entry.wait_compiled().await {
-            return Ok(module);
-        }
-        // Whatever went wrong with the file, these are the registered bytes.
-        self.write_file(&record.digest, &bytes)?;
-        let module = load_module(&self.runtime, bytes, record).await?;
-        entry
-            .state
-            .send_replace(CompileState::Ready(module.clone()));
-        tracing::info!(module = %module.label(), "compiled on a repeated upload");
-        Ok(module)
-    }
-
-    fn write_file(&self, digest: &[u8; 32], bytes: &[u8]) -> Result<(), ModuleError> {
-        let path = self.path_of(digest);
-        if path.exists() && std::fs::read(&path).is_ok_and(|b| *b == *bytes) {
-            return Ok(());
-        }
-        fsutil::write_atomically(&path, bytes)
-            .map_err(|e| ModuleError::Host(format!("writing {}: {e}", path.display())))
     }
 
     /// Registers the projection service, and tells it about every projection
@@ -554,59 +336,4 @@ async fn load_module(
     let label = format!("{}@{}", record.name, record.version);
     let guest = runtime.load(bytes, &record.digest, &label).await?;
     Ok(Arc::new(LoadedModule::new(record, guest)))
-}
-
-fn key_of(record: &ModuleRecord) -> (String, String) {
-    (record.name.clone(), record.version.clone())
-}
-
-fn conflict(existing: &ModuleRecord) -> ModuleError {
-    ModuleError::Conflict {
-        name: existing.name.clone(),
-        version: existing.version.clone(),
-        existing_digest: hex(&existing.digest),
-    }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Module names double as aggregate types: lowercase letters, digits, `-` and `_`.
-pub fn validate_name(name: &str) -> Result<(), ModuleError> {
-    let bad = |reason: &str| {
-        Err(ModuleError::InvalidName {
-            name: name.to_string(),
-            reason: reason.to_string(),
-        })
-    };
-    if name.is_empty() || name.len() > MAX_MODULE_NAME_LEN {
-        return bad("must be 1 to 64 characters");
-    }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-    {
-        return bad("may hold only lowercase letters, digits, '-' and '_'");
-    }
-    if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
-        return bad("must start with a letter");
-    }
-    Ok(())
-}
-
-/// Semantic versions: MAJOR.MINOR.PATCH with an optional -prerelease and +build.
-pub fn validate_version(version: &str) -> Result<(), ModuleError> {
-    semver::Version::parse(version)
-        .map(|_| ())
-        .map_err(|e| ModuleError::InvalidVersion {
-            version: version.to_string(),
-            reason: e.to_string(),
-        })
-}
-
-fn semver_key(version: &str) -> Option<semver::Version> {
-    semver::Version::parse(version).ok()
 }

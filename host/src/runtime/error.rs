@@ -44,7 +44,7 @@ pub enum RuntimeError {
     CompileTimeout { limit: Duration },
     /// Compiling needed more memory than the compile budget allows.
     #[error(
-        "compiling needed more than the compile memory budget of {} MiB (refold serve --compile-memory); the component was refused",
+        "compiling needed more than the compile memory budget of {} MiB (refold serve --compile-memory-mib); the component was refused",
         .limit_bytes >> 20
     )]
     CompileMemory { limit_bytes: u64 },

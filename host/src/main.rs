@@ -278,7 +278,7 @@ async fn serve(args: ServeArgs) -> i32 {
     if let Some(workers) = args.compile_workers {
         config.runtime.compile.workers = workers.into();
     }
-    config.runtime.compile.worker = match std::env::current_exe() {
+    config.runtime.compile.worker = match refold::runtime::this_binary() {
         Ok(exe) => Some(exe),
         Err(e) => {
             eprintln!("error: cannot find this binary to run compile workers: {e}");

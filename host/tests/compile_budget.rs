@@ -129,6 +129,7 @@ async fn a_component_that_compiles_too_long_is_refused_at_its_budget_and_leaves_
     let started = Instant::now();
     let refused = put(&s, "slow", "1.0.0", hard_to_compile(100, 6000)).await;
     let took = started.elapsed();
+    eprintln!("a {} s time budget refused the component after {took:?}", 2);
     let problem = expect_problem(refused, 422, "compile_budget_exceeded").await;
     assert_eq!(problem["budget"], "time", "{problem}");
     assert_eq!(problem["limit_ms"], 2000, "{problem}");
@@ -179,6 +180,7 @@ async fn a_slow_upload_does_not_hold_up_a_legitimate_one() {
     let started = Instant::now();
     let legit = s.upload("bank-account", "1.0.0", BANK).await;
     let legit_took = started.elapsed();
+    eprintln!("the legitimate upload beside a slow one took {legit_took:?}");
     assert_eq!(legit.status(), 201);
     assert!(
         !slow.is_finished(),
@@ -213,6 +215,7 @@ async fn a_compile_that_needs_more_memory_than_its_budget_is_refused_with_its_ow
     // ~370 MB to compile.
     let refused = put(&s, "greedy", "1.0.0", hard_to_compile(100, 3000)).await;
     let took = started.elapsed();
+    eprintln!("a 256 MiB memory budget refused the component after {took:?}");
     let problem = expect_problem(refused, 422, "compile_budget_exceeded").await;
     assert_eq!(problem["budget"], "memory", "{problem}");
     assert_eq!(problem["limit_bytes"], 256u64 << 20, "{problem}");
@@ -321,6 +324,9 @@ async fn a_restart_without_the_artifact_cache_serves_at_once_and_compiles_in_the
     let (health, _) = s.get_json("/healthz").await;
     let (listed, modules) = s.get_json("/v1/modules").await;
     let serving_after = started.elapsed();
+    eprintln!(
+        "without the artifact cache: healthz and the module list answered {serving_after:?} after the start"
+    );
     assert_eq!((health, listed), (200, 200));
     assert_eq!(
         compile_state(&modules, "slow-account", "1.0.0").as_deref(),
@@ -361,6 +367,10 @@ async fn a_restart_without_the_artifact_cache_serves_at_once_and_compiles_in_the
         assert!(Instant::now() < deadline, "the module compiled in time");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    eprintln!(
+        "the slow module served {:?} after the start",
+        started.elapsed()
+    );
     let (status, state) = s.get_json("/v1/aggregates/slow-account/acc-1").await;
     assert_eq!(status, 200);
     assert_eq!(state["state"]["balance"], 14, "{state}");

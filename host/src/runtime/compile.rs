@@ -54,6 +54,18 @@ impl Default for CompileConfig {
     }
 }
 
+/// The binary to run as the compile worker: this very one. On Linux that is
+/// `/proc/self/exe`, which still names the running binary after an upgrade
+/// replaced its file (a newer worker's artifacts would not load here).
+pub fn this_binary() -> std::io::Result<PathBuf> {
+    let proc_exe = Path::new("/proc/self/exe");
+    if proc_exe.exists() {
+        Ok(proc_exe.to_path_buf())
+    } else {
+        std::env::current_exe()
+    }
+}
+
 /// What stderr of a worker is kept for the error message.
 const STDERR_KEPT: usize = 4 << 10;
 /// How often a running worker is checked on.

@@ -38,7 +38,7 @@ pub use bindings::{
     CommandContext, CommandError, NewEvent as GuestEvent, RecordedEvent as GuestRecordedEvent,
     Rejection, StreamEvent,
 };
-pub use compile::{CompileConfig, DEFAULT_COMPILE_MEMORY, DEFAULT_COMPILE_TIMEOUT};
+pub use compile::{CompileConfig, DEFAULT_COMPILE_MEMORY, DEFAULT_COMPILE_TIMEOUT, this_binary};
 pub use error::{GuestError, RuntimeError};
 pub use pool::GuestPool;
 pub use projection::{

@@ -265,7 +265,7 @@ fn check_world(
     let bar = term::spinner(format!("checking {}", info.name));
     // This binary is the compile worker, as it is for `refold serve`: the
     // check compiles under the same budget the server would apply.
-    let worker = std::env::current_exe()
+    let worker = crate::runtime::this_binary()
         .map_err(|e| format!("cannot find this binary to run the compile worker: {e}"))?;
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: None,

@@ -244,6 +244,7 @@ async fn run(
         };
         let mut config = ServeConfig::new(dir.path(), "127.0.0.1:0".parse()?);
         config.durability = durability;
+        config.runtime.compile.worker = Some(env!("CARGO_BIN_EXE_refold").into());
         let setup = Instant::now();
         let server = refold::server::start(config).await?;
         if durability == Durability::Fsync {

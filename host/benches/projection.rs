@@ -43,7 +43,8 @@ use bank_account::Event;
 use refold::modules::ModuleRegistry;
 use refold::projections::{Documents, ProjectionConfig, ProjectionService, to_guest};
 use refold::runtime::{
-    DocumentChanges, DocumentSource, GuestRecordedEvent, ProjectionModule, Runtime, RuntimeConfig,
+    CompileConfig, DocumentChanges, DocumentSource, GuestRecordedEvent, ProjectionModule, Runtime,
+    RuntimeConfig,
 };
 use refold::store::{
     Durability, EventFilter, ExpectedVersion, MAX_EVENTS_PER_APPEND, NewEvent,
@@ -173,6 +174,10 @@ fn main() -> Result<()> {
 
     let runtime = Arc::new(Runtime::new(RuntimeConfig {
         cache_dir: Some(dir.path().join("cache")),
+        compile: CompileConfig {
+            worker: Some(env!("CARGO_BIN_EXE_refold").into()),
+            ..CompileConfig::default()
+        },
         ..RuntimeConfig::default()
     })?);
     let bytes = std::fs::read(refold_test_guests::ACCOUNT_BALANCES).with_context(|| {
@@ -206,7 +211,7 @@ fn main() -> Result<()> {
         anyhow::Ok((registry, service, start.elapsed()))
     })?;
     let (native_model, _) = native_replay(&store, &filter, batch, None)?;
-    check_read_model(&service, &native_model)?;
+    tokio.block_on(check_read_model(&service, &native_model))?;
     println!(
         "first replay after upload (compile included): {:.2} s; read model of {} documents, identical to the native one",
         first.as_secs_f64(),
@@ -247,7 +252,7 @@ fn main() -> Result<()> {
         );
         drop(db);
     }
-    check_read_model(&service, &native_model)?;
+    tokio.block_on(check_read_model(&service, &native_model))?;
 
     let module = registry
         .get(PROJECTION, VERSION)
@@ -452,11 +457,11 @@ async fn rebuild(service: &Arc<ProjectionService>) -> Result<(Duration, Duration
 }
 
 /// The version's documents must be exactly the native replay's.
-fn check_read_model(
+async fn check_read_model(
     service: &ProjectionService,
     expected: &BTreeMap<String, String>,
 ) -> Result<()> {
-    let handle = service.read_target(PROJECTION, Some(VERSION))?;
+    let handle = service.read_target(PROJECTION, Some(VERSION)).await?;
     let mut documents = BTreeMap::new();
     let mut after: Option<String> = None;
     loop {

@@ -36,7 +36,7 @@ use refold::commands::{
 };
 use refold::modules::ModuleRegistry;
 use refold::runtime::{
-    AggregateModule, CommandContext, Guest, Runtime, RuntimeConfig, StreamEvent,
+    AggregateModule, CommandContext, CompileConfig, Guest, Runtime, RuntimeConfig, StreamEvent,
 };
 use refold::store::{
     Direction, Durability, EventMetadata, ExpectedVersion, NewEvent, Store, StoreConfig, StreamId,
@@ -240,11 +240,17 @@ fn main() -> Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
 
     let started = Instant::now();
-    let runtime = Arc::new(Runtime::new(RuntimeConfig::default())?);
+    let runtime = Arc::new(Runtime::new(RuntimeConfig {
+        compile: CompileConfig {
+            worker: Some(env!("CARGO_BIN_EXE_refold").into()),
+            ..CompileConfig::default()
+        },
+        ..RuntimeConfig::default()
+    })?);
     let wasi_bytes = read_guest(refold_test_guests::BANK_ACCOUNT)?;
     let plain_bytes = read_guest(refold_test_guests::BANK_ACCOUNT_NO_WASI)?;
-    let wasi = load(&runtime, &wasi_bytes)?;
-    let plain = load(&runtime, &plain_bytes)?;
+    let wasi = load(&tokio, &runtime, &wasi_bytes)?;
+    let plain = load(&tokio, &runtime, &plain_bytes)?;
     ensure!(wasi.imports_wasi(), "BANK_ACCOUNT should import WASI");
     ensure!(
         !plain.imports_wasi(),
@@ -879,9 +885,13 @@ fn read_guest(path: &str) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading the guest component {path}"))
 }
 
-fn load(runtime: &Runtime, bytes: &[u8]) -> Result<AggregateModule> {
+fn load(
+    tokio: &tokio::runtime::Runtime,
+    runtime: &Runtime,
+    bytes: &[u8],
+) -> Result<AggregateModule> {
     let digest: [u8; 32] = Sha256::digest(bytes).into();
-    match runtime.load(bytes, &digest, "bank-account@1.0.0")? {
+    match tokio.block_on(runtime.load(bytes.into(), &digest, "bank-account@1.0.0"))? {
         Guest::Aggregate(module) => Ok(module),
         Guest::Projection(_) => bail!("bank-account is not an aggregate"),
     }

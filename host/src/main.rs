@@ -88,6 +88,15 @@ enum Command {
         /// An absolute directory that does not exist yet or is empty
         path: std::path::PathBuf,
     },
+    /// The compile worker the server runs for each compilation: a component on
+    /// stdin, its artifact to --output. Not for people.
+    #[command(name = "__compile", hide = true)]
+    CompileWorker {
+        #[arg(long)]
+        output: PathBuf,
+        #[arg(long)]
+        memory_bytes: u64,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -147,6 +156,21 @@ struct ServeArgs {
     /// Keep a snapshot each time an aggregate crosses this many events (0: never)
     #[arg(long, env = "REFOLD_SNAPSHOT_EVERY", default_value_t = 100)]
     snapshot_every: u64,
+    /// Wall-clock budget for compiling one component, in seconds; a component
+    /// that takes longer is refused (422 compile_budget_exceeded)
+    #[arg(long, env = "REFOLD_COMPILE_TIMEOUT", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    compile_timeout: u64,
+    /// Memory budget for compiling one component (the compile worker's address
+    /// space), in MiB
+    #[arg(long, env = "REFOLD_COMPILE_MEMORY_MIB", default_value_t = 2048,
+          value_parser = clap::value_parser!(u64).range(256..=1 << 20))]
+    compile_memory_mib: u64,
+    /// Components that compile at once, each in its own worker process
+    /// (default: one per core)
+    #[arg(long, env = "REFOLD_COMPILE_WORKERS",
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    compile_workers: Option<u16>,
     /// Events per projection batch: one guest call and one atomic commit each
     #[arg(long, env = "REFOLD_PROJECTION_BATCH", default_value_t = 1000,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -171,6 +195,21 @@ struct ServeArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The worker is a short-lived child of the server: no async runtime, no
+    // logging, nothing but the compilation under its limits.
+    let command = match cli.command {
+        Command::CompileWorker {
+            output,
+            memory_bytes,
+        } => {
+            let args = refold::runtime::WorkerArgs {
+                output,
+                memory_bytes,
+            };
+            return ExitCode::from(refold::runtime::run_compile_worker(&args) as u8);
+        }
+        command => command,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -183,7 +222,7 @@ fn main() -> ExitCode {
     };
     let code = runtime.block_on(async move {
         let opts = &cli.client;
-        match cli.command {
+        match command {
             Command::Serve(args) => serve(args).await,
             Command::New(args) => tooling::new(opts, args),
             Command::Build(args) => tooling::build(opts, args).await,
@@ -209,6 +248,7 @@ fn main() -> ExitCode {
                 follow,
             } => cli::events(opts, from, limit, follow).await,
             Command::Backup { path } => cli::backup(opts, &path).await,
+            Command::CompileWorker { .. } => 2,
         }
     });
     ExitCode::from(code.clamp(0, 255) as u8)
@@ -245,6 +285,18 @@ async fn serve(args: ServeArgs) -> i32 {
     config.runtime.fuel_per_call = args.fuel;
     config.runtime.deadline = Duration::from_millis(args.guest_deadline_ms);
     config.runtime.memory_bytes = args.guest_memory_mib << 20;
+    config.runtime.compile.timeout = Duration::from_secs(args.compile_timeout);
+    config.runtime.compile.memory_bytes = args.compile_memory_mib << 20;
+    if let Some(workers) = args.compile_workers {
+        config.runtime.compile.workers = workers.into();
+    }
+    config.runtime.compile.worker = match refold::runtime::this_binary() {
+        Ok(exe) => Some(exe),
+        Err(e) => {
+            eprintln!("error: cannot find this binary to run compile workers: {e}");
+            return 1;
+        }
+    };
     config.commands.snapshot_every = args.snapshot_every;
     config.commands.cache_bytes = args.state_cache_mib << 20;
     config.commands.max_state_bytes = args.max_state_kib << 10;

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::problem::ApiError;
 use super::request::{self, QueryPairs};
-use crate::modules::{LoadedModule, Uploaded, hex};
+use crate::modules::{CompileState, LoadedModule, Uploaded, hex};
 
 #[derive(Serialize)]
 pub struct ModuleView {
@@ -32,6 +32,32 @@ pub struct VersionView {
     pub size: u64,
     pub uploaded_at_ms: u64,
     pub active: bool,
+    pub compile: CompileView,
+}
+
+/// Where a version's compilation stands: `ready`, `compiling` (after a start
+/// without its cached artifact), or `failed` with the reason.
+#[derive(Serialize)]
+pub struct CompileView {
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl CompileView {
+    fn of(state: &CompileState) -> CompileView {
+        let (code, detail) = match state {
+            CompileState::Failed { code, reason } => (Some(*code), Some(reason.clone())),
+            _ => (None, None),
+        };
+        CompileView {
+            state: state.as_str(),
+            code,
+            detail,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -54,9 +80,7 @@ fn view(app: &AppState, module: &LoadedModule) -> ModuleView {
 }
 
 fn is_active(app: &AppState, name: &str, version: &str) -> bool {
-    app.modules
-        .active(name)
-        .is_some_and(|m| m.record.version == version)
+    app.modules.active_version(name).as_deref() == Some(version)
 }
 
 fn summaries(app: &AppState) -> Vec<ModuleSummary> {
@@ -67,10 +91,7 @@ fn summaries(app: &AppState) -> Vec<ModuleSummary> {
             .entry(r.name.clone())
             .or_insert_with(|| ModuleSummary {
                 name: r.name.clone(),
-                active_version: app
-                    .modules
-                    .active(&r.name)
-                    .map(|m| m.record.version.clone()),
+                active_version: app.modules.active_version(&r.name),
                 versions: Vec::new(),
             });
         summary.versions.push(VersionView {
@@ -80,6 +101,7 @@ fn summaries(app: &AppState) -> Vec<ModuleSummary> {
             size: r.size,
             uploaded_at_ms: r.uploaded_at_ms,
             active: summary.active_version.as_deref() == Some(r.version.as_str()),
+            compile: CompileView::of(&module.state),
         });
     }
     by_name.into_values().collect()

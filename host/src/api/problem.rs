@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use crate::commands::CommandError;
-use crate::modules::ModuleError;
+use crate::modules::{CompileBudget, ModuleError, NotReady};
 use crate::projections::ProjectionError;
 use crate::runtime::GuestError;
 use crate::store::StoreError;
@@ -17,6 +17,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub detail: String,
     pub extra: Map<String, Value>,
+    /// Seconds for a `Retry-After` header (503s that will pass).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -26,6 +28,7 @@ impl ApiError {
             code,
             detail: detail.into(),
             extra: Map::new(),
+            retry_after: None,
         }
     }
 
@@ -60,6 +63,11 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response
     }
 }
@@ -137,47 +145,71 @@ impl From<CommandError> for ApiError {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, err.to_string())
                     .with("running", running)
             }
+            CommandError::ModuleNotReady(not_ready) => not_ready.into(),
             CommandError::Store(store) => store.into(),
+        }
+    }
+}
+
+impl From<NotReady> for ApiError {
+    fn from(err: NotReady) -> Self {
+        // Not the client's fault, and (while compiling) soon over: 503.
+        let problem = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, err.code(), err.to_string());
+        match err {
+            NotReady::Compiling {
+                module,
+                retry_after,
+            } => {
+                let mut problem = problem.with("module", module);
+                problem.retry_after = Some(retry_after.as_secs().max(1));
+                problem
+            }
+            NotReady::CompileFailed { module, code, .. } => {
+                problem.with("module", module).with("compile_code", code)
+            }
         }
     }
 }
 
 impl From<ModuleError> for ApiError {
     fn from(err: ModuleError) -> Self {
+        let code = err.code();
         match err {
             ModuleError::InvalidName { .. } | ModuleError::InvalidVersion { .. } => {
-                ApiError::bad_request("invalid_request", err.to_string())
+                ApiError::bad_request(code, err.to_string())
             }
-            ModuleError::InvalidModule(_) => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_module",
-                err.to_string(),
-            ),
+            ModuleError::InvalidModule(_) | ModuleError::CompileCrashed(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, err.to_string())
+            }
+            ModuleError::CompileBudgetExceeded { budget, .. } => {
+                let problem =
+                    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, err.to_string());
+                match budget {
+                    CompileBudget::Time { limit } => problem
+                        .with("budget", "time")
+                        .with("limit_ms", limit.as_millis() as u64),
+                    CompileBudget::Memory { limit_bytes } => problem
+                        .with("budget", "memory")
+                        .with("limit_bytes", limit_bytes),
+                }
+            }
+            ModuleError::NotReady(not_ready) => not_ready.into(),
             ModuleError::Conflict {
                 ref existing_digest,
                 ..
             } => {
                 let digest = existing_digest.clone();
-                ApiError::new(StatusCode::CONFLICT, "module_conflict", err.to_string())
+                ApiError::new(StatusCode::CONFLICT, code, err.to_string())
                     .with("existing_digest", digest)
             }
             ModuleError::NotFound(_) => ApiError::not_found(err.to_string()),
-            ModuleError::PromoteProjection(_) => {
-                ApiError::new(StatusCode::CONFLICT, "use_promote", err.to_string())
+            ModuleError::PromoteProjection(_) | ModuleError::KindMismatch { .. } => {
+                ApiError::new(StatusCode::CONFLICT, code, err.to_string())
             }
-            ModuleError::KindMismatch { .. } => ApiError::new(
-                StatusCode::CONFLICT,
-                "module_kind_mismatch",
-                err.to_string(),
-            ),
             ModuleError::Store(store) => store.into(),
             ModuleError::Host(_) => {
                 tracing::error!(error = %err, "module host failure");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    err.to_string(),
-                )
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, code, err.to_string())
             }
         }
     }

@@ -207,7 +207,7 @@ async fn read_target(
     if let Some(v) = version {
         validate_version(v)?;
     }
-    let handle = app.projections.read_target(name, version)?;
+    let handle = app.projections.read_target(name, version).await?;
     if let Some(position) = query.number("min_position")? {
         let wait = query.number("wait_ms")?.map(Duration::from_millis);
         app.projections.wait_for(&handle, position, wait).await?;

@@ -37,11 +37,11 @@ pub use guest_output::{MAX_GUEST_MESSAGE_LEN, MAX_REJECTION_CODE_LEN, REJECTION_
 pub use state::{AggregateState, STATE_DIGEST_KEY, state_digest, to_stream_event};
 pub use verify::{DigestMismatch, MAX_CONCURRENT_VERIFIES, MAX_REPORTED_DIVERGENCES, VerifyReport};
 
-use crate::modules::{LoadedModule, ModuleRegistry};
+use crate::modules::{LoadedModule, ModuleRegistry, NotReady};
 use crate::runtime::{CommandContext, GuestError, Runtime};
 use crate::store::{
-    EventFilter, ExpectedVersion, RecordedEvent, Store, StoreError, StreamId, StreamVersion,
-    check_name,
+    EventFilter, ExpectedVersion, ModuleKind, RecordedEvent, Store, StoreError, StreamId,
+    StreamVersion, check_name,
 };
 use cache::StateCache;
 use locks::AggregateLocks;
@@ -156,6 +156,9 @@ pub enum CommandError {
     NotFound(String),
     #[error("{running} verifies are running, the most at once; try again when one has finished")]
     TooManyVerifies { running: usize },
+    /// The active module is still compiling after a start without its artifact, or failed to.
+    #[error(transparent)]
+    ModuleNotReady(#[from] NotReady),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -176,6 +179,7 @@ impl CommandError {
             CommandError::Conflict { .. } => "conflict",
             CommandError::NotFound(_) => "not_found",
             CommandError::TooManyVerifies { .. } => "too_many_verifies",
+            CommandError::ModuleNotReady(n) => n.code(),
             CommandError::Store(s) => s.code(),
         }
     }
@@ -252,8 +256,8 @@ impl CommandService {
         // command does not change it.
         let module = self
             .modules
-            .active(&request.aggregate_type)
-            .filter(|m| m.aggregate().is_some())
+            .active_ready(&request.aggregate_type, ModuleKind::Aggregate)
+            .await?
             .ok_or_else(|| CommandError::UnknownAggregateType(request.aggregate_type.clone()))?;
         let _guard = self.locks.lock(&stream).await;
         // A retry that raced the original: the original has landed by the time we hold the lock.
@@ -465,8 +469,8 @@ impl CommandService {
             .map_err(|e| CommandError::InvalidRequest(e.to_string()))?;
         let module = self
             .modules
-            .active(aggregate_type)
-            .filter(|m| m.aggregate().is_some())
+            .active_ready(aggregate_type, ModuleKind::Aggregate)
+            .await?
             .ok_or_else(|| CommandError::UnknownAggregateType(aggregate_type.to_string()))?;
         let current = self.store.stream_version(&stream)?;
         if current == 0 {

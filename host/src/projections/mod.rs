@@ -448,11 +448,10 @@ impl ProjectionService {
         self.versions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The live version, compiled or not (one still compiling after a start
+    /// without its artifact stays live; reads of it wait, then hear so).
     fn live_version(&self, name: &str) -> Option<String> {
-        self.modules
-            .active(name)
-            .filter(|m| m.projection().is_some())
-            .map(|m| m.record.version.clone())
+        self.modules.active_version(name)
     }
 
     /// Every projection with its versions.
@@ -520,26 +519,61 @@ impl ProjectionService {
         Ok(self.version_view(&handle, self.live_version(name).as_deref()))
     }
 
+    /// A version's handle. A registered version that is not compiled yet has
+    /// none: that is said, rather than "not found".
     fn handle(&self, name: &str, version: &str) -> Result<Arc<VersionHandle>, ProjectionError> {
-        self.versions()
+        if let Some(handle) = self
+            .versions()
             .get(&(name.to_string(), version.to_string()))
-            .cloned()
-            .ok_or_else(|| {
-                ProjectionError::NotFound(format!("no projection version {name}@{version}"))
-            })
+        {
+            return Ok(handle.clone());
+        }
+        if let Some(not_ready) = self.modules.not_ready(name, version) {
+            return Err(ModuleError::NotReady(not_ready).into());
+        }
+        Err(ProjectionError::NotFound(format!(
+            "no projection version {name}@{version}"
+        )))
+    }
+
+    /// A version's handle for a read: one still compiling after a start
+    /// without its artifact is waited for a little (the registry's request wait).
+    async fn handle_for_read(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<Arc<VersionHandle>, ProjectionError> {
+        if let Some(handle) = self
+            .versions()
+            .get(&(name.to_string(), version.to_string()))
+        {
+            return Ok(handle.clone());
+        }
+        if let Some(module) = self
+            .modules
+            .ready(name, version)
+            .await
+            .map_err(ModuleError::NotReady)?
+            && module.projection().is_some()
+        {
+            // Compiled meanwhile: the registry tells this service, but this read
+            // need not wait for that (starting the same version twice is a no-op).
+            self.on_version(module, false)?;
+        }
+        self.handle(name, version)
     }
 
     /// The version reads go to: `version` if given, else the live one.
-    pub fn read_target(
+    pub async fn read_target(
         &self,
         name: &str,
         version: Option<&str>,
     ) -> Result<Arc<VersionHandle>, ProjectionError> {
         if let Some(version) = version {
-            return self.handle(name, version);
+            return self.handle_for_read(name, version).await;
         }
         match self.live_version(name) {
-            Some(live) => self.handle(name, &live),
+            Some(live) => self.handle_for_read(name, &live).await,
             None => {
                 let view = self.view(name)?;
                 let detail = view
@@ -911,9 +945,9 @@ fn go_live_if_due(modules: &ModuleRegistry, live: &Mutex<()>, handle: &VersionHa
     if handle.held.load(Ordering::Acquire) {
         return;
     }
-    let current = modules
-        .active(handle.name())
-        .map(|m| m.record.version.clone());
+    // The live version counts even while it compiles after a start without its
+    // artifact: another version must not take its place for that.
+    let current = modules.active_version(handle.name());
     let wanted = handle.promote_when_caught_up.load(Ordering::Acquire);
     if current.is_none() || (wanted && current.as_deref() != Some(handle.version())) {
         match modules.set_live(handle.name(), handle.version()) {

@@ -79,6 +79,21 @@ pub enum RuntimeError {
     /// The bytes are not a component implementing a world Refold knows.
     #[error("invalid module: {0}")]
     InvalidModule(String),
+    /// Compiling took longer than the compile budget allows.
+    #[error(
+        "compiling took longer than the compile time budget of {} s (refold serve --compile-timeout); the component was refused",
+        .limit.as_secs_f64()
+    )]
+    CompileTimeout { limit: Duration },
+    /// Compiling needed more memory than the compile budget allows.
+    #[error(
+        "compiling needed more than the compile memory budget of {} MiB (refold serve --compile-memory-mib); the component was refused",
+        .limit_bytes >> 20
+    )]
+    CompileMemory { limit_bytes: u64 },
+    /// The compiler died on this component (a crash, not a budget).
+    #[error("compiling failed: {0}")]
+    CompileCrashed(String),
     #[error(transparent)]
     Guest(#[from] GuestError),
     /// The engine or the artifact cache failed (not the guest's fault).

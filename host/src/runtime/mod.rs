@@ -4,38 +4,45 @@
 //! Architecture Invariant: this module is the only one that knows about wasmtime.
 //!
 //! - `bindings`: the one `bindgen!` over `wit/domain.wit`.
+//! - `engine`: the one wasmtime `Config`, shared by the server and the compile worker.
 //! - `sandbox`: what a guest observes (virtual WASI, limits) and how failures are named.
 //! - `virtual_time`: the guest's clocks and timers, which never block and never read real time.
 //! - `output`: a guest's stdout and stderr, capped per call, rate-limited to the log per module.
 //! - `aggregate`: calls into an aggregate component, each in a fresh instance.
 //! - `projection`: calls into a projection component, and its read-model import.
+//! - `compile`: compiling under a time and memory budget, in worker processes.
+//! - `worker`: the worker's side (`refold __compile`).
 //! - `cache`: compiled artifacts on disk, keyed by digest and engine compatibility.
 //! - `pool`: the threads guest code runs on.
 
 mod aggregate;
 mod bindings;
 mod cache;
+mod compile;
+mod engine;
 mod error;
 mod output;
 mod pool;
 mod projection;
 mod sandbox;
 mod virtual_time;
+mod worker;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use wasmtime::Engine;
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use aggregate::AggregateModule;
 pub use bindings::{
     CommandContext, CommandError, NewEvent as GuestEvent, RecordedEvent as GuestRecordedEvent,
     Rejection, StreamEvent,
 };
+pub use compile::{CompileConfig, DEFAULT_COMPILE_MEMORY, DEFAULT_COMPILE_TIMEOUT, this_binary};
 pub use error::{GuestError, MAX_GUEST_ERROR_LEN, RuntimeError, clip_guest_text};
 pub use pool::{GuestPool, PoolStats};
 pub use projection::{
@@ -43,7 +50,10 @@ pub use projection::{
     MAX_DOC_LEN, MAX_SCAN_LIMIT, ProjectionModule, QueryFailure, Selector,
 };
 pub use sandbox::Observed;
+pub use worker::{WorkerArgs, run_compile_worker};
 
+use compile::Compiler;
+use engine::{Allocation, engine_config};
 use sandbox::HostState;
 
 /// How much a guest may use. Fuel is the deterministic limit; the deadline is a
@@ -62,6 +72,8 @@ pub struct RuntimeConfig {
     pub guest_threads: usize,
     /// Where compiled artifacts are cached; `None` compiles every time.
     pub cache_dir: Option<PathBuf>,
+    /// The budget of a compilation, and its worker processes.
+    pub compile: CompileConfig,
 }
 
 impl Default for RuntimeConfig {
@@ -73,6 +85,7 @@ impl Default for RuntimeConfig {
             max_instances: 128,
             guest_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             cache_dir: None,
+            compile: CompileConfig::default(),
         }
     }
 }
@@ -116,35 +129,30 @@ pub struct Runtime {
     config: RuntimeConfig,
     pool: GuestPool,
     ticker_stop: Arc<AtomicBool>,
+    compiler: Compiler,
+    /// `<cache>/<engine hash>`, where artifacts live; `None` without a cache.
+    artifacts: Option<PathBuf>,
     compiled: AtomicU64,
     from_cache: AtomicU64,
 }
 
 impl Runtime {
     pub fn new(config: RuntimeConfig) -> Result<Runtime, RuntimeError> {
-        let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(config.max_instances)
-            .total_core_instances(config.max_instances * 8)
-            .total_memories(config.max_instances * 2)
-            .total_tables(config.max_instances * 4)
-            .max_memories_per_component(2)
-            .max_core_instances_per_component(16)
-            .max_memory_size(config.memory_bytes)
-            .max_unused_warm_slots(32)
-            // Instantiation is on every guest call. Keeping the first pages of a slot
-            // resident, and asking the kernel which pages a guest dirtied instead of
-            // releasing them all, avoids refaulting them on the next call and the
-            // cross-core TLB flushes a release causes (measured: ~30 us -> ~15 us).
-            .linear_memory_keep_resident(4 << 20)
-            .pagemap_scan(Enabled::Auto);
-        let mut wasm = Config::new();
-        wasm.consume_fuel(true)
-            .epoch_interruption(true)
-            .cranelift_nan_canonicalization(true)
-            .relaxed_simd_deterministic(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&wasm)
+        let engine = Engine::new(&engine_config(Allocation::Pooling(&config)))
             .map_err(|e| RuntimeError::Host(format!("creating the Wasm engine: {e:#}")))?;
+        let artifacts = config
+            .cache_dir
+            .as_ref()
+            .map(|root| cache::engine_dir(&engine, root));
+        if let Some(dir) = &artifacts {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                RuntimeError::Host(format!(
+                    "creating the artifact cache {}: {e}",
+                    dir.display()
+                ))
+            })?;
+            cache::remove_stale_staging(dir);
+        }
         let mut wasi_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut wasi_linker)
             .and_then(|()| virtual_time::shadow_wasi(&mut wasi_linker))
@@ -174,6 +182,7 @@ impl Runtime {
                 .map_err(|e| RuntimeError::Host(format!("starting the epoch thread: {e}")))?;
         }
         let pool = GuestPool::new(config.guest_threads);
+        let compiler = Compiler::new(config.compile.clone());
         Ok(Runtime {
             engine,
             wasi_linker,
@@ -181,6 +190,8 @@ impl Runtime {
             config,
             pool,
             ticker_stop,
+            compiler,
+            artifacts,
             compiled: AtomicU64::new(0),
             from_cache: AtomicU64::new(0),
         })
@@ -195,31 +206,64 @@ impl Runtime {
         &self.pool
     }
 
-    /// Compiles (or loads from the artifact cache) a component and checks the
-    /// world it implements. `label` (name@version) tags the guest's log lines.
-    pub fn load(
+    /// Loads a component from the artifact cache, if it is there. `label`
+    /// (name@version) tags the guest's log lines.
+    pub fn load_cached(
         &self,
-        bytes: &[u8],
+        digest: &[u8; 32],
+        label: &str,
+    ) -> Result<Option<Guest>, RuntimeError> {
+        let Some(dir) = &self.artifacts else {
+            return Ok(None);
+        };
+        let Some(component) = cache::load(&self.engine, &cache::artifact_path(dir, digest)) else {
+            return Ok(None);
+        };
+        self.from_cache.fetch_add(1, Ordering::Relaxed);
+        self.guest_of(&component, label).map(Some)
+    }
+
+    /// Loads a component from the artifact cache, or compiles it in a worker
+    /// process under the compile budget; then checks the world it implements.
+    pub async fn load(
+        &self,
+        bytes: Arc<[u8]>,
         digest: &[u8; 32],
         label: &str,
     ) -> Result<Guest, RuntimeError> {
-        check_component_header(bytes)?;
-        let (component, cached) = match &self.config.cache_dir {
-            Some(dir) => cache::load_or_compile(&self.engine, dir, bytes, digest)?,
-            None => (
-                Component::new(&self.engine, bytes)
-                    .map_err(|e| RuntimeError::InvalidModule(format!("{e:#}")))?,
-                false,
+        check_component_header(&bytes)?;
+        if let Some(guest) = self.load_cached(digest, label)? {
+            return Ok(guest);
+        }
+        let staging = cache::Staging {
+            path: cache::staging_path(
+                self.artifacts.as_deref().unwrap_or(&std::env::temp_dir()),
+                digest,
             ),
         };
-        let counter = if cached {
-            &self.from_cache
-        } else {
-            &self.compiled
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        let world = self.world_of(&component)?;
-        let with_wasi = self.check_imports(&component, world)?;
+        self.compiler.compile(bytes, &staging.path, label).await?;
+        // SAFETY: the worker wrote this file with `Component::serialize` of an engine
+        // built from the same configuration (`engine::engine_config`), at a path only
+        // this compilation uses; wasmtime checks the header and compatibility again.
+        let component = unsafe { Component::deserialize_file(&self.engine, &staging.path) }
+            .map_err(|e| RuntimeError::Host(format!("loading the compiled artifact: {e:#}")))?;
+        self.compiled.fetch_add(1, Ordering::Relaxed);
+        let guest = self.guest_of(&component, label)?;
+        if let Some(dir) = &self.artifacts {
+            cache::publish(&staging.path, &cache::artifact_path(dir, digest));
+        }
+        Ok(guest)
+    }
+
+    /// The compile budget and workers.
+    pub fn compile_config(&self) -> &CompileConfig {
+        self.compiler.config()
+    }
+
+    /// Checks what `component` implements and prepares it for calls.
+    fn guest_of(&self, component: &Component, label: &str) -> Result<Guest, RuntimeError> {
+        let world = self.world_of(component)?;
+        let with_wasi = self.check_imports(component, world)?;
         let linker = if with_wasi {
             &self.wasi_linker
         } else {
@@ -229,7 +273,7 @@ impl Runtime {
             World::Aggregate => Guest::Aggregate(AggregateModule::new(
                 &self.engine,
                 linker,
-                &component,
+                component,
                 with_wasi,
                 label,
                 &self.config,
@@ -237,7 +281,7 @@ impl Runtime {
             World::Projection => Guest::Projection(ProjectionModule::new(
                 &self.engine,
                 linker,
-                &component,
+                component,
                 with_wasi,
                 label,
                 &self.config,

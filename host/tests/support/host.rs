@@ -23,6 +23,7 @@ pub fn runtime_config(dir: &Path) -> RuntimeConfig {
         deadline: Duration::from_secs(10),
         memory_bytes: 32 << 20,
         cache_dir: Some(dir.join("cache")),
+        compile: super::http::compile_config(),
         ..RuntimeConfig::default()
     }
 }

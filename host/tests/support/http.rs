@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use refold::api::Tokens;
-use refold::runtime::RuntimeConfig;
+use refold::runtime::{CompileConfig, RuntimeConfig};
 use refold::server::{self, RunningServer, ServeConfig};
 use reqwest::{Client, Method, RequestBuilder, Response};
 use serde_json::Value;
@@ -21,11 +21,20 @@ pub fn config(dir: &std::path::Path) -> ServeConfig {
         fuel_per_call: 200_000_000,
         deadline: Duration::from_secs(10),
         memory_bytes: 32 << 20,
+        compile: compile_config(),
         ..RuntimeConfig::default()
     };
     config.limits.max_module_bytes = 4 << 20;
     config.limits.max_command_bytes = 16 << 10;
     config
+}
+
+/// Compilation as `refold serve` does it: in worker processes of the real binary.
+pub fn compile_config() -> CompileConfig {
+    CompileConfig {
+        worker: Some(env!("CARGO_BIN_EXE_refold").into()),
+        ..CompileConfig::default()
+    }
 }
 
 impl TestServer {

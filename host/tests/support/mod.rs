@@ -4,6 +4,7 @@
 use refold::store::{Durability, NewEvent, Store, StoreConfig, StreamId};
 use tempfile::TempDir;
 
+pub mod components;
 pub mod host;
 pub mod http;
 pub mod process;

@@ -11,7 +11,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::term;
-use crate::runtime::{Runtime, RuntimeConfig, RuntimeError, World};
+use crate::runtime::{CompileConfig, Runtime, RuntimeConfig, RuntimeError, World};
 
 pub(crate) const TARGET: &str = "wasm32-wasip2";
 
@@ -263,15 +263,28 @@ fn check_world(
     path: &Path,
 ) -> Result<World, String> {
     let bar = term::spinner(format!("checking {}", info.name));
+    // This binary is the compile worker, as it is for `refold serve`: the
+    // check compiles under the same budget the server would apply.
+    let worker = crate::runtime::this_binary()
+        .map_err(|e| format!("cannot find this binary to run the compile worker: {e}"))?;
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: None,
         guest_threads: 1,
         max_instances: 2,
+        compile: CompileConfig {
+            worker: Some(worker),
+            ..CompileConfig::default()
+        },
         ..RuntimeConfig::default()
     })
     .map_err(|e| format!("cannot start the Wasm runtime: {e}"))?;
     let label = format!("{}@{}", info.name, info.version);
-    let loaded = runtime.load(bytes, digest, &label);
+    // Called on a blocking thread of the async runtime (see `build_module`).
+    let loaded = tokio::runtime::Handle::current().block_on(runtime.load(
+        bytes.to_vec().into(),
+        digest,
+        &label,
+    ));
     bar.finish_and_clear();
     match loaded {
         Ok(guest) => Ok(guest.world()),

@@ -1,0 +1,98 @@
+//! Why the registry refused something, each with a stable `code()`.
+
+use std::time::Duration;
+
+use super::version::NotReady;
+use crate::runtime::RuntimeError;
+use crate::store::StoreError;
+
+/// Which compile budget a component exceeded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompileBudget {
+    Time { limit: Duration },
+    Memory { limit_bytes: u64 },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModuleError {
+    #[error("invalid module name {name:?}: {reason}")]
+    InvalidName { name: String, reason: String },
+    #[error("invalid module version {version:?}: {reason}")]
+    InvalidVersion { version: String, reason: String },
+    #[error("invalid module: {0}")]
+    InvalidModule(String),
+    /// Compiling the component would take more time or memory than allowed.
+    #[error("{detail}")]
+    CompileBudgetExceeded {
+        budget: CompileBudget,
+        detail: String,
+    },
+    /// The compiler died on this component.
+    #[error("{0}")]
+    CompileCrashed(String),
+    #[error(transparent)]
+    NotReady(#[from] NotReady),
+    #[error(
+        "{name}@{version} already holds other bytes (digest {existing_digest}); versions are immutable, upload a new version"
+    )]
+    Conflict {
+        name: String,
+        version: String,
+        existing_digest: String,
+    },
+    #[error("no module {0}")]
+    NotFound(String),
+    #[error(
+        "{0} is a projection: a version goes live with POST /v1/projections/{0}/promote once it has caught up"
+    )]
+    PromoteProjection(String),
+    #[error("{name} already names {existing} modules; this upload is {uploaded}. Use another name")]
+    KindMismatch {
+        name: String,
+        existing: &'static str,
+        uploaded: &'static str,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("module host failure: {0}")]
+    Host(String),
+}
+
+impl ModuleError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ModuleError::InvalidName { .. } | ModuleError::InvalidVersion { .. } => {
+                "invalid_request"
+            }
+            ModuleError::InvalidModule(_) => "invalid_module",
+            ModuleError::CompileBudgetExceeded { .. } => "compile_budget_exceeded",
+            ModuleError::CompileCrashed(_) => "compile_crashed",
+            ModuleError::NotReady(not_ready) => not_ready.code(),
+            ModuleError::Conflict { .. } => "module_conflict",
+            ModuleError::NotFound(_) => "not_found",
+            ModuleError::PromoteProjection(_) => "use_promote",
+            ModuleError::KindMismatch { .. } => "module_kind_mismatch",
+            ModuleError::Store(store) => store.code(),
+            ModuleError::Host(_) => "internal",
+        }
+    }
+}
+
+impl From<RuntimeError> for ModuleError {
+    fn from(err: RuntimeError) -> Self {
+        let detail = err.to_string();
+        match err {
+            RuntimeError::InvalidModule(reason) => ModuleError::InvalidModule(reason),
+            RuntimeError::CompileTimeout { limit } => ModuleError::CompileBudgetExceeded {
+                budget: CompileBudget::Time { limit },
+                detail,
+            },
+            RuntimeError::CompileMemory { limit_bytes } => ModuleError::CompileBudgetExceeded {
+                budget: CompileBudget::Memory { limit_bytes },
+                detail,
+            },
+            RuntimeError::CompileCrashed(_) => ModuleError::CompileCrashed(detail),
+            other => ModuleError::Host(other.to_string()),
+        }
+    }
+}

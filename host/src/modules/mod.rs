@@ -1,0 +1,339 @@
+//! The module registry service: upload, validate, persist, compile and
+//! activate versioned modules, and hand out the active version of each.
+//!
+//! Lifecycle: upload -> compile under the compile budget and check the world
+//! (nothing written yet) -> bytes to `<data>/modules/<digest>.wasm` (fsync,
+//! rename, fsync dir) -> record in the store -> activate (an atomic swap of an
+//! `Arc`; a command that already holds the old one finishes on it).
+//!
+//! At startup ([`boot`]) every registered version is known at once and those
+//! without a cached artifact compile in the background ([`version`] holds
+//! their state); a request for one waits a little, then hears `NotReady`.
+
+mod boot;
+mod error;
+mod names;
+mod upload;
+mod version;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use crate::fsutil;
+pub use crate::hex::hex;
+use crate::runtime::{AggregateModule, Guest, ProjectionModule, Runtime, World};
+use crate::store::{ModuleKind, ModuleRecord, Store};
+pub use error::{CompileBudget, ModuleError};
+use names::semver_key;
+pub use names::{MAX_MODULE_NAME_LEN, MAX_MODULE_VERSION_LEN, validate_name, validate_version};
+use version::Registered;
+pub use version::{CompileState, ModuleVersion, NotReady};
+
+/// A module version that is compiled and ready to run.
+pub struct LoadedModule {
+    pub record: ModuleRecord,
+    pub guest: Guest,
+}
+
+impl LoadedModule {
+    /// The record's kind is the world the compiled component implements.
+    fn new(record: ModuleRecord, guest: Guest) -> LoadedModule {
+        let kind = match guest.world() {
+            World::Aggregate => ModuleKind::Aggregate,
+            World::Projection => ModuleKind::Projection,
+        };
+        LoadedModule {
+            record: ModuleRecord { kind, ..record },
+            guest,
+        }
+    }
+
+    pub fn aggregate(&self) -> Option<&AggregateModule> {
+        match &self.guest {
+            Guest::Aggregate(m) => Some(m),
+            Guest::Projection(_) => None,
+        }
+    }
+
+    pub fn projection(&self) -> Option<&ProjectionModule> {
+        match &self.guest {
+            Guest::Projection(m) => Some(m),
+            Guest::Aggregate(_) => None,
+        }
+    }
+
+    /// `name@version`.
+    pub fn label(&self) -> String {
+        format!("{}@{}", self.record.name, self.record.version)
+    }
+}
+
+/// What an upload did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Uploaded {
+    Created,
+    /// The same bytes were already registered under this version.
+    Unchanged,
+}
+
+/// Told about every projection version once it is compiled (uploaded, or
+/// loaded at startup), and whether the uploader asked for it to go live.
+pub type ProjectionListener = Box<dyn Fn(Arc<LoadedModule>, bool) + Send + Sync>;
+
+pub struct ModuleRegistry {
+    store: Store,
+    runtime: Arc<Runtime>,
+    dir: PathBuf,
+    /// Every registered version, compiled or not.
+    versions: RwLock<HashMap<(String, String), Arc<Registered>>>,
+    active: RwLock<HashMap<String, Arc<Registered>>>,
+    /// Held while a compiled upload is checked, filed and recorded (never while
+    /// compiling): it keeps the record, the version map and the first-version
+    /// activation in step.
+    uploads: tokio::sync::Mutex<()>,
+    /// Held across the store write and the in-memory swap of an activation, so
+    /// disk and memory agree on the active version.
+    activation: std::sync::Mutex<()>,
+    /// The projection service, which runs every projection version.
+    projection_listener: Arc<RwLock<Option<ProjectionListener>>>,
+}
+
+impl ModuleRegistry {
+    /// Knows every registered version at once: those with a cached artifact are
+    /// ready, the others compile in the background (see [`boot`]).
+    pub async fn open(
+        store: Store,
+        runtime: Arc<Runtime>,
+        dir: PathBuf,
+    ) -> Result<ModuleRegistry, ModuleError> {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ModuleError::Host(format!("creating {}: {e}", dir.display())))?;
+        let booted = boot::load_registered(&runtime, &dir, store.modules()?);
+        let mut active = HashMap::new();
+        for (name, version) in store.active_modules()? {
+            if let Some(entry) = booted.versions.get(&(name.clone(), version)) {
+                active.insert(name, entry.clone());
+            }
+        }
+        let registry = ModuleRegistry {
+            store,
+            runtime,
+            dir,
+            versions: RwLock::new(booted.versions),
+            active: RwLock::new(active),
+            uploads: tokio::sync::Mutex::new(()),
+            activation: std::sync::Mutex::new(()),
+            projection_listener: Arc::new(RwLock::new(None)),
+        };
+        boot::compile_in_background(
+            &registry.runtime,
+            booted.to_compile,
+            &registry.projection_listener,
+        );
+        Ok(registry)
+    }
+
+    /// Registers the projection service, and tells it about every projection
+    /// version already compiled. Versions still compiling are announced when
+    /// they are: the lock is held across both, so none is missed.
+    pub fn set_projection_listener(&self, listener: ProjectionListener) {
+        let mut slot = self
+            .projection_listener
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        for version in self.list() {
+            if let CompileState::Ready(module) = version.state
+                && module.record.kind == ModuleKind::Projection
+            {
+                listener(module, false);
+            }
+        }
+        *slot = Some(listener);
+    }
+
+    /// Makes `version` the live version of projection `name`. For the
+    /// projection service, which checks that it has caught up.
+    pub fn set_live(&self, name: &str, version: &str) -> Result<Arc<LoadedModule>, ModuleError> {
+        let entry = self.entry(name, version)?;
+        let module = entry.now(self.request_wait())?;
+        let _in_step = self.activation.lock().unwrap_or_else(|e| e.into_inner());
+        self.store.set_active_module(name, version)?;
+        self.active_mut().insert(name.to_string(), entry);
+        tracing::info!(module = %module.label(), "projection version is live");
+        Ok(module)
+    }
+
+    /// Forgets a version that is not active (a dropped projection version), so
+    /// the version can be uploaded again. Its bytes stay under `modules/`,
+    /// where other versions may share them.
+    pub fn remove(&self, name: &str, version: &str) -> Result<(), ModuleError> {
+        let _in_step = self.activation.lock().unwrap_or_else(|e| e.into_inner());
+        if self.active_version(name).as_deref() == Some(version) {
+            return Err(ModuleError::Host(format!(
+                "{name}@{version} is active and cannot be removed"
+            )));
+        }
+        self.store.delete_module(name, version)?;
+        self.versions_mut()
+            .remove(&(name.to_string(), version.to_string()));
+        Ok(())
+    }
+
+    /// Makes `version` the one that takes `name`'s next command.
+    pub fn activate(&self, name: &str, version: &str) -> Result<Arc<LoadedModule>, ModuleError> {
+        let entry = self.entry(name, version)?;
+        if entry.record.kind == ModuleKind::Projection {
+            return Err(ModuleError::PromoteProjection(name.to_string()));
+        }
+        let module = entry.now(self.request_wait())?;
+        let _in_step = self.activation.lock().unwrap_or_else(|e| e.into_inner());
+        self.store.set_active_module(name, version)?;
+        self.active_mut().insert(name.to_string(), entry);
+        tracing::info!(module = %module.label(), "activated");
+        Ok(module)
+    }
+
+    /// The version that takes `name`'s next command, if it is compiled.
+    pub fn active(&self, name: &str) -> Option<Arc<LoadedModule>> {
+        self.active_entry(name).and_then(|e| e.ready())
+    }
+
+    /// The active (for a projection: live) version of `name`, compiled or not.
+    pub fn active_version(&self, name: &str) -> Option<String> {
+        self.active_entry(name).map(|e| e.record.version.clone())
+    }
+
+    /// The active version of `name` if it is of `kind`: waits a little
+    /// (`CompileConfig::request_wait`) for one that is still compiling.
+    pub async fn active_ready(
+        &self,
+        name: &str,
+        kind: ModuleKind,
+    ) -> Result<Option<Arc<LoadedModule>>, NotReady> {
+        match self.active_entry(name) {
+            Some(entry) if entry.record.kind == kind => {
+                entry.wait_ready(self.request_wait()).await.map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// `name@version` if it is compiled.
+    pub fn get(&self, name: &str, version: &str) -> Option<Arc<LoadedModule>> {
+        self.entry(name, version).ok().and_then(|e| e.ready())
+    }
+
+    /// `name@version`, waiting a little for one that is still compiling;
+    /// `Ok(None)` if no such version is registered.
+    pub async fn ready(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<Arc<LoadedModule>>, NotReady> {
+        match self.entry(name, version) {
+            Ok(entry) => entry.wait_ready(self.request_wait()).await.map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Why `name@version` cannot run now, if it is registered and cannot.
+    pub fn not_ready(&self, name: &str, version: &str) -> Option<NotReady> {
+        self.entry(name, version)
+            .ok()
+            .and_then(|e| e.now(self.request_wait()).err())
+    }
+
+    /// Every registered version with its compile state, sorted by name then
+    /// semantic version.
+    pub fn list(&self) -> Vec<ModuleVersion> {
+        let mut all: Vec<ModuleVersion> = self
+            .versions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|e| e.snapshot())
+            .collect();
+        all.sort_by(|a, b| {
+            (a.record.name.as_str(), semver_key(&a.record.version))
+                .cmp(&(b.record.name.as_str(), semver_key(&b.record.version)))
+        });
+        all
+    }
+
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    fn request_wait(&self) -> Duration {
+        self.runtime.compile_config().request_wait
+    }
+
+    fn entry(&self, name: &str, version: &str) -> Result<Arc<Registered>, ModuleError> {
+        self.versions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(name.to_string(), version.to_string()))
+            .cloned()
+            .ok_or_else(|| ModuleError::NotFound(format!("{name}@{version}")))
+    }
+
+    fn active_entry(&self, name: &str) -> Option<Arc<Registered>> {
+        self.active
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Copies the component files of `records` into `dir` (for a backup): each
+    /// written whole or not at all, and durable.
+    pub fn copy_files_to(
+        &self,
+        records: &[ModuleRecord],
+        dir: &std::path::Path,
+    ) -> Result<u64, ModuleError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| ModuleError::Host(format!("creating {}: {e}", dir.display())))?;
+        let mut copied = 0;
+        for record in records {
+            let name = format!("{}.wasm", hex(&record.digest));
+            let target = dir.join(&name);
+            if target.exists() {
+                continue;
+            }
+            let bytes = std::fs::read(self.dir.join(&name))
+                .map_err(|e| ModuleError::Host(format!("reading {name}: {e}")))?;
+            fsutil::write_atomically(&target, &bytes)
+                .map_err(|e| ModuleError::Host(format!("writing {}: {e}", target.display())))?;
+            copied += 1;
+        }
+        Ok(copied)
+    }
+
+    fn path_of(&self, digest: &[u8; 32]) -> PathBuf {
+        self.dir.join(format!("{}.wasm", hex(digest)))
+    }
+
+    fn versions_mut(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, HashMap<(String, String), Arc<Registered>>> {
+        self.versions.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn active_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Registered>>> {
+        self.active.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Compiles (or takes from the artifact cache) one version's component.
+async fn load_module(
+    runtime: &Runtime,
+    bytes: Arc<[u8]>,
+    record: ModuleRecord,
+) -> Result<Arc<LoadedModule>, ModuleError> {
+    let label = format!("{}@{}", record.name, record.version);
+    let guest = runtime.load(bytes, &record.digest, &label).await?;
+    Ok(Arc::new(LoadedModule::new(record, guest)))
+}

@@ -27,7 +27,8 @@ use anyhow::{Result, ensure};
 use refold::commands::{CommandConfig, CommandError, CommandRequest, CommandService};
 use refold::modules::ModuleRegistry;
 use refold::runtime::{
-    DocumentChanges, GuestError, MAX_BATCH_WRITE_BYTES, MAX_BATCH_WRITES, Runtime, RuntimeConfig,
+    CompileConfig, DocumentChanges, GuestError, MAX_BATCH_WRITE_BYTES, MAX_BATCH_WRITES, Runtime,
+    RuntimeConfig,
 };
 use refold::store::{
     Durability, ExpectedVersion, NewEvent, ProjectionCheckpoint, Store, StoreConfig, StreamId,
@@ -172,6 +173,10 @@ async fn open(dir: &std::path::Path, mode: Mode) -> Result<(Arc<CommandService>,
     let store = Store::open(StoreConfig::new(dir.join("events")).durability(Durability::Fsync))?;
     let runtime = Arc::new(Runtime::new(RuntimeConfig {
         cache_dir: Some(dir.join("cache")),
+        compile: CompileConfig {
+            worker: Some(env!("CARGO_BIN_EXE_refold").into()),
+            ..CompileConfig::default()
+        },
         // The smoke run only checks that the benchmark works; a shorter fuel budget keeps it short.
         fuel_per_call: match mode {
             Mode::Full => RuntimeConfig::default().fuel_per_call,

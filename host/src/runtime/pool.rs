@@ -164,7 +164,14 @@ impl GuestPool {
         if sched.idle > sched.wakeups {
             sched.wakeups += 1;
             shared.work.notify_one();
-        } else if sched.threads < shared.max_threads {
+        } else if sched.tenants[&key].running == 0
+            && sched.wakeups == 0
+            && sched.threads < shared.max_threads
+        {
+            // Every thread is busy: an extra thread only for a tenant that would
+            // otherwise wait behind others' calls. Not while woken threads are
+            // on their way (a burst of jobs after a group commit), and not for
+            // a tenant with calls running: those free up a thread soon enough.
             sched.threads += 1;
             spawn_worker(shared);
         }

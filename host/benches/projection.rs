@@ -582,6 +582,7 @@ impl DocumentSource for InMemory {
         prefix: &str,
         after: Option<&str>,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<(String, String)>, String> {
         let docs = self.0.read().map_err(|e| e.to_string())?;
         let lower = match after {
@@ -592,7 +593,12 @@ impl DocumentSource for InMemory {
             .range::<str, _>((lower, Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
             .take(limit)
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .scan(0usize, |bytes, (k, v)| {
+                // Stop after the document that takes the total past max_bytes.
+                let within = *bytes <= max_bytes;
+                *bytes += k.len() + v.len();
+                within.then(|| (k.clone(), v.clone()))
+            })
             .collect())
     }
 }

@@ -338,32 +338,39 @@ impl ProjectionService {
                 key.0, key.1
             )));
         }
-        let existing = self.versions().get(&key).cloned();
-        let handle = match existing {
-            Some(handle) => handle,
-            None => {
-                let model = self.store.read_model(&key.0, &key.1)?;
-                let checkpoint = model.checkpoint()?;
-                let handle = Arc::new(VersionHandle {
-                    module,
-                    read_model: RwLock::new(model),
-                    status: watch::Sender::new(initial_status(
-                        checkpoint.position,
-                        checkpoint.events_applied,
-                        checkpoint.events_skipped,
-                    )),
-                    commit_lock: Mutex::new(()),
-                    runner: Mutex::new(None),
-                    promote_when_caught_up: AtomicBool::new(false),
-                    ops: tokio::sync::Mutex::new(()),
-                    held: AtomicBool::new(false),
-                    verify: Mutex::default(),
-                });
-                self.versions().insert(key, handle.clone());
-                self.start_runner(&handle);
-                handle
+        // Look up and insert under one lock: two callers announcing the same
+        // version at once (an upload's listener, a boot compile finishing, a
+        // read that waited for it) must get one handle and one runner.
+        let (handle, created) = {
+            let mut versions = self.versions();
+            match versions.get(&key) {
+                Some(handle) => (handle.clone(), false),
+                None => {
+                    let model = self.store.read_model(&key.0, &key.1)?;
+                    let checkpoint = model.checkpoint()?;
+                    let handle = Arc::new(VersionHandle {
+                        module,
+                        read_model: RwLock::new(model),
+                        status: watch::Sender::new(initial_status(
+                            checkpoint.position,
+                            checkpoint.events_applied,
+                            checkpoint.events_skipped,
+                        )),
+                        commit_lock: Mutex::new(()),
+                        runner: Mutex::new(None),
+                        promote_when_caught_up: AtomicBool::new(false),
+                        ops: tokio::sync::Mutex::new(()),
+                        held: AtomicBool::new(false),
+                        verify: Mutex::default(),
+                    });
+                    versions.insert(key, handle.clone());
+                    (handle, true)
+                }
             }
         };
+        if created {
+            self.start_runner(&handle);
+        }
         if promote {
             handle.promote_when_caught_up.store(true, Ordering::Release);
             // Caught up already (the runner may have looked at the flag just

@@ -488,8 +488,11 @@ impl DocumentSource for Documents {
         prefix: &str,
         after: Option<&str>,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<(String, String)>, String> {
-        self.0.scan(prefix, after, limit).map_err(|e| e.to_string())
+        self.0
+            .scan_bounded(prefix, after, limit, max_bytes)
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -24,6 +24,12 @@ pub const MAX_DOC_KEY_LEN: usize = 512;
 pub const MAX_DOC_LEN: usize = 64 * 1024;
 /// Most documents one `scan` returns.
 pub const MAX_SCAN_LIMIT: usize = 1000;
+/// Most bytes of keys and documents one `scan` returns; a scan whose answer
+/// would be larger fails the call (`guest_limit_exceeded`): ask for fewer.
+pub const MAX_SCAN_BYTES: usize = 8 << 20;
+/// Most bytes one `scan` may read from the committed documents (more than it
+/// returns when this call's deletes hide some).
+const MAX_SCAN_READ_BYTES: usize = 4 * MAX_SCAN_BYTES;
 /// Most document writes (puts and deletes of distinct keys) one `apply` call may
 /// make, and their bytes: a batch's writes are committed in one store batch,
 /// which holds up appends while it is written.
@@ -33,12 +39,15 @@ pub const MAX_BATCH_WRITE_BYTES: usize = 4 << 20;
 /// The committed documents of one projection version, as a guest call reads them.
 pub trait DocumentSource: Send + Sync {
     fn get(&self, key: &str) -> Result<Option<String>, String>;
-    /// Up to `limit` documents whose keys start with `prefix` and sort after `after`.
+    /// Up to `limit` documents whose keys start with `prefix` and sort after
+    /// `after`, in key order, stopping early after the document that takes
+    /// their keys and texts past `max_bytes`.
     fn scan(
         &self,
         prefix: &str,
         after: Option<&str>,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<(String, String)>, String>;
 }
 
@@ -108,41 +117,80 @@ impl ReadModelSession {
         Ok(())
     }
 
-    /// The committed scan merged with this call's writes. Each write can hide
-    /// at most one committed document, so asking the source for `limit` plus
-    /// the number of writes in range is enough to fill `limit` after merging.
+    /// The committed scan merged with this call's writes, read from the source
+    /// a bounded page at a time (this call's deletes may hide what a page
+    /// holds, so it may take more than one).
     fn scan(
         &self,
         prefix: &str,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<(String, String)>, String> {
+    ) -> wasmtime::Result<Vec<(String, String)>> {
         if limit > MAX_SCAN_LIMIT {
-            return Err(format!(
-                "a scan returns at most {MAX_SCAN_LIMIT} documents, {limit} were asked for"
+            return Err(trap(
+                "scan",
+                format!(
+                    "a scan returns at most {MAX_SCAN_LIMIT} documents, {limit} were asked for"
+                ),
             ));
         }
-        let lower = match after {
-            Some(after) if after >= prefix => Bound::Excluded(after.to_string()),
-            _ => Bound::Included(prefix.to_string()),
+        let too_big = || -> wasmtime::Error {
+            SandboxLimit(format!(
+                "a read-model scan may return at most {MAX_SCAN_BYTES} bytes of keys and documents; ask for fewer"
+            ))
+            .into()
         };
-        let overlay: Vec<(&String, &Option<String>)> = self
-            .changes
-            .range((lower, Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .collect();
-        let mut merged: BTreeMap<String, String> = self
-            .source
-            .scan(prefix, after, limit + overlay.len())?
-            .into_iter()
-            .collect();
-        for (key, change) in overlay {
-            match change {
-                Some(doc) => merged.insert(key.clone(), doc.clone()),
-                None => merged.remove(key),
+        let mut out = Vec::new();
+        let (mut returned, mut read) = (0usize, 0usize);
+        let mut cursor = match after {
+            Some(after) if after >= prefix => Some(after.to_string()),
+            _ => None,
+        };
+        while out.len() < limit {
+            let page = self
+                .source
+                .scan(prefix, cursor.as_deref(), limit, MAX_SCAN_BYTES)
+                .map_err(|e| trap("scan", e))?;
+            let page_bytes: usize = page.iter().map(|(k, d)| k.len() + d.len()).sum();
+            read += page_bytes;
+            if read > MAX_SCAN_READ_BYTES {
+                return Err(too_big());
+            }
+            // Whether the source has nothing after this page (else it ends at its last key).
+            let to_the_end = page.len() < limit && page_bytes <= MAX_SCAN_BYTES;
+            let upper = (!to_the_end).then(|| page[page.len() - 1].0.clone());
+            let lower = match &cursor {
+                Some(c) => Bound::Excluded(c.clone()),
+                None => Bound::Included(prefix.to_string()),
             };
+            let mut merged: BTreeMap<String, String> = page.into_iter().collect();
+            let overlay = self
+                .changes
+                .range((lower, Bound::Unbounded))
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .take_while(|(k, _)| upper.as_ref().is_none_or(|u| *k <= u));
+            for (key, change) in overlay {
+                match change {
+                    Some(doc) => merged.insert(key.clone(), doc.clone()),
+                    None => merged.remove(key),
+                };
+            }
+            for (key, doc) in merged {
+                if out.len() == limit {
+                    break;
+                }
+                returned += key.len() + doc.len();
+                if returned > MAX_SCAN_BYTES {
+                    return Err(too_big());
+                }
+                out.push((key, doc));
+            }
+            match upper {
+                Some(upper) => cursor = Some(upper),
+                None => break,
+            }
         }
-        Ok(merged.into_iter().take(limit).collect())
+        Ok(out)
     }
 }
 
@@ -182,7 +230,6 @@ impl super::bindings::read_model::Host for HostState {
     ) -> wasmtime::Result<Vec<(String, String)>> {
         self.read_model()?
             .scan(&prefix, after.as_deref(), limit as usize)
-            .map_err(|e| trap("scan", e))
     }
 }
 
@@ -330,5 +377,103 @@ impl ProjectionModule {
                 f(&guest, store)
             })
             .map(|(value, state)| (value, state.read_model))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Committed documents in memory, counting the bytes each scan reads.
+    struct Committed(BTreeMap<String, String>);
+
+    impl DocumentSource for Committed {
+        fn get(&self, key: &str) -> Result<Option<String>, String> {
+            Ok(self.0.get(key).cloned())
+        }
+        fn scan(
+            &self,
+            prefix: &str,
+            after: Option<&str>,
+            limit: usize,
+            max_bytes: usize,
+        ) -> Result<Vec<(String, String)>, String> {
+            let lower = after.map_or(Bound::Included(prefix), Bound::Excluded);
+            let mut bytes = 0;
+            Ok(self
+                .0
+                .range::<str, _>((lower, Bound::Unbounded))
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .take(limit)
+                .take_while(|(k, v)| {
+                    let within = bytes <= max_bytes;
+                    bytes += k.len() + v.len();
+                    within
+                })
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect())
+        }
+    }
+
+    fn session(docs: usize, doc_len: usize) -> ReadModelSession {
+        let doc = format!("\"{}\"", "x".repeat(doc_len.saturating_sub(2)));
+        let committed = (0..docs)
+            .map(|i| (format!("d/{i:05}"), doc.clone()))
+            .collect();
+        ReadModelSession {
+            source: Arc::new(Committed(committed)),
+            changes: DocumentChanges::new(),
+            change_bytes: 0,
+            writable: true,
+        }
+    }
+
+    #[test]
+    fn a_scan_pages_past_this_calls_deletes_and_merges_its_puts() {
+        let mut s = session(3000, 10);
+        for i in 0..1500 {
+            s.write(format!("d/{i:05}"), None).unwrap();
+        }
+        s.write("d/01600x".into(), Some("1".into())).unwrap();
+        let page = s.scan("d/", None, 1000).unwrap();
+        assert_eq!(page.len(), 1000);
+        assert_eq!(page[0].0, "d/01500");
+        assert!(
+            page.iter().any(|(k, _)| k == "d/01600x"),
+            "this call's put is seen"
+        );
+        assert_eq!(
+            page[999].0, "d/02498",
+            "the put takes one place in key order"
+        );
+        let rest = s.scan("d/", Some("d/02998"), 1000).unwrap();
+        assert_eq!(
+            rest,
+            vec![("d/02999".to_string(), "\"xxxxxxxx\"".to_string())]
+        );
+    }
+
+    #[test]
+    fn a_scan_answer_is_bounded_in_bytes() {
+        let s = session(200, 60 * 1024);
+        let within = s.scan("d/", None, 100).expect("6 MB is within the limit");
+        assert_eq!(within.len(), 100);
+        let err = s
+            .scan("d/", None, 200)
+            .expect_err("12 MB is over the limit");
+        let limit = err.downcast_ref::<SandboxLimit>().expect("a sandbox limit");
+        assert!(limit.0.contains("at most"), "{}", limit.0);
+    }
+
+    #[test]
+    fn deletes_that_hide_much_committed_data_cannot_make_a_scan_read_without_bound() {
+        let mut s = session(1000, 60 * 1024);
+        for i in 0..1000 {
+            s.write(format!("d/{i:05}"), None).unwrap();
+        }
+        let err = s
+            .scan("d/", None, 10)
+            .expect_err("reading 60 MB to find nothing is refused");
+        assert!(err.downcast_ref::<SandboxLimit>().is_some(), "{err:#}");
     }
 }

@@ -301,6 +301,18 @@ impl ReadModel {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, String)>, StoreError> {
+        self.scan_bounded(prefix, after, limit, usize::MAX)
+    }
+
+    /// [`ReadModel::scan`], stopping early after the document that takes the
+    /// keys and texts read past `max_bytes`.
+    pub fn scan_bounded(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
         let start = match after {
             Some(after) if after >= prefix => {
                 let mut k = self.key(DOCUMENT, after.as_bytes());
@@ -311,18 +323,20 @@ impl ReadModel {
         };
         let scope = self.key(DOCUMENT, prefix.as_bytes());
         let doc_start = self.prefix.len() + 1;
-        self.db
-            .range(start..)
-            .take_while(|item| item.as_ref().map_or(true, |(k, _)| k.starts_with(&scope)))
-            .take(limit)
-            .map(|item| {
-                let (key, value) =
-                    item.map_err(|e| StoreError::storage("scanning documents", e))?;
-                let doc_key = String::from_utf8(key[doc_start..].to_vec())
-                    .map_err(|_| format::corrupt(&key, "document key is not UTF-8"))?;
-                Ok((doc_key, decode_doc(&key, &value)?))
-            })
-            .collect()
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for item in self.db.range(start..) {
+            let (key, value) = item.map_err(|e| StoreError::storage("scanning documents", e))?;
+            if !key.starts_with(&scope) || out.len() == limit || bytes > max_bytes {
+                break;
+            }
+            let doc_key = String::from_utf8(key[doc_start..].to_vec())
+                .map_err(|_| format::corrupt(&key, "document key is not UTF-8"))?;
+            let doc = decode_doc(&key, &value)?;
+            bytes = bytes.saturating_add(doc_key.len() + doc.len());
+            out.push((doc_key, doc));
+        }
+        Ok(out)
     }
 
     /// Every document in key order, for digests and diffs.

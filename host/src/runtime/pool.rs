@@ -7,17 +7,22 @@
 //! - Jobs wait in one FIFO queue per tenant; free threads take them round-robin
 //!   across tenants, so a tenant with a deep queue cannot starve a tenant with one job.
 //! - While other tenants are active (running, queued, or seen in the last
-//!   [`ACTIVE_WINDOW`]), a tenant runs at most `threads - 1` calls at once, so
-//!   one thread stays for the others. Alone, a tenant may use every thread.
+//!   [`ACTIVE_WINDOW`]), a tenant runs at most its fair share of the threads
+//!   (`threads / active tenants`, at least one). Alone, a tenant may use every thread.
 //! - A tenant with no call running is never made to wait for another tenant's
-//!   long calls: if every base thread is busy, an extra thread starts for it
-//!   (up to `2 * threads`), and the OS shares the cores between them.
-//!
+//!   long calls: if every thread is busy, an extra thread starts for it (up to
+//!   `2 * threads`), and the OS shares the cores between them.
 //! - A call that runs longer than [`DEMOTE_AFTER`] has its thread's OS priority
-//!   lowered (nice [`DEMOTED_NICE`]) for the rest of the call, so the threads that
-//!   serve short calls, the store's writer and tokio get the cores first. (Where
-//!   the process may not raise the priority back afterwards, that thread retires
-//!   and a fresh one takes its place.)
+//!   lowered (by [`DEMOTE_BY`] nice levels) for the rest of the call, so the
+//!   threads that serve short calls, the store's writer and tokio get the cores
+//!   first. (Where the process may not raise the priority back afterwards,
+//!   that thread retires and a fresh one takes its place.)
+//! - A job whose caller has gone away (a request cancelled while it queued) is
+//!   dropped unrun.
+//!
+//! Whenever something changes (a job queued or finished, a thread retired, a
+//! tenant's activity window ending), [`dispatch`] wakes or starts as many
+//! threads as there are jobs the rules let start.
 //!
 //! Guest calls cannot be preempted, but every one ends by its deadline (fuel,
 //! epoch, and host calls that never block), so a busy thread frees up in bounded time.
@@ -29,14 +34,15 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+/// A queued call: runs it, or (its caller gone) drops it.
 type Job = Box<dyn FnOnce() + Send>;
 
 /// How long a tenant counts as active after its last call ended.
 pub const ACTIVE_WINDOW: Duration = Duration::from_secs(1);
 /// A call running this long is a long call: its thread's priority is lowered.
 pub const DEMOTE_AFTER: Duration = Duration::from_millis(20);
-/// The nice value of a thread running a long call.
-pub const DEMOTED_NICE: i32 = 10;
+/// How many nice levels a long call's thread is lowered by.
+pub const DEMOTE_BY: i32 = 10;
 const WATCH_TICK: Duration = Duration::from_millis(10);
 
 pub struct GuestPool {
@@ -72,7 +78,8 @@ struct Sched {
 
 struct Busy {
     since: Instant,
-    demoted: bool,
+    /// The thread's nice value before it was lowered, once it has been.
+    demoted_from: Option<i32>,
 }
 
 struct Tenant {
@@ -105,8 +112,7 @@ impl GuestPool {
         {
             let mut sched = shared.lock();
             for _ in 0..base_threads {
-                sched.threads += 1;
-                spawn_worker(&shared);
+                start_thread(&shared, &mut sched);
             }
         }
         let watched = shared.clone();
@@ -119,6 +125,11 @@ impl GuestPool {
         GuestPool { shared }
     }
 
+    /// The most threads the pool ever runs (base threads plus extra ones).
+    pub fn max_threads(&self) -> usize {
+        self.shared.max_threads
+    }
+
     /// Runs `f` on a guest thread, on behalf of `tenant` (a module name), and
     /// waits for its result without blocking the reactor.
     pub async fn run<T: Send + 'static>(
@@ -128,6 +139,9 @@ impl GuestPool {
     ) -> T {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move || {
+            if tx.is_closed() {
+                return; // the caller went away while the job queued
+            }
             // A panic in host code around a guest call must not kill the pool's thread.
             let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
         });
@@ -155,26 +169,10 @@ impl GuestPool {
         entry.queue.push_back(job);
         entry.last_active = now;
         if entry.queue.len() == 1 {
-            sched.ring.push_back(key.clone());
+            sched.ring.push_back(key);
         }
         sched.queued += 1;
-        if !sched.may_start(&key, shared.base_threads, now) {
-            return; // a thread picks it up when the tenant's turn comes
-        }
-        if sched.idle > sched.wakeups {
-            sched.wakeups += 1;
-            shared.work.notify_one();
-        } else if sched.tenants[&key].running == 0
-            && sched.wakeups == 0
-            && sched.threads < shared.max_threads
-        {
-            // Every thread is busy: an extra thread only for a tenant that would
-            // otherwise wait behind others' calls. Not while woken threads are
-            // on their way (a burst of jobs after a group commit), and not for
-            // a tenant with calls running: those free up a thread soon enough.
-            sched.threads += 1;
-            spawn_worker(shared);
-        }
+        dispatch(shared, &mut sched);
     }
 
     pub fn stats(&self) -> PoolStats {
@@ -203,33 +201,38 @@ impl Shared {
 }
 
 impl Sched {
-    /// Whether `tenant` may start one more call now.
-    fn may_start(&self, tenant: &str, base_threads: usize, now: Instant) -> bool {
-        let Some(t) = self.tenants.get(tenant) else {
-            return false;
-        };
-        if t.running == 0 {
-            return true; // never kept waiting behind other tenants' calls
-        }
-        let others_active = self.tenants.iter().any(|(name, other)| {
-            &**name != tenant
-                && (other.running > 0
-                    || !other.queue.is_empty()
-                    || now.duration_since(other.last_active) < ACTIVE_WINDOW)
-        });
-        let cap = if others_active {
-            base_threads.saturating_sub(1).max(1)
+    /// Tenants active now: running, queued, or seen within the window.
+    fn active_tenants(&self, now: Instant) -> usize {
+        self.tenants
+            .values()
+            .filter(|t| {
+                t.running > 0
+                    || !t.queue.is_empty()
+                    || now.duration_since(t.last_active) < ACTIVE_WINDOW
+            })
+            .count()
+    }
+
+    /// The rule, for a tenant with `running` calls when the pool runs `total`:
+    /// a tenant with nothing running may always start (on an extra thread if
+    /// need be); otherwise within its fair share and the base threads.
+    fn may_start(running: usize, total: usize, base: usize, active: usize) -> bool {
+        let share = if active > 1 {
+            (base / active).max(1)
         } else {
-            base_threads
+            base
         };
-        t.running < cap && self.running < base_threads
+        running == 0 || (running < share && total < base)
     }
 
     /// The next job to run, round-robin over tenants that may start one.
-    fn next_job(&mut self, base_threads: usize) -> Option<(Arc<str>, Job)> {
-        let now = Instant::now();
-        let position =
-            (0..self.ring.len()).find(|&i| self.may_start(&self.ring[i], base_threads, now))?;
+    fn next_job(&mut self, base: usize) -> Option<(Arc<str>, Job)> {
+        let active = self.active_tenants(Instant::now());
+        let total = self.running;
+        let position = (0..self.ring.len()).find(|&i| {
+            let running = self.tenants.get(&self.ring[i]).map_or(0, |t| t.running);
+            Sched::may_start(running, total, base, active)
+        })?;
         let name = self.ring.remove(position)?;
         let tenant = self.tenants.get_mut(&name)?;
         let job = tenant.queue.pop_front()?;
@@ -240,6 +243,33 @@ impl Sched {
         self.running += 1;
         self.queued -= 1;
         Some((name, job))
+    }
+
+    /// How many queued jobs the rules would let start now, if threads were
+    /// free: ring order, each start counted as it would be.
+    fn startable(&self, base: usize) -> usize {
+        let active = self.active_tenants(Instant::now());
+        let mut running: HashMap<&str, usize> = HashMap::new();
+        let (mut total, mut started) = (self.running, 0);
+        loop {
+            let mut progress = false;
+            for name in &self.ring {
+                let Some(t) = self.tenants.get(name) else {
+                    continue;
+                };
+                let r = running.entry(&**name).or_insert(t.running);
+                let taken = *r - t.running;
+                if taken < t.queue.len() && Sched::may_start(*r, total, base, active) {
+                    *r += 1;
+                    total += 1;
+                    started += 1;
+                    progress = true;
+                }
+            }
+            if !progress {
+                return started;
+            }
+        }
     }
 
     fn finished(&mut self, name: &str) {
@@ -260,27 +290,57 @@ impl Sched {
     }
 }
 
-fn spawn_worker(shared: &Arc<Shared>) {
-    let shared = shared.clone();
-    let spawned = std::thread::Builder::new()
-        .name("refold-guest".into())
-        .spawn(move || work(&shared));
-    if let Err(e) = spawned {
-        // Running with fewer threads is degraded, not broken: the others take the jobs.
-        tracing::error!(error = %e, "could not start a guest thread");
+/// Wakes or starts a thread for each job the rules let start that no woken
+/// thread is on its way to: idle threads first, extra threads (up to the
+/// maximum) only when none is idle.
+fn dispatch(shared: &Arc<Shared>, sched: &mut Sched) {
+    if sched.queued == 0 || sched.shutdown {
+        return;
+    }
+    let need = sched
+        .startable(shared.base_threads)
+        .saturating_sub(sched.wakeups);
+    for _ in 0..need {
+        if sched.idle > sched.wakeups {
+            sched.wakeups += 1;
+            shared.work.notify_one();
+        } else if sched.threads >= shared.max_threads || !start_thread(shared, sched) {
+            break;
+        }
     }
 }
 
-fn work(shared: &Shared) {
+/// Starts a guest thread, counted in `threads` only if it started.
+fn start_thread(shared: &Arc<Shared>, sched: &mut Sched) -> bool {
+    let worker = shared.clone();
+    let spawned = std::thread::Builder::new()
+        .name("refold-guest".into())
+        .spawn(move || work(&worker));
+    match spawned {
+        Ok(_) => {
+            sched.threads += 1;
+            true
+        }
+        Err(e) => {
+            // Fewer threads is degraded, not broken: the others take the jobs.
+            tracing::error!(error = %e, "could not start a guest thread");
+            false
+        }
+    }
+}
+
+fn work(shared: &Arc<Shared>) {
     let tid = os::thread_id();
     let mut sched = shared.lock();
     loop {
         if let Some((tenant, job)) = sched.next_job(shared.base_threads) {
+            // What else may start now (this thread has taken one job).
+            dispatch(shared, &mut sched);
             sched.busy.insert(
                 tid,
                 Busy {
                     since: Instant::now(),
-                    demoted: false,
+                    demoted_from: None,
                 },
             );
             drop(sched);
@@ -288,11 +348,14 @@ fn work(shared: &Shared) {
             shared.jobs_run.fetch_add(1, Ordering::Relaxed);
             sched = shared.lock();
             sched.finished(&tenant);
-            let demoted = sched.busy.remove(&tid).is_some_and(|b| b.demoted);
-            if demoted && !os::set_nice(tid, 0) {
+            let demoted_from = sched.busy.remove(&tid).and_then(|b| b.demoted_from);
+            if let Some(nice) = demoted_from
+                && !os::set_nice(tid, nice)
+            {
                 // Not allowed to raise it back: leave, and let a fresh thread
                 // (started by the watch thread, at normal priority) take over.
                 sched.threads -= 1;
+                dispatch(shared, &mut sched);
                 return;
             }
             continue;
@@ -310,8 +373,9 @@ fn work(shared: &Shared) {
     }
 }
 
-/// Lowers the priority of threads whose call runs long, and keeps the base
-/// number of threads (replacing threads that retired after a long call).
+/// Lowers the priority of threads whose call runs long, keeps the base number
+/// of threads (replacing threads that retired after a long call), and
+/// dispatches what a tenant's activity window ending let start.
 fn watch_long_calls(shared: &Arc<Shared>) {
     loop {
         std::thread::sleep(WATCH_TICK);
@@ -321,17 +385,21 @@ fn watch_long_calls(shared: &Arc<Shared>) {
         }
         let mut demoted = 0;
         for (tid, busy) in sched.busy.iter_mut() {
-            if !busy.demoted && busy.since.elapsed() >= DEMOTE_AFTER {
-                busy.demoted = true;
-                demoted += 1;
-                os::set_nice(*tid, DEMOTED_NICE);
+            if busy.demoted_from.is_none() && busy.since.elapsed() >= DEMOTE_AFTER {
+                let Some(nice) = os::nice(*tid) else { continue };
+                if os::set_nice(*tid, (nice + DEMOTE_BY).min(19)) {
+                    busy.demoted_from = Some(nice);
+                    demoted += 1;
+                }
             }
         }
         sched.demoted += demoted;
         while sched.threads < shared.base_threads {
-            sched.threads += 1;
-            spawn_worker(shared);
+            if !start_thread(shared, &mut sched) {
+                break;
+            }
         }
+        dispatch(shared, &mut sched);
     }
 }
 
@@ -341,6 +409,18 @@ mod os {
     pub fn thread_id() -> i32 {
         // SAFETY: gettid has no preconditions and cannot fail.
         unsafe { libc::gettid() }
+    }
+
+    /// A thread's nice value, if the OS tells it.
+    #[cfg(target_os = "linux")]
+    pub fn nice(tid: i32) -> Option<i32> {
+        // getpriority returns -1 both as a value and on error: errno tells them apart.
+        // SAFETY: errno is thread-local; getpriority only reads its arguments.
+        unsafe {
+            *libc::__errno_location() = 0;
+            let nice = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+            (nice != -1 || *libc::__errno_location() == 0).then_some(nice)
+        }
     }
 
     /// Sets a thread's nice value; false when the OS refuses.
@@ -357,6 +437,11 @@ mod os {
         static NEXT: AtomicI32 = AtomicI32::new(1);
         thread_local!(static ID: i32 = NEXT.fetch_add(1, Ordering::Relaxed));
         ID.with(|id| *id)
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub fn nice(_tid: i32) -> Option<i32> {
+        None
     }
 
     #[cfg(not(target_os = "linux"))]
@@ -453,6 +538,73 @@ mod tests {
                 .is_err();
             assert!(panicked);
             assert_eq!(pool.run("t", || 7).await, 7);
+        });
+    }
+
+    #[test]
+    fn two_busy_tenants_each_get_their_share() {
+        runtime().block_on(async {
+            let pool = Arc::new(GuestPool::new(2));
+            let peaks: Arc<[AtomicUsize; 2]> = Arc::new(Default::default());
+            let now: Arc<[AtomicUsize; 2]> = Arc::new(Default::default());
+            let mut calls = Vec::new();
+            for i in 0..16 {
+                let tenant = i % 2;
+                let (pool, peaks, now) = (pool.clone(), peaks.clone(), now.clone());
+                calls.push(tokio::spawn(async move {
+                    pool.run(["a", "b"][tenant], move || {
+                        let n = now[tenant].fetch_add(1, Ordering::SeqCst) + 1;
+                        peaks[tenant].fetch_max(n, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(10));
+                        now[tenant].fetch_sub(1, Ordering::SeqCst);
+                    })
+                    .await
+                }));
+            }
+            for c in calls {
+                c.await.unwrap();
+            }
+            // Both active: one thread each (the first call of each may start
+            // before the other tenant is seen, so allow that one overlap).
+            for peak in peaks.iter() {
+                assert!(peak.load(Ordering::SeqCst) <= 2);
+            }
+            assert!(pool.stats().threads <= 4);
+        });
+    }
+
+    #[test]
+    fn a_job_whose_caller_went_away_is_not_run() {
+        runtime().block_on(async {
+            let pool = Arc::new(GuestPool::new(1));
+            let release = Arc::new(AtomicUsize::new(0));
+            let ran = Arc::new(AtomicUsize::new(0));
+            let hog = {
+                let (pool, release) = (pool.clone(), release.clone());
+                tokio::spawn(async move {
+                    pool.run("t", move || {
+                        while release.load(Ordering::Relaxed) == 0 {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                    })
+                    .await
+                })
+            };
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let queued = {
+                let (pool, ran) = (pool.clone(), ran.clone());
+                tokio::spawn(async move {
+                    pool.run("t", move || ran.fetch_add(1, Ordering::SeqCst))
+                        .await
+                })
+            };
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            queued.abort();
+            let _ = queued.await;
+            release.store(1, Ordering::Relaxed);
+            hog.await.unwrap();
+            assert_eq!(pool.run("t", || 1).await, 1);
+            assert_eq!(ran.load(Ordering::SeqCst), 0, "the abandoned job never ran");
         });
     }
 }

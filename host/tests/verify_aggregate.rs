@@ -157,7 +157,7 @@ async fn verify_names_the_first_version_whose_recorded_digest_a_replay_does_not_
     let (code, stdout, stderr) = cli(&s, &["verify", "aggregate", "bank-account", "acc-1"]);
     assert_eq!(code, 3, "a divergence exits 3: {stdout}{stderr}");
     assert!(
-        stdout.contains("bank-account/acc-1: DIVERGED at version 4: bank-account@1.0.0 recorded state digest 0000"),
+        stdout.contains("bank-account/acc-1: DIVERGED at version 4 (replayed per command): bank-account@1.0.0 recorded state digest 0000"),
         "{stdout}"
     );
     assert!(
@@ -225,5 +225,59 @@ async fn verify_is_a_reader_route_and_many_at_once_are_bounded_not_fatal() {
         "each replays 201 commands: twelve at once cannot all have had one of the two permits"
     );
     command(&s, "acc-1", json!({"type": "Deposit", "amount": 1})).await;
+    s.stop().await;
+}
+
+/// An `apply` that counts its calls rather than folding events agrees with
+/// the digests it recorded one command at a time, and not with a cold read,
+/// which folds many commands per call: verify says so, and how it replayed.
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_catches_an_apply_that_depends_on_how_events_are_batched() {
+    let dir = temp_dir();
+    let s = TestServer::start(dir.path()).await;
+    let hostile = refold_test_guests::HOSTILE;
+    assert_eq!(s.upload("hostile", "1.0.0", hostile).await.status(), 201);
+    for _ in 0..3 {
+        let r = s.send("hostile", "t", r#"{"type":"Tally"}"#).await;
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    let (status, report) = s.get_json("/v1/aggregates/hostile/t/verify").await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["ok"], false, "{report}");
+    assert_eq!(
+        report["digests_checked"], 3,
+        "per command, every digest agrees: {report}"
+    );
+    assert_eq!(report["divergences"], 1, "{report}");
+    assert_eq!(report["first_divergence"]["version"], 3);
+    assert_eq!(report["first_divergence"]["batching"], "as_a_read");
+    s.stop().await;
+}
+
+/// A stream with no recorded digests (raw appends) has nothing to compare:
+/// not "ok".
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_of_a_stream_with_nothing_to_compare_is_not_ok() {
+    let dir = temp_dir();
+    let s = bank_server(dir.path()).await;
+    let stream = StreamId::new("bank-account", "raw").unwrap();
+    s.server
+        .app
+        .store
+        .append(
+            &stream,
+            ExpectedVersion::Any,
+            vec![NewEvent::new("Opened", r#"{"owner":"Raw"}"#)],
+        )
+        .await
+        .unwrap();
+    let (status, report) = s.get_json("/v1/aggregates/bank-account/raw/verify").await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["ok"], false, "{report}");
+    assert_eq!(report["complete"], false, "{report}");
+    assert_eq!(report["digests_checked"], 0);
+    let (code, out, _) = cli(&s, &["verify", "aggregate", "bank-account", "raw"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("INCOMPLETE"), "{out}");
     s.stop().await;
 }

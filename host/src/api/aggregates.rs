@@ -250,12 +250,14 @@ pub async fn verify(
             "module": m.module,
             "recorded": m.recorded,
             "replayed": m.replayed,
+            "batching": m.batching.as_str(),
         })
     });
     Ok(Json(json!({
         "aggregate_type": aggregate_type,
         "aggregate_id": aggregate_id,
         "ok": report.ok(),
+        "complete": report.complete(),
         "events": report.events,
         "digests_checked": report.checked,
         "digests_unchecked": report.unchecked,

@@ -46,12 +46,19 @@ async fn verify_aggregate(
         .await?;
     emit(opts, &reply.body, aggregate_report)?;
     verdict(&reply.body, |v| {
-        format!(
-            "{}/{} diverged at version {}",
+        let stream = format!(
+            "{}/{}",
             text(&v["aggregate_type"]),
-            text(&v["aggregate_id"]),
-            text(&v["first_divergence"]["version"])
-        )
+            text(&v["aggregate_id"])
+        );
+        if v["divergences"].as_u64() == Some(0) {
+            format!("{stream} could not be verified completely (see the report)")
+        } else {
+            format!(
+                "{stream} diverged at version {}",
+                text(&v["first_divergence"]["version"])
+            )
+        }
     })
 }
 
@@ -69,12 +76,22 @@ fn aggregate_report(out: &mut dyn Write, v: &Value) -> io::Result<()> {
             text(&v["events"]),
             text(&v["digests_checked"])
         )?;
+    } else if v["divergences"].as_u64() == Some(0) {
+        writeln!(
+            out,
+            "{stream}: INCOMPLETE: {} of {} recorded state digests could be compared ({} events); no divergence among them",
+            text(&v["digests_checked"]),
+            v["digests_checked"].as_u64().unwrap_or(0)
+                + v["digests_unchecked"].as_u64().unwrap_or(0),
+            text(&v["events"]),
+        )?;
     } else {
         let first = &v["first_divergence"];
         writeln!(
             out,
-            "{stream}: DIVERGED at version {}: {} recorded state digest {}, replaying gives {}",
+            "{stream}: DIVERGED at version {} (replayed {}): {} recorded state digest {}, replaying gives {}",
             text(&first["version"]),
+            text(&first["batching"]).replace('_', " "),
             text(&first["module"]),
             text(&first["recorded"]),
             text(&first["replayed"])

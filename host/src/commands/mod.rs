@@ -35,7 +35,9 @@ pub use cache::CacheStats;
 pub use fold::{APPLY_BATCH, REPLAY_BATCH_BYTES};
 pub use guest_output::{MAX_GUEST_MESSAGE_LEN, MAX_REJECTION_CODE_LEN, REJECTION_CODE_SEPARATORS};
 pub use state::{AggregateState, STATE_DIGEST_KEY, state_digest, to_stream_event};
-pub use verify::{DigestMismatch, MAX_CONCURRENT_VERIFIES, MAX_REPORTED_DIVERGENCES, VerifyReport};
+pub use verify::{
+    Batching, DigestMismatch, MAX_CONCURRENT_VERIFIES, MAX_REPORTED_DIVERGENCES, VerifyReport,
+};
 
 use crate::modules::{LoadedModule, ModuleRegistry, NotReady};
 use crate::runtime::{CommandContext, GuestError, Runtime};

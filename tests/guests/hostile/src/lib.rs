@@ -14,7 +14,8 @@
 //! 64 MiB of random bytes), `Handles` (holds pollables until the host says no).
 //! Heavy but accepted history: `Bulk {kb}` (an event with kb KiB of data),
 //! `Burn {n}` (an event whose `apply` loops n times), `Grow {kb}` (an event
-//! after which the state is kb KiB), `Emit {event_type, data}` (any event).
+//! after which the state is kb KiB), `Emit {event_type, data}` (any event),
+//! `Tally` (an event whose `apply` counts calls, not events: not a fold).
 //! Guest output (issue 10): `EmitRaw` (events with the types and data texts
 //! the command gives), `EmitMany` (`count` events), `RejectWith` (a rejection
 //! with the command's `code` and `message`), `MalformedWith` (a `malformed`
@@ -171,6 +172,7 @@ mod component {
                     let kb = command["kb"].as_u64().unwrap_or(1);
                     Ok(vec![event("Grown", format!("{{\"kb\":{kb}}}"))])
                 }
+                "Tally" => Ok(vec![event("Tallied", "{}".into())]),
                 "Emit" => Ok(vec![event(
                     command["event_type"].as_str().unwrap_or("Emitted"),
                     command["data"].to_string(),
@@ -207,6 +209,12 @@ mod component {
         /// The state is the data of the last event, so `render` shows what `Observe` saw;
         /// `Burned` costs fuel to apply and `Grown` makes the state big; `ApplyFailsLoudly` fails.
         fn apply(mut state: Vec<u8>, events: Vec<StreamEvent>) -> Result<Vec<u8>, String> {
+            // Not a fold: counts apply calls, so it depends on how events are batched.
+            if events.iter().any(|e| e.event_type == "Tallied") {
+                let calls: serde_json::Value = serde_json::from_slice(&state).unwrap_or_default();
+                let calls = calls["calls"].as_u64().unwrap_or(0) + 1;
+                return Ok(format!("{{\"calls\":{calls}}}").into_bytes());
+            }
             if let Some(e) = events.iter().find(|e| e.event_type == "ApplyFailsLoudly") {
                 return Err(format!(
                     "\u{1b}[2J{}",

@@ -5,8 +5,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use refold::commands::{CommandConfig, CommandError};
 use refold::runtime::GuestError;
 use refold_test_guests::HOSTILE;
@@ -164,5 +162,50 @@ async fn the_state_cache_stays_within_its_byte_budget() {
         .unwrap();
     assert_eq!(state.version, 1);
     host.stop().await;
-    let _ = Duration::ZERO;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_state_over_64_kib_is_snapshotted_in_pieces_and_loads_after_a_restart() {
+    let dir = temp_dir();
+    let commands = CommandConfig {
+        snapshot_every: 2,
+        ..CommandConfig::default()
+    };
+    let host = hostile(dir.path(), commands.clone()).await;
+    host.send("hostile", "big", r#"{"type":"Grow","kb":1500}"#)
+        .await
+        .unwrap();
+    host.send("hostile", "big", r#"{"type":"Grow","kb":1000}"#)
+        .await
+        .unwrap();
+    let digest = host.modules.get("hostile", "1.0.0").unwrap().record.digest;
+    let stream = refold::store::StreamId::new("hostile", "big").unwrap();
+    let (version, state) = host
+        .store
+        .load_snapshot(&stream, &digest)
+        .unwrap()
+        .expect("a 1 MB state is snapshotted");
+    assert_eq!(version, 2);
+    assert_eq!(
+        state.len(),
+        1000 * 1024 + 10,
+        "{{\"big\":\"...\"}} around 1000 KiB"
+    );
+    // Smaller again: the snapshot shrinks back to one inline value.
+    for _ in 0..2 {
+        host.send("hostile", "big", r#"{"type":"Grow","kb":1}"#)
+            .await
+            .unwrap();
+    }
+    let (version, state) = host.store.load_snapshot(&stream, &digest).unwrap().unwrap();
+    assert_eq!((version, state.len()), (4, 1024 + 10));
+    host.stop().await;
+    let host = hostile(dir.path(), commands).await;
+    let view = host
+        .commands
+        .read_state("hostile", "big", None)
+        .await
+        .unwrap();
+    assert_eq!(view.version, 4);
+    host.stop().await;
 }

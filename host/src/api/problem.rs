@@ -269,6 +269,10 @@ impl From<ProjectionError> for ApiError {
             ProjectionError::Closed => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", detail)
             }
+            ProjectionError::Internal(_) => {
+                tracing::error!(error = %detail, "projection service failure");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", detail)
+            }
             ProjectionError::VerifyInProgress {
                 position, target, ..
             } => ApiError::new(StatusCode::CONFLICT, "verify_in_progress", detail)

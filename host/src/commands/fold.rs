@@ -5,7 +5,9 @@
 //! memory. A replay folds many commands at once, so it must not be held to one
 //! call's budget, or history whose every command was accepted could become
 //! unreadable. Each replay call therefore:
-//! - ends at a command boundary (events of one command stay together) and holds
+//! - ends at a command boundary (events of one command stay together; the
+//!   stream is read in pages that end at one too, except where a temporal read
+//!   asks for a version inside a command) and holds
 //!   at most [`APPLY_BATCH`] events and about [`REPLAY_BATCH_BYTES`] of data
 //!   (always at least one whole command);
 //! - gets the fuel of as many calls as it folds commands;

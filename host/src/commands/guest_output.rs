@@ -84,16 +84,47 @@ fn check_message(what: &str, text: &str) -> Result<(), String> {
             text.len()
         ));
     }
-    // Control characters would reach terminals through the CLI (escape sequences).
+    // Control characters would reach terminals through the CLI (escape
+    // sequences); invisible formatting characters (bidi overrides, zero-width
+    // spaces) would make a message read as something it is not.
     if text.chars().any(char::is_control) {
         return Err(format!("{what} contains a control character"));
     }
+    if let Some(c) = text.chars().find(|&c| is_invisible_format(c)) {
+        return Err(format!(
+            "{what} contains the invisible formatting character U+{:04X}",
+            c as u32
+        ));
+    }
     Ok(())
+}
+
+/// Unicode format characters that change how text reads without showing:
+/// bidirectional overrides and isolates, zero-width characters, soft hyphens.
+pub fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{FEFF}'
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_may_not_hide_bidi_overrides_or_zero_width_characters() {
+        assert!(check_malformed("amount \u{202E}001 si").is_err());
+        assert!(check_malformed("zero\u{200B}width").is_err());
+        assert_eq!(check_malformed("montant invalide: «5»"), Ok(()));
+    }
 
     #[test]
     fn rejection_codes_are_short_and_plain() {

@@ -91,7 +91,15 @@ impl CommandService {
         stream: &StreamId,
         limit: Option<StreamVersion>,
     ) -> Result<AggregateState, CommandError> {
-        if let Some((version, bytes)) = self.store.load_snapshot(stream, &module.record.digest)?
+        // A snapshot is a cache: one that cannot be read is replayed around.
+        let snapshot = self
+            .store
+            .load_snapshot(stream, &module.record.digest)
+            .unwrap_or_else(|e| {
+                tracing::warn!(%stream, error = %e, "ignoring an unreadable snapshot");
+                None
+            });
+        if let Some((version, bytes)) = snapshot
             && limit.is_none_or(|l| version <= l)
         {
             return Ok(AggregateState {
@@ -140,18 +148,40 @@ impl CommandService {
                 Some(l) => ((l - state.version) as usize).min(APPLY_BATCH),
                 None => APPLY_BATCH,
             };
-            let events =
+            let mut events =
                 self.store
                     .read_stream(stream, state.version + 1, Direction::Forward, want)?;
+            let full = events.len() == want;
+            // A full page may end inside a command: its events wait for the
+            // next page, so every `apply` call ends at a command boundary.
+            if full && limit.is_none() {
+                let tail = last_command_start(&events);
+                if tail > 0 {
+                    events.truncate(tail);
+                }
+            }
             let Some(last) = events.last() else { break };
             state = AggregateState {
                 version: last.version,
                 bytes: fold(&self.runtime, module, state.bytes, &events).await?,
             };
-            if events.len() < want {
+            if !full {
                 break;
             }
         }
         Ok(state)
     }
+}
+
+/// Where the events of the last command in `events` start (consecutive events
+/// with its command id; an event without one is a command of its own).
+fn last_command_start(events: &[RecordedEvent]) -> usize {
+    let Some(last) = events.last() else { return 0 };
+    let Some(id) = last.metadata.command_id.as_deref() else {
+        return events.len() - 1;
+    };
+    events
+        .iter()
+        .rposition(|e| e.metadata.command_id.as_deref() != Some(id))
+        .map_or(0, |i| i + 1)
 }

@@ -264,6 +264,9 @@ pub enum ProjectionError {
     InvalidGuestOutput { module: String, reason: String },
     #[error("the projection service is shutting down")]
     Closed,
+    /// A task of the service panicked or was cancelled: the host's fault.
+    #[error("internal failure: {0}")]
+    Internal(String),
     #[error(
         "a verify of {label} is running (at position {position} of {target}); wait for its report"
     )]
@@ -705,7 +708,7 @@ impl ProjectionService {
         let task_handle = handle.clone();
         tokio::spawn(async move { service.rebuild_now(&task_handle, force).await })
             .await
-            .map_err(|e| ProjectionError::NotFound(format!("rebuild task: {e}")))??;
+            .map_err(|e| ProjectionError::Internal(format!("the rebuild task failed: {e}")))??;
         self.version_status(name, version)
     }
 
@@ -733,7 +736,7 @@ impl ProjectionService {
         );
         let reset = tokio::task::spawn_blocking(move || store.reset_read_model(&name, &version))
             .await
-            .map_err(|e| ProjectionError::NotFound(format!("rebuild task: {e}")));
+            .map_err(|e| ProjectionError::Internal(format!("the rebuild task failed: {e}")));
         let outcome = match reset {
             Ok(Ok(model)) => {
                 let _no_commits = handle.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -763,7 +766,7 @@ impl ProjectionService {
         let service = self.clone();
         tokio::spawn(async move { service.drop_now(&handle).await })
             .await
-            .map_err(|e| ProjectionError::NotFound(format!("drop task: {e}")))?
+            .map_err(|e| ProjectionError::Internal(format!("the drop task failed: {e}")))?
     }
 
     async fn drop_now(&self, handle: &Arc<VersionHandle>) -> Result<(), ProjectionError> {
@@ -784,7 +787,7 @@ impl ProjectionService {
         let (store, name, version) = (self.store.clone(), key.0.clone(), key.1.clone());
         let deleted = tokio::task::spawn_blocking(move || store.delete_read_model(&name, &version))
             .await
-            .map_err(|e| ProjectionError::NotFound(format!("drop task: {e}")))
+            .map_err(|e| ProjectionError::Internal(format!("the drop task failed: {e}")))
             .and_then(|r| r.map_err(ProjectionError::from))
             .and_then(|()| {
                 self.modules
@@ -914,7 +917,7 @@ impl ProjectionService {
         let (a, b) = (self.handle(name, from)?, self.handle(name, to)?);
         tokio::task::spawn_blocking(move || compare::diff(&a, &b, samples))
             .await
-            .map_err(|e| ProjectionError::NotFound(format!("diff task: {e}")))?
+            .map_err(|e| ProjectionError::Internal(format!("the diff task failed: {e}")))?
     }
 
     /// A digest of a version's documents at one checkpoint.
@@ -926,7 +929,7 @@ impl ProjectionService {
         let handle = self.handle(name, version)?;
         tokio::task::spawn_blocking(move || compare::digest(&handle))
             .await
-            .map_err(|e| ProjectionError::NotFound(format!("digest task: {e}")))?
+            .map_err(|e| ProjectionError::Internal(format!("the digest task failed: {e}")))?
     }
 }
 

@@ -161,6 +161,6 @@ where
 {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| ProjectionError::NotFound(format!("verify task: {e}")))?
+        .map_err(|e| ProjectionError::Internal(format!("the verify task failed: {e}")))?
         .map_err(Into::into)
 }

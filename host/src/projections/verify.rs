@@ -186,7 +186,7 @@ impl ProjectionService {
         let service = self.clone();
         tokio::spawn(async move { service.verify_now(&handle, &cancel).await })
             .await
-            .map_err(|e| ProjectionError::NotFound(format!("verify task: {e}")))?
+            .map_err(|e| ProjectionError::Internal(format!("the verify task failed: {e}")))?
     }
 
     async fn verify_now(

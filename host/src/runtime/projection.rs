@@ -201,6 +201,10 @@ fn check_key(key: &str) -> Result<(), String> {
             key.len()
         ));
     }
+    // Keys are shown to people (diffs, verify reports, the CLI).
+    if key.chars().any(char::is_control) {
+        return Err(format!("document key {key:?} contains a control character"));
+    }
     Ok(())
 }
 

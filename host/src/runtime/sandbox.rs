@@ -15,7 +15,7 @@ use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::RuntimeConfig;
-use super::error::{GuestError, SandboxLimit};
+use super::error::{GuestError, SandboxLimit, clip_guest_text};
 use super::output::{CappedOutput, LogDecision, OutputBudget};
 use super::projection::ReadModelSession;
 use super::virtual_time::{VirtualClock, VirtualMonotonicClock, VirtualWallClock};
@@ -259,7 +259,11 @@ pub fn classify(
             if detail.is_empty() {
                 GuestError::Trap(trap.to_string())
             } else {
-                GuestError::Trap(format!("{trap}: {}", last_chars(detail, 2000)))
+                // The end of stderr is where a panic says why: kept, escaped, bounded.
+                GuestError::Trap(format!(
+                    "{trap}: {}",
+                    clip_guest_text(last_chars(detail, 900))
+                ))
             }
         }
         // StoreLimits with trap_on_grow_failure reports a plain error, not a Trap.

@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use super::Store;
 use super::error::StoreError;
+use sha2::Digest;
+
 use super::format::{self, SPACE_REGISTRY, SPACE_SNAPSHOT};
 use super::types::{StreamId, StreamVersion};
 
@@ -69,6 +71,52 @@ fn snapshot_key(stream: &StreamId, digest: &[u8; 32]) -> Vec<u8> {
     key[0] = SPACE_SNAPSHOT;
     key.extend_from_slice(digest);
     key
+}
+
+/// A large snapshot's `index`th piece: the snapshot's key, then the index.
+fn snapshot_chunk_key(head: &[u8], index: u32) -> Vec<u8> {
+    let mut key = head.to_vec();
+    key.extend_from_slice(&index.to_be_bytes());
+    key
+}
+
+/// Snapshot format versions: the state inline, or in chunks.
+const SNAPSHOT_INLINE: u8 = format::FORMAT_V1;
+const SNAPSHOT_CHUNKED: u8 = 0x02;
+/// Bytes per piece of a chunked snapshot: every value stays well below sled's
+/// blob threshold, as events do.
+const SNAPSHOT_CHUNK: usize = 60 * 1024;
+
+/// A chunked snapshot's head: version, length, piece count, sha256 of the state.
+struct ChunkedHead {
+    version: StreamVersion,
+    len: u64,
+    chunks: u32,
+    digest: [u8; 32],
+}
+
+impl ChunkedHead {
+    fn encode(&self) -> Vec<u8> {
+        let mut value = Vec::with_capacity(1 + 8 + 8 + 4 + 32);
+        value.push(SNAPSHOT_CHUNKED);
+        value.extend_from_slice(&self.version.to_be_bytes());
+        value.extend_from_slice(&self.len.to_be_bytes());
+        value.extend_from_slice(&self.chunks.to_be_bytes());
+        value.extend_from_slice(&self.digest);
+        value
+    }
+
+    fn decode(value: &[u8]) -> Option<ChunkedHead> {
+        match value {
+            [SNAPSHOT_CHUNKED, rest @ ..] if rest.len() == 8 + 8 + 4 + 32 => Some(ChunkedHead {
+                version: u64::from_be_bytes(rest[..8].try_into().ok()?),
+                len: u64::from_be_bytes(rest[8..16].try_into().ok()?),
+                chunks: u32::from_be_bytes(rest[16..20].try_into().ok()?),
+                digest: rest[20..52].try_into().ok()?,
+            }),
+            _ => None,
+        }
+    }
 }
 
 impl Store {
@@ -176,8 +224,11 @@ impl Store {
         self.sync("deleting a module")
     }
 
-    /// Keeps `state` as the stream's state at `version` under `module_digest`.
-    /// Returns false (and keeps nothing) for a state over [`MAX_SNAPSHOT_LEN`].
+    /// Keeps `state` as the stream's state at `version` under `module_digest`:
+    /// inline up to [`MAX_SNAPSHOT_LEN`], else in pieces of 60 KiB written in one
+    /// batch with a head that carries their sha256 (so no value is ever large
+    /// enough for sled to keep it in an unsynced blob file). Returns whether it
+    /// was kept (always, today).
     pub fn save_snapshot(
         &self,
         stream: &StreamId,
@@ -185,21 +236,55 @@ impl Store {
         version: StreamVersion,
         state: &[u8],
     ) -> Result<bool, StoreError> {
-        if state.len() > MAX_SNAPSHOT_LEN {
-            return Ok(false);
+        let key = snapshot_key(stream, module_digest);
+        let old_chunks = self.snapshot_head(&key)?.map_or(0, |h| h.chunks);
+        let mut batch = sled::Batch::default();
+        let chunks = if state.len() <= MAX_SNAPSHOT_LEN {
+            let mut value = Vec::with_capacity(9 + state.len());
+            value.push(SNAPSHOT_INLINE);
+            value.extend_from_slice(&version.to_be_bytes());
+            value.extend_from_slice(state);
+            batch.insert(key.clone(), value);
+            0
+        } else {
+            let pieces: Vec<&[u8]> = state.chunks(SNAPSHOT_CHUNK).collect();
+            let chunks = u32::try_from(pieces.len())
+                .map_err(|_| StoreError::InvalidStream("a snapshot of over 240 TiB".into()))?;
+            for (i, piece) in pieces.iter().enumerate() {
+                batch.insert(snapshot_chunk_key(&key, i as u32), piece.to_vec());
+            }
+            let head = ChunkedHead {
+                version,
+                len: state.len() as u64,
+                chunks,
+                digest: sha2::Sha256::digest(state).into(),
+            };
+            batch.insert(key.clone(), head.encode());
+            chunks
+        };
+        // Pieces of a larger snapshot this one replaces.
+        for i in chunks..old_chunks {
+            batch.remove(snapshot_chunk_key(&key, i));
         }
-        let mut value = Vec::with_capacity(9 + state.len());
-        value.push(format::FORMAT_V1);
-        value.extend_from_slice(&version.to_be_bytes());
-        value.extend_from_slice(state);
         self.inner
             .db
-            .insert(snapshot_key(stream, module_digest), value)
+            .apply_batch(batch)
             .map_err(|e| StoreError::storage("saving a snapshot", e))?;
         Ok(true)
     }
 
+    fn snapshot_head(&self, key: &[u8]) -> Result<Option<ChunkedHead>, StoreError> {
+        let value = self
+            .inner
+            .db
+            .get(key)
+            .map_err(|e| StoreError::storage("loading a snapshot", e))?;
+        Ok(value.and_then(|v| ChunkedHead::decode(&v)))
+    }
+
     /// The latest snapshot of `stream` made by the module with `module_digest`.
+    /// A chunked snapshot whose pieces do not add up (a crash cannot cause that:
+    /// they are one batch) is reported as corrupt.
     pub fn load_snapshot(
         &self,
         stream: &StreamId,
@@ -214,13 +299,37 @@ impl Store {
         else {
             return Ok(None);
         };
-        match value.as_ref() {
-            [format::FORMAT_V1, rest @ ..] if rest.len() >= 8 => {
-                let version = u64::from_be_bytes(rest[..8].try_into().expect("length checked"));
-                Ok(Some((version, rest[8..].to_vec())))
-            }
-            _ => Err(format::corrupt(&key, "snapshot is not [1][u64][state]")),
+        if let [SNAPSHOT_INLINE, rest @ ..] = value.as_ref()
+            && rest.len() >= 8
+        {
+            let version = u64::from_be_bytes(rest[..8].try_into().expect("length checked"));
+            return Ok(Some((version, rest[8..].to_vec())));
         }
+        let Some(head) = ChunkedHead::decode(&value) else {
+            return Err(format::corrupt(
+                &key,
+                "snapshot is neither [1][u64][state] nor a chunked head",
+            ));
+        };
+        let mut state = Vec::with_capacity(head.len as usize);
+        for i in 0..head.chunks {
+            let chunk_key = snapshot_chunk_key(&key, i);
+            let piece = self
+                .inner
+                .db
+                .get(&chunk_key)
+                .map_err(|e| StoreError::storage("loading a snapshot", e))?
+                .ok_or_else(|| format::corrupt(&chunk_key, "a snapshot piece is missing"))?;
+            state.extend_from_slice(&piece);
+        }
+        let digest: [u8; 32] = sha2::Sha256::digest(&state).into();
+        if state.len() as u64 != head.len || digest != head.digest {
+            return Err(format::corrupt(
+                &key,
+                "a chunked snapshot's pieces do not match its head",
+            ));
+        }
+        Ok(Some((head.version, state)))
     }
 
     /// Makes every earlier write durable, as the writer does for events.

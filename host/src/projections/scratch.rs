@@ -96,6 +96,14 @@ impl ProjectionService {
             })
             .await?;
         scratch.checkpoint = checkpoint;
+        // Running out of wall-clock time says how busy the host was, not what
+        // the module computes: no verdict on determinism can rest on it.
+        if let Some(failure) = failure.as_ref().filter(|f| f.code == "guest_timeout") {
+            return Err(ProjectionError::Internal(format!(
+                "the rebuild hit the wall-clock deadline at position {} (a limit of this host's load, not a divergence); verify again: {}",
+                failure.position, failure.message
+            )));
+        }
         scratch.failure = failure;
         Ok(())
     }

@@ -8,6 +8,10 @@
 //! version's checkpoint; only then is the runner stopped (its checkpoint and
 //! documents are then still), the scratch catches up to that checkpoint, both
 //! are compared, and the runner starts again from its checkpoint. A version
+//! that appends keep ahead of the replay is never paused for long: after
+//! `MAX_CHASE_ROUNDS` rounds without gaining on it the verify gives up
+//! (409 `projection_busy`). A rebuild that hits the wall-clock deadline is
+//! no verdict either way (an error, not a divergence). A version
 //! stopped at a failing event is not stopped again: its runner waits for an
 //! operator, so the comparison holds its commit lock instead and starts over
 //! if an operator moved the checkpoint meanwhile.
@@ -313,12 +317,16 @@ impl ProjectionService {
         let within = self.config.batch.events as u64;
         loop {
             // While the version runs, chase its checkpoint: each round catches up
-            // with where it was when the round began. Appends that outpace the
-            // replay for MAX_CHASE_ROUNDS rounds make the last stretch longer,
-            // never endless.
-            for _ in 0..MAX_CHASE_ROUNDS {
+            // with where it was when the round began, until the scratch is within
+            // one batch of it. The version is paused only for that last batch; a
+            // version that keeps getting away (appends outpace the replay for
+            // MAX_CHASE_ROUNDS rounds in a row) is not paused for longer: the
+            // verify gives up and says so.
+            let mut stalled = 0;
+            loop {
                 let target = handle.status.borrow().position;
-                if target.saturating_sub(scratch.checkpoint.position) <= within {
+                let gap = target.saturating_sub(scratch.checkpoint.position);
+                if gap <= within {
                     break;
                 }
                 self.catch_up(
@@ -332,6 +340,18 @@ impl ProjectionService {
                 .await?;
                 if scratch.failure.is_some() {
                     return Ok((scratch, None, 0));
+                }
+                let behind = handle
+                    .status
+                    .borrow()
+                    .position
+                    .saturating_sub(scratch.checkpoint.position);
+                stalled = if behind >= gap { stalled + 1 } else { 0 };
+                if stalled >= MAX_CHASE_ROUNDS {
+                    return Err(ProjectionError::Busy(format!(
+                        "{} advances faster than its rebuild replays ({behind} positions behind after {MAX_CHASE_ROUNDS} rounds); verify again when appends slow down",
+                        handle.label()
+                    )));
                 }
             }
             if handle.status.borrow().failure.is_some() {

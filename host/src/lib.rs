@@ -23,6 +23,7 @@
 
 pub mod api;
 pub mod cli;
+mod clock;
 pub mod commands;
 mod fsutil;
 mod hex;

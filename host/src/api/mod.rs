@@ -177,7 +177,7 @@ async fn metrics_text(State(app): State<AppState>) -> impl IntoResponse {
         app.metrics.render(&metrics::Readings {
             head: app.store.head(),
             cache: app.commands.cache_stats(),
-            pool: app.commands.modules().runtime().pool().stats(),
+            pool: app.modules.guest_pool_stats(),
         }),
     )
 }

@@ -111,7 +111,7 @@ fn batch_end(events: &[RecordedEvent], commands: &[Range<usize>], from: usize) -
     let (mut count, mut bytes) = (0, 0);
     let mut end = from;
     for span in &commands[from..] {
-        let span_bytes: usize = events[span.clone()].iter().map(event_bytes).sum();
+        let span_bytes: usize = events[span.clone()].iter().map(RecordedEvent::weight).sum();
         let fits = count + span.len() <= APPLY_BATCH && bytes + span_bytes <= REPLAY_BATCH_BYTES;
         if end > from && !fits {
             break;
@@ -121,8 +121,4 @@ fn batch_end(events: &[RecordedEvent], commands: &[Range<usize>], from: usize) -
         end += 1;
     }
     end
-}
-
-fn event_bytes(event: &RecordedEvent) -> usize {
-    event.data.len() + event.event_type.len() + 64
 }

@@ -26,7 +26,6 @@ mod state;
 mod verify;
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -231,9 +230,7 @@ impl CommandService {
     }
 
     pub async fn execute(&self, request: CommandRequest) -> Result<CommandOutcome, CommandError> {
-        let received_at_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let received_at_ms = crate::clock::now_ms();
         let stream = StreamId::new(&request.aggregate_type, &request.aggregate_id)
             .map_err(|e| CommandError::InvalidRequest(e.to_string()))?;
         self.check_command(&request)?;

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use crate::fsutil;
 pub use crate::hex::hex;
+pub use crate::runtime::PoolStats;
 use crate::runtime::{AggregateModule, Guest, ProjectionModule, Runtime, World};
 use crate::store::{ModuleKind, ModuleRecord, Store};
 pub use error::{CompileBudget, ModuleError};
@@ -264,6 +265,11 @@ impl ModuleRegistry {
 
     pub fn runtime(&self) -> &Arc<Runtime> {
         &self.runtime
+    }
+
+    /// How the guest threads are doing, for metrics.
+    pub fn guest_pool_stats(&self) -> PoolStats {
+        self.runtime.pool().stats()
     }
 
     fn request_wait(&self) -> Duration {

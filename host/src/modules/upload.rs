@@ -4,7 +4,6 @@
 //! The same bytes again are answered from what is registered.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
@@ -74,7 +73,7 @@ impl ModuleRegistry {
             kind: ModuleKind::Aggregate,
             digest,
             size: bytes.len() as u64,
-            uploaded_at_ms: now_ms(),
+            uploaded_at_ms: crate::clock::now_ms(),
         };
         // Compile before anything is written: an invalid module leaves no trace.
         let module = load_module(&self.runtime, bytes.clone(), record).await?;
@@ -171,12 +170,6 @@ fn conflict(existing: &ModuleRecord) -> ModuleError {
         version: existing.version.clone(),
         existing_digest: hex(&existing.digest),
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl ModuleRegistry {

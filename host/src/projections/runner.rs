@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -415,7 +415,7 @@ pub(super) fn take_chunk(events: &[RecordedEvent], max_bytes: usize) -> &[Record
     let mut bytes = 0;
     let mut n = 0;
     for event in events {
-        bytes += event.data.len() + event.event_type.len() + 64;
+        bytes += event.weight();
         if n > 0 && bytes > max_bytes {
             break;
         }
@@ -542,8 +542,4 @@ impl Rate {
     }
 }
 
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use crate::clock::now_ms;

@@ -243,6 +243,14 @@ pub struct RecordedEvent {
     pub metadata: EventMetadata,
 }
 
+impl RecordedEvent {
+    /// About how many bytes the event takes in memory and in a guest call:
+    /// what replays and projection batches are bounded by.
+    pub fn weight(&self) -> usize {
+        self.data.len() + self.event_type.len() + 64
+    }
+}
+
 /// The outcome of a successful append (or of an idempotent repeat of one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AppendResult {

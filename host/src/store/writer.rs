@@ -14,7 +14,6 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
@@ -126,9 +125,7 @@ impl Writer {
             }
             return;
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now = crate::clock::now_ms();
         let recorded_at_ms = now.max(self.last_recorded_at_ms);
         let start_position = self.next_position;
         let mut batch = sled::Batch::default();

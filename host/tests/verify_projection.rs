@@ -112,7 +112,9 @@ async fn verify_matches_a_deterministic_projection_while_it_keeps_serving() {
     assert_eq!(report["first_divergence"], Value::Null);
     assert_eq!(report["failure"], Value::Null);
 
-    // Still: the report's digest is the version's own digest at that position.
+    // Still (caught up, no writes): the report's digest is the version's own
+    // digest at that position.
+    wait_for_version(&s, "account-balances", "1.0.0", caught_up).await;
     let quiet: Value = verify(&s, "account-balances", "1.0.0")
         .await
         .json()

@@ -210,6 +210,48 @@ async fn client_commands_are_held_to_the_same_json_rules() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_render_answer_is_bounded_and_the_stream_still_serves() {
+    let dir = temp_dir();
+    // `refold serve`'s memory cap: room for the guest to build a 9 MiB answer.
+    let mut config = support::http::config(dir.path());
+    config.runtime.memory_bytes = 64 << 20;
+    let s = TestServer::start_with(config).await;
+    assert_eq!(s.upload("hostile", "1.0.0", HOSTILE).await.status(), 201);
+    assert_eq!(
+        s.upload("bank-account", "1.0.0", BANK_ACCOUNT)
+            .await
+            .status(),
+        201
+    );
+    let amplify = |mib: u64| json!({"type": "Amplify", "mib": mib}).to_string();
+    // 8 bytes of state, a 9 MiB answer: the command is fine, the read is refused.
+    assert_eq!(s.send("hostile", "big", &amplify(9)).await.status(), 200);
+    let r = s
+        .request(Method::GET, "/v1/aggregates/hostile/big")
+        .send()
+        .await
+        .unwrap();
+    let problem = expect_problem(r, 422, "guest_limit_exceeded").await;
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.contains("render answered 9437186 bytes"), "{detail}");
+    // The same stream, at a later version with a small answer, reads again;
+    // the large version stays refused, and other modules are untouched.
+    assert_eq!(s.send("hostile", "big", &amplify(7)).await.status(), 200);
+    let (status, view) = s.get_json("/v1/aggregates/hostile/big").await;
+    assert_eq!(status, 200);
+    assert_eq!(view["state"].as_str().map(str::len), Some(7 << 20));
+    let r = s
+        .request(Method::GET, "/v1/aggregates/hostile/big?at_version=1")
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, 422, "guest_limit_exceeded").await;
+    let open = json!({"type": "Open", "owner": "o"}).to_string();
+    assert_eq!(s.send("bank-account", "a", &open).await.status(), 200);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn guest_complaints_are_clipped_with_a_marker() {
     let dir = temp_dir();
     let s = hostile_server(dir.path()).await;

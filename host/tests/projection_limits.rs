@@ -95,3 +95,49 @@ async fn projection_writes_are_bounded_per_call() {
     assert_eq!(store.head(), 6);
     s.stop().await;
 }
+
+/// A batch that times out is halved down to the event that fails, but not
+/// inside one job of the guest pool: once a job has run a call's deadline it
+/// commits what it has and yields, and the next job (behind other modules'
+/// work) carries on with the span it was about to try. So no job holds a
+/// guest thread for much more than two deadlines.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_that_times_out_is_halved_across_jobs_not_inside_one() {
+    let dir = temp_dir();
+    let mut config = support::http::config(dir.path());
+    // The deadline, not fuel, stops `Loop` whatever the span.
+    config.runtime.fuel_per_call = 4_000_000_000;
+    config.runtime.deadline = Duration::from_millis(200);
+    let s = TestServer::start_with(config).await;
+    let store = s.server.app.store.clone();
+    let thing = StreamId::new("thing", "t").unwrap();
+    let mut events: Vec<NewEvent> = (0..31).map(|_| NewEvent::new("Hello", "{}")).collect();
+    events.push(NewEvent::new("Loop", "{}"));
+    store
+        .append(&thing, ExpectedVersion::Any, events)
+        .await
+        .unwrap();
+    let jobs_before = s.server.app.modules.guest_pool_stats().jobs_run;
+    let status = s
+        .request(Method::PUT, "/v1/modules/picky/1.0.0")
+        .body(std::fs::read(refold_test_guests::PICKY_PROJECTION).unwrap())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 201);
+    let failed = wait_for(&s, |v| v["failure"].is_object()).await;
+    let jobs = s.server.app.modules.guest_pool_stats().jobs_run - jobs_before;
+    assert_eq!(failed["failure"]["position"], 32, "{failed}");
+    assert_eq!(failed["failure"]["code"], "guest_timeout", "{failed}");
+    assert_eq!(failed["position"], 31, "every event before it is applied");
+    // 32 events, then 16, 8, 4, 2 and 1 each time out: six batches, each its
+    // own job, committing the good half before yielding (in one job, this
+    // was six deadlines on one thread).
+    assert!(jobs >= 6, "{jobs} jobs: the halving ran inside fewer jobs");
+    let (_, hello) = s
+        .get_json("/v1/projections/picky/docs/count/Hello?version=1.0.0")
+        .await;
+    assert_eq!(hello["n"], 31, "{hello}");
+    s.stop().await;
+}

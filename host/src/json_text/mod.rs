@@ -321,9 +321,14 @@ impl<'a> Checker<'a> {
         }
         // The grammar above is a subset of what Rust's float parser takes, and
         // that parser rounds huge values to infinity instead of failing.
+        // Readers parse with serde_json's default (faster, less exact)
+        // algorithm, which refuses a few values just under the edge that
+        // Rust's parser rounds to f64::MAX (`1.7976931348623158e308`): a
+        // number either parser refuses is one some reader cannot read.
         let text = self.text(start, self.pos);
+        let readable = serde_json::from_str::<f64>(text).is_ok_and(f64::is_finite);
         match text.parse::<f64>() {
-            Ok(n) if n.is_finite() => Ok(()),
+            Ok(n) if n.is_finite() && readable => Ok(()),
             _ => Err(JsonTextError {
                 offset: start,
                 fault: JsonFault::NumberOutOfRange,

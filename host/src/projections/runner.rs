@@ -103,6 +103,8 @@ impl Runner {
             }
         };
         let mut rate = Rate::default();
+        // Events per guest call: the configured batch, less after a yield.
+        let mut span = self.limits.events;
         let mut head_rx = self.store.watch_head();
         let mut prefetched: Option<(
             Position,
@@ -183,7 +185,7 @@ impl Runner {
                         // A panic in host code must stop this version visibly, not
                         // end its runner silently.
                         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            step(&handle, &module, page, limits)
+                            step(&handle, &module, page, limits, span)
                         }))
                         .unwrap_or_else(|_| {
                             Err(StoreError::Unavailable(
@@ -194,8 +196,16 @@ impl Runner {
                     .await
             };
             let failure = match step {
-                Ok(None) => None,
-                Ok(Some(failure)) => Some(failure),
+                // Grow the span back after a batch that needed no yield.
+                Ok(Span::Done) => {
+                    span = span.saturating_mul(2).min(self.limits.events);
+                    None
+                }
+                Ok(Span::Yield { events }) => {
+                    span = events.max(1);
+                    None
+                }
+                Ok(Span::Failed(failure)) => Some(failure),
                 // The batch may have committed part of the page: the failure is
                 // just after what is committed, never before it.
                 Err(err) => Some(Failure::from_store(
@@ -338,20 +348,24 @@ impl Runner {
 }
 
 /// One batch: apply a page of the log that starts just after the checkpoint,
-/// and commit. Runs on a guest thread. Returns the failure that stopped it, if
-/// any; the checkpoint covers everything before the failing event.
+/// in calls of at most `span` events, and commit. Runs on a guest thread, as
+/// one job of the pool. Returns how it ended: done, a failure (the checkpoint
+/// covers everything before the failing event), or a yield with the span
+/// the next batch should start with.
 fn step(
     handle: &VersionHandle,
     module: &ProjectionModule,
     page: LogPage,
     limits: BatchLimits,
-) -> Result<Option<Failure>, StoreError> {
+    span: usize,
+) -> Result<Span, StoreError> {
     let model = handle.read_model();
     let start = handle.status.borrow().position;
+    let mut clock = JobClock::start(module.deadline());
     let mut done = start;
     let mut events = page.events.as_slice();
     while !events.is_empty() {
-        let chunk = take_chunk(events, limits.bytes);
+        let chunk = take_chunk(events, span, limits.bytes);
         events = &events[chunk.len()..];
         // The chunk ends just before the next selected event (or at the page's end).
         let end = events
@@ -360,9 +374,9 @@ fn step(
         let mut commit_span = |changes: &DocumentChanges, end: Position, applied: u64| {
             commit(handle, &model, changes, end, applied)
         };
-        match apply_span(module, &model, chunk, end, &mut commit_span)? {
-            Ok(()) => done = end,
-            Err(failure) => return Ok(Some(failure)),
+        match apply_span(module, &model, chunk, end, &mut clock, &mut commit_span)? {
+            Span::Done => done = end,
+            other => return Ok(other),
         }
     }
     if done < page.next_position - 1 {
@@ -375,46 +389,99 @@ fn step(
             0,
         )?;
     }
-    Ok(None)
+    Ok(Span::Done)
+}
+
+/// How a span of events ended.
+#[derive(Debug)]
+pub(super) enum Span {
+    /// Applied and committed.
+    Done,
+    /// Committed up to just before this failing event.
+    Failed(Failure),
+    /// The job used its time: committed up to just before a span of `events`
+    /// events that the next job should start with.
+    Yield { events: usize },
+}
+
+/// One guest-pool job's time. The pool counts on a job ending about when a
+/// guest call would; a batch of slow events, halved after a timeout, could
+/// otherwise hold its thread for minutes. Once a job has run a call's
+/// deadline it makes no further call: it commits what it has and yields, and
+/// the next batch starts (as a new job, behind other modules' work) from the
+/// checkpoint with the span it was about to try.
+pub(super) struct JobClock {
+    started: Instant,
+    budget: Duration,
+    calls: u32,
+}
+
+impl JobClock {
+    pub fn start(budget: Duration) -> Self {
+        JobClock {
+            started: Instant::now(),
+            budget,
+            calls: 0,
+        }
+    }
+
+    /// Whether another call may start: always the first.
+    fn may_call(&mut self) -> bool {
+        let may = self.calls == 0 || self.started.elapsed() < self.budget;
+        self.calls += u32::from(may);
+        may
+    }
 }
 
 /// Applies `events` and commits them with a checkpoint at `end`. If the guest
 /// fails, the span is halved and each half applied and committed in turn, down
 /// to the single event that fails: the checkpoint then stops exactly before it.
 /// Halving (rather than going one event at a time) also keeps a batch that
-/// only went past the per-call write limit fast: its halves commit.
+/// only went past the per-call write limit fast: its halves commit. No call
+/// starts once `clock` has run out: the span yields.
 pub(super) fn apply_span(
     module: &ProjectionModule,
     model: &ReadModel,
     events: &[RecordedEvent],
     end: Position,
+    clock: &mut JobClock,
     commit: &mut impl FnMut(&DocumentChanges, Position, u64) -> Result<(), StoreError>,
-) -> Result<Result<(), Failure>, StoreError> {
+) -> Result<Span, StoreError> {
+    if !clock.may_call() {
+        return Ok(Span::Yield {
+            events: events.len(),
+        });
+    }
     match apply(module, model, events) {
         Ok(changes) => {
             commit(&changes, end, events.len() as u64)?;
-            Ok(Ok(()))
+            Ok(Span::Done)
         }
-        Err(err) if events.len() == 1 => Ok(Err(Failure::from_guest(
+        Err(err) if events.len() == 1 => Ok(Span::Failed(Failure::from_guest(
             events[0].position,
             Some(&events[0]),
             &err,
         ))),
         Err(_) => {
             let (first, second) = events.split_at(events.len() / 2);
-            match apply_span(module, model, first, second[0].position - 1, commit)? {
-                Ok(()) => apply_span(module, model, second, end, commit),
-                failed => Ok(failed),
+            match apply_span(module, model, first, second[0].position - 1, clock, commit)? {
+                Span::Done => apply_span(module, model, second, end, clock, commit),
+                other => Ok(other),
             }
         }
     }
 }
 
-/// Events from the front of `events` up to `max_bytes` of data (at least one).
-pub(super) fn take_chunk(events: &[RecordedEvent], max_bytes: usize) -> &[RecordedEvent] {
+/// Events from the front of `events`, at most `max_events` and up to
+/// `max_bytes` of data (at least one).
+pub(super) fn take_chunk(
+    events: &[RecordedEvent],
+    max_events: usize,
+    max_bytes: usize,
+) -> &[RecordedEvent] {
     let mut bytes = 0;
     let mut n = 0;
-    for event in events {
+    for event in events.iter().take(max_events.max(1)) {
         bytes += event.weight();
         if n > 0 && bytes > max_bytes {
             break;

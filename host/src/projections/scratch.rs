@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::runner::{self, BatchLimits};
+use super::runner::{self, BatchLimits, Span};
 use super::verify::VerifyPhase;
 use super::{Failure, ProjectionError, ProjectionService, VersionHandle};
 use crate::runtime::{DocumentChanges, ProjectionModule};
@@ -20,6 +20,9 @@ pub(super) struct Scratch {
     pub filter: EventFilter,
     pub checkpoint: ProjectionCheckpoint,
     pub failure: Option<Failure>,
+    /// Events per guest call: the configured batch, less after a yield
+    /// (see [`runner::JobClock`]).
+    pub span: usize,
 }
 
 impl ProjectionService {
@@ -74,28 +77,40 @@ impl ProjectionService {
         )
         .await?;
         let end = (page.next_position - 1).min(target);
-        let (mut apply, mut skip) = (Vec::new(), 0);
+        let (mut apply, mut skip) = (Vec::new(), Vec::new());
         for event in page.events.into_iter().take_while(|e| e.position <= end) {
             if skipped.contains(&event.position) {
-                skip += 1;
+                skip.push(event.position);
             } else {
                 apply.push(event);
             }
         }
-        let (module, model, before, limits) = (
+        let (module, model, before, limits, span) = (
             module.clone(),
             scratch.model.clone(),
             scratch.checkpoint,
             self.config.batch,
+            scratch.span,
         );
-        let (checkpoint, failure) = self
+        let (checkpoint, ended) = self
             .runtime
             .pool()
             .run(&handle.module.record.name, move || {
-                replay(&module, &model, before, apply, skip, end, limits)
+                replay(&module, &model, before, apply, &skip, end, limits, span)
             })
             .await?;
         scratch.checkpoint = checkpoint;
+        let failure = match ended {
+            Span::Done => {
+                scratch.span = span.saturating_mul(2).min(limits.events);
+                None
+            }
+            Span::Yield { events } => {
+                scratch.span = events.max(1);
+                None
+            }
+            Span::Failed(failure) => Some(failure),
+        };
         // Running out of wall-clock time says how busy the host was, not what
         // the module computes: no verdict on determinism can rest on it.
         if let Some(failure) = failure.as_ref().filter(|f| f.code == "guest_timeout") {
@@ -110,49 +125,71 @@ impl ProjectionService {
 }
 
 /// Applies `events` (the selected, not skipped events up to `end`) to the
-/// scratch in chunks like the runner's, committing each chunk with its
-/// checkpoint. A chunk that fails is halved like the runner's, down to the
-/// event that fails. Runs on a guest thread.
+/// scratch in calls of at most `span` events like the runner's, committing
+/// each with its checkpoint (which counts the `skipped` positions it passes).
+/// A chunk that fails is halved like the runner's, down to the event that
+/// fails; the job yields like the runner's. Runs on a guest thread.
+#[allow(clippy::too_many_arguments)]
 fn replay(
     module: &ProjectionModule,
     model: &ReadModel,
     mut checkpoint: ProjectionCheckpoint,
     events: Vec<RecordedEvent>,
-    skipped: u64,
+    skipped: &[Position],
     end: Position,
     limits: BatchLimits,
-) -> Result<(ProjectionCheckpoint, Option<Failure>), StoreError> {
-    checkpoint.events_skipped += skipped;
+    span: usize,
+) -> Result<(ProjectionCheckpoint, Span), StoreError> {
+    let mut clock = runner::JobClock::start(module.deadline());
     let mut rest = events.as_slice();
     while !rest.is_empty() {
-        let chunk = runner::take_chunk(rest, limits.bytes);
+        let chunk = runner::take_chunk(rest, span, limits.bytes);
         rest = &rest[chunk.len()..];
         let chunk_end = rest.first().map_or(end, |e| e.position - 1);
         let mut commit_span = |changes: &DocumentChanges, end: Position, applied: u64| {
-            commit(model, &mut checkpoint, changes, end, applied as usize)
+            commit(model, &mut checkpoint, skipped, changes, end, applied)
         };
-        if let Err(failure) = runner::apply_span(module, model, chunk, chunk_end, &mut commit_span)?
-        {
-            return Ok((checkpoint, Some(failure)));
+        match runner::apply_span(
+            module,
+            model,
+            chunk,
+            chunk_end,
+            &mut clock,
+            &mut commit_span,
+        )? {
+            Span::Done => {}
+            ended => return Ok((checkpoint, ended)),
         }
     }
     if checkpoint.position < end {
-        commit(model, &mut checkpoint, &DocumentChanges::new(), end, 0)?;
+        commit(
+            model,
+            &mut checkpoint,
+            skipped,
+            &DocumentChanges::new(),
+            end,
+            0,
+        )?;
     }
-    Ok((checkpoint, None))
+    Ok((checkpoint, Span::Done))
 }
 
 fn commit(
     model: &ReadModel,
     checkpoint: &mut ProjectionCheckpoint,
+    skipped: &[Position],
     changes: &DocumentChanges,
     position: Position,
-    applied: usize,
+    applied: u64,
 ) -> Result<(), StoreError> {
+    let passed = skipped
+        .iter()
+        .filter(|&&p| p > checkpoint.position && p <= position)
+        .count() as u64;
     let next = ProjectionCheckpoint {
         position,
-        events_applied: checkpoint.events_applied + applied as u64,
-        events_skipped: checkpoint.events_skipped,
+        events_applied: checkpoint.events_applied + applied,
+        events_skipped: checkpoint.events_skipped + passed,
     };
     model.commit(changes, &next, None)?;
     *checkpoint = next;

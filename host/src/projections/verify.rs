@@ -313,6 +313,7 @@ impl ProjectionService {
             },
             checkpoint: ProjectionCheckpoint::default(),
             failure: None,
+            span: self.config.batch.events,
         };
         let within = self.config.batch.events as u64;
         loop {

@@ -13,7 +13,7 @@ use super::bindings::{
     Aggregate, AggregatePre, CommandContext, CommandError, NewEvent, StreamEvent,
 };
 use super::error::{GuestError, RuntimeError};
-use super::sandbox::{CallSettings, HostState, Observed};
+use super::sandbox::{CallSettings, HostState, Observed, REPLAY_DEADLINE_FACTOR};
 
 /// A compiled, checked aggregate component, ready to be called. Cheap to clone.
 #[derive(Clone)]
@@ -83,21 +83,29 @@ impl AggregateModule {
         })
     }
 
+    /// `apply` as a command is decided: one call's fuel and deadline.
     pub fn apply(&self, state: &[u8], events: &[StreamEvent]) -> Result<Vec<u8>, GuestError> {
-        self.apply_scaled(state, events, 1)
+        self.call_scaled(&Observed::default(), 1, 1, |guest, store| {
+            guest.call_apply(store, state, events)
+        })?
+        .map_err(GuestError::failed)
     }
 
-    /// `apply` for a replay that folds the events of `commands` commands at
-    /// once: the call gets that many calls' fuel.
+    /// `apply` for a replay that folds the events of `commands` accepted
+    /// commands at once: the call gets that many calls' fuel, and a deadline
+    /// with room for a busy host ([`REPLAY_DEADLINE_FACTOR`]).
     pub fn apply_scaled(
         &self,
         state: &[u8],
         events: &[StreamEvent],
         commands: usize,
     ) -> Result<Vec<u8>, GuestError> {
-        self.call_scaled(&Observed::default(), commands, |guest, store| {
-            guest.call_apply(store, state, events)
-        })?
+        self.call_scaled(
+            &Observed::default(),
+            commands,
+            REPLAY_DEADLINE_FACTOR,
+            |guest, store| guest.call_apply(store, state, events),
+        )?
         .map_err(GuestError::failed)
     }
 
@@ -106,6 +114,7 @@ impl AggregateModule {
             guest.call_render(store, state)
         })?
         .map_err(GuestError::failed)
+        .and_then(|answer| super::error::bounded_answer("render", answer))
     }
 
     fn call<T>(
@@ -113,19 +122,20 @@ impl AggregateModule {
         observed: &Observed,
         f: impl FnOnce(&Aggregate, &mut Store<HostState>) -> wasmtime::Result<T>,
     ) -> Result<T, GuestError> {
-        self.call_scaled(observed, 1, f)
+        self.call_scaled(observed, 1, 1, f)
     }
 
     fn call_scaled<T>(
         &self,
         observed: &Observed,
         fuel_units: usize,
+        deadline_factor: u32,
         f: impl FnOnce(&Aggregate, &mut Store<HostState>) -> wasmtime::Result<T>,
     ) -> Result<T, GuestError> {
         let pre = &self.inner.pre;
         self.inner
             .settings
-            .run(observed, None, fuel_units, |store| {
+            .run(observed, None, fuel_units, deadline_factor, |store| {
                 let guest = pre.instantiate(&mut *store)?;
                 f(&guest, store)
             })

@@ -50,6 +50,22 @@ pub fn clip_guest_text(text: &str) -> String {
     out
 }
 
+/// The largest answer a `render` or a query may give, in bytes. The host
+/// holds it while a reader takes it, however slowly: without a bound, one
+/// event could make every read of a stream buffer tens of MiB.
+pub const MAX_ANSWER_BYTES: usize = 8 << 20;
+
+/// `answer`, unless it is larger than [`MAX_ANSWER_BYTES`].
+pub fn bounded_answer(what: &str, answer: String) -> Result<String, GuestError> {
+    if answer.len() > MAX_ANSWER_BYTES {
+        return Err(GuestError::LimitExceeded(format!(
+            "{what} answered {} bytes; at most {MAX_ANSWER_BYTES} are served",
+            answer.len()
+        )));
+    }
+    Ok(answer)
+}
+
 impl GuestError {
     /// A guest's own `Err`, clipped (see [`clip_guest_text`]).
     pub fn failed(message: String) -> GuestError {

@@ -299,6 +299,11 @@ impl ProjectionModule {
         self.inner.settings.label()
     }
 
+    /// The wall-clock deadline of one call into this module.
+    pub fn deadline(&self) -> std::time::Duration {
+        self.inner.settings.deadline()
+    }
+
     pub fn imports_wasi(&self) -> bool {
         self.inner.settings.with_wasi()
     }
@@ -351,7 +356,11 @@ impl ProjectionModule {
         let (result, _) = self.call_with(Some(session), 1, |guest, store| {
             guest.call_query(store, name, args)
         })?;
-        Ok(result.map_err(|e| match e {
+        let answer = match result {
+            Ok(answer) => Ok(super::error::bounded_answer("the query", answer)?),
+            Err(e) => Err(e),
+        };
+        Ok(answer.map_err(|e| match e {
             QueryError::UnknownQuery(q) => QueryFailure::UnknownQuery(q),
             QueryError::BadArguments(why) => QueryFailure::BadArguments(why),
         }))
@@ -376,7 +385,7 @@ impl ProjectionModule {
         let pre = &self.inner.pre;
         self.inner
             .settings
-            .run(&Observed::default(), session, fuel_units, |store| {
+            .run(&Observed::default(), session, fuel_units, 1, |store| {
                 let guest = pre.instantiate(&mut *store)?;
                 f(&guest, store)
             })

@@ -113,6 +113,9 @@ impl WasiView for HostState {
     }
 }
 
+/// How many times its deadline a call that replays accepted history gets.
+pub const REPLAY_DEADLINE_FACTOR: u32 = 4;
+
 /// What every call into one module shares: its engine, label and limits.
 pub struct CallSettings {
     engine: Engine,
@@ -146,6 +149,11 @@ impl CallSettings {
         self.with_wasi
     }
 
+    /// The wall-clock deadline of one call.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
     /// Runs `f` (which instantiates the guest and calls it) in a fresh store with
     /// this module's fuel, deadline and memory cap; forwards the guest's output
     /// to the log; names whatever stopped it. Returns the store's host state too,
@@ -155,11 +163,18 @@ impl CallSettings {
     /// replay of n commands' events, a projection batch of n events) gets what
     /// those n calls would have had, so whatever was accepted one at a time
     /// can be replayed in batches.
+    ///
+    /// `deadline_factor` scales the wall-clock deadline. Fuel is what bounds a
+    /// guest's work deterministically; the deadline is a safety net that load
+    /// can trip. A replay of accepted history gets [`REPLAY_DEADLINE_FACTOR`]
+    /// times the deadline its commands had when they were accepted, so a busy
+    /// host does not make an accepted stream unreadable.
     pub fn run<T>(
         &self,
         observed: &Observed,
         read_model: Option<ReadModelSession>,
         fuel_units: usize,
+        deadline_factor: u32,
         f: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<T>,
     ) -> Result<(T, HostState), GuestError> {
         let mut state = HostState::new(self.memory_bytes, self.with_wasi, observed);
@@ -171,13 +186,13 @@ impl CallSettings {
         store
             .set_fuel(fuel)
             .map_err(|e| GuestError::Trap(format!("setting fuel: {e}")))?;
-        let ticks = (self.deadline.as_millis() / super::EPOCH_TICK.as_millis()).max(1) as u64;
+        let deadline = self.deadline.saturating_mul(deadline_factor.max(1));
+        let ticks = (deadline.as_millis() / super::EPOCH_TICK.as_millis()).max(1) as u64;
         store.set_epoch_deadline(ticks);
         let result = f(&mut store);
         let (stdout, stderr) = store.data().take_output();
         self.forward_output(&stdout, &stderr);
-        let value =
-            result.map_err(|e| classify(&e, fuel, self.memory_bytes, self.deadline, &stderr))?;
+        let value = result.map_err(|e| classify(&e, fuel, self.memory_bytes, deadline, &stderr))?;
         Ok((value, store.into_data()))
     }
 }

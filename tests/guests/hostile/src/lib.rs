@@ -20,7 +20,8 @@
 //! the command gives), `EmitMany` (`count` events), `RejectWith` (a rejection
 //! with the command's `code` and `message`), `MalformedWith` (a `malformed`
 //! with its `reason`); `apply` fails, loudly and at length, on an
-//! `ApplyFailsLoudly` event.
+//! `ApplyFailsLoudly` event. `Amplify {mib}`: a tiny state that `render`
+//! turns into an answer of `mib` MiB.
 
 #[cfg(target_family = "wasm")]
 mod component {
@@ -173,6 +174,10 @@ mod component {
                     Ok(vec![event("Grown", format!("{{\"kb\":{kb}}}"))])
                 }
                 "Tally" => Ok(vec![event("Tallied", "{}".into())]),
+                "Amplify" => Ok(vec![event(
+                    "Amplified",
+                    format!("{{\"amplify\":{}}}", command["mib"].as_u64().unwrap_or(1)),
+                )]),
                 "Emit" => Ok(vec![event(
                     command["event_type"].as_str().unwrap_or("Emitted"),
                     command["data"].to_string(),
@@ -244,6 +249,10 @@ mod component {
         fn render(state: Vec<u8>) -> Result<String, String> {
             if state.is_empty() {
                 return Ok("{}".into());
+            }
+            let parsed: serde_json::Value = serde_json::from_slice(&state).unwrap_or_default();
+            if let Some(mib) = parsed["amplify"].as_u64() {
+                return Ok(format!("\"{}\"", "x".repeat((mib as usize) << 20)));
             }
             String::from_utf8(state).map_err(|e| e.to_string())
         }

@@ -140,7 +140,7 @@ impl Runtime {
     pub fn new(mut config: RuntimeConfig) -> Result<Runtime, RuntimeError> {
         // Every thread the guest pool may run holds an instance: never fewer
         // slots than that (with room for calls that overlap a thread's next).
-        let most_threads = 2 * config.guest_threads.max(1) as u32;
+        let most_threads = (pool::HARD_MAX_FACTOR * config.guest_threads.max(1)) as u32;
         config.max_instances = config.max_instances.max(2 * most_threads);
         let engine = Engine::new(&engine_config(Allocation::Pooling(&config)))
             .map_err(|e| RuntimeError::Host(format!("creating the Wasm engine: {e:#}")))?;

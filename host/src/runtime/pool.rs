@@ -10,8 +10,12 @@
 //!   [`ACTIVE_WINDOW`]), a tenant runs at most its fair share of the threads
 //!   (`threads / active tenants`, at least one). Alone, a tenant may use every thread.
 //! - A tenant with no call running is never made to wait for another tenant's
-//!   long calls: if every thread is busy, an extra thread starts for it (up to
-//!   `2 * threads`), and the OS shares the cores between them.
+//!   long calls: if every thread is busy, an extra thread starts for it, and
+//!   the OS shares the cores between them. Extra threads are bounded twice:
+//!   threads running calls that are not (yet) long stay within `2 * threads`,
+//!   and all threads within `4 * threads` ([`HARD_MAX_FACTOR`]). So tenants
+//!   that each keep a long call running (module names are free) must outnumber
+//!   `3 * threads` before a newcomer waits, and then for one call at most.
 //! - A call that runs longer than [`DEMOTE_AFTER`] has its thread's OS priority
 //!   lowered (by [`DEMOTE_BY`] nice levels) for the rest of the call, so the
 //!   threads that serve short calls, the store's writer and tokio get the cores
@@ -44,6 +48,8 @@ pub const DEMOTE_AFTER: Duration = Duration::from_millis(20);
 /// How many nice levels a long call's thread is lowered by.
 pub const DEMOTE_BY: i32 = 10;
 const WATCH_TICK: Duration = Duration::from_millis(10);
+/// The most threads the pool runs, as a multiple of its base threads.
+pub const HARD_MAX_FACTOR: usize = 4;
 
 pub struct GuestPool {
     shared: Arc<Shared>,
@@ -55,6 +61,9 @@ struct Shared {
     /// Threads kept even when idle; also the number of calls that run at once
     /// before tenants without a running call get extra threads.
     base_threads: usize,
+    /// The most threads running calls that are not long.
+    soft_max_threads: usize,
+    /// The most threads in all.
     max_threads: usize,
     jobs_run: AtomicU64,
 }
@@ -106,7 +115,8 @@ impl GuestPool {
             sched: Mutex::new(Sched::default()),
             work: Condvar::new(),
             base_threads,
-            max_threads: base_threads * 2,
+            soft_max_threads: base_threads * 2,
+            max_threads: base_threads * HARD_MAX_FACTOR,
             jobs_run: AtomicU64::new(0),
         });
         {
@@ -272,6 +282,14 @@ impl Sched {
         }
     }
 
+    /// Threads whose call has run past [`DEMOTE_AFTER`].
+    fn long_calls(&self) -> usize {
+        self.busy
+            .values()
+            .filter(|b| b.since.elapsed() >= DEMOTE_AFTER)
+            .count()
+    }
+
     fn finished(&mut self, name: &str) {
         self.running -= 1;
         let now = Instant::now();
@@ -291,8 +309,8 @@ impl Sched {
 }
 
 /// Wakes or starts a thread for each job the rules let start that no woken
-/// thread is on its way to: idle threads first, extra threads (up to the
-/// maximum) only when none is idle.
+/// thread is on its way to: idle threads first, extra threads (within both
+/// maximums) only when none is idle.
 fn dispatch(shared: &Arc<Shared>, sched: &mut Sched) {
     if sched.queued == 0 || sched.shutdown {
         return;
@@ -300,11 +318,15 @@ fn dispatch(shared: &Arc<Shared>, sched: &mut Sched) {
     let need = sched
         .startable(shared.base_threads)
         .saturating_sub(sched.wakeups);
+    let long = if need > 0 { sched.long_calls() } else { 0 };
     for _ in 0..need {
         if sched.idle > sched.wakeups {
             sched.wakeups += 1;
             shared.work.notify_one();
-        } else if sched.threads >= shared.max_threads || !start_thread(shared, sched) {
+        } else if sched.threads >= shared.max_threads
+            || sched.threads.saturating_sub(long) >= shared.soft_max_threads
+            || !start_thread(shared, sched)
+        {
             break;
         }
     }
@@ -499,6 +521,44 @@ mod tests {
             for h in hogs {
                 h.await.unwrap();
             }
+        });
+    }
+
+    #[test]
+    fn many_tenants_with_long_calls_do_not_shut_out_a_newcomer() {
+        runtime().block_on(async {
+            let pool = Arc::new(GuestPool::new(2));
+            let release = Arc::new(AtomicUsize::new(0));
+            let mut hogs = Vec::new();
+            // Six module names, each keeping one long call running: more than
+            // the 2 * base threads that calls which are not long may use.
+            for i in 0..6 {
+                let (pool, release) = (pool.clone(), release.clone());
+                hogs.push(tokio::spawn(async move {
+                    pool.run(&format!("hog-{i}"), move || {
+                        while release.load(Ordering::Relaxed) == 0 {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                    })
+                    .await
+                }));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let light =
+                tokio::time::timeout(Duration::from_secs(2), pool.run("light", || ())).await;
+            let stats = pool.stats();
+            release.store(1, Ordering::Relaxed);
+            for h in hogs {
+                h.await.unwrap();
+            }
+            assert!(
+                light.is_ok(),
+                "a newcomer waited behind six tenants' long calls: {stats:?}"
+            );
+            assert!(
+                stats.threads <= 2 * HARD_MAX_FACTOR,
+                "within the hard maximum: {stats:?}"
+            );
         });
     }
 

@@ -44,7 +44,7 @@ pub use bindings::{
 };
 pub use compile::{CompileConfig, DEFAULT_COMPILE_MEMORY, DEFAULT_COMPILE_TIMEOUT, this_binary};
 pub use error::{GuestError, MAX_ANSWER_BYTES, MAX_GUEST_ERROR_LEN, RuntimeError, clip_guest_text};
-pub use pool::{GuestPool, PoolStats};
+pub use pool::{DEMOTE_BY, GuestPool, PoolStats};
 pub use projection::{
     DocumentChanges, DocumentSource, MAX_BATCH_WRITE_BYTES, MAX_BATCH_WRITES, MAX_DOC_KEY_LEN,
     MAX_DOC_LEN, MAX_SCAN_LIMIT, ProjectionModule, QueryFailure, Selector,

@@ -146,6 +146,11 @@ struct ServeArgs {
     /// Memory cap per guest instance, in MiB
     #[arg(long, env = "REFOLD_GUEST_MEMORY_MIB", default_value_t = 64)]
     guest_memory_mib: usize,
+    /// The largest answer a render (state read) or a query may give, in MiB;
+    /// a larger one is refused (guest_limit_exceeded). Keep it above the JSON
+    /// size of the largest state (--max-state-kib)
+    #[arg(long, env = "REFOLD_MAX_ANSWER_MIB", default_value_t = 16)]
+    max_answer_mib: usize,
     /// Bytes of aggregate state the state cache may hold, in MiB
     #[arg(long, env = "REFOLD_STATE_CACHE_MIB", default_value_t = 256)]
     state_cache_mib: usize,
@@ -285,6 +290,7 @@ async fn serve(args: ServeArgs) -> i32 {
     config.runtime.fuel_per_call = args.fuel;
     config.runtime.deadline = Duration::from_millis(args.guest_deadline_ms);
     config.runtime.memory_bytes = args.guest_memory_mib << 20;
+    config.runtime.max_answer_bytes = args.max_answer_mib << 20;
     config.runtime.compile.timeout = Duration::from_secs(args.compile_timeout);
     config.runtime.compile.memory_bytes = args.compile_memory_mib << 20;
     if let Some(workers) = args.compile_workers {

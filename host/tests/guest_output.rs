@@ -212,9 +212,11 @@ async fn client_commands_are_held_to_the_same_json_rules() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_render_answer_is_bounded_and_the_stream_still_serves() {
     let dir = temp_dir();
-    // `refold serve`'s memory cap: room for the guest to build a 9 MiB answer.
+    // `refold serve`'s memory cap: room for the guest to build a 9 MiB
+    // answer; answers bounded at 8 MiB (`--max-answer-mib 8`).
     let mut config = support::http::config(dir.path());
     config.runtime.memory_bytes = 64 << 20;
+    config.runtime.max_answer_bytes = 8 << 20;
     let s = TestServer::start_with(config).await;
     assert_eq!(s.upload("hostile", "1.0.0", HOSTILE).await.status(), 201);
     assert_eq!(

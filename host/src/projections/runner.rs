@@ -201,8 +201,11 @@ impl Runner {
                     span = span.saturating_mul(2).min(self.limits.events);
                     None
                 }
-                Ok(Span::Yield { events }) => {
-                    span = events.max(1);
+                Ok(Span::Yield { shrink_to }) => {
+                    span = match shrink_to {
+                        Some(events) => events.max(1),
+                        None => span.saturating_mul(2).min(self.limits.events),
+                    };
                     None
                 }
                 Ok(Span::Failed(failure)) => Some(failure),
@@ -399,9 +402,11 @@ pub(super) enum Span {
     Done,
     /// Committed up to just before this failing event.
     Failed(Failure),
-    /// The job used its time: committed up to just before a span of `events`
-    /// events that the next job should start with.
-    Yield { events: usize },
+    /// The job used its time: committed up to just before the events it did
+    /// not get to. After a failed call, `shrink_to` is the span it was about
+    /// to try, which the next job starts with; after calls that all
+    /// succeeded, `None`.
+    Yield { shrink_to: Option<usize> },
 }
 
 /// One guest-pool job's time. The pool counts on a job ending about when a
@@ -409,11 +414,15 @@ pub(super) enum Span {
 /// otherwise hold its thread for minutes. Once a job has run a call's
 /// deadline it makes no further call: it commits what it has and yields, and
 /// the next batch starts (as a new job, behind other modules' work) from the
-/// checkpoint with the span it was about to try.
+/// checkpoint with the span it was about to try. A call that timed out ends
+/// the job's time at once (the epoch deadline can fire a tick before the
+/// budget has passed by the clock).
 pub(super) struct JobClock {
     started: Instant,
     budget: Duration,
     calls: u32,
+    failed: bool,
+    timed_out: bool,
 }
 
 impl JobClock {
@@ -422,14 +431,21 @@ impl JobClock {
             started: Instant::now(),
             budget,
             calls: 0,
+            failed: false,
+            timed_out: false,
         }
     }
 
     /// Whether another call may start: always the first.
     fn may_call(&mut self) -> bool {
-        let may = self.calls == 0 || self.started.elapsed() < self.budget;
+        let may = self.calls == 0 || (!self.timed_out && self.started.elapsed() < self.budget);
         self.calls += u32::from(may);
         may
+    }
+
+    fn failed(&mut self, err: &GuestError) {
+        self.failed = true;
+        self.timed_out |= matches!(err, GuestError::Timeout(_));
     }
 }
 
@@ -449,7 +465,7 @@ pub(super) fn apply_span(
 ) -> Result<Span, StoreError> {
     if !clock.may_call() {
         return Ok(Span::Yield {
-            events: events.len(),
+            shrink_to: clock.failed.then_some(events.len()),
         });
     }
     match apply(module, model, events) {
@@ -462,7 +478,8 @@ pub(super) fn apply_span(
             Some(&events[0]),
             &err,
         ))),
-        Err(_) => {
+        Err(err) => {
+            clock.failed(&err);
             let (first, second) = events.split_at(events.len() / 2);
             match apply_span(module, model, first, second[0].position - 1, clock, commit)? {
                 Span::Done => apply_span(module, model, second, end, clock, commit),

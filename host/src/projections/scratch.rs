@@ -105,8 +105,11 @@ impl ProjectionService {
                 scratch.span = span.saturating_mul(2).min(limits.events);
                 None
             }
-            Span::Yield { events } => {
-                scratch.span = events.max(1);
+            Span::Yield { shrink_to } => {
+                scratch.span = match shrink_to {
+                    Some(events) => events.max(1),
+                    None => span.saturating_mul(2).min(limits.events),
+                };
                 None
             }
             Span::Failed(failure) => Some(failure),

@@ -114,7 +114,9 @@ impl AggregateModule {
             guest.call_render(store, state)
         })?
         .map_err(GuestError::failed)
-        .and_then(|answer| super::error::bounded_answer("render", answer))
+        .and_then(|answer| {
+            super::error::bounded_answer("render", answer, self.inner.settings.max_answer_bytes())
+        })
     }
 
     fn call<T>(

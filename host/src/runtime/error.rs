@@ -50,16 +50,17 @@ pub fn clip_guest_text(text: &str) -> String {
     out
 }
 
-/// The largest answer a `render` or a query may give, in bytes. The host
-/// holds it while a reader takes it, however slowly: without a bound, one
-/// event could make every read of a stream buffer tens of MiB.
-pub const MAX_ANSWER_BYTES: usize = 8 << 20;
+/// The default bound on a `render` or query answer, in bytes: twice the
+/// default largest state (whose JSON is usually larger than its bytes). The
+/// host holds an answer while a reader takes it, however slowly: without a
+/// bound, one event could make every read of a stream buffer tens of MiB.
+pub const DEFAULT_MAX_ANSWER_BYTES: usize = 16 << 20;
 
-/// `answer`, unless it is larger than [`MAX_ANSWER_BYTES`].
-pub fn bounded_answer(what: &str, answer: String) -> Result<String, GuestError> {
-    if answer.len() > MAX_ANSWER_BYTES {
+/// `answer`, unless it is larger than `limit` bytes.
+pub fn bounded_answer(what: &str, answer: String, limit: usize) -> Result<String, GuestError> {
+    if answer.len() > limit {
         return Err(GuestError::LimitExceeded(format!(
-            "{what} answered {} bytes; at most {MAX_ANSWER_BYTES} are served",
+            "{what} answered {} bytes; at most {limit} are served (--max-answer-mib)",
             answer.len()
         )));
     }

@@ -43,7 +43,9 @@ pub use bindings::{
     Rejection, StreamEvent,
 };
 pub use compile::{CompileConfig, DEFAULT_COMPILE_MEMORY, DEFAULT_COMPILE_TIMEOUT, this_binary};
-pub use error::{GuestError, MAX_ANSWER_BYTES, MAX_GUEST_ERROR_LEN, RuntimeError, clip_guest_text};
+pub use error::{
+    DEFAULT_MAX_ANSWER_BYTES, GuestError, MAX_GUEST_ERROR_LEN, RuntimeError, clip_guest_text,
+};
 pub use pool::{DEMOTE_BY, GuestPool, PoolStats};
 pub use projection::{
     DocumentChanges, DocumentSource, MAX_BATCH_WRITE_BYTES, MAX_BATCH_WRITES, MAX_DOC_KEY_LEN,
@@ -66,6 +68,10 @@ pub struct RuntimeConfig {
     pub deadline: Duration,
     /// Linear memory one instance may grow to.
     pub memory_bytes: usize,
+    /// The largest answer a `render` or a query may give, in bytes
+    /// ([`DEFAULT_MAX_ANSWER_BYTES`] by default). Keep it above the JSON size
+    /// of the largest state a module may keep, or such states cannot be read.
+    pub max_answer_bytes: usize,
     /// Instances that may exist at once (pooling allocator slots).
     pub max_instances: u32,
     /// Threads that run guest code.
@@ -82,6 +88,7 @@ impl Default for RuntimeConfig {
             fuel_per_call: 1_000_000_000,
             deadline: Duration::from_secs(5),
             memory_bytes: 64 << 20,
+            max_answer_bytes: DEFAULT_MAX_ANSWER_BYTES,
             max_instances: 128,
             guest_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             cache_dir: None,

@@ -357,7 +357,11 @@ impl ProjectionModule {
             guest.call_query(store, name, args)
         })?;
         let answer = match result {
-            Ok(answer) => Ok(super::error::bounded_answer("the query", answer)?),
+            Ok(answer) => Ok(super::error::bounded_answer(
+                "the query",
+                answer,
+                self.inner.settings.max_answer_bytes(),
+            )?),
             Err(e) => Err(e),
         };
         Ok(answer.map_err(|e| match e {

@@ -124,6 +124,7 @@ pub struct CallSettings {
     fuel: u64,
     deadline: Duration,
     memory_bytes: usize,
+    max_answer_bytes: usize,
     /// How much of this module's guest output reaches the log.
     output_budget: OutputBudget,
 }
@@ -137,6 +138,7 @@ impl CallSettings {
             fuel: config.fuel_per_call,
             deadline: config.deadline,
             memory_bytes: config.memory_bytes,
+            max_answer_bytes: config.max_answer_bytes,
             output_budget: OutputBudget::default(),
         }
     }
@@ -152,6 +154,11 @@ impl CallSettings {
     /// The wall-clock deadline of one call.
     pub fn deadline(&self) -> Duration {
         self.deadline
+    }
+
+    /// The largest `render` or query answer served.
+    pub fn max_answer_bytes(&self) -> usize {
+        self.max_answer_bytes
     }
 
     /// Runs `f` (which instantiates the guest and calls it) in a fresh store with

@@ -76,6 +76,54 @@ async fn commands_whose_apply_burns_most_of_a_calls_fuel_replay_after_a_restart(
     host.stop().await;
 }
 
+/// Only wall-clock time can still stop a replay of one accepted command, and
+/// that says how busy the host is, not what the history holds: a transient
+/// `replay_timeout` (503 with `Retry-After` over HTTP), never a guest failure,
+/// and the same stream reads again once the host has the time. (A host whose
+/// deadline was cut after the fact stands in for one too loaded to finish.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_past_its_deadline_is_transient_and_blames_the_host_not_the_history() {
+    let dir = temp_dir();
+    let mut runtime = runtime_config(dir.path());
+    runtime.fuel_per_call = 1 << 40;
+    let host = Host::start_with(dir.path(), runtime.clone(), CommandConfig::default()).await;
+    host.upload("hostile", "1.0.0", HOSTILE).await;
+    // Some hundreds of milliseconds of `apply`, well within the 10 s deadline.
+    host.send("hostile", "slow", r#"{"type":"Burn","n":500000000}"#)
+        .await
+        .expect("accepted");
+    host.stop().await;
+
+    let mut tight = runtime.clone();
+    tight.deadline = std::time::Duration::from_millis(10);
+    let host = Host::start_with(dir.path(), tight, CommandConfig::default()).await;
+    match host.commands.read_state("hostile", "slow", None).await {
+        Err(CommandError::ReplayTimedOut { limit, .. }) => {
+            assert_eq!(
+                limit,
+                std::time::Duration::from_millis(40),
+                "4x the deadline"
+            )
+        }
+        other => panic!("expected replay_timeout, got {other:?}"),
+    }
+    let err = host
+        .send("hostile", "slow", r#"{"type":"Count"}"#)
+        .await
+        .expect_err("a command needs the state too");
+    assert_eq!(err.code(), "replay_timeout");
+    host.stop().await;
+
+    let host = Host::start_with(dir.path(), runtime, CommandConfig::default()).await;
+    let state = host
+        .commands
+        .read_state("hostile", "slow", None)
+        .await
+        .expect("the history is intact");
+    assert_eq!(state.version, 1, "the refused command wrote nothing");
+    host.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn events_too_big_to_replay_in_one_call_replay_in_batches_after_a_restart() {
     let dir = temp_dir();

@@ -110,6 +110,9 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// `Retry-After` for a replay that timed out on a busy host.
+const REPLAY_RETRY_AFTER_SECS: u64 = 5;
+
 impl From<CommandError> for ApiError {
     fn from(err: CommandError) -> Self {
         let code = err.code();
@@ -144,6 +147,14 @@ impl From<CommandError> for ApiError {
             CommandError::TooManyVerifies { running } => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, err.to_string())
                     .with("running", running)
+            }
+            CommandError::ReplayTimedOut { ref module, .. } => {
+                let module = module.clone();
+                let mut problem =
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, err.to_string())
+                        .with("module", module);
+                problem.retry_after = Some(REPLAY_RETRY_AFTER_SECS);
+                problem
             }
             CommandError::ModuleNotReady(not_ready) => not_ready.into(),
             CommandError::Store(store) => store.into(),

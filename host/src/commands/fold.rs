@@ -14,6 +14,11 @@
 //! - if it still runs out of fuel, memory, time or another sandbox bound, is
 //!   split in two at a command boundary and retried, down to one command per
 //!   call: exactly what write time ran, and succeeded with.
+//!
+//! Only wall-clock time can still stop a one-command replay (load can slow a
+//! call past any deadline, even the replay's 4x one): that is
+//! [`CommandError::ReplayTimedOut`], a transient 503, never a guest failure
+//! that would blame the history.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -73,6 +78,10 @@ async fn fold_commands(
             let state = Box::pin(fold_commands(runtime, module, state, events, first)).await?;
             Box::pin(fold_commands(runtime, module, state, events, second)).await
         }
+        Err(GuestError::Timeout(limit)) => Err(CommandError::ReplayTimedOut {
+            module: module.label(),
+            limit,
+        }),
         Err(e) => Err(e.into()),
     }
 }

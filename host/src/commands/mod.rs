@@ -157,6 +157,15 @@ pub enum CommandError {
     NotFound(String),
     #[error("{running} verifies are running, the most at once; try again when one has finished")]
     TooManyVerifies { running: usize },
+    /// Replaying one accepted command ran past even a replay's wall-clock
+    /// deadline: the host is too busy, the history is intact. Transient.
+    #[error(
+        "replaying an accepted command of {module} ran past its wall-clock deadline ({limit:?}) on a busy host; the history is intact, try again"
+    )]
+    ReplayTimedOut {
+        module: String,
+        limit: std::time::Duration,
+    },
     /// The active module is still compiling after a start without its artifact, or failed to.
     #[error(transparent)]
     ModuleNotReady(#[from] NotReady),
@@ -180,6 +189,7 @@ impl CommandError {
             CommandError::Conflict { .. } => "conflict",
             CommandError::NotFound(_) => "not_found",
             CommandError::TooManyVerifies { .. } => "too_many_verifies",
+            CommandError::ReplayTimedOut { .. } => "replay_timeout",
             CommandError::ModuleNotReady(n) => n.code(),
             CommandError::Store(s) => s.code(),
         }

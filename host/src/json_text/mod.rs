@@ -48,7 +48,9 @@ pub enum JsonFault {
     Expected(&'static str),
     #[error("nesting deeper than {MAX_DEPTH} arrays and objects")]
     TooDeep,
-    #[error("a number that is not finite as a 64-bit float")]
+    #[error(
+        "a number a 64-bit float reader cannot take (not finite, or at the edge serde_json refuses)"
+    )]
     NumberOutOfRange,
     #[error("an unknown escape")]
     BadEscape,

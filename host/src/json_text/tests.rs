@@ -153,7 +153,7 @@ fn errors_say_where() {
     assert_eq!(err.offset, 4);
     assert_eq!(
         err.to_string(),
-        "a number that is not finite as a 64-bit float at byte 4"
+        "a number a 64-bit float reader cannot take (not finite, or at the edge serde_json refuses) at byte 4"
     );
 }
 

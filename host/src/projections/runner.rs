@@ -196,19 +196,13 @@ impl Runner {
                     .await
             };
             let failure = match step {
-                // Grow the span back after a batch that needed no yield.
-                Ok(Span::Done) => {
-                    span = span.saturating_mul(2).min(self.limits.events);
-                    None
+                Ok((ended, next_span)) => {
+                    span = next_span;
+                    match ended {
+                        Span::Failed(failure) => Some(failure),
+                        Span::Done | Span::Yield { .. } => None,
+                    }
                 }
-                Ok(Span::Yield { shrink_to }) => {
-                    span = match shrink_to {
-                        Some(events) => events.max(1),
-                        None => span.saturating_mul(2).min(self.limits.events),
-                    };
-                    None
-                }
-                Ok(Span::Failed(failure)) => Some(failure),
                 // The batch may have committed part of the page: the failure is
                 // just after what is committed, never before it.
                 Err(err) => Some(Failure::from_store(
@@ -352,16 +346,16 @@ impl Runner {
 
 /// One batch: apply a page of the log that starts just after the checkpoint,
 /// in calls of at most `span` events, and commit. Runs on a guest thread, as
-/// one job of the pool. Returns how it ended: done, a failure (the checkpoint
-/// covers everything before the failing event), or a yield with the span
-/// the next batch should start with.
+/// one job of the pool. Returns how it ended (done, a failure: the checkpoint
+/// covers everything before the failing event, or a yield) and the span the
+/// next batch should use.
 fn step(
     handle: &VersionHandle,
     module: &ProjectionModule,
     page: LogPage,
     limits: BatchLimits,
     span: usize,
-) -> Result<Span, StoreError> {
+) -> Result<(Span, usize), StoreError> {
     let model = handle.read_model();
     let start = handle.status.borrow().position;
     let mut clock = JobClock::start(module.deadline());
@@ -379,7 +373,10 @@ fn step(
         };
         match apply_span(module, &model, chunk, end, &mut clock, &mut commit_span)? {
             Span::Done => done = end,
-            other => return Ok(other),
+            other => {
+                let next = clock.next_span(span, &other, limits.events);
+                return Ok((other, next));
+            }
         }
     }
     if done < page.next_position - 1 {
@@ -392,7 +389,8 @@ fn step(
             0,
         )?;
     }
-    Ok(Span::Done)
+    let next = clock.next_span(span, &Span::Done, limits.events);
+    Ok((Span::Done, next))
 }
 
 /// How a span of events ended.
@@ -446,6 +444,23 @@ impl JobClock {
     fn failed(&mut self, err: &GuestError) {
         self.failed = true;
         self.timed_out |= matches!(err, GuestError::Timeout(_));
+    }
+
+    /// The span the next batch should use, after this job used `span` and
+    /// ended as `ended`: what it was about to try after a failed call; twice
+    /// as many (up to `limit`) after a job that took under half its time;
+    /// else the same. (Doubling after any clean batch would keep growing back
+    /// into a span that times out, losing a deadline each time.)
+    pub fn next_span(&self, span: usize, ended: &Span, limit: usize) -> usize {
+        match ended {
+            Span::Yield {
+                shrink_to: Some(events),
+            } => (*events).max(1),
+            Span::Done if self.started.elapsed() < self.budget / 2 => {
+                span.saturating_mul(2).min(limit)
+            }
+            _ => span,
+        }
     }
 }
 

@@ -92,7 +92,7 @@ impl ProjectionService {
             self.config.batch,
             scratch.span,
         );
-        let (checkpoint, ended) = self
+        let (checkpoint, ended, next_span) = self
             .runtime
             .pool()
             .run(&handle.module.record.name, move || {
@@ -100,19 +100,10 @@ impl ProjectionService {
             })
             .await?;
         scratch.checkpoint = checkpoint;
+        scratch.span = next_span;
         let failure = match ended {
-            Span::Done => {
-                scratch.span = span.saturating_mul(2).min(limits.events);
-                None
-            }
-            Span::Yield { shrink_to } => {
-                scratch.span = match shrink_to {
-                    Some(events) => events.max(1),
-                    None => span.saturating_mul(2).min(limits.events),
-                };
-                None
-            }
             Span::Failed(failure) => Some(failure),
+            Span::Done | Span::Yield { .. } => None,
         };
         // Running out of wall-clock time says how busy the host was, not what
         // the module computes: no verdict on determinism can rest on it.
@@ -142,7 +133,7 @@ fn replay(
     end: Position,
     limits: BatchLimits,
     span: usize,
-) -> Result<(ProjectionCheckpoint, Span), StoreError> {
+) -> Result<(ProjectionCheckpoint, Span, usize), StoreError> {
     let mut clock = runner::JobClock::start(module.deadline());
     let mut rest = events.as_slice();
     while !rest.is_empty() {
@@ -161,7 +152,10 @@ fn replay(
             &mut commit_span,
         )? {
             Span::Done => {}
-            ended => return Ok((checkpoint, ended)),
+            ended => {
+                let next = clock.next_span(span, &ended, limits.events);
+                return Ok((checkpoint, ended, next));
+            }
         }
     }
     if checkpoint.position < end {
@@ -174,7 +168,8 @@ fn replay(
             0,
         )?;
     }
-    Ok((checkpoint, Span::Done))
+    let next = clock.next_span(span, &Span::Done, limits.events);
+    Ok((checkpoint, Span::Done, next))
 }
 
 fn commit(

@@ -141,3 +141,51 @@ async fn a_batch_that_times_out_is_halved_across_jobs_not_inside_one() {
     assert_eq!(hello["n"], 31, "{hello}");
     s.stop().await;
 }
+
+/// A failure that says how busy the host was (`guest_timeout`) is retried
+/// without an operator, with backoff (1 s, then doubling); one that says what
+/// the module computes (here `Poison`) waits for an operator.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_timed_out_event_is_retried_automatically_and_a_poisoned_one_is_not() {
+    for (event, retried) in [("Loop", true), ("Poison", false)] {
+        let dir = temp_dir();
+        let mut config = support::http::config(dir.path());
+        config.runtime.fuel_per_call = 1 << 50;
+        config.runtime.deadline = Duration::from_millis(200);
+        let s = TestServer::start_with(config).await;
+        let thing = StreamId::new("thing", "t").unwrap();
+        s.server
+            .app
+            .store
+            .append(
+                &thing,
+                ExpectedVersion::Any,
+                vec![NewEvent::new("Hello", "{}"), NewEvent::new(event, "{}")],
+            )
+            .await
+            .unwrap();
+        let status = s
+            .request(Method::PUT, "/v1/modules/picky/1.0.0")
+            .body(std::fs::read(refold_test_guests::PICKY_PROJECTION).unwrap())
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 201);
+        let failed = wait_for(&s, |v| v["failure"].is_object()).await;
+        assert_eq!(failed["failure"]["position"], 2, "{failed}");
+        assert_eq!(failed["position"], 1, "{failed}");
+        if retried {
+            assert_eq!(failed["failure"]["code"], "guest_timeout", "{failed}");
+            let again = wait_for(&s, |v| v["failure"]["attempts"].as_u64() >= Some(2)).await;
+            assert_eq!(again["failure"]["position"], 2, "{again}");
+        } else {
+            assert_eq!(failed["failure"]["code"], "guest_failed", "{failed}");
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            let (_, still) = s.get_json("/v1/projections/picky/versions/1.0.0").await;
+            assert_eq!(still["failure"]["attempts"], 1, "not retried: {still}");
+            assert_eq!(still["state"], "failed", "{still}");
+        }
+        s.stop().await;
+    }
+}

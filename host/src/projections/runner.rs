@@ -114,13 +114,16 @@ impl Runner {
             if *self.stop.borrow() {
                 return;
             }
-            if self.handle.status.borrow().failure.is_some() {
+            let failure = self.handle.status.borrow().failure.clone();
+            if let Some(failure) = failure {
+                let retry_in = auto_retry_in(&failure);
                 tokio::select! {
                     changed = self.stop.changed() => if changed.is_err() { return },
                     control = self.control.recv() => match control {
                         Some(control) => self.on_control(control).await,
                         None => return,
                     },
+                    () = sleep_or_never(retry_in) => self.on_control(Control::Retry).await,
                 }
                 continue;
             }
@@ -391,6 +394,31 @@ fn step(
     }
     let next = clock.next_span(span, &Span::Done, limits.events);
     Ok((Span::Done, next))
+}
+
+/// Automatic retries of a failure that says how busy the host was, not what
+/// the module computes (`guest_timeout`): after 1 s, doubling to at most
+/// [`AUTO_RETRY_MAX_DELAY`], for this many attempts in all; then the version
+/// waits for an operator's retry or skip like any other failure.
+pub const AUTO_RETRY_ATTEMPTS: u32 = 8;
+pub const AUTO_RETRY_MAX_DELAY: Duration = Duration::from_secs(60);
+
+/// When `failure` is retried without an operator, if it is.
+fn auto_retry_in(failure: &Failure) -> Option<Duration> {
+    if failure.code != "guest_timeout" || failure.attempts >= AUTO_RETRY_ATTEMPTS {
+        return None;
+    }
+    let delay = Duration::from_secs(1 << (failure.attempts.saturating_sub(1)).min(6))
+        .min(AUTO_RETRY_MAX_DELAY);
+    let waited = Duration::from_millis(crate::clock::now_ms().saturating_sub(failure.failed_at_ms));
+    Some(delay.saturating_sub(waited))
+}
+
+async fn sleep_or_never(after: Option<Duration>) {
+    match after {
+        Some(after) => tokio::time::sleep(after).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How a span of events ended.

@@ -8,7 +8,6 @@ mod support;
 use std::time::{Duration, Instant};
 
 use refold::store::{ExpectedVersion, NewEvent, StreamId};
-use reqwest::Method;
 use serde_json::Value;
 use support::http::TestServer;
 use support::temp_dir;
@@ -44,14 +43,8 @@ async fn projection_writes_are_bounded_per_call() {
         )
         .await
         .unwrap();
-    let status = s
-        .request(Method::PUT, "/v1/modules/picky/1.0.0")
-        .body(std::fs::read(refold_test_guests::PICKY_PROJECTION).unwrap())
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert_eq!(status, 201);
+    let uploaded = s.upload("picky", "1.0.0", refold_test_guests::PICKY_PROJECTION);
+    assert_eq!(uploaded.await.status(), 201);
     let view = wait_for(&s, |v| v["state"] == "caught_up" && v["lag"] == 0).await;
     assert_eq!(view["position"], 3, "{view}");
     let (_, doc) = s
@@ -118,14 +111,8 @@ async fn a_batch_that_times_out_is_halved_across_jobs_not_inside_one() {
         .await
         .unwrap();
     let jobs_before = s.server.app.modules.guest_pool_stats().jobs_run;
-    let status = s
-        .request(Method::PUT, "/v1/modules/picky/1.0.0")
-        .body(std::fs::read(refold_test_guests::PICKY_PROJECTION).unwrap())
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert_eq!(status, 201);
+    let uploaded = s.upload("picky", "1.0.0", refold_test_guests::PICKY_PROJECTION);
+    assert_eq!(uploaded.await.status(), 201);
     let failed = wait_for(&s, |v| v["failure"].is_object()).await;
     let jobs = s.server.app.modules.guest_pool_stats().jobs_run - jobs_before;
     assert_eq!(failed["failure"]["position"], 32, "{failed}");
@@ -164,14 +151,8 @@ async fn a_timed_out_event_is_retried_automatically_and_a_poisoned_one_is_not() 
             )
             .await
             .unwrap();
-        let status = s
-            .request(Method::PUT, "/v1/modules/picky/1.0.0")
-            .body(std::fs::read(refold_test_guests::PICKY_PROJECTION).unwrap())
-            .send()
-            .await
-            .unwrap()
-            .status();
-        assert_eq!(status, 201);
+        let uploaded = s.upload("picky", "1.0.0", refold_test_guests::PICKY_PROJECTION);
+        assert_eq!(uploaded.await.status(), 201);
         let failed = wait_for(&s, |v| v["failure"].is_object()).await;
         assert_eq!(failed["failure"]["position"], 2, "{failed}");
         assert_eq!(failed["position"], 1, "{failed}");

@@ -236,17 +236,8 @@ impl<'a> Checker<'a> {
             self.expect(b':', "':' after a key")?;
             self.skip_whitespace();
             self.value(depth)?;
-            self.skip_whitespace();
-            match self.peek() {
-                Some(b',') => {
-                    self.pos += 1;
-                    self.skip_whitespace();
-                }
-                Some(b'}') => {
-                    self.pos += 1;
-                    return Ok(());
-                }
-                _ => return Err(self.fail(JsonFault::Expected("',' or '}'"))),
+            if !self.next_member(b'}', "',' or '}'")? {
+                return Ok(());
             }
         }
     }
@@ -263,18 +254,27 @@ impl<'a> Checker<'a> {
         }
         loop {
             self.value(depth)?;
-            self.skip_whitespace();
-            match self.peek() {
-                Some(b',') => {
-                    self.pos += 1;
-                    self.skip_whitespace();
-                }
-                Some(b']') => {
-                    self.pos += 1;
-                    return Ok(());
-                }
-                _ => return Err(self.fail(JsonFault::Expected("',' or ']'"))),
+            if !self.next_member(b']', "',' or ']'")? {
+                return Ok(());
             }
+        }
+    }
+
+    /// After a member of an array or object: past a ',' (true: another member
+    /// follows) or past `close` (false: the container ends).
+    fn next_member(&mut self, close: u8, expected: &'static str) -> Result<bool, JsonTextError> {
+        self.skip_whitespace();
+        match self.peek() {
+            Some(b',') => {
+                self.pos += 1;
+                self.skip_whitespace();
+                Ok(true)
+            }
+            Some(c) if c == close => {
+                self.pos += 1;
+                Ok(false)
+            }
+            _ => Err(self.fail(JsonFault::Expected(expected))),
         }
     }
 

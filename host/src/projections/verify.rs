@@ -395,20 +395,9 @@ impl ProjectionService {
         scratch: &mut Scratch,
         cancel: &AtomicBool,
     ) -> Result<AtFailure, ProjectionError> {
-        let target = handle.read_model().checkpoint()?.position;
-        self.catch_up(
-            handle,
-            module,
-            scratch,
-            target,
-            VerifyPhase::Finishing,
-            cancel,
-        )
-        .await?;
-        if scratch.failure.is_some() {
+        let Some(target) = self.finish(handle, module, scratch, cancel).await? else {
             return Ok(AtFailure::RebuildFailed);
-        }
-        self.progress(handle, VerifyPhase::Comparing, scratch, target);
+        };
         let (handle, rebuilt) = (handle.clone(), scratch.model.clone());
         blocking(move || -> Result<_, ProjectionError> {
             let _no_commits = handle.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -430,6 +419,29 @@ impl ProjectionService {
         scratch: &mut Scratch,
         cancel: &AtomicBool,
     ) -> Result<Option<Comparison>, ProjectionError> {
+        if self
+            .finish(handle, module, scratch, cancel)
+            .await?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        let (live, rebuilt) = (handle.read_model(), scratch.model.clone());
+        blocking(move || compare::compare(&live, &rebuilt))
+            .await
+            .map(Some)
+    }
+
+    /// The last stretch: catches the scratch up with the version's checkpoint
+    /// and shows the comparison phase. Returns that checkpoint, or `None` when
+    /// the rebuild stopped at a failure first.
+    async fn finish(
+        &self,
+        handle: &Arc<VersionHandle>,
+        module: &ProjectionModule,
+        scratch: &mut Scratch,
+        cancel: &AtomicBool,
+    ) -> Result<Option<Position>, ProjectionError> {
         let target = handle.read_model().checkpoint()?.position;
         self.catch_up(
             handle,
@@ -444,10 +456,7 @@ impl ProjectionService {
             return Ok(None);
         }
         self.progress(handle, VerifyPhase::Comparing, scratch, target);
-        let (live, rebuilt) = (handle.read_model(), scratch.model.clone());
-        blocking(move || compare::compare(&live, &rebuilt))
-            .await
-            .map(Some)
+        Ok(Some(target))
     }
 
     pub(super) fn progress(

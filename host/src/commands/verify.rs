@@ -154,13 +154,8 @@ impl CommandService {
     ) -> Result<Vec<(String, u64)>, CommandError> {
         let mut producers = std::collections::BTreeMap::<String, u64>::new();
         let mut from = 1;
-        while from <= end {
-            let page = self
-                .store
-                .read_stream(stream, from, Direction::Forward, APPLY_BATCH)?;
-            let Some(last) = page.last() else { break };
-            from = last.version + 1;
-            for event in page.iter().take_while(|e| e.version <= end) {
+        while let Some(page) = self.next_page(stream, &mut from, end)? {
+            for event in &page {
                 if let Some(producer) = &event.metadata.producer
                     && event.metadata.extra.contains_key(STATE_DIGEST_KEY)
                 {
@@ -169,6 +164,28 @@ impl CommandService {
             }
         }
         Ok(producers.into_iter().collect())
+    }
+
+    /// The next page of `stream` from `from` (at most [`APPLY_BATCH`] events,
+    /// none past `end`), moving `from` past it; `None` when there is none.
+    fn next_page(
+        &self,
+        stream: &StreamId,
+        from: &mut StreamVersion,
+        end: StreamVersion,
+    ) -> Result<Option<Vec<RecordedEvent>>, CommandError> {
+        if *from > end {
+            return Ok(None);
+        }
+        let want = ((end - *from + 1) as usize).min(APPLY_BATCH);
+        let page = self
+            .store
+            .read_stream(stream, *from, Direction::Forward, want)?;
+        let Some(last) = page.last() else {
+            return Ok(None);
+        };
+        *from = last.version + 1;
+        Ok(Some(page))
     }
 
     /// Replays versions 1..=`end` with `module`, applying a batch at each digest
@@ -187,13 +204,8 @@ impl CommandService {
         let mut reported = 0;
         let mut last_recorded: Option<(StreamVersion, String)> = None;
         let mut from = 1;
-        while from <= end {
-            let page = self
-                .store
-                .read_stream(stream, from, Direction::Forward, APPLY_BATCH)?;
-            let Some(last) = page.last() else { break };
-            from = last.version + 1;
-            for event in page.iter().take_while(|e| e.version <= end) {
+        while let Some(page) = self.next_page(stream, &mut from, end)? {
+            for event in &page {
                 batch.push(event.clone());
                 let recorded = event
                     .metadata
@@ -230,13 +242,7 @@ impl CommandService {
             return Ok(());
         };
         let (mut state, mut from) = (initial, 1);
-        while from <= version {
-            let want = ((version - from + 1) as usize).min(APPLY_BATCH);
-            let page = self
-                .store
-                .read_stream(stream, from, Direction::Forward, want)?;
-            let Some(last) = page.last() else { break };
-            from = last.version + 1;
+        while let Some(page) = self.next_page(stream, &mut from, version)? {
             state = fold(&self.runtime, module, state, &page).await?;
         }
         let replayed = state_digest(&state);

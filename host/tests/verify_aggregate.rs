@@ -8,13 +8,11 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 
 use refold::store::{EventMetadata, ExpectedVersion, NewEvent, Store, StoreConfig, StreamId};
 use reqwest::Method;
 use serde_json::{Value, json};
 use support::http::{TestServer, config, expect_problem, tokens};
-use support::process::BIN;
 use support::temp_dir;
 
 const BANK: &str = refold_test_guests::BANK_ACCOUNT;
@@ -30,18 +28,9 @@ async fn command(s: &TestServer, id: &str, command: Value) {
     assert_eq!(r.status().as_u16(), 200, "{command} accepted");
 }
 
-/// `refold --server URL ARGS...`: (exit code, stdout, stderr).
+/// `refold --server URL ARGS...` against `s`: (exit code, stdout, stderr).
 fn cli(s: &TestServer, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN)
-        .args(["--server", &s.base])
-        .args(args)
-        .output()
-        .expect("the refold binary runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    support::process::cli(&s.base, args)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -8,13 +8,10 @@
 
 mod support;
 
-use std::process::Command;
-
 use refold::store::{Store, StoreConfig};
 use reqwest::Method;
 use serde_json::{Value, json};
 use support::http::{TestServer, config, expect_problem};
-use support::process::BIN;
 use support::projection::{append, caught_up, wait_for_version};
 use support::temp_dir;
 
@@ -66,18 +63,9 @@ async fn verify(s: &TestServer, name: &str, version: &str) -> reqwest::Response 
     .unwrap()
 }
 
-/// `refold --server URL ARGS...`: (exit code, stdout, stderr).
+/// `refold --server URL ARGS...` against `s`: (exit code, stdout, stderr).
 fn cli(s: &TestServer, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN)
-        .args(["--server", &s.base])
-        .args(args)
-        .output()
-        .expect("the refold binary runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    support::process::cli(&s.base, args)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -110,3 +110,18 @@ pub fn wait_or_kill(child: &mut Child, timeout: Duration) -> Option<ExitStatus> 
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// `refold --server URL ARGS...` against a running server: (exit code,
+/// stdout, stderr).
+pub fn cli(server: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(["--server", server])
+        .args(args)
+        .output()
+        .expect("the refold binary runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -451,3 +451,33 @@ async fn appends_after_close_are_refused() {
         Err(StoreError::Unavailable(_))
     ));
 }
+
+/// sled releases its own file lock on its background threads, a moment after
+/// a store is dropped (seen under load: a restart in the same process failed
+/// with "could not acquire lock"); an open just then waits for it instead of
+/// failing. sled itself, holding its lock a while, stands in for the
+/// lingering release.
+#[tokio::test]
+async fn an_open_waits_for_sled_to_let_go_of_its_lock() {
+    let dir = temp_dir();
+    let store = open(&dir, Durability::None);
+    store.close().await;
+    drop(store);
+    let sled_dir = dir.path().join("events").join("sled");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let held = loop {
+        match sled::open(&sled_dir) {
+            Ok(db) => break db,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "{e}"),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(held);
+    });
+    let store = open(&dir, Durability::None);
+    release.join().unwrap();
+    assert_eq!(store.head(), 0);
+    store.close().await;
+}

@@ -128,12 +128,7 @@ impl Store {
             .map_err(|e| StoreError::storage("creating the store directory", e))?;
         let dir_lock = lock::DirLock::acquire(&config.path)?;
         let sled_path = config.path.join("sled");
-        let db = sled::Config::new()
-            .path(&sled_path)
-            .cache_capacity(config.cache_bytes)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|e| StoreError::storage("opening sled", e))?;
+        let db = open_sled(&sled_path, config.cache_bytes)?;
         check_format_marker(&db)?;
         let head = read::last_position(&db)?;
         let data_file = match config.durability {
@@ -286,6 +281,32 @@ impl Store {
             .and_then(|mut t| t.take());
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+/// Opens sled's database. Our directory lock is already held, so another
+/// Refold cannot hold sled's own file lock; if it is still held, a store
+/// closed a moment ago in this process is releasing it (sled finishes its
+/// background writes on its own threads): wait a little for that.
+fn open_sled(path: &std::path::Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
+    const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+    let started = std::time::Instant::now();
+    loop {
+        let opened = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .open();
+        match opened {
+            // sled 0.34 says so only in the text (`ErrorKind::Other`).
+            Err(sled::Error::Io(e))
+                if e.to_string().starts_with("could not acquire lock")
+                    && started.elapsed() < LOCK_WAIT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other.map_err(|e| StoreError::storage("opening sled", e)),
         }
     }
 }

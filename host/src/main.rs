@@ -137,6 +137,21 @@ struct ServeArgs {
     /// Largest command body, in bytes
     #[arg(long, env = "REFOLD_MAX_COMMAND_BYTES", default_value_t = 64 << 10)]
     max_command_bytes: usize,
+    /// Connections open at once (subscriptions included); one more is
+    /// answered 503 too_many_connections. Kept within the open-file limit,
+    /// whose soft value is raised to the hard one at start
+    #[arg(long, env = "REFOLD_MAX_CONNECTIONS", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// Seconds a connection has to send a request's head, when new or idle
+    /// between requests (keep-alive); it is closed after
+    #[arg(long, env = "REFOLD_HEADER_TIMEOUT_SECS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    header_timeout_secs: u64,
+    /// Seconds a request body has to arrive, whole (408 body_timeout after)
+    #[arg(long, env = "REFOLD_BODY_TIMEOUT_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86400))]
+    body_timeout_secs: u64,
     /// Fuel per guest call (deterministic limit)
     #[arg(long, env = "REFOLD_FUEL", default_value_t = 1_000_000_000)]
     fuel: u64,
@@ -287,6 +302,9 @@ async fn serve(args: ServeArgs) -> i32 {
     };
     config.limits.max_module_bytes = args.max_module_bytes;
     config.limits.max_command_bytes = args.max_command_bytes;
+    config.limits.body_timeout = Duration::from_secs(args.body_timeout_secs);
+    config.connections.max_connections = args.max_connections as usize;
+    config.connections.header_timeout = Duration::from_secs(args.header_timeout_secs);
     config.runtime.fuel_per_call = args.fuel;
     config.runtime.deadline = Duration::from_millis(args.guest_deadline_ms);
     config.runtime.memory_bytes = args.guest_memory_mib << 20;

@@ -17,7 +17,7 @@ use sha2::Digest;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::api::{self, AppState, Limits, Metrics, Tokens};
+use crate::api::{self, AppState, ConnectionLimits, Limits, Metrics, Tokens};
 use crate::commands::{CommandConfig, CommandService};
 use crate::modules::{LoadedModule, ModuleError, ModuleRegistry};
 use crate::projections::{ProjectionConfig, ProjectionService};
@@ -30,6 +30,7 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     pub tokens: Tokens,
     pub limits: Limits,
+    pub connections: ConnectionLimits,
     pub runtime: RuntimeConfig,
     pub commands: CommandConfig,
     pub projections: ProjectionConfig,
@@ -43,6 +44,7 @@ impl ServeConfig {
             listen,
             tokens: Tokens::default(),
             limits: Limits::default(),
+            connections: ConnectionLimits::default(),
             runtime: RuntimeConfig::default(),
             commands: CommandConfig::default(),
             projections: ProjectionConfig::default(),
@@ -125,11 +127,30 @@ pub enum ExampleLoaded {
 }
 
 pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
+    if let Err(problem) = config.tokens.check() {
+        bail!("refusing to start: {problem}");
+    }
     if config.tokens.is_empty() && !config.listen.ip().is_loopback() {
         bail!(
             "refusing to listen on {} without tokens: set --admin-token (and writer/reader tokens), or listen on a loopback address",
             config.listen
         );
+    }
+    let mut connections = config.connections;
+    match api::raise_file_limit() {
+        // Leave room for the store, modules, compile workers and logs.
+        Ok(files) => {
+            let room = (files as usize).saturating_sub(256).max(64);
+            if connections.max_connections > room {
+                tracing::warn!(
+                    files,
+                    max_connections = room,
+                    "the open-file limit allows fewer connections than configured"
+                );
+                connections.max_connections = room;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
     }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
@@ -167,14 +188,9 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), head = store.head(), "refold is serving");
     let router = api::router(app.clone(), config.tokens.clone());
-    let mut stop = shutdown_rx;
+    let stop = shutdown_rx;
     let task = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-            .context("serving HTTP")?;
+        api::serve(listener, router, connections, stop).await;
         // Every request has finished: stop the projection runners (each commits
         // the batch it is on), then flush and stop the writer.
         projections.shutdown().await;

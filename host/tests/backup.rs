@@ -92,7 +92,48 @@ async fn a_backup_under_load_is_a_consistent_data_directory() {
         .send()
         .await
         .unwrap();
-    expect_problem(relative, 400, "invalid_request").await;
+    expect_problem(relative, 400, "invalid_backup_path").await;
+    // A bad target is the caller's mistake, never a storage failure, and
+    // leaves nothing behind.
+    let a_file = backup_dir.path().join("a-file");
+    std::fs::write(&a_file, b"x").unwrap();
+    let entries = || {
+        let mut names: Vec<_> = std::fs::read_dir(backup_dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = entries();
+    for (path, status, code) in [
+        (json!(a_file), 409, "backup_target_unusable"),
+        (json!(a_file.join("below")), 409, "backup_target_unusable"),
+        (
+            json!(backup_dir.path().join("no/such/parent")),
+            409,
+            "backup_target_unusable",
+        ),
+        (
+            json!(format!("{}/nul\u{0}byte", backup_dir.path().display())),
+            400,
+            "invalid_backup_path",
+        ),
+        (
+            json!(format!("{}/../escape", backup_dir.path().display())),
+            400,
+            "invalid_backup_path",
+        ),
+    ] {
+        let r = s
+            .request(Method::POST, "/v1/admin/backup")
+            .json(&json!({ "path": path }))
+            .send()
+            .await
+            .unwrap();
+        expect_problem(r, status, code).await;
+    }
+    assert_eq!(entries(), before, "a refused backup left something behind");
     // The CLI asks for the same.
     let by_cli = backup_dir.path().join("by-cli");
     let cli = std::process::Command::new(support::process::BIN)

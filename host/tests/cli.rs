@@ -220,6 +220,31 @@ fn serve_refuses_a_public_address_without_tokens_and_a_second_server_on_one_dire
         "{}",
         stderr(&public)
     );
+    // An empty token (an unset variable in a template) is not a token: it must
+    // not satisfy the rule above, whether given as a flag or through the
+    // environment.
+    let empty_flag = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--admin-token",
+            "",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let empty_env = Command::new(BIN)
+        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path())
+        .env("REFOLD_WRITER_TOKENS", "s3cret,")
+        .output()
+        .unwrap();
+    for refused in [&empty_flag, &empty_env] {
+        assert_eq!(refused.status.code(), Some(1), "{}", stderr(refused));
+        assert!(stderr(refused).contains("is empty"), "{}", stderr(refused));
+    }
 
     let mut first = serve(dir.path(), &[]);
     let second = Command::new(BIN)

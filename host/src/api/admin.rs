@@ -1,6 +1,6 @@
 //! `/v1/admin`: operations on the whole server.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use axum::Json;
 use axum::body::Body;
@@ -26,39 +26,31 @@ struct BackupBody {
 /// Appends continue meanwhile. Read models are not copied: after a restore,
 /// projections replay.
 pub async fn backup(State(app): State<AppState>, body: Body) -> Result<Response, ApiError> {
-    let bytes = request::body(body, 8192).await?;
+    let bytes = request::body(body, 8192, app.limits.body_timeout).await?;
     let body: BackupBody = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::bad_request(
             "invalid_request",
             format!("the body must be {{\"path\": \"/absolute/dir\"}}: {e}"),
         )
     })?;
-    if !body.path.is_absolute() {
-        return Err(ApiError::bad_request(
-            "invalid_request",
-            "the backup path must be absolute (it is a path on the server's machine)",
-        ));
-    }
-    let occupied = std::fs::read_dir(&body.path).is_ok_and(|mut d| d.next().is_some());
-    if occupied {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "backup_target_not_empty",
-            format!(
-                "{} is not empty; back up into a new directory",
-                body.path.display()
-            ),
-        ));
-    }
+    let target = BackupTarget::prepare(&body.path)?;
     let (store, modules, path) = (app.store.clone(), app.modules.clone(), body.path.clone());
-    let report = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+    let copied = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
         let report = store.backup_to(&path.join("events"))?;
         // Exactly the files of the registry records the copy holds.
         let files = modules.copy_files_to(&report.modules, &path.join("modules"))?;
         Ok((report, files))
     })
     .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+    .and_then(|copied| copied);
+    let report = match copied {
+        Ok(report) => report,
+        Err(err) => {
+            target.clean_up();
+            return Err(err);
+        }
+    };
     let (report, files) = report;
     Ok((
         StatusCode::CREATED,
@@ -72,4 +64,99 @@ pub async fn backup(State(app): State<AppState>, body: Body) -> Result<Response,
         })),
     )
         .into_response())
+}
+
+/// The directory a backup writes into, checked before anything is written:
+/// a bad target is the caller's mistake (400, 409), never a storage failure,
+/// and a backup that fails leaves nothing behind.
+struct BackupTarget {
+    path: PathBuf,
+    /// The directory was made for this backup (else it existed, empty).
+    created: bool,
+}
+
+impl BackupTarget {
+    fn prepare(path: &Path) -> Result<BackupTarget, ApiError> {
+        let shown = path.display();
+        let bad_path = |detail: String| ApiError::bad_request("invalid_backup_path", detail);
+        let unusable =
+            |detail: String| ApiError::new(StatusCode::CONFLICT, "backup_target_unusable", detail);
+        if !path.is_absolute() {
+            return Err(bad_path(
+                "the backup path must be absolute (it is a path on the server's machine)".into(),
+            ));
+        }
+        if path.as_os_str().as_encoded_bytes().contains(&0) {
+            return Err(bad_path("the backup path holds a NUL byte".into()));
+        }
+        if path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(bad_path(format!(
+                "the backup path {shown} holds `..`; give the directory itself"
+            )));
+        }
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if !meta.is_dir() => {
+                return Err(unusable(format!("{shown} exists and is not a directory")));
+            }
+            Ok(_) => {
+                let occupied = std::fs::read_dir(path)
+                    .map_err(|e| unusable(format!("cannot read {shown}: {e}")))?
+                    .next()
+                    .is_some();
+                if occupied {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "backup_target_not_empty",
+                        format!("{shown} is not empty; back up into a new directory"),
+                    ));
+                }
+                return Ok(BackupTarget {
+                    path: path.to_owned(),
+                    created: false,
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(unusable(format!("cannot use {shown}: {e}"))),
+        }
+        // Only the target itself is made: a missing parent is more likely a
+        // typo than a wish for a new tree of directories.
+        let parent = path.parent().unwrap_or(Path::new("/"));
+        match std::fs::metadata(parent) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(unusable(format!("{} is not a directory", parent.display())));
+            }
+            Err(e) => {
+                return Err(unusable(format!(
+                    "the parent directory {} cannot be used: {e}",
+                    parent.display()
+                )));
+            }
+        }
+        std::fs::create_dir(path).map_err(|e| unusable(format!("cannot create {shown}: {e}")))?;
+        Ok(BackupTarget {
+            path: path.to_owned(),
+            created: true,
+        })
+    }
+
+    /// After a failed backup: removes what it wrote, and the directory if it
+    /// made it.
+    fn clean_up(&self) {
+        let result = if self.created {
+            std::fs::remove_dir_all(&self.path)
+        } else {
+            ["events", "modules"]
+                .iter()
+                .map(|d| self.path.join(d))
+                .filter(|d| d.exists())
+                .try_for_each(std::fs::remove_dir_all)
+        };
+        if let Err(e) = result {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not remove a failed backup");
+        }
+    }
 }

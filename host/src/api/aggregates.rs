@@ -109,7 +109,8 @@ pub async fn command(
     let started = Instant::now();
     let result = async {
         let (aggregate_type, aggregate_id) = stream_path(path)?;
-        let bytes = request::body(body, app.limits.max_command_bytes).await?;
+        let bytes =
+            request::body(body, app.limits.max_command_bytes, app.limits.body_timeout).await?;
         let command = request::json_text(&bytes, "invalid_command")?;
         let request = CommandRequest {
             aggregate_type,

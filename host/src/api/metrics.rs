@@ -12,11 +12,35 @@ use prometheus_client::registry::Registry;
 
 use crate::commands::CacheStats;
 use crate::modules::PoolStats;
+use crate::projections::{ProjectionView, RunState};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Outcome {
     pub outcome: String,
 }
+
+/// One projection version.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub projection: String,
+    pub version: String,
+}
+
+/// One projection version in one run state (an enum as a gauge per state,
+/// 1 for the state it is in).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub projection: String,
+    pub version: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModuleLabels {
+    pub module: String,
+}
+
+type U64Gauges<L> = Family<L, Gauge<u64, AtomicU64>>;
 
 pub struct Metrics {
     registry: Registry,
@@ -33,6 +57,14 @@ pub struct Metrics {
     guest_queued: Gauge<u64, AtomicU64>,
     guest_calls: Counter<u64, AtomicU64>,
     guest_demoted: Counter<u64, AtomicU64>,
+    guest_queued_by_module: U64Gauges<ModuleLabels>,
+    guest_running_by_module: U64Gauges<ModuleLabels>,
+    store_writable: Gauge<u64, AtomicU64>,
+    projection_position: U64Gauges<VersionLabels>,
+    projection_lag: U64Gauges<VersionLabels>,
+    projection_live: U64Gauges<VersionLabels>,
+    projection_rate: Family<VersionLabels, Gauge<f64, AtomicU64>>,
+    projection_state: U64Gauges<StateLabels>,
     /// Scrapes one at a time: counters are caught up to totals read elsewhere.
     rendering: std::sync::Mutex<()>,
 }
@@ -42,6 +74,9 @@ pub struct Readings {
     pub head: u64,
     pub cache: CacheStats,
     pub pool: PoolStats,
+    /// False once a storage failure stopped writes.
+    pub store_writable: bool,
+    pub projections: Vec<ProjectionView>,
 }
 
 impl Metrics {
@@ -126,6 +161,61 @@ impl Metrics {
             "Guest calls that ran long enough to have their thread's OS priority lowered",
             guest_demoted.clone(),
         );
+        fn family<L, G>(registry: &mut Registry, name: &str, help: &str) -> Family<L, G>
+        where
+            Family<L, G>: prometheus_client::metrics::TypedMetric
+                + prometheus_client::encoding::EncodeMetric
+                + Clone
+                + Default
+                + std::fmt::Debug
+                + Send
+                + Sync
+                + 'static,
+        {
+            let f = Family::<L, G>::default();
+            registry.register(name, help, f.clone());
+            f
+        }
+        let guest_queued_by_module = family(
+            &mut registry,
+            "guest_calls_queued_by_module",
+            "Guest calls waiting for a thread, per module with calls queued or running",
+        );
+        let guest_running_by_module = family(
+            &mut registry,
+            "guest_calls_running_by_module",
+            "Guest calls running now, per module with calls queued or running",
+        );
+        let store_writable = gauge(
+            &mut registry,
+            "store_writable",
+            "1 while the store accepts writes; 0 after a storage failure stopped them (restart the process)",
+        );
+        let projection_position = family(
+            &mut registry,
+            "projection_position",
+            "The last log position a projection version has processed",
+        );
+        let projection_lag = family(
+            &mut registry,
+            "projection_lag_events",
+            "Log positions between the head and a projection version's position",
+        );
+        let projection_live = family(
+            &mut registry,
+            "projection_live",
+            "1 for the version readers of a projection see",
+        );
+        let projection_rate = family(
+            &mut registry,
+            "projection_events_per_second",
+            "While a projection version catches up, positions processed per second",
+        );
+        let projection_state = family(
+            &mut registry,
+            "projection_state",
+            "1 for the state a projection version is in (starting, catching_up, caught_up, failed)",
+        );
         Metrics {
             registry,
             commands,
@@ -141,6 +231,14 @@ impl Metrics {
             guest_queued,
             guest_calls,
             guest_demoted,
+            guest_queued_by_module,
+            guest_running_by_module,
+            store_writable,
+            projection_position,
+            projection_lag,
+            projection_live,
+            projection_rate,
+            projection_state,
             rendering: std::sync::Mutex::new(()),
         }
     }
@@ -178,6 +276,54 @@ impl Metrics {
         let demoted = readings.pool.demoted;
         self.guest_demoted
             .inc_by(demoted.saturating_sub(self.guest_demoted.get()));
+        self.store_writable.set(u64::from(readings.store_writable));
+        // Modules and versions come and go: each scrape shows the ones there now.
+        self.guest_queued_by_module.clear();
+        self.guest_running_by_module.clear();
+        for (module, queued, running) in &readings.pool.modules {
+            let labels = ModuleLabels {
+                module: module.clone(),
+            };
+            self.guest_queued_by_module
+                .get_or_create(&labels)
+                .set(*queued as u64);
+            self.guest_running_by_module
+                .get_or_create(&labels)
+                .set(*running as u64);
+        }
+        self.projection_position.clear();
+        self.projection_lag.clear();
+        self.projection_live.clear();
+        self.projection_rate.clear();
+        self.projection_state.clear();
+        for projection in &readings.projections {
+            for version in &projection.versions {
+                let labels = VersionLabels {
+                    projection: projection.name.clone(),
+                    version: version.version.clone(),
+                };
+                let status = &version.status;
+                self.projection_position
+                    .get_or_create(&labels)
+                    .set(status.position);
+                self.projection_lag.get_or_create(&labels).set(version.lag);
+                self.projection_live
+                    .get_or_create(&labels)
+                    .set(u64::from(version.live));
+                self.projection_rate
+                    .get_or_create(&labels)
+                    .set(status.events_per_second);
+                for state in RunState::ALL {
+                    self.projection_state
+                        .get_or_create(&StateLabels {
+                            projection: projection.name.clone(),
+                            version: version.version.clone(),
+                            state: state.as_str().to_owned(),
+                        })
+                        .set(u64::from(status.state == state));
+                }
+            }
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");

@@ -14,6 +14,7 @@ mod admin;
 mod aggregates;
 mod auth;
 mod events;
+mod listen;
 mod metrics;
 mod modules;
 mod problem;
@@ -32,6 +33,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 pub use auth::{Role, Tokens};
+pub use listen::{ConnectionLimits, raise_file_limit, serve};
 pub use metrics::Metrics;
 pub use problem::ApiError;
 
@@ -45,6 +47,8 @@ use crate::store::Store;
 pub struct Limits {
     pub max_module_bytes: usize,
     pub max_command_bytes: usize,
+    /// Time a request body has to arrive, whole (408 `body_timeout` after).
+    pub body_timeout: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -52,6 +56,7 @@ impl Default for Limits {
         Limits {
             max_module_bytes: 32 << 20,
             max_command_bytes: 64 << 10,
+            body_timeout: std::time::Duration::from_secs(60),
         }
     }
 }
@@ -157,8 +162,24 @@ pub fn router(app: AppState, tokens: Tokens) -> Router {
         .with_state(app)
 }
 
-async fn healthz(State(app): State<AppState>) -> impl IntoResponse {
-    axum::Json(json!({"status": "ok", "head": app.store.head()}))
+/// Whether this process does its job: 200 while the store accepts writes,
+/// 503 (problem+json, `store_not_writable`, with the reason) once a storage
+/// failure stopped them, so a supervisor restarts it (a restart reopens the
+/// store and recovers from what is on disk).
+async fn healthz(State(app): State<AppState>) -> axum::response::Response {
+    let head = app.store.head();
+    match app.store.write_failure() {
+        None => axum::Json(json!({"status": "ok", "head": head, "writable": true})).into_response(),
+        Some(reason) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_not_writable",
+            format!("the store refuses writes after a storage failure; restart the process to recover: {reason}"),
+        )
+        .with("head", head)
+        .with("writable", false)
+        .with("reason", reason)
+        .into_response(),
+    }
 }
 
 /// The OpenAPI document of these routes; `tests/openapi.rs` checks the two agree.
@@ -178,6 +199,8 @@ async fn metrics_text(State(app): State<AppState>) -> impl IntoResponse {
             head: app.store.head(),
             cache: app.commands.cache_stats(),
             pool: app.modules.guest_pool_stats(),
+            store_writable: app.store.write_failure().is_none(),
+            projections: app.projections.list(),
         }),
     )
 }

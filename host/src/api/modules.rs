@@ -115,7 +115,7 @@ pub async fn put(
 ) -> Result<(StatusCode, Json<ModuleView>), ApiError> {
     let Path((name, version)) = path.map_err(request::path_error)?;
     let activate = QueryPairs::parse(query.as_deref())?.flag("activate")?;
-    let bytes = request::body(body, app.limits.max_module_bytes).await?;
+    let bytes = request::body(body, app.limits.max_module_bytes, app.limits.body_timeout).await?;
     let (uploaded, module) = app
         .modules
         .upload(&name, &version, bytes.to_vec(), activate)
@@ -154,7 +154,7 @@ pub async fn activate(
     body: Body,
 ) -> Result<Json<ModuleView>, ApiError> {
     let Path(name) = path.map_err(request::path_error)?;
-    let bytes = request::body(body, 4096).await?;
+    let bytes = request::body(body, 4096, app.limits.body_timeout).await?;
     let body: ActivateBody = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::bad_request(
             "invalid_request",

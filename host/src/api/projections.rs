@@ -88,7 +88,7 @@ pub async fn promote(
     body: Body,
 ) -> Result<Response, ApiError> {
     let name = name_of(path)?;
-    let bytes = request::body(body, 4096).await?;
+    let bytes = request::body(body, 4096, app.limits.body_timeout).await?;
     let body: PromoteBody = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::bad_request(
             "invalid_request",

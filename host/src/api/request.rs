@@ -5,6 +5,7 @@
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
 use axum::http::StatusCode;
+use std::time::Duration;
 
 use super::problem::ApiError;
 
@@ -96,9 +97,19 @@ impl QueryPairs {
     }
 }
 
-/// Reads a body of at most `limit` bytes.
-pub async fn body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
+/// Reads a body of at most `limit` bytes that arrives within `timeout` (a
+/// client that trickles a body must not hold a connection for hours).
+pub async fn body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, ApiError> {
+    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!("the body did not arrive within {} s", timeout.as_secs_f64()),
+            )
+        })?;
+    read.map_err(|e| {
         // axum wraps http-body-util's LengthLimitError; its text is the stable part.
         let mut too_large = false;
         let mut source: Option<&dyn std::error::Error> = Some(&e);

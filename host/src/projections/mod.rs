@@ -70,6 +70,25 @@ pub enum RunState {
     Failed,
 }
 
+impl RunState {
+    pub const ALL: [RunState; 4] = [
+        RunState::Starting,
+        RunState::CatchingUp,
+        RunState::CaughtUp,
+        RunState::Failed,
+    ];
+
+    /// The name in JSON and in metrics' labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Starting => "starting",
+            RunState::CatchingUp => "catching_up",
+            RunState::CaughtUp => "caught_up",
+            RunState::Failed => "failed",
+        }
+    }
+}
+
 /// Why a version stopped.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Failure {
@@ -126,9 +145,27 @@ pub struct VersionStatus {
     /// seconds; 0 while caught up and waiting for appends.
     pub events_per_second: f64,
     pub failure: Option<Failure>,
+    /// The last catch-up of this runner (since the server started, or since a
+    /// rebuild or a retry restarted it), kept after it caught up.
+    pub last_replay: Option<ReplayStats>,
     /// The failure being retried, until the retry's outcome is known.
     #[serde(skip)]
     retrying: Option<Failure>,
+}
+
+/// How long a catch-up took, from the position it started after to the head
+/// it caught up with.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ReplayStats {
+    /// The position the replay started after.
+    pub from_position: Position,
+    /// The position it caught up at.
+    pub to_position: Position,
+    pub seconds: f64,
+    /// Log positions processed per second over the whole replay.
+    pub events_per_second: f64,
+    /// When it caught up (ms since the Unix epoch).
+    pub caught_up_at_ms: u64,
 }
 
 /// A projection version and its runner.
@@ -941,6 +978,7 @@ fn initial_status(position: Position, applied: u64, skipped: u64) -> VersionStat
         events_skipped: skipped,
         events_per_second: 0.0,
         failure: None,
+        last_replay: None,
         retrying: None,
     }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{Failure, RunState, VersionHandle};
+use super::{Failure, ReplayStats, RunState, VersionHandle};
 use crate::runtime::{
     DocumentChanges, DocumentSource, GuestError, GuestRecordedEvent, ProjectionModule,
 };
@@ -103,6 +103,9 @@ impl Runner {
             }
         };
         let mut rate = Rate::default();
+        // The catch-up in progress: when and where it started.
+        let mut replay: Option<(std::time::Instant, Position)> = None;
+        let mut caught_up_once = false;
         // Events per guest call: the configured batch, less after a yield.
         let mut span = self.limits.events;
         let mut head_rx = self.store.watch_head();
@@ -132,11 +135,33 @@ impl Runner {
             if position >= head {
                 // Live first, then say so: whoever sees the state sees the pointer.
                 (self.on_caught_up)(&self.handle);
+                // The runner's first catch-up is its replay; a later one counts
+                // when it spans more than a batch (following appends a batch at
+                // a time is not a replay).
+                let finished = replay
+                    .take()
+                    .filter(|&(_, from)| {
+                        !caught_up_once || position - from > self.limits.events as u64
+                    })
+                    .map(|(started, from)| {
+                        let seconds = started.elapsed().as_secs_f64();
+                        ReplayStats {
+                            from_position: from,
+                            to_position: position,
+                            seconds,
+                            events_per_second: (position - from) as f64 / seconds.max(1e-9),
+                            caught_up_at_ms: now_ms(),
+                        }
+                    });
                 self.handle.status.send_modify(|s| {
                     s.state = RunState::CaughtUp;
                     // The rate is a catch-up rate: waiting, nothing moves.
                     s.events_per_second = 0.0;
+                    if finished.is_some() {
+                        s.last_replay = finished;
+                    }
                 });
+                caught_up_once = true;
                 tokio::select! {
                     changed = self.stop.changed() => if changed.is_err() { return },
                     changed = head_rx.changed() => if changed.is_err() { return },
@@ -147,6 +172,7 @@ impl Runner {
                 }
                 continue;
             }
+            replay.get_or_insert((std::time::Instant::now(), position));
             self.handle
                 .status
                 .send_modify(|s| s.state = RunState::CatchingUp);

@@ -99,7 +99,7 @@ struct Tenant {
 }
 
 /// A snapshot of the pool, for metrics.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PoolStats {
     pub threads: usize,
     pub running: usize,
@@ -107,6 +107,8 @@ pub struct PoolStats {
     pub jobs_run: u64,
     /// Calls that ran long enough to have their thread's priority lowered.
     pub demoted: u64,
+    /// Per module (tenant) with calls queued or running now: (name, queued, running).
+    pub modules: Vec<(String, usize, usize)>,
 }
 
 impl GuestPool {
@@ -194,6 +196,12 @@ impl GuestPool {
             queued: sched.queued,
             jobs_run: self.shared.jobs_run.load(Ordering::Relaxed),
             demoted: sched.demoted,
+            modules: sched
+                .tenants
+                .iter()
+                .filter(|(_, t)| !t.queue.is_empty() || t.running > 0)
+                .map(|(name, t)| (name.to_string(), t.queue.len(), t.running))
+                .collect(),
         }
     }
 }

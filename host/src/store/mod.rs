@@ -18,6 +18,7 @@ mod backup;
 mod catalog;
 mod error;
 mod format;
+mod health;
 mod lock;
 mod projection;
 mod read;
@@ -27,7 +28,6 @@ mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::stream::BoxStream;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -113,7 +113,7 @@ struct Inner {
     path: PathBuf,
     writer: mpsc::Sender<WriterMessage>,
     durable_head: watch::Receiver<Position>,
-    failed: Arc<AtomicBool>,
+    health: Arc<health::WriteHealth>,
     /// sled's `db` file, for fdatasync of registry writes (None without fsync durability).
     sync_file: Option<std::fs::File>,
     writer_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -152,14 +152,14 @@ impl Store {
             None => None,
         };
         let (head_tx, head_rx) = watch::channel(head);
-        let failed = Arc::new(AtomicBool::new(false));
+        let health = Arc::new(health::WriteHealth::default());
         let (tx, rx) = mpsc::channel(8192);
         let writer = Writer {
             db: db.clone(),
             data_file,
             durability: config.durability,
             durable_head: head_tx,
-            failed: failed.clone(),
+            health: health.clone(),
             next_position: head + 1,
             last_recorded_at_ms,
         };
@@ -174,7 +174,7 @@ impl Store {
                 path: config.path,
                 writer: tx,
                 durable_head: head_rx,
-                failed,
+                health,
                 sync_file,
                 writer_thread: std::sync::Mutex::new(Some(thread)),
                 _lock: dir_lock,
@@ -230,7 +230,7 @@ impl Store {
         command_id: Option<String>,
     ) -> Result<Appended, StoreError> {
         validate_append(&events)?;
-        if self.inner.failed.load(Ordering::Acquire) {
+        if self.inner.health.failed() {
             return Err(writer::failed_error());
         }
         let (reply, answer) = oneshot::channel();
@@ -249,6 +249,20 @@ impl Store {
         answer
             .await
             .map_err(|_| StoreError::Unavailable("the writer stopped before answering".into()))?
+    }
+
+    /// Why the store refuses writes, if it does: after a failed write it
+    /// refuses every later one until the process restarts (health checks and
+    /// metrics report this).
+    pub fn write_failure(&self) -> Option<String> {
+        self.inner.health.failure().map(str::to_owned)
+    }
+
+    /// Fault injection for tests: the writer's next batch fails as a failing
+    /// disk would make it fail, with everything that follows from that.
+    #[doc(hidden)]
+    pub fn inject_write_fault(&self) {
+        self.inner.health.inject_write_fault();
     }
 
     /// The position of the last durable event (0 when the log is empty).

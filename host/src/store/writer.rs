@@ -13,13 +13,13 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use super::error::StoreError;
 use super::format::{self, EventRecordRef, StreamHead};
+use super::health::WriteHealth;
 use super::read;
 use super::types::{
     AppendResult, CommandRecord, Durability, ExpectedVersion, NewEvent, Position, StreamId,
@@ -60,7 +60,7 @@ pub(crate) struct Writer {
     pub data_file: Option<File>,
     pub durability: Durability,
     pub durable_head: watch::Sender<Position>,
-    pub failed: Arc<AtomicBool>,
+    pub health: Arc<WriteHealth>,
     pub next_position: Position,
     pub last_recorded_at_ms: u64,
 }
@@ -119,7 +119,7 @@ impl Writer {
     }
 
     fn commit(&mut self, requests: Vec<AppendRequest>) {
-        if self.failed.load(Ordering::Acquire) {
+        if self.health.failed() {
             for req in requests {
                 let _ = req.reply.send(Err(failed_error()));
             }
@@ -142,7 +142,7 @@ impl Writer {
                 // What reached the disk is unknown: refuse every write until reopened,
                 // and tell each waiter of this batch that its append may not be durable.
                 tracing::error!(error = %err, "event store write failed; refusing further writes");
-                self.failed.store(true, Ordering::Release);
+                self.health.record_failure(err.to_string());
                 for (outcome, reply) in outcomes.into_iter().zip(replies) {
                     let answer = match outcome {
                         Ok(_) => Err(StoreError::storage("committing a batch", &err)),
@@ -161,6 +161,12 @@ impl Writer {
     }
 
     fn write(&self, batch: sled::Batch) -> Result<(), StoreError> {
+        if self.health.take_injected_fault() {
+            return Err(StoreError::storage(
+                "applying a batch",
+                std::io::Error::other("injected fault (tests)"),
+            ));
+        }
         self.db
             .apply_batch(batch)
             .map_err(|e| StoreError::storage("applying a batch", e))?;

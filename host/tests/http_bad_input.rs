@@ -238,6 +238,46 @@ fn corpus() -> Vec<Bad> {
     );
     resume.headers.push(("last-event-id", "yesterday".into()));
     list.push(resume);
+    // One rule for `limit` on every route that pages: 1 to 1000, else a 400;
+    // and strict query strings everywhere.
+    for route in [
+        "/v1/events",
+        "/v1/aggregates/bank-account/acc-1/events",
+        "/v1/projections/none/docs",
+    ] {
+        for query in [
+            "limit=0",
+            "limit=1001",
+            "limit=1&limit=2",
+            "limit=%zz",
+            "limit=%ff",
+        ] {
+            list.push(bad(
+                "bad limit or query string",
+                Method::GET,
+                &format!("{route}?{query}"),
+                "",
+                400,
+                "invalid_request",
+            ));
+        }
+    }
+    for path in [
+        "/v1/events?from=1&from=2",
+        "/v1/aggregates/bank-account/acc-1?at_version=1&at_version=2",
+        "/v1/events?from=1%",
+        "/v1/events?from=%C3%28",
+        "/v1/projections/none/queries/q?x=1&x=2",
+    ] {
+        list.push(bad(
+            "repeated parameter or bad escape",
+            Method::GET,
+            path,
+            "",
+            400,
+            "invalid_request",
+        ));
+    }
     list
 }
 

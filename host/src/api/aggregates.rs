@@ -22,8 +22,6 @@ use crate::store::{
     Direction, MAX_AGGREGATE_ID_LEN, MAX_AGGREGATE_TYPE_LEN, MAX_METADATA_ID_LEN, StreamId,
 };
 
-const MAX_PAGE: u64 = 1000;
-
 // The bodies below are typed, never built as a `serde_json::Value`: event data
 // and states are written out as the stored text (`RawValue`), so what a reader
 // gets is byte for byte what was stored, and no text can fail to re-encode.
@@ -211,10 +209,10 @@ pub async fn events(
         .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
     let query = QueryPairs::parse(query.as_deref())?;
     let from = query.number("from_version")?.unwrap_or(1).max(1);
-    let limit = query.number("limit")?.unwrap_or(100).clamp(1, MAX_PAGE);
+    let limit = query.limit()?;
     let events = app
         .store
-        .read_stream(&stream, from, Direction::Forward, limit as usize)?;
+        .read_stream(&stream, from, Direction::Forward, limit)?;
     let next_version = events.last().map_or(from, |e| e.version + 1);
     let body = StreamPage {
         aggregate_type: &aggregate_type,

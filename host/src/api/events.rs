@@ -20,8 +20,6 @@ use super::render::{EventView, event_view, event_views};
 use super::request::QueryPairs;
 use crate::store::EventFilter;
 
-const MAX_PAGE: u64 = 1000;
-
 fn filter(query: &QueryPairs) -> EventFilter {
     EventFilter {
         event_types: query.all("event_type"),
@@ -43,8 +41,8 @@ pub async fn page(
 ) -> Result<Response, ApiError> {
     let query = QueryPairs::parse(query.as_deref())?;
     let from = query.number("from")?.unwrap_or(1);
-    let limit = query.number("limit")?.unwrap_or(100).clamp(1, MAX_PAGE);
-    let page = app.store.read_all(from, limit as usize, &filter(&query))?;
+    let limit = query.limit()?;
+    let page = app.store.read_all(from, limit, &filter(&query))?;
     let body = LogPageView {
         events: event_views(&page.events),
         next_position: page.next_position,

@@ -294,20 +294,16 @@ pub async fn documents(
 ) -> Result<Response, ApiError> {
     let name = name_of(path)?;
     let query = QueryPairs::parse(query.as_deref())?;
-    let limit = query.number("limit")?.unwrap_or(100);
-    if limit == 0 || limit > MAX_SCAN_LIMIT as u64 {
-        return Err(ApiError::bad_request(
-            "invalid_request",
-            format!("limit must be 1 to {MAX_SCAN_LIMIT}"),
-        ));
-    }
+    let limit = query.limit()?;
+    // A scan may return what `limit` allows.
+    const _: () = assert!(MAX_SCAN_LIMIT as u64 >= request::MAX_LIMIT);
     let prefix = query.get("prefix").unwrap_or("").to_string();
     let after = query.get("after").map(str::to_string);
     let handle = read_target(&app, &name, &query).await?;
-    let page =
-        app.projections
-            .scan_documents(&handle, &prefix, after.as_deref(), limit as usize)?;
-    let next_after = match page.documents.len() as u64 {
+    let page = app
+        .projections
+        .scan_documents(&handle, &prefix, after.as_deref(), limit)?;
+    let next_after = match page.documents.len() {
         n if n == limit => page.documents.last().map(|(k, _)| k.clone()),
         _ => None,
     };
@@ -345,13 +341,10 @@ pub async fn query(
     request::segment("projection name", &name, MAX_MODULE_NAME_LEN)?;
     request::segment("query name", &query_name, MAX_QUERY_NAME_LEN)?;
     validate_name(&name)?;
-    let pairs: Vec<(String, String)> =
-        serde_urlencoded::from_str(raw_query.as_deref().unwrap_or("")).map_err(|e| {
-            ApiError::bad_request("invalid_request", format!("invalid query string: {e}"))
-        })?;
+    let query = QueryPairs::parse(raw_query.as_deref())?;
     // Numbers keep their text (a 30-digit id stays one), built as raw JSON.
     let mut args: BTreeMap<String, Box<RawValue>> = BTreeMap::new();
-    for (key, value) in pairs {
+    for (key, value) in query.pairs().iter().cloned() {
         if READ_PARAMS.contains(&key.as_str()) {
             continue;
         }
@@ -372,7 +365,6 @@ pub async fn query(
     let args = serde_json::to_string(&args).map_err(|e| {
         ApiError::bad_request("invalid_request", format!("the query arguments: {e}"))
     })?;
-    let query = QueryPairs::parse(raw_query.as_deref())?;
     let handle = read_target(&app, &name, &query).await?;
     let (position, answer) = app.projections.query(&handle, &query_name, &args).await?;
     let response = (

@@ -39,16 +39,52 @@ pub fn path_error(rejection: PathRejection) -> ApiError {
     )
 }
 
-/// The query string as key/value pairs (keys may repeat).
+/// `limit` on every route that pages: 1 to 1000, 100 when absent; anything
+/// else is a 400 (never clamped silently).
+pub const DEFAULT_LIMIT: u64 = 100;
+pub const MAX_LIMIT: u64 = 1000;
+
+/// The parameters that may be given more than once (filters: each value adds
+/// to the set); any other key given twice is a 400, not "the last one wins".
+const REPEATABLE: &[&str] = &["event_type", "aggregate_type"];
+
+/// The query string as key/value pairs.
 pub struct QueryPairs(Vec<(String, String)>);
 
 impl QueryPairs {
+    /// Strict: a `%` not followed by two hex digits, an encoding of bytes
+    /// that are not UTF-8, or a key given twice (outside `REPEATABLE`) is a 400.
     pub fn parse(raw: Option<&str>) -> Result<QueryPairs, ApiError> {
-        let pairs = serde_urlencoded::from_str::<Vec<(String, String)>>(raw.unwrap_or(""))
-            .map_err(|e| {
-                ApiError::bad_request("invalid_request", format!("invalid query string: {e}"))
-            })?;
+        let raw = raw.unwrap_or("");
+        check_percent_encoding(raw)?;
+        let pairs = serde_urlencoded::from_str::<Vec<(String, String)>>(raw).map_err(|e| {
+            ApiError::bad_request("invalid_request", format!("invalid query string: {e}"))
+        })?;
+        for (i, (key, _)) in pairs.iter().enumerate() {
+            if !REPEATABLE.contains(&key.as_str()) && pairs[..i].iter().any(|(k, _)| k == key) {
+                return Err(ApiError::bad_request(
+                    "invalid_request",
+                    format!("query parameter {key:?} is given more than once"),
+                ));
+            }
+        }
         Ok(QueryPairs(pairs))
+    }
+
+    pub fn pairs(&self) -> &[(String, String)] {
+        &self.0
+    }
+
+    /// `limit`: see [`DEFAULT_LIMIT`] and [`MAX_LIMIT`].
+    pub fn limit(&self) -> Result<usize, ApiError> {
+        let limit = self.number("limit")?.unwrap_or(DEFAULT_LIMIT);
+        if !(1..=MAX_LIMIT).contains(&limit) {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                format!("limit must be 1 to {MAX_LIMIT} (default {DEFAULT_LIMIT}), not {limit}"),
+            ));
+        }
+        Ok(limit as usize)
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
@@ -95,6 +131,43 @@ impl QueryPairs {
             )),
         }
     }
+}
+
+/// Every `%` starts an escape of two hex digits, and what the escapes encode
+/// is UTF-8 (the decoder we use would otherwise pass `%zz` through as text and
+/// turn bad bytes into U+FFFD, so a client's mistake would mean something else).
+fn check_percent_encoding(raw: &str) -> Result<(), ApiError> {
+    let bytes = raw.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            let Some(byte) = hex else {
+                return Err(ApiError::bad_request(
+                    "invalid_request",
+                    format!(
+                        "the query string has a `%` at byte {i} that is not followed by two hex digits"
+                    ),
+                ));
+            };
+            decoded.push(byte);
+            i += 3;
+        } else {
+            decoded.push(bytes[i]);
+            i += 1;
+        }
+    }
+    std::str::from_utf8(&decoded).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_request",
+            format!("the query string's percent escapes do not encode UTF-8: {e}"),
+        )
+    })?;
+    Ok(())
 }
 
 /// Reads a body of at most `limit` bytes that arrives within `timeout` (a

@@ -205,6 +205,16 @@ async fn the_first_version_replays_goes_live_and_serves_documents_and_queries() 
         .unwrap();
     let problem = expect_problem(far, 503, "min_position_timeout").await;
     assert_eq!(problem["min_position"], position + 1000);
+    // "Not yet" and "never here" are told apart: the head is in the answer.
+    assert_eq!(problem["head"], position, "{problem}");
+    assert_eq!(problem["position"], position, "{problem}");
+    assert_eq!(problem["beyond_head"], true, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("never written to this server's log")),
+        "{problem}"
+    );
     let too_long = s
         .request(
             Method::GET,

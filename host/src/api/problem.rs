@@ -257,14 +257,19 @@ impl From<ProjectionError> for ApiError {
                     .with("failure_code", failure.code)
             }
             ProjectionError::Timeout {
-                wanted, reached, ..
+                wanted,
+                reached,
+                head,
+                ..
             } => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "min_position_timeout",
                 detail,
             )
             .with("min_position", wanted)
-            .with("position", reached),
+            .with("position", reached)
+            .with("head", head)
+            .with("beyond_head", wanted > head),
             ProjectionError::InvalidRequest(_) => ApiError::bad_request("invalid_request", detail),
             ProjectionError::UnknownQuery(..) => {
                 ApiError::new(StatusCode::NOT_FOUND, "unknown_query", detail)

@@ -284,11 +284,14 @@ pub enum ProjectionError {
         label: String,
         failure: Box<Failure>,
     },
-    #[error("{label} reached position {reached}, not {wanted}, within {waited:?}")]
+    #[error("{label} reached position {reached}, not {wanted}, within {waited:?}; the log's head is {head}{}", if wanted > head { " (the position asked for was never written to this server's log)" } else { " (the version is still catching up)" })]
     Timeout {
         label: String,
         wanted: Position,
         reached: Position,
+        /// The log's head when the wait ended: a `wanted` past it was never
+        /// written here, one within it is still to be processed.
+        head: Position,
         waited: Duration,
     },
     #[error("invalid request: {0}")]
@@ -869,6 +872,7 @@ impl ProjectionService {
                 label: handle.label(),
                 wanted: position,
                 reached: current.position,
+                head: self.store.head(),
                 waited: wait,
             }),
         }

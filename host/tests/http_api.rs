@@ -98,6 +98,18 @@ async fn modules_upload_list_activate_and_their_errors() {
     assert_eq!(activate.status().as_u16(), 200);
     let (_, one) = s.get_json("/v1/modules/bank-account").await;
     assert_eq!(one["active_version"], "2.0.0");
+    // When each version became active and stopped being active.
+    let history = one["activations"]
+        .as_array()
+        .expect("an activation history");
+    assert_eq!(history.len(), 2, "{one}");
+    assert_eq!(
+        (&history[0]["version"], &history[1]["version"]),
+        (&Value::from("1.0.0"), &Value::from("2.0.0"))
+    );
+    assert_eq!(history[0]["active_until_ms"], history[1]["active_from_ms"]);
+    assert!(history[0]["active_from_ms"].as_u64().unwrap() > 1_700_000_000_000);
+    assert!(history[1].get("active_until_ms").is_none(), "{one}");
     let missing = s
         .request(Method::POST, "/v1/modules/bank-account/activate")
         .body(r#"{"version":"9.9.9"}"#)

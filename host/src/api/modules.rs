@@ -65,6 +65,38 @@ pub struct ModuleSummary {
     pub name: String,
     pub active_version: Option<String>,
     pub versions: Vec<VersionView>,
+    /// `GET /v1/modules/{name}` only: which version was active (for a
+    /// projection: live) when, oldest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activations: Option<Vec<ActivationView>>,
+}
+
+/// `version` was active from `active_from_ms` until `active_until_ms`
+/// (absent while it still is).
+#[derive(Serialize)]
+pub struct ActivationView {
+    pub version: String,
+    pub active_from_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active_until_ms: Option<u64>,
+}
+
+fn activation_views(history: Vec<crate::store::Activation>) -> Vec<ActivationView> {
+    let ends: Vec<Option<u64>> = history
+        .iter()
+        .skip(1)
+        .map(|next| Some(next.at_ms))
+        .chain([None])
+        .collect();
+    history
+        .into_iter()
+        .zip(ends)
+        .map(|(a, until)| ActivationView {
+            version: a.version,
+            active_from_ms: a.at_ms,
+            active_until_ms: until,
+        })
+        .collect()
 }
 
 fn view(app: &AppState, module: &LoadedModule) -> ModuleView {
@@ -93,6 +125,7 @@ fn summaries(app: &AppState) -> Vec<ModuleSummary> {
                 name: r.name.clone(),
                 active_version: app.modules.active_version(&r.name),
                 versions: Vec::new(),
+                activations: None,
             });
         summary.versions.push(VersionView {
             version: r.version.clone(),
@@ -136,11 +169,12 @@ pub async fn get(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ModuleSummary>, ApiError> {
     let Path(name) = path.map_err(request::path_error)?;
-    summaries(&app)
+    let mut summary = summaries(&app)
         .into_iter()
         .find(|s| s.name == name)
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("no module {name}")))
+        .ok_or_else(|| ApiError::not_found(format!("no module {name}")))?;
+    summary.activations = Some(activation_views(app.store.activations(&name)?));
+    Ok(Json(summary))
 }
 
 #[derive(Deserialize)]

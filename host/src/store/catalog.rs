@@ -56,6 +56,15 @@ pub enum ModulePut {
 
 const VERSIONS: u8 = b'm';
 const ACTIVE: u8 = b'a';
+const HISTORY: u8 = b'h';
+
+/// One activation: from `at_ms`, `version` was the active (or live) one,
+/// until the next activation of the same name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Activation {
+    pub version: String,
+    pub at_ms: u64,
+}
 
 fn registry_key(sub: u8, name: &str, version: Option<&str>) -> Vec<u8> {
     let mut key = vec![SPACE_REGISTRY, sub, name.len() as u8];
@@ -202,16 +211,52 @@ impl Store {
             .collect()
     }
 
-    /// Points `name` at `version`; durable on return.
+    /// Points `name` at `version` and appends that to `name`'s activation
+    /// history, in one batch; durable on return. Activating the active version
+    /// changes nothing. The caller serializes
+    /// activations of one name (the registry's activation lock).
     pub fn set_active_module(&self, name: &str, version: &str) -> Result<(), StoreError> {
+        if self.active_module(name)?.as_deref() == Some(version) {
+            return Ok(()); // already so: nothing changes, nothing to record
+        }
+        let history = self.activations(name)?;
+        let mut batch = sled::Batch::default();
+        batch.insert(
+            registry_key(ACTIVE, name, None),
+            format::encode_v1(&version),
+        );
+        let mut key = registry_key(HISTORY, name, None);
+        key.extend_from_slice(&(history.len() as u32).to_be_bytes());
+        // Never before the previous entry, whatever the wall clock did.
+        let at_ms = crate::clock::now_ms().max(history.last().map_or(0, |a| a.at_ms));
+        batch.insert(
+            key,
+            format::encode_v1(&Activation {
+                version: version.to_string(),
+                at_ms,
+            }),
+        );
         self.inner
             .db
-            .insert(
-                registry_key(ACTIVE, name, None),
-                format::encode_v1(&version),
-            )
+            .apply_batch(batch)
             .map_err(|e| StoreError::storage("activating a module", e))?;
         self.sync("activating a module")
+    }
+
+    /// `name`'s activations, oldest first. Activations made before Refold
+    /// kept this history are not in it.
+    pub fn activations(&self, name: &str) -> Result<Vec<Activation>, StoreError> {
+        // The name's length byte keeps `ab` from matching `abc`'s entries.
+        let prefix = registry_key(HISTORY, name, None);
+        self.inner
+            .db
+            .scan_prefix(&prefix)
+            .map(|item| {
+                let (key, value) =
+                    item.map_err(|e| StoreError::storage("reading the module registry", e))?;
+                format::decode_v1(&key, &value)
+            })
+            .collect()
     }
 
     /// Forgets a module version (a dropped projection version); durable on return.

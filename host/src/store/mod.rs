@@ -33,7 +33,7 @@ use futures::stream::BoxStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use backup::BackupReport;
-pub use catalog::{MAX_SNAPSHOT_LEN, ModuleKind, ModulePut, ModuleRecord};
+pub use catalog::{Activation, MAX_SNAPSHOT_LEN, ModuleKind, ModulePut, ModuleRecord};
 pub use error::StoreError;
 pub use projection::{ProjectionCheckpoint, ReadModel, SCRATCH_GENERATION, SkipRecord};
 pub use types::*;

@@ -460,3 +460,47 @@ async fn a_non_loopback_address_without_tokens_is_refused() {
     let err = refold::server::start(config).await.err().expect("refused");
     assert!(err.to_string().contains("without tokens"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_state_names_the_module_that_folded_it_and_the_producer_of_its_last_event() {
+    let dir = temp_dir();
+    let s = TestServer::start(dir.path()).await;
+    s.upload("bank-account", "1.0.0", BANK).await;
+    s.send("bank-account", "acc-1", r#"{"type":"Open","owner":"Ada"}"#)
+        .await;
+    let v11 = s
+        .request(Method::PUT, "/v1/modules/bank-account/1.1.0?activate=true")
+        .body(std::fs::read(refold_test_guests::BANK_ACCOUNT_NO_WASI).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(v11.status().as_u16(), 201);
+    s.send("bank-account", "acc-1", r#"{"type":"Deposit","amount":5}"#)
+        .await;
+
+    let (_, then) = s
+        .get_json("/v1/aggregates/bank-account/acc-1?at_version=1")
+        .await;
+    assert_eq!(
+        (
+            then["folded_by"].as_str(),
+            then["last_event_producer"].as_str(),
+            then["module"].as_str()
+        ),
+        (
+            Some("bank-account@1.1.0"),
+            Some("bank-account@1.0.0"),
+            Some("bank-account@1.1.0")
+        ),
+        "{then}"
+    );
+    let (_, now) = s.get_json("/v1/aggregates/bank-account/acc-1").await;
+    assert_eq!(
+        (
+            now["folded_by"].as_str(),
+            now["last_event_producer"].as_str()
+        ),
+        (Some("bank-account@1.1.0"), Some("bank-account@1.1.0"))
+    );
+    s.stop().await;
+}

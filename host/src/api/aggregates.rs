@@ -45,7 +45,12 @@ struct StateReply<'a> {
     aggregate_type: &'a str,
     aggregate_id: &'a str,
     version: u64,
+    /// The same as `folded_by`, kept for clients written before it.
     module: &'a str,
+    /// The module that folded the events into this state and rendered it (the active one).
+    folded_by: &'a str,
+    /// The `producer` of the event at `version` (null if it has none).
+    last_event_producer: Option<&'a str>,
     state: &'a RawValue,
 }
 
@@ -183,14 +188,16 @@ pub async fn state(
     // `read_state` checked the text; whitespace around it is not part of the value.
     let state: &RawValue =
         serde_json::from_str(&view.state).map_err(|e| CommandError::InvalidGuestOutput {
-            module: view.module.clone(),
+            module: view.folded_by.clone(),
             reason: format!("render returned text that is not JSON: {e}"),
         })?;
     let body = StateReply {
         aggregate_type: &aggregate_type,
         aggregate_id: &aggregate_id,
         version: view.version,
-        module: &view.module,
+        module: &view.folded_by,
+        folded_by: &view.folded_by,
+        last_event_producer: view.last_event_producer.as_deref(),
         state,
     };
     let mut response = Json(body).into_response();

@@ -41,8 +41,8 @@ pub use verify::{
 use crate::modules::{LoadedModule, ModuleRegistry, NotReady};
 use crate::runtime::{CommandContext, GuestError, Runtime};
 use crate::store::{
-    EventFilter, ExpectedVersion, ModuleKind, RecordedEvent, Store, StoreError, StreamId,
-    StreamVersion, check_name,
+    Direction, EventFilter, ExpectedVersion, ModuleKind, RecordedEvent, Store, StoreError,
+    StreamId, StreamVersion, check_name,
 };
 use cache::StateCache;
 use locks::AggregateLocks;
@@ -114,7 +114,13 @@ pub struct CommandOutcome {
 #[derive(Clone, Debug)]
 pub struct StateView {
     pub version: StreamVersion,
-    pub module: String,
+    /// The module that folded the events into this state and rendered it,
+    /// `name@version`: the active one, whatever produced the events.
+    pub folded_by: String,
+    /// The module that produced the event at `version` (its `producer`), which at
+    /// a past version, or after a hot swap, may be another version than `folded_by`.
+    /// None for an event appended without one.
+    pub last_event_producer: Option<String>,
     /// The state as the module renders it (JSON).
     pub state: String,
 }
@@ -508,9 +514,16 @@ impl CommandService {
             module: module.label(),
             reason: format!("render returned text that is not JSON: {e}"),
         })?;
+        let last_event_producer = self
+            .store
+            .read_stream(&stream, state.version, Direction::Forward, 1)?
+            .into_iter()
+            .next()
+            .and_then(|event| event.metadata.producer);
         Ok(StateView {
             version: state.version,
-            module: module.label(),
+            folded_by: module.label(),
+            last_event_producer,
             state: rendered,
         })
     }

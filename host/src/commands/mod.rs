@@ -369,6 +369,7 @@ impl CommandService {
                 ExpectedVersion::Exact(state.version),
                 events,
                 &context.command_id,
+                None,
             )
             .await?;
         if appended.repeated {

@@ -692,7 +692,14 @@ async fn run_raw_appends(
                 if command_record {
                     let command_id = event.metadata.command_id.clone().unwrap_or_default();
                     store
-                        .append_command(&streams[i], ExpectedVersion::Any, vec![event], &command_id)
+                        // With a request fingerprint, as the service records one.
+                        .append_command(
+                            &streams[i],
+                            ExpectedVersion::Any,
+                            vec![event],
+                            &command_id,
+                            Some([7; 32]),
+                        )
                         .await?;
                 } else {
                     store

@@ -77,6 +77,9 @@ enum Command {
     Events {
         #[arg(long)]
         from: Option<u64>,
+        /// With --follow: only events recorded from now on, none from before
+        #[arg(long, requires = "follow", conflicts_with = "from")]
+        from_end: bool,
         #[arg(long)]
         limit: Option<u64>,
         #[arg(long)]
@@ -264,9 +267,10 @@ fn main() -> ExitCode {
             } => cli::state(opts, &aggregate_type, &id, at_version).await,
             Command::Events {
                 from,
+                from_end,
                 limit,
                 follow,
-            } => cli::events(opts, from, limit, follow).await,
+            } => cli::events(opts, from, from_end, limit, follow).await,
             Command::Backup { path } => cli::backup(opts, &path).await,
             Command::CompileWorker { .. } => 2,
         }

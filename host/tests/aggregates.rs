@@ -4,9 +4,9 @@ mod support;
 
 use std::collections::HashSet;
 
-use refold::commands::{CommandConfig, CommandError, CommandRequest};
+use refold::commands::{CommandConfig, CommandError, CommandRequest, Precondition};
 use refold::modules::ModuleError;
-use refold::store::{Direction, EventFilter, StreamId};
+use refold::store::{Direction, EventFilter, ExpectedVersion, NewEvent, StreamId};
 use refold_test_guests::{BANK_ACCOUNT, BANK_ACCOUNT_NO_WASI};
 use support::host::Host;
 use support::temp_dir;
@@ -217,6 +217,71 @@ async fn the_same_command_id_returns_the_original_result_and_writes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_command_id_recorded_without_a_fingerprint_is_matched_by_its_stream_alone() {
+    let dir = temp_dir();
+    let host = Host::start(dir.path()).await;
+    host.upload("bank-account", "1.0.0", BANK_ACCOUNT).await;
+    let open = r#"{"type":"Open","owner":"Ada"}"#;
+    let opened = host.send("bank-account", "a", open).await.unwrap();
+    // A command record as releases before fingerprints wrote it: no fingerprint.
+    let legacy = StreamId::new("bank-account", "old").unwrap();
+    let mut event = NewEvent::new("Opened", opened.events[0].data.clone());
+    event.metadata.command_id = Some("legacy-1".into());
+    host.store
+        .append_command(
+            &legacy,
+            ExpectedVersion::NoStream,
+            vec![event],
+            "legacy-1",
+            None,
+        )
+        .await
+        .unwrap();
+    let request = |id: &str, key: &str, command: &str| CommandRequest {
+        aggregate_type: "bank-account".into(),
+        aggregate_id: id.into(),
+        command: command.into(),
+        command_id: Some(key.into()),
+        ..CommandRequest::default()
+    };
+    // Unknown request: any retry on its stream gets the first result, as before.
+    let retried = host
+        .commands
+        .execute(request(
+            "old",
+            "legacy-1",
+            r#"{"type":"Deposit","amount":3}"#,
+        ))
+        .await
+        .unwrap();
+    assert!(retried.repeated);
+    assert_eq!((retried.version, retried.position), (1, Some(2)));
+    assert!(matches!(
+        host.commands
+            .execute(request("new", "legacy-1", open))
+            .await,
+        Err(CommandError::CommandIdReused { .. })
+    ));
+    // A record with a fingerprint tells another body apart.
+    host.commands
+        .execute(request("a", "dep-1", r#"{"type":"Deposit","amount":3}"#))
+        .await
+        .unwrap();
+    match host
+        .commands
+        .execute(request("a", "dep-1", r#"{"type":"Deposit","amount":4}"#))
+        .await
+    {
+        Err(CommandError::CommandIdReused { command_id, stream }) => {
+            assert_eq!((command_id.as_str(), stream.aggregate_id()), ("dep-1", "a"));
+        }
+        other => panic!("expected CommandIdReused, got {other:?}"),
+    }
+    assert_eq!(host.store.head(), 3, "open, the legacy open, one deposit");
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_expected_version_is_checked_and_concurrent_commands_all_land() {
     let dir = temp_dir();
     let host = Host::start(dir.path()).await;
@@ -228,14 +293,14 @@ async fn an_expected_version_is_checked_and_concurrent_commands_all_land() {
         aggregate_type: "bank-account".into(),
         aggregate_id: "a".into(),
         command: r#"{"type":"Deposit","amount":1}"#.into(),
-        expected_version: Some(v),
+        precondition: Precondition::at_versions([v]),
         ..CommandRequest::default()
     };
     match host.commands.execute(with_expected(5)).await {
         Err(CommandError::WrongExpectedVersion {
-            expected: 5,
+            expected,
             actual: 1,
-        }) => {}
+        }) if expected == Precondition::AtVersion(vec![5]) => {}
         other => panic!("expected WrongExpectedVersion(5, actual 1), got {other:?}"),
     }
     host.commands.execute(with_expected(1)).await.unwrap();

@@ -185,6 +185,43 @@ fn the_cli_uploads_sends_reads_and_reports_errors_with_their_codes() {
     follow.kill().unwrap();
     follow.wait().unwrap();
 
+    // --from-end prints only what is recorded after it subscribed. When it has
+    // subscribed is not visible from outside, so deposits go in until it prints one.
+    let mut live = Command::new(BIN)
+        .env("REFOLD_SERVER", &url)
+        .args(["--json", "events", "--follow", "--from-end", "--limit", "1"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = live.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(BufReader::new(out).lines().next());
+    });
+    let mut sent = Vec::new();
+    let line = loop {
+        assert!(sent.len() < 100, "--from-end printed nothing");
+        let deposit = run(&[
+            "--json",
+            "send",
+            "bank-account",
+            "acc-1",
+            r#"{"type":"Deposit","amount":1}"#,
+        ]);
+        let deposit: serde_json::Value = serde_json::from_slice(&deposit.stdout).unwrap();
+        sent.push(deposit["position"].as_u64().unwrap());
+        if let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            break line.unwrap().unwrap();
+        }
+    };
+    let printed: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let position = printed["position"].as_u64().unwrap();
+    assert!(
+        position > 3 && sent.contains(&position),
+        "nothing from before it subscribed: {line} (sent {sent:?})"
+    );
+    assert!(live.wait().unwrap().success(), "--limit 1 ends it");
+
     let status = sigterm(&mut server.child);
     assert!(status.success(), "serve exits cleanly on SIGTERM: {status}");
     let unreachable = refold(&url, &["events"]);
@@ -201,7 +238,7 @@ fn the_cli_uploads_sends_reads_and_reports_errors_with_their_codes() {
     let state: serde_json::Value = serde_json::from_slice(&state.stdout).unwrap();
     assert_eq!(
         (state["version"].as_u64(), state["module"].as_str()),
-        (Some(3), Some("bank-account@1.1.0"))
+        (Some(3 + sent.len() as u64), Some("bank-account@1.1.0"))
     );
     assert!(sigterm(&mut again.child).success());
 }

@@ -472,3 +472,237 @@ async fn a_non_loopback_address_without_tokens_is_refused() {
     let err = refold::server::start(config).await.err().expect("refused");
     assert!(err.to_string().contains("without tokens"), "{err}");
 }
+
+/// POSTs a command with optional headers (name, value), repeating a name appends.
+async fn command(
+    s: &TestServer,
+    id: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> reqwest::Response {
+    let mut request = s.request(
+        Method::POST,
+        &format!("/v1/aggregates/bank-account/{id}/commands"),
+    );
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.body(body.to_string()).send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idempotency_key_stands_for_one_request_and_another_request_with_it_is_refused() {
+    let dir = temp_dir();
+    let s = TestServer::start(dir.path()).await;
+    s.upload("bank-account", "1.0.0", BANK).await;
+    s.send("bank-account", "acc-1", r#"{"type":"Open","owner":"Ada"}"#)
+        .await;
+    let deposit = r#"{"type":"Deposit","amount":500}"#;
+    let key = [("idempotency-key", "pay-1")];
+    let first = command(&s, "acc-1", &[key[0], ("if-match", "\"1\"")], deposit).await;
+    assert_eq!(first.status().as_u16(), 200);
+    let first: Value = first.json().await.unwrap();
+
+    // The same request again, even with a newer If-Match (a client that re-read
+    // the aggregate after losing the answer): the first result, replayed.
+    for headers in [
+        vec![key[0], ("if-match", "\"1\"")],
+        vec![key[0], ("if-match", "\"2\"")],
+    ] {
+        let again = command(&s, "acc-1", &headers, deposit).await;
+        assert_eq!(again.status().as_u16(), 200);
+        assert_eq!(again.headers()["idempotent-replayed"], "true");
+        assert_eq!(again.json::<Value>().await.unwrap(), first);
+    }
+
+    // Another body under the key: refused, not answered with the first result.
+    // The body counts byte for byte: other whitespace is another request too.
+    for body in [
+        r#"{"type":"Deposit","amount":900}"#,
+        r#"{"type":"Deposit", "amount":500}"#,
+    ] {
+        let problem = expect_problem(
+            command(&s, "acc-1", &key, body).await,
+            409,
+            "idempotency_key_reused",
+        )
+        .await;
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("first used for a different request")
+                && detail.contains("exact body bytes"),
+            "{detail}"
+        );
+        assert_eq!(
+            (
+                problem["idempotency_key"].as_str(),
+                problem["first_aggregate_id"].as_str()
+            ),
+            (Some("pay-1"), Some("acc-1"))
+        );
+    }
+    let (_, state) = s.get_json("/v1/aggregates/bank-account/acc-1").await;
+    assert_eq!(
+        (
+            state["version"].as_u64(),
+            state["state"]["balance"].as_i64()
+        ),
+        (Some(2), Some(500)),
+        "only the first request ran"
+    );
+
+    // Different requests racing under one new key on different aggregates (no
+    // lock in common): one lands, every other gets the same code.
+    let racers: Vec<_> = (0..6)
+        .map(|i| {
+            let s = &s;
+            async move {
+                let id = format!("race-{i}");
+                command(
+                    s,
+                    &id,
+                    &[("idempotency-key", "open-once")],
+                    r#"{"type":"Open","owner":"Bo"}"#,
+                )
+                .await
+            }
+        })
+        .collect();
+    let mut landed = 0;
+    for response in futures::future::join_all(racers).await {
+        if response.status().is_success() {
+            landed += 1;
+        } else {
+            expect_problem(response, 409, "idempotency_key_reused").await;
+        }
+    }
+    assert_eq!(landed, 1);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn if_match_takes_star_zero_lists_and_never_matches_a_weak_tag() {
+    let dir = temp_dir();
+    let s = TestServer::start(dir.path()).await;
+    s.upload("bank-account", "1.0.0", BANK).await;
+    let open = r#"{"type":"Open","owner":"Ada"}"#;
+    let deposit = r#"{"type":"Deposit","amount":1}"#;
+
+    // `*`: the aggregate exists.
+    let problem = expect_problem(
+        command(&s, "acc-1", &[("if-match", "*")], open).await,
+        412,
+        "wrong_expected_version",
+    )
+    .await;
+    assert_eq!(
+        (
+            problem["actual_version"].as_u64(),
+            problem["expected_exists"].as_bool()
+        ),
+        (Some(0), Some(true))
+    );
+    // `"0"`: no events yet.
+    let opened = command(&s, "acc-1", &[("if-match", "\"0\"")], open).await;
+    assert_eq!(opened.status().as_u16(), 200);
+    let problem = expect_problem(
+        command(&s, "acc-1", &[("if-match", "\"0\"")], open).await,
+        412,
+        "wrong_expected_version",
+    )
+    .await;
+    assert_eq!(
+        (
+            problem["expected_version"].as_u64(),
+            problem["actual_version"].as_u64()
+        ),
+        (Some(0), Some(1))
+    );
+    let exists = command(&s, "acc-1", &[("if-match", "*")], deposit).await;
+    assert_eq!(exists.headers()["etag"], "\"2\"");
+
+    // A weak tag never matches (RFC 9110: If-Match compares strongly).
+    for weak in ["W/\"2\"", "\"1\", W/\"2\""] {
+        let problem = expect_problem(
+            command(&s, "acc-1", &[("if-match", weak)], deposit).await,
+            412,
+            "wrong_expected_version",
+        )
+        .await;
+        assert_eq!(problem["actual_version"], 2, "{weak}");
+    }
+    // A list matches any of its versions; so do several header lines.
+    let listed = command(&s, "acc-1", &[("if-match", "\"1\", \"2\"")], deposit).await;
+    assert_eq!(listed.headers()["etag"], "\"3\"");
+    let problem = expect_problem(
+        command(&s, "acc-1", &[("if-match", "\"5\",\"4\"")], deposit).await,
+        412,
+        "wrong_expected_version",
+    )
+    .await;
+    assert_eq!(problem["expected_versions"], serde_json::json!([4, 5]));
+    let lines = command(
+        &s,
+        "acc-1",
+        &[("if-match", "\"7\""), ("if-match", "\"3\"")],
+        deposit,
+    )
+    .await;
+    assert_eq!(lines.headers()["etag"], "\"4\"");
+
+    for bad in ["*, \"4\"", "\"four\"", "W/4", ""] {
+        expect_problem(
+            command(&s, "acc-1", &[("if-match", bad)], deposit).await,
+            400,
+            "invalid_request",
+        )
+        .await;
+    }
+    let (_, state) = s.get_json("/v1/aggregates/bank-account/acc-1").await;
+    assert_eq!(state["version"], 4, "nothing refused was written");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_state_names_the_module_that_folded_it_and_the_producer_of_its_last_event() {
+    let dir = temp_dir();
+    let s = TestServer::start(dir.path()).await;
+    s.upload("bank-account", "1.0.0", BANK).await;
+    s.send("bank-account", "acc-1", r#"{"type":"Open","owner":"Ada"}"#)
+        .await;
+    let v11 = s
+        .request(Method::PUT, "/v1/modules/bank-account/1.1.0?activate=true")
+        .body(std::fs::read(refold_test_guests::BANK_ACCOUNT_NO_WASI).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(v11.status().as_u16(), 201);
+    s.send("bank-account", "acc-1", r#"{"type":"Deposit","amount":5}"#)
+        .await;
+
+    let (_, then) = s
+        .get_json("/v1/aggregates/bank-account/acc-1?at_version=1")
+        .await;
+    assert_eq!(
+        (
+            then["folded_by"].as_str(),
+            then["last_event_producer"].as_str(),
+            then["module"].as_str()
+        ),
+        (
+            Some("bank-account@1.1.0"),
+            Some("bank-account@1.0.0"),
+            Some("bank-account@1.1.0")
+        ),
+        "{then}"
+    );
+    let (_, now) = s.get_json("/v1/aggregates/bank-account/acc-1").await;
+    assert_eq!(
+        (
+            now["folded_by"].as_str(),
+            now["last_event_producer"].as_str()
+        ),
+        (Some("bank-account@1.1.0"), Some("bank-account@1.1.0"))
+    );
+    s.stop().await;
+}

@@ -178,3 +178,134 @@ async fn graceful_shutdown_under_load_loses_no_acknowledged_command() {
     }
     store.close().await;
 }
+
+/// One SSE message as sent: its id, event and data fields.
+#[derive(Debug, Default)]
+struct Message {
+    id: Option<u64>,
+    event: Option<String>,
+    data: Option<Value>,
+}
+
+/// Reads the next `n` messages (keep-alive comments skipped) from an open stream.
+async fn next_messages(
+    bytes: &mut (impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+    buffer: &mut String,
+    n: usize,
+) -> Vec<Message> {
+    let mut messages = Vec::new();
+    loop {
+        while let Some(end) = buffer.find("\n\n") {
+            let text: String = buffer.drain(..end + 2).collect();
+            let mut message = Message::default();
+            for line in text.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    message.id = v.trim().parse().ok();
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    message.event = Some(v.trim().to_string());
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    message.data = serde_json::from_str(v.trim()).ok();
+                }
+            }
+            if message.id.is_some() || message.data.is_some() {
+                messages.push(message);
+            }
+            if messages.len() == n {
+                return messages;
+            }
+        }
+        let chunk = tokio::time::timeout(Duration::from_secs(30), bytes.next())
+            .await
+            .expect("messages keep coming")
+            .expect("the stream stays open")
+            .unwrap();
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sse_from_end_is_live_only_and_every_event_names_its_type() {
+    let dir = temp_dir();
+    let s = TestServer::start(dir.path()).await;
+    s.upload("bank-account", "1.0.0", refold_test_guests::BANK_ACCOUNT)
+        .await;
+    s.send("bank-account", "acc-1", r#"{"type":"Open","owner":"Ada"}"#)
+        .await;
+    s.send("bank-account", "acc-1", r#"{"type":"Deposit","amount":5}"#)
+        .await;
+
+    // The default start is the beginning of the log; each message's event is the type.
+    let all = s
+        .request(Method::GET, "/v1/events/subscribe")
+        .send()
+        .await
+        .unwrap();
+    let (mut all, mut buffer) = (all.bytes_stream(), String::new());
+    let caught_up = next_messages(&mut all, &mut buffer, 2).await;
+    let seen: Vec<_> = caught_up
+        .iter()
+        .map(|m| {
+            (
+                m.id,
+                m.event.as_deref(),
+                m.data.as_ref().map(|d| d["event_type"].clone()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (Some(1), Some("Opened"), Some(Value::from("Opened"))),
+            (Some(2), Some("Deposited"), Some(Value::from("Deposited")))
+        ]
+    );
+
+    // `from=end`: first the head it starts after (an id, no data), then only
+    // what is recorded afterwards.
+    let live = s
+        .request(Method::GET, "/v1/events/subscribe?from=end")
+        .send()
+        .await
+        .unwrap();
+    let (mut live, mut buffer) = (live.bytes_stream(), String::new());
+    let marker = next_messages(&mut live, &mut buffer, 1).await;
+    assert_eq!(
+        (
+            marker[0].id,
+            marker[0].event.as_deref(),
+            marker[0].data.is_none()
+        ),
+        (Some(2), None, true)
+    );
+    s.send("bank-account", "acc-1", r#"{"type":"Withdraw","amount":1}"#)
+        .await;
+    let new = next_messages(&mut live, &mut buffer, 1).await;
+    assert_eq!(
+        (new[0].id, new[0].event.as_deref()),
+        (Some(3), Some("Withdrawn"))
+    );
+    assert_eq!(new[0].data.as_ref().unwrap()["position"], 3);
+    drop(live);
+
+    // A reconnect after the marker alone resumes after it, missing nothing.
+    let resumed = s
+        .request(Method::GET, "/v1/events/subscribe?from=end")
+        .header("last-event-id", "2")
+        .send()
+        .await
+        .unwrap();
+    let (mut resumed, mut buffer) = (resumed.bytes_stream(), String::new());
+    assert_eq!(
+        next_messages(&mut resumed, &mut buffer, 1).await[0].id,
+        Some(3)
+    );
+
+    let bad = s
+        .request(Method::GET, "/v1/events/subscribe?from=later")
+        .send()
+        .await
+        .unwrap();
+    support::http::expect_problem(bad, 400, "invalid_request").await;
+    drop((all, resumed));
+    s.stop().await;
+}

@@ -17,7 +17,7 @@ use super::AppState;
 use super::problem::ApiError;
 use super::render::{EventView, event_views};
 use super::request::{self, QueryPairs};
-use crate::commands::{CommandError, CommandRequest};
+use crate::commands::{CommandError, CommandRequest, Precondition};
 use crate::store::{
     Direction, MAX_AGGREGATE_ID_LEN, MAX_AGGREGATE_TYPE_LEN, MAX_METADATA_ID_LEN, StreamId,
 };
@@ -43,7 +43,12 @@ struct StateReply<'a> {
     aggregate_type: &'a str,
     aggregate_id: &'a str,
     version: u64,
+    /// The same as `folded_by`, kept for clients written before it.
     module: &'a str,
+    /// The module that folded the events into this state and rendered it (the active one).
+    folded_by: &'a str,
+    /// The `producer` of the event at `version` (null if it has none).
+    last_event_producer: Option<&'a str>,
     state: &'a RawValue,
 }
 
@@ -69,19 +74,64 @@ fn etag(version: u64) -> HeaderValue {
         .expect("digits and quotes are a valid header value")
 }
 
-/// `If-Match: "N"` (or a bare N): the expected version.
-fn expected_version(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
-    let Some(value) = headers.get(header::IF_MATCH) else {
-        return Ok(None);
-    };
-    let text = value.to_str().unwrap_or_default().trim();
-    let text = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
-    text.parse::<u64>().map(Some).map_err(|_| {
+/// `If-Match` (RFC 9110, section 13.1.1) as a precondition: `*` is "the
+/// aggregate exists"; a list of entity tags `"3", "4"` (a bare 3 is taken as
+/// `"3"`) is "the aggregate is at one of these versions", `"0"` being "it has
+/// no events yet". If-Match compares strongly, so a weak tag `W/"3"` matches
+/// nothing: it is dropped, and a list of weak tags alone fails as a
+/// precondition (412). Several header lines make one list.
+fn precondition(headers: &HeaderMap) -> Result<Precondition, ApiError> {
+    let mut lines = headers.get_all(header::IF_MATCH).iter().peekable();
+    if lines.peek().is_none() {
+        return Ok(Precondition::None);
+    }
+    let invalid = |why: String| {
         ApiError::bad_request(
             "invalid_request",
-            format!("If-Match must be a version in quotes, like \"3\"; got {text:?}"),
+            format!(
+                "If-Match must be * (the aggregate exists) or versions in quotes separated by commas, like \"3\" or \"3\", \"4\" (\"0\": no events yet); {why}"
+            ),
         )
-    })
+    };
+    let mut tags = Vec::new();
+    for line in lines {
+        let line = line
+            .to_str()
+            .map_err(|_| invalid("the header is not visible ASCII".to_string()))?;
+        tags.extend(line.split(',').map(str::trim).filter(|t| !t.is_empty()));
+    }
+    if tags == ["*"] {
+        return Ok(Precondition::Exists);
+    }
+    if tags.is_empty() {
+        return Err(invalid("the header is empty".to_string()));
+    }
+    let mut versions = Vec::new();
+    for tag in tags {
+        let (weak, opaque) = match tag.strip_prefix("W/") {
+            Some(rest) => (true, rest),
+            None => (false, tag),
+        };
+        let quoted = opaque.strip_prefix('"').and_then(|t| t.strip_suffix('"'));
+        let version = match quoted {
+            Some(inner) => inner.parse::<u64>().ok(),
+            // A bare number, as earlier releases took it; a weak tag must be quoted.
+            None if !weak => opaque.parse::<u64>().ok(),
+            None => None,
+        };
+        let Some(version) = version else {
+            let why = if tag == "*" {
+                "* cannot be listed with entity tags".to_string()
+            } else {
+                format!("{tag:?} is not a version in quotes")
+            };
+            return Err(invalid(why));
+        };
+        if !weak {
+            versions.push(version);
+        }
+    }
+    Ok(Precondition::at_versions(versions))
 }
 
 fn header_id(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiError> {
@@ -114,7 +164,7 @@ pub async fn command(
             aggregate_type,
             aggregate_id,
             command,
-            expected_version: expected_version(&headers)?,
+            precondition: precondition(&headers)?,
             command_id: header_id(&headers, "idempotency-key")?,
             correlation_id: header_id(&headers, "x-correlation-id")?,
             causation_id: header_id(&headers, "x-causation-id")?,
@@ -182,14 +232,16 @@ pub async fn state(
     // `read_state` checked the text; whitespace around it is not part of the value.
     let state: &RawValue =
         serde_json::from_str(&view.state).map_err(|e| CommandError::InvalidGuestOutput {
-            module: view.module.clone(),
+            module: view.folded_by.clone(),
             reason: format!("render returned text that is not JSON: {e}"),
         })?;
     let body = StateReply {
         aggregate_type: &aggregate_type,
         aggregate_id: &aggregate_id,
         version: view.version,
-        module: &view.module,
+        module: &view.folded_by,
+        folded_by: &view.folded_by,
+        last_event_producer: view.last_event_producer.as_deref(),
         state,
     };
     let mut response = Json(body).into_response();

@@ -18,7 +18,7 @@ use super::metrics::Metrics;
 use super::problem::ApiError;
 use super::render::{EventView, event_view, event_views};
 use super::request::QueryPairs;
-use crate::store::EventFilter;
+use crate::store::{EventFilter, RecordedEvent};
 
 fn filter(query: &QueryPairs) -> EventFilter {
     EventFilter {
@@ -60,8 +60,52 @@ impl Drop for SubscriberGauge {
     }
 }
 
-/// Catches up from `from` (or just after `Last-Event-ID`), then follows live.
-/// Each SSE message's id is the event's position.
+/// Where a subscription starts.
+enum Start {
+    /// At this position (catching up on what is already recorded).
+    At(u64),
+    /// After the current head: only events recorded from now on.
+    End,
+}
+
+/// `from`: a position (default 1, the start of the log) or `end`.
+fn start(query: &QueryPairs) -> Result<Start, ApiError> {
+    match query.get("from") {
+        Some("end") => Ok(Start::End),
+        _ => Ok(Start::At(
+            query
+                .number("from")
+                .map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid_request",
+                        "query parameter from must be a position (a non-negative integer) or end",
+                    )
+                })?
+                .unwrap_or(1),
+        )),
+    }
+}
+
+/// One recorded event as an SSE message: `id` its position, `event` its type,
+/// `data` the event.
+fn message(event: &RecordedEvent) -> Event {
+    let message = Event::default().id(event.position.to_string());
+    // Event types are checked on append; one recorded by an early release with a
+    // line break cannot be an SSE field, and goes without (its data names it).
+    let message = if event.event_type.contains(['\r', '\n']) {
+        message
+    } else {
+        message.event(&event.event_type)
+    };
+    message.data(serde_json::to_string(&event_view(event)).expect("an event view serializes"))
+}
+
+/// Catches up from `from` (or just after `Last-Event-ID`), then follows live;
+/// `from=end` skips the catch-up. Each SSE message's id is the event's
+/// position and its `event` the event type; a stream failure is `event:
+/// error` without an id. A `from=end` subscription begins with a message that
+/// has only an id, the head it starts after, so a client that reconnects with
+/// `Last-Event-ID` misses nothing even if no event came before the drop.
 pub async fn subscribe(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -83,11 +127,21 @@ pub async fn subscribe(
         ),
         None => None,
     };
-    let from = match resume_after {
-        Some(last) => last.checked_add(1).ok_or_else(|| {
-            ApiError::bad_request("invalid_request", "Last-Event-ID is past any position")
-        })?,
-        None => query.number("from")?.unwrap_or(1),
+    let (from, marker) = match resume_after {
+        Some(last) => (
+            last.checked_add(1).ok_or_else(|| {
+                ApiError::bad_request("invalid_request", "Last-Event-ID is past any position")
+            })?,
+            None,
+        ),
+        None => match start(&query)? {
+            Start::At(from) => (from, None),
+            // Durable events only ever come after the durable head read here.
+            Start::End => {
+                let head = app.store.head();
+                (head + 1, Some(Event::default().id(head.to_string())))
+            }
+        },
     };
     app.metrics.subscriber_opened();
     let gauge = SubscriberGauge(app.metrics.clone());
@@ -95,21 +149,18 @@ pub async fn subscribe(
     let stopped = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     };
-    let events = app
-        .store
-        .subscribe(from, filter(&query))
-        .take_until(stopped)
-        .map(move |item| {
-            let _alive = &gauge;
-            Ok(match item {
-                Ok(event) => Event::default().id(event.position.to_string()).data(
-                    serde_json::to_string(&event_view(&event)).expect("an event view serializes"),
-                ),
-                // A read failure ends nothing silently: the client sees it and can resume.
-                Err(err) => Event::default()
-                    .event("error")
-                    .data(json!({"code": err.code(), "detail": err.to_string()}).to_string()),
-            })
-        });
+    let events = app.store.subscribe(from, filter(&query)).map(move |item| {
+        let _alive = &gauge;
+        Ok(match item {
+            Ok(event) => message(&event),
+            // A read failure ends nothing silently: the client sees it and can resume.
+            Err(err) => Event::default()
+                .event("error")
+                .data(json!({"code": err.code(), "detail": err.to_string()}).to_string()),
+        })
+    });
+    let events = futures::stream::iter(marker.map(Ok))
+        .chain(events)
+        .take_until(stopped);
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

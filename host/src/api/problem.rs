@@ -5,7 +5,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
-use crate::commands::CommandError;
+use crate::commands::{CommandError, Precondition};
 use crate::modules::{CompileBudget, ModuleError, NotReady};
 use crate::projections::ProjectionError;
 use crate::runtime::GuestError;
@@ -123,18 +123,46 @@ impl From<CommandError> for ApiError {
             CommandError::InvalidRequest(_) | CommandError::InvalidCommand(_) => {
                 ApiError::bad_request(code, err.to_string())
             }
-            CommandError::CommandIdReused { .. } => {
-                ApiError::new(StatusCode::CONFLICT, code, err.to_string())
-            }
+            // Payment-API style (Stripe): a key names one request; answering another
+            // request with the first one's result would hide a client's bug.
+            CommandError::CommandIdReused {
+                command_id,
+                stream,
+            } => ApiError::new(
+                StatusCode::CONFLICT,
+                code,
+                format!(
+                    "the Idempotency-Key {command_id:?} was first used for a different request (a command on {stream}); \
+                     a key stands for one request, which is its aggregate type and id and its exact body bytes \
+                     (not If-Match, X-Correlation-ID or X-Causation-ID). Send the first request's body to that \
+                     aggregate again to get its result, or use a new key for a new command"
+                ),
+            )
+            .with("idempotency_key", command_id)
+            .with("first_aggregate_type", stream.aggregate_type())
+            .with("first_aggregate_id", stream.aggregate_id()),
             CommandError::Rejected {
                 code: reason,
                 message,
             } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "rejected", message)
                 .with("reason", reason),
-            CommandError::WrongExpectedVersion { expected, actual } => {
-                ApiError::new(StatusCode::PRECONDITION_FAILED, code, err.to_string())
-                    .with("expected_version", expected)
-                    .with("actual_version", actual)
+            CommandError::WrongExpectedVersion {
+                ref expected,
+                actual,
+            } => {
+                let problem = ApiError::new(StatusCode::PRECONDITION_FAILED, code, err.to_string())
+                    .with("actual_version", actual);
+                match expected {
+                    Precondition::AtVersion(versions) => {
+                        let problem = problem.with("expected_versions", versions.clone());
+                        match versions.as_slice() {
+                            [one] => problem.with("expected_version", *one),
+                            _ => problem,
+                        }
+                    }
+                    Precondition::Exists => problem.with("expected_exists", true),
+                    Precondition::None => problem,
+                }
             }
             CommandError::Guest(guest) => guest.into(),
             CommandError::InvalidGuestOutput { .. } | CommandError::StateTooLarge { .. } => {

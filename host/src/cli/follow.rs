@@ -1,7 +1,9 @@
 //! `events --follow`: prints events as the server records them, from
-//! `/v1/events/subscribe`. A dropped connection is resumed with
-//! `Last-Event-ID` set to the last printed position, so nothing is skipped;
-//! positions only grow, so anything at or below it is a repeat and is dropped.
+//! `/v1/events/subscribe` (`--from-end`: only those recorded from now on). A
+//! dropped connection is resumed with `Last-Event-ID` set to the last printed
+//! position (or the head a `--from-end` subscription started after), so
+//! nothing is skipped; positions only grow, so anything at or below it is a
+//! repeat and is dropped.
 
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
@@ -47,6 +49,8 @@ enum Step {
 struct Follower {
     json: bool,
     from: Option<u64>,
+    /// Only events recorded after the subscription starts (`from=end`).
+    from_end: bool,
     limit: Option<u64>,
     printed: u64,
     last_position: Option<u64>,
@@ -56,11 +60,13 @@ pub(crate) async fn follow(
     client: &Client,
     json: bool,
     from: Option<u64>,
+    from_end: bool,
     limit: Option<u64>,
 ) -> Result<(), Failure> {
     let mut follower = Follower {
         json,
         from,
+        from_end,
         limit,
         printed: 0,
         last_position: None,
@@ -102,8 +108,11 @@ impl Follower {
     /// the server refused the subscription, or stdout is gone.
     async fn session(&mut self, client: &Client) -> Result<End, Failure> {
         let mut query = Vec::new();
-        if let (None, Some(from)) = (self.last_position, self.from) {
-            query.push(("from", from.to_string()));
+        match (self.last_position, self.from) {
+            (Some(_), _) => {} // Last-Event-ID below
+            (None, _) if self.from_end => query.push(("from", "end".to_owned())),
+            (None, Some(from)) => query.push(("from", from.to_string())),
+            (None, None) => {}
         }
         let url = client.url(&["v1", "events", "subscribe"], &query)?;
         let mut request = client
@@ -174,22 +183,34 @@ impl Follower {
 
     /// Prints one event unless it is a repeat.
     fn handle(&mut self, out: &mut dyn Write, message: sse::Message) -> io::Result<Step> {
-        if message.event.as_deref() == Some("error") {
+        let id = message
+            .id
+            .as_deref()
+            .and_then(|id| id.trim().parse::<u64>().ok());
+        let Some(data) = message.data else {
+            // An id alone: the head a `from=end` subscription starts after.
+            // Nothing to print, but a reconnect resumes after it.
+            if let Some(position) = id
+                && self.last_position.is_none_or(|last| position > last)
+            {
+                self.last_position = Some(position);
+            }
+            return Ok(Step::Continue);
+        };
+        // A stream failure has no id; an event (whose `event:` is its type,
+        // which may well be "error") always has its position.
+        if message.event.as_deref() == Some("error") && message.id.is_none() {
             // Resuming from the last printed position is the remedy the
             // server expects ("the client sees it and can resume").
-            let problem: Option<Value> = serde_json::from_str(&message.data).ok();
+            let problem: Option<Value> = serde_json::from_str(&data).ok();
             let reason = match &problem {
                 Some(e) => format!("server error {}: {}", text(&e["code"]), text(&e["detail"])),
-                None => format!("server error: {}", message.data),
+                None => format!("server error: {data}"),
             };
             return Ok(Step::ServerError(reason));
         }
-        let event = serde_json::from_str::<output::EventText>(&message.data).ok();
-        let position = message
-            .id
-            .as_deref()
-            .and_then(|id| id.trim().parse::<u64>().ok())
-            .or_else(|| event.as_ref().and_then(output::EventText::position));
+        let event = serde_json::from_str::<output::EventText>(&data).ok();
+        let position = id.or_else(|| event.as_ref().and_then(output::EventText::position));
         if let (Some(position), Some(last)) = (position, self.last_position)
             && position <= last
         {
@@ -198,7 +219,7 @@ impl Follower {
         match &event {
             Some(event) if !self.json => output::event_line(out, event)?,
             // With --json, or if the data is not JSON, show it exactly as sent.
-            _ => writeln!(out, "{}", message.data)?,
+            _ => writeln!(out, "{data}")?,
         }
         out.flush()?;
         if position.is_some() {
@@ -229,6 +250,7 @@ mod tests {
         let mut f = Follower {
             json: true,
             from: None,
+            from_end: false,
             limit: Some(3),
             printed: 0,
             last_position: None,
@@ -236,17 +258,32 @@ mod tests {
         let mut out = Vec::new();
         let msg = |id: &str| sse::Message {
             id: Some(id.to_owned()),
-            event: None,
-            data: format!("{{\"position\":{id}}}"),
+            event: Some("Deposited".to_owned()),
+            data: Some(format!("{{\"position\":{id}}}")),
         };
         let mut step = |m| f.handle(&mut out, m).expect("in memory");
+        let marker = sse::Message {
+            id: Some("4".to_owned()),
+            event: None,
+            data: None,
+        };
+        assert_eq!(step(marker), Step::Continue, "a marker prints nothing");
+        assert_eq!(step(msg("4")), Step::Continue, "at or below the marker");
         assert_eq!(step(msg("5")), Step::Continue);
         assert_eq!(step(msg("5")), Step::Continue);
-        assert_eq!(step(msg("6")), Step::Continue);
+        let typed_error = sse::Message {
+            event: Some("error".to_owned()),
+            ..msg("6")
+        };
+        assert_eq!(
+            step(typed_error),
+            Step::Continue,
+            "an event of type error is an event"
+        );
         let error = sse::Message {
             id: None,
             event: Some("error".to_owned()),
-            data: r#"{"code":"lagged","detail":"too slow"}"#.to_owned(),
+            data: Some(r#"{"code":"lagged","detail":"too slow"}"#.to_owned()),
         };
         assert_eq!(
             step(error),

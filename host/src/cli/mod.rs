@@ -110,15 +110,17 @@ pub async fn state(
 
 /// Prints events of the global log from `from`. With `follow` it keeps
 /// printing new events as they are recorded (stopping after `limit` events if
-/// given); without, it prints one page. Returns the process exit code.
+/// given; with `from_end`, only those recorded from now on); without, it
+/// prints one page. Returns the process exit code.
 pub async fn events(
     opts: &ClientOptions,
     from: Option<u64>,
+    from_end: bool,
     limit: Option<u64>,
     follow: bool,
 ) -> i32 {
     let result = match Client::new(opts) {
-        Ok(client) if follow => follow::follow(&client, opts.json, from, limit).await,
+        Ok(client) if follow => follow::follow(&client, opts.json, from, from_end, limit).await,
         Ok(client) => run_events_page(&client, opts, from, limit).await,
         Err(failure) => Err(failure),
     };
@@ -367,7 +369,7 @@ mod tests {
         assert_send(module(&opts, ModuleCommand::List));
         assert_send(send(&opts, "t", "i", "{}", None, None));
         assert_send(state(&opts, "t", "i", None));
-        assert_send(events(&opts, None, None, true));
+        assert_send(events(&opts, None, false, None, true));
         assert_send(verify(
             &opts,
             VerifyCommand::Aggregate {

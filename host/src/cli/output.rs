@@ -95,8 +95,13 @@ pub(crate) struct StateText<'a> {
     aggregate_id: Value,
     #[serde(default)]
     version: Value,
+    /// Servers before `folded_by` sent only this (the same module).
     #[serde(default)]
     module: Value,
+    #[serde(default)]
+    folded_by: Value,
+    #[serde(default)]
+    last_event_producer: Value,
     #[serde(borrow, default, deserialize_with = "raw_text")]
     state: Option<&'a RawValue>,
 }
@@ -145,7 +150,9 @@ pub(crate) fn send_result(out: &mut dyn Write, v: &SendText) -> io::Result<()> {
 }
 
 /// `bank-account/acc-1 @ version 3 (bank-account@1.0.0)`, then the state,
-/// indented without re-encoding it.
+/// indented without re-encoding it. When the module that folded the state is
+/// not the one that produced the last event folded (a past version, a hot
+/// swap): `(folded by bank-account@2.0.0; last event by bank-account@1.0.0)`.
 pub(crate) fn state_result(out: &mut dyn Write, v: &StateText) -> io::Result<()> {
     write!(
         out,
@@ -153,8 +160,14 @@ pub(crate) fn state_result(out: &mut dyn Write, v: &StateText) -> io::Result<()>
         stream_name(&v.aggregate_type, &v.aggregate_id),
         text(&v.version)
     )?;
-    if let Some(module) = module_label(&v.module) {
-        write!(out, " ({module})")?;
+    let folded_by = module_label(&v.folded_by).or_else(|| module_label(&v.module));
+    match (folded_by, module_label(&v.last_event_producer)) {
+        (Some(folded), Some(producer)) if folded != producer => {
+            write!(out, " (folded by {folded}; last event by {producer})")?;
+        }
+        (Some(folded), _) => write!(out, " ({folded})")?,
+        (None, Some(producer)) => write!(out, " (last event by {producer})")?,
+        (None, None) => {}
     }
     writeln!(out)?;
     writeln!(out, "{}", pretty(raw_or_unknown(v.state)))
@@ -351,6 +364,22 @@ mod tests {
         assert_eq!(
             render(|out| send_result(out, &parse(nothing))),
             "t/a -> version 0\n  (no new events)\n"
+        );
+    }
+
+    #[test]
+    fn formats_state_naming_the_folding_module_and_the_last_producer() {
+        let past = r#"{"aggregate_type":"t","aggregate_id":"a","version":1,"module":"m@2.0.0",
+                       "folded_by":"m@2.0.0","last_event_producer":"m@1.0.0","state":{}}"#;
+        assert_eq!(
+            render(|out| state_result(out, &parse(past))),
+            "t/a @ version 1 (folded by m@2.0.0; last event by m@1.0.0)\n{}\n"
+        );
+        let same = r#"{"aggregate_type":"t","aggregate_id":"a","version":1,"module":"m@2.0.0",
+                       "folded_by":"m@2.0.0","last_event_producer":"m@2.0.0","state":{}}"#;
+        assert_eq!(
+            render(|out| state_result(out, &parse(same))),
+            "t/a @ version 1 (m@2.0.0)\n{}\n"
         );
     }
 

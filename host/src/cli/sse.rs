@@ -8,8 +8,10 @@ pub(crate) struct Message {
     pub id: Option<String>,
     /// The `event:` field (the type), if it had one.
     pub event: Option<String>,
-    /// The `data:` lines joined with `\n`.
-    pub data: String,
+    /// The `data:` lines joined with `\n`; None for a message with an id and no
+    /// data, which a browser dispatches to no listener but which still sets the
+    /// id to resume after (the server's place marker for `from=end`).
+    pub data: Option<String>,
 }
 
 #[derive(Default)]
@@ -73,17 +75,21 @@ impl Parser {
         None
     }
 
-    /// A blank line ends a message; one without data is not dispatched.
+    /// A blank line ends a message; one with neither data nor id is not dispatched.
     fn dispatch(&mut self) -> Option<Message> {
         let id = self.id.take();
         let event = self.event.take();
         if !std::mem::take(&mut self.has_data) {
-            return None;
+            return id.map(|id| Message {
+                id: Some(id),
+                event: None,
+                data: None,
+            });
         }
         Some(Message {
             id,
             event,
-            data: std::mem::take(&mut self.data),
+            data: Some(std::mem::take(&mut self.data)),
         })
     }
 }
@@ -96,7 +102,7 @@ mod tests {
         Message {
             id: Some(id.to_owned()),
             event: None,
-            data: data.to_owned(),
+            data: Some(data.to_owned()),
         }
     }
 
@@ -104,16 +110,31 @@ mod tests {
     fn parses_messages_and_skips_comments() {
         let mut p = Parser::default();
         let got = p.feed(
-            b": keep-alive\n\nid: 17\ndata: {\"a\":1}\n\nid:18\ndata:x\ndata: y\n\nevent: error\ndata: {}\n\n",
+            b": keep-alive\n\nid: 17\ndata: {\"a\":1}\n\nid:18\ndata:x\ndata: y\n\nevent: error\ndata: {}\n\nid: 19\n\nevent: x\n\nid: 20\nevent: Deposited\ndata: z\n\n",
         );
         let error = Message {
             id: None,
             event: Some("error".to_owned()),
-            data: "{}".to_owned(),
+            data: Some("{}".to_owned()),
+        };
+        let marker = Message {
+            id: Some("19".to_owned()),
+            event: None,
+            data: None,
+        };
+        let typed = Message {
+            event: Some("Deposited".to_owned()),
+            ..message("20", "z")
         };
         assert_eq!(
             got,
-            vec![message("17", "{\"a\":1}"), message("18", "x\ny"), error]
+            vec![
+                message("17", "{\"a\":1}"),
+                message("18", "x\ny"),
+                error,
+                marker,
+                typed
+            ]
         );
     }
 

@@ -1,7 +1,8 @@
 //! The command pipeline: a command for an aggregate goes through its active
 //! module and, if accepted, into the store.
 //!
-//! execute: check the command id (a repeat returns the original result) ->
+//! execute: check the command id (a repeat of the same request returns the
+//! original result; the same id for another request is refused) ->
 //! lock the aggregate -> load its state -> `handle` in the guest -> check the
 //! guest's output -> `apply` the new events to get the new state and its digest
 //! -> append with the loaded version as expected version and the command id ->
@@ -41,8 +42,8 @@ pub use verify::{
 use crate::modules::{LoadedModule, ModuleRegistry, NotReady};
 use crate::runtime::{CommandContext, GuestError, Runtime};
 use crate::store::{
-    EventFilter, ExpectedVersion, ModuleKind, RecordedEvent, Store, StoreError, StreamId,
-    StreamVersion, check_name,
+    Direction, EventFilter, ExpectedVersion, ModuleKind, RecordedEvent, RequestFingerprint, Store,
+    StoreError, StreamId, StreamVersion, check_name,
 };
 use cache::StateCache;
 use locks::AggregateLocks;
@@ -78,6 +79,71 @@ impl Default for CommandConfig {
     }
 }
 
+/// What a command requires of its aggregate before it runs (HTTP `If-Match`).
+/// Unmet, the command fails with `WrongExpectedVersion` and writes nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Precondition {
+    /// Nothing: a conflict with a concurrent command is retried on fresh state.
+    #[default]
+    None,
+    /// The aggregate has at least one event (`If-Match: *`). It can only stay
+    /// true, so a conflict is retried on fresh state as without a precondition.
+    Exists,
+    /// The aggregate is at one of these versions (`If-Match: "3"`, `"3", "4"`);
+    /// 0 is an aggregate with no events yet. Sorted, without repeats; empty
+    /// matches nothing (an `If-Match` of weak tags only). Never retried.
+    AtVersion(Vec<StreamVersion>),
+}
+
+impl Precondition {
+    /// One of `versions` (sorted and deduplicated here).
+    pub fn at_versions(versions: impl IntoIterator<Item = StreamVersion>) -> Precondition {
+        let mut versions: Vec<_> = versions.into_iter().collect();
+        versions.sort_unstable();
+        versions.dedup();
+        Precondition::AtVersion(versions)
+    }
+
+    /// Does an aggregate at `actual` (0: no events) meet it?
+    pub fn admits(&self, actual: StreamVersion) -> bool {
+        match self {
+            Precondition::None => true,
+            Precondition::Exists => actual > 0,
+            Precondition::AtVersion(versions) => versions.binary_search(&actual).is_ok(),
+        }
+    }
+
+    /// May a concurrency conflict be retried on fresh state? Not when the caller
+    /// named the versions it decided from.
+    fn retries(&self) -> bool {
+        !matches!(self, Precondition::AtVersion(_))
+    }
+}
+
+impl std::fmt::Display for Precondition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Precondition::None => f.write_str("any version"),
+            Precondition::Exists => f.write_str("an existing aggregate (any version from 1)"),
+            Precondition::AtVersion(versions) if versions.is_empty() => {
+                f.write_str("no version at all (only weak tags, which never match)")
+            }
+            Precondition::AtVersion(versions) => {
+                for (i, v) in versions.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(" or ")?;
+                    }
+                    write!(f, "{v}")?;
+                    if *v == 0 {
+                        f.write_str(" (no events yet)")?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// A command as a caller hands it in.
 #[derive(Clone, Debug, Default)]
 pub struct CommandRequest {
@@ -85,10 +151,11 @@ pub struct CommandRequest {
     pub aggregate_id: String,
     /// The command, as JSON.
     pub command: String,
-    /// Fail with `WrongExpectedVersion` unless the aggregate is at this version.
-    pub expected_version: Option<StreamVersion>,
-    /// Unique per command; a retry with the same id returns the original result.
-    /// The host makes one up when absent.
+    /// Fail with `WrongExpectedVersion` unless the aggregate meets it.
+    pub precondition: Precondition,
+    /// Unique per request; a retry of the same request (`request_fingerprint`)
+    /// with the same id returns the original result, another request with it
+    /// is refused (`CommandIdReused`). The host makes one up when absent.
     pub command_id: Option<String>,
     pub correlation_id: Option<String>,
     pub causation_id: Option<String>,
@@ -114,7 +181,13 @@ pub struct CommandOutcome {
 #[derive(Clone, Debug)]
 pub struct StateView {
     pub version: StreamVersion,
-    pub module: String,
+    /// The module that folded the events into this state and rendered it,
+    /// `name@version`: the active one, whatever produced the events.
+    pub folded_by: String,
+    /// The module that produced the event at `version` (its `producer`), which at
+    /// a past version, or after a hot swap, may be another version than `folded_by`.
+    /// None for an event appended without one.
+    pub last_event_producer: Option<String>,
     /// The state as the module renders it (JSON).
     pub state: String,
 }
@@ -125,9 +198,14 @@ pub enum CommandError {
     UnknownAggregateType(String),
     #[error("invalid request: {0}")]
     InvalidRequest(String),
-    #[error("command id {command_id} was already used for a command on {stream}")]
+    /// The command id is recorded for a different request: another aggregate,
+    /// or (for records that carry a fingerprint) another command text.
+    #[error(
+        "command id {command_id} was first used for a different request (a command on {stream}); an id stands for one request: its aggregate type and id and its exact command text"
+    )]
     CommandIdReused {
         command_id: String,
+        /// The stream of the command first recorded under this id.
         stream: StreamId,
     },
     #[error("invalid command: {0}")]
@@ -136,7 +214,7 @@ pub enum CommandError {
     Rejected { code: String, message: String },
     #[error("wrong expected version: expected {expected}, actual {actual}")]
     WrongExpectedVersion {
-        expected: StreamVersion,
+        expected: Precondition,
         actual: StreamVersion,
     },
     #[error(transparent)]
@@ -258,7 +336,8 @@ impl CommandService {
                     .map_err(CommandError::InvalidRequest)?;
             }
         }
-        if let Some(outcome) = self.repeat_of(&command_id, &stream)? {
+        let fingerprint = request_fingerprint(&request);
+        if let Some(outcome) = self.repeat_of(&command_id, &stream, &fingerprint)? {
             return Ok(outcome);
         }
         // The version that takes this command is fixed here: a hot swap during the
@@ -270,7 +349,7 @@ impl CommandService {
             .ok_or_else(|| CommandError::UnknownAggregateType(request.aggregate_type.clone()))?;
         let _guard = self.locks.lock(&stream).await;
         // A retry that raced the original: the original has landed by the time we hold the lock.
-        if let Some(outcome) = self.repeat_of(&command_id, &stream)? {
+        if let Some(outcome) = self.repeat_of(&command_id, &stream, &fingerprint)? {
             return Ok(outcome);
         }
         let context = CommandContext {
@@ -283,19 +362,30 @@ impl CommandService {
                 .unwrap_or_else(|| command_id.clone()),
             received_at_ms,
         };
-        let attempts = if request.expected_version.is_some() {
-            1
-        } else {
+        let attempts = if request.precondition.retries() {
             1 + self.config.max_retries
+        } else {
+            1
         };
         for attempt in 1..=attempts {
-            match self.attempt(&module, &stream, &request, &context).await {
+            match self
+                .attempt(&module, &stream, &request, &context, &fingerprint)
+                .await
+            {
                 Err(CommandError::Store(StoreError::WrongExpectedVersion { actual, .. })) => {
                     self.forget(&module, &stream);
-                    if let Some(expected) = request.expected_version {
-                        return Err(CommandError::WrongExpectedVersion { expected, actual });
+                    if !request.precondition.retries() {
+                        return Err(CommandError::WrongExpectedVersion {
+                            expected: request.precondition.clone(),
+                            actual,
+                        });
                     }
                     tracing::debug!(%stream, attempt, "concurrency conflict; retrying from fresh state");
+                }
+                // Another request under this id landed first, past the checks above
+                // (on another aggregate, whose lock this command does not hold).
+                Err(CommandError::Store(StoreError::CommandIdInUse { command_id, stream })) => {
+                    return Err(CommandError::CommandIdReused { command_id, stream });
                 }
                 other => return other,
             }
@@ -309,13 +399,12 @@ impl CommandService {
         stream: &StreamId,
         request: &CommandRequest,
         context: &CommandContext,
+        fingerprint: &RequestFingerprint,
     ) -> Result<CommandOutcome, CommandError> {
         let state = self.current_state(module, stream).await?;
-        if let Some(expected) = request.expected_version
-            && expected != state.version
-        {
+        if !request.precondition.admits(state.version) {
             return Err(CommandError::WrongExpectedVersion {
-                expected,
+                expected: request.precondition.clone(),
                 actual: state.version,
             });
         }
@@ -363,15 +452,18 @@ impl CommandService {
                 ExpectedVersion::Exact(state.version),
                 events,
                 &context.command_id,
+                Some(*fingerprint),
             )
             .await?;
         if appended.repeated {
             // The same command landed meanwhile (a retry raced its original). Our state
             // is what *this* attempt decided, not what the stored events produce: keep
             // it out of the cache and the snapshots, and answer with the original.
-            return self.repeat_of(&context.command_id, stream)?.ok_or_else(|| {
-                CommandError::NotFound(format!("command {} vanished", context.command_id))
-            });
+            return self
+                .repeat_of(&context.command_id, stream, fingerprint)?
+                .ok_or_else(|| {
+                    CommandError::NotFound(format!("command {} vanished", context.command_id))
+                });
         }
         let appended = appended.result;
         let new_state = AggregateState {
@@ -405,16 +497,20 @@ impl CommandService {
         Ok(())
     }
 
-    /// The original outcome of a command already recorded under `command_id`.
+    /// The original outcome of the same request already recorded under
+    /// `command_id`; an error if the id is recorded for a different request.
+    /// A record without a fingerprint (written before fingerprints) is matched
+    /// by its stream alone, as it always was.
     fn repeat_of(
         &self,
         command_id: &str,
         stream: &StreamId,
+        fingerprint: &RequestFingerprint,
     ) -> Result<Option<CommandOutcome>, CommandError> {
         let Some(record) = self.store.command_record(command_id)? else {
             return Ok(None);
         };
-        if record.stream != *stream {
+        if !record.same_request(stream, Some(fingerprint)) {
             return Err(CommandError::CommandIdReused {
                 command_id: command_id.to_string(),
                 stream: record.stream,
@@ -508,17 +604,21 @@ impl CommandService {
             module: module.label(),
             reason: format!("render returned text that is not JSON: {e}"),
         })?;
+        let last_event_producer = self
+            .store
+            .read_stream(&stream, state.version, Direction::Forward, 1)?
+            .into_iter()
+            .next()
+            .and_then(|event| event.metadata.producer);
         Ok(StateView {
             version: state.version,
-            module: module.label(),
+            folded_by: module.label(),
+            last_event_producer,
             state: rendered,
         })
     }
 }
 
-/// Event ids are derived from the command id, so a command's events have the
-/// same ids however often it is retried: the store's idempotency rule then
-/// catches any repeat that gets past the command record.
 /// The aggregate a module implements; a projection's name is no aggregate type.
 fn aggregate_of(module: &LoadedModule) -> Result<&crate::runtime::AggregateModule, CommandError> {
     module
@@ -526,6 +626,34 @@ fn aggregate_of(module: &LoadedModule) -> Result<&crate::runtime::AggregateModul
         .ok_or_else(|| CommandError::UnknownAggregateType(module.record.name.clone()))
 }
 
+/// What makes two command requests the same request, for the idempotency rule:
+/// SHA-256 over the aggregate type, the aggregate id and the command text
+/// exactly as sent (no JSON normalisation: other whitespace or key order is
+/// another request). Each part is length-prefixed, so no two requests share an
+/// input. Not covered:
+/// - the precondition: it says when the command may run, not what it asks. A
+///   client that lost the answer, re-read the aggregate (now past its own
+///   command) and retries with a newer `If-Match` is retrying the same command,
+///   and gets its result; the first attempt met its precondition.
+/// - the correlation and causation ids, which say where a request comes from;
+///   a retry gets the first request's.
+pub fn request_fingerprint(request: &CommandRequest) -> RequestFingerprint {
+    let mut hasher = Sha256::new();
+    hasher.update(b"refold command request v1\0");
+    for part in [
+        &request.aggregate_type,
+        &request.aggregate_id,
+        &request.command,
+    ] {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part.as_bytes());
+    }
+    hasher.finalize().into()
+}
+
+/// Event ids are derived from the command id, so a command's events have the
+/// same ids however often it is retried: the store's idempotency rule then
+/// catches any repeat that gets past the command record.
 fn event_id_for(command_id: &str, index: usize) -> Uuid {
     let mut hasher = Sha256::new();
     hasher.update(command_id.as_bytes());

@@ -34,8 +34,11 @@ pub enum StoreError {
         version: StreamVersion,
     },
 
-    /// The command id was already used for a command on another stream.
-    #[error("command id {command_id} was already used for a command on {stream}")]
+    /// The command id was already used for a different request: a command on
+    /// another stream, or (when both fingerprints are known) another request.
+    #[error(
+        "command id {command_id} was already used for a different request (a command on {stream})"
+    )]
     CommandIdInUse {
         command_id: String,
         stream: StreamId,

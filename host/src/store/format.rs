@@ -232,18 +232,44 @@ struct CommandRecordV1<S> {
     last_position: Position,
 }
 
+/// `[FORMAT_V1] | postcard(CommandRecordV1) | [fingerprint: 32 bytes]`. The
+/// fingerprint trails the postcard body, raw, so a record without it (written
+/// before fingerprints, or without one) is the same bytes as before, and a
+/// reader that knows nothing of it (postcard ignores trailing bytes) still reads
+/// the rest.
 pub fn encode_command(record: &CommandRecord) -> Vec<u8> {
-    encode_v1(&CommandRecordV1::<&str> {
+    let mut out = encode_v1(&CommandRecordV1::<&str> {
         aggregate_type: record.stream.aggregate_type(),
         aggregate_id: record.stream.aggregate_id(),
         stream_version: record.result.stream_version,
         first_position: record.result.first_position,
         last_position: record.result.last_position,
-    })
+    });
+    if let Some(fingerprint) = &record.fingerprint {
+        out.extend_from_slice(fingerprint);
+    }
+    out
 }
 
 pub fn decode_command(key: &[u8], value: &[u8]) -> Result<CommandRecord, StoreError> {
-    let r: CommandRecordV1<String> = decode_v1(key, value)?;
+    let body = match value {
+        [FORMAT_V1, body @ ..] => body,
+        _ => return Err(corrupt(key, "unknown format version")),
+    };
+    let (r, rest): (CommandRecordV1<String>, &[u8]) =
+        postcard::take_from_bytes(body).map_err(|e| corrupt(key, &format!("postcard: {e}")))?;
+    let fingerprint = match rest {
+        [] => None,
+        rest => Some(rest.try_into().map_err(|_| {
+            corrupt(
+                key,
+                &format!(
+                    "{} bytes after the command record, not a 32-byte fingerprint",
+                    rest.len()
+                ),
+            )
+        })?),
+    };
     Ok(CommandRecord {
         stream: StreamId::from_parts_unchecked(r.aggregate_type, r.aggregate_id),
         result: AppendResult {
@@ -251,6 +277,7 @@ pub fn decode_command(key: &[u8], value: &[u8]) -> Result<CommandRecord, StoreEr
             first_position: r.first_position,
             last_position: r.last_position,
         },
+        fingerprint,
     })
 }
 
@@ -288,5 +315,47 @@ fn render_key(key: &[u8]) -> String {
             format!("{}:{hex}", *space as char)
         }
         None => "<empty>".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(fingerprint: Option<[u8; 32]>) -> CommandRecord {
+        CommandRecord {
+            stream: StreamId::new("bank-account", "acc-1").unwrap(),
+            result: AppendResult {
+                stream_version: 3,
+                first_position: 7,
+                last_position: 8,
+            },
+            fingerprint,
+        }
+    }
+
+    #[test]
+    fn a_command_record_without_a_fingerprint_keeps_the_old_bytes() {
+        // What releases before fingerprints wrote, byte for byte.
+        let old = encode_v1(&CommandRecordV1::<&str> {
+            aggregate_type: "bank-account",
+            aggregate_id: "acc-1",
+            stream_version: 3,
+            first_position: 7,
+            last_position: 8,
+        });
+        assert_eq!(encode_command(&record(None)), old);
+        assert_eq!(decode_command(b"Cx", &old).unwrap(), record(None));
+
+        let new = encode_command(&record(Some([9; 32])));
+        assert_eq!(new.len(), old.len() + 32, "the fingerprint trails, raw");
+        assert_eq!(decode_command(b"Cx", &new).unwrap(), record(Some([9; 32])));
+        // What an earlier release's reader does with it: the rest, as before.
+        let seen_by_old: CommandRecordV1<String> = decode_v1(b"Cx", &new).unwrap();
+        assert_eq!(seen_by_old.last_position, 8);
+        assert!(matches!(
+            decode_command(b"Cx", &new[..new.len() - 1]),
+            Err(StoreError::Corrupt { .. })
+        ));
     }
 }

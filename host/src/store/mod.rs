@@ -200,21 +200,28 @@ impl Store {
             .result)
     }
 
-    /// Appends a command's events and records its command id with them, in the same
-    /// atomic batch. If the id is already recorded for this stream, returns the
-    /// original append's result and writes nothing; for another stream, fails with
-    /// `CommandIdInUse`.
+    /// Appends a command's events and records its command id (and the request's
+    /// fingerprint, if given) with them, in the same atomic batch. If the id is
+    /// already recorded for the same request (`CommandRecord::same_request`),
+    /// returns the original append's result and writes nothing; for another
+    /// stream or another fingerprint, fails with `CommandIdInUse`.
     pub async fn append_command(
         &self,
         stream: &StreamId,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
         command_id: &str,
+        fingerprint: Option<RequestFingerprint>,
     ) -> Result<CommandAppend, StoreError> {
         check_name("command id", command_id, MAX_METADATA_ID_LEN)
             .map_err(|reason| StoreError::InvalidEvent { index: 0, reason })?;
         let appended = self
-            .send_append(stream, expected, events, Some(command_id.to_string()))
+            .send_append(
+                stream,
+                expected,
+                events,
+                Some((command_id.to_string(), fingerprint)),
+            )
             .await?;
         Ok(CommandAppend {
             result: appended.result,
@@ -227,7 +234,7 @@ impl Store {
         stream: &StreamId,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
-        command_id: Option<String>,
+        command: Option<(String, Option<RequestFingerprint>)>,
     ) -> Result<Appended, StoreError> {
         validate_append(&events)?;
         if self.inner.health.failed() {
@@ -238,7 +245,7 @@ impl Store {
             stream: stream.clone(),
             expected,
             events,
-            command_id,
+            command,
             reply,
         };
         self.inner

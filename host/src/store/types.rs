@@ -333,9 +333,34 @@ pub struct CommandAppend {
     pub repeated: bool,
 }
 
-/// What the store remembers of a command's append: where its events went.
+/// What identifies the request behind a command: a SHA-256 the caller computes
+/// over whatever makes two requests "the same" (the command service: aggregate
+/// type and id, command body, precondition). The store only compares them.
+pub type RequestFingerprint = [u8; 32];
+
+/// What the store remembers of a command's append: where its events went, and
+/// the fingerprint of the request that made it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CommandRecord {
     pub stream: StreamId,
     pub result: AppendResult,
+    /// None for a record written without one, or by a release before fingerprints:
+    /// such a record is matched by its stream alone.
+    pub fingerprint: Option<RequestFingerprint>,
+}
+
+impl CommandRecord {
+    /// Does an append to `stream` with `fingerprint` repeat the request this record
+    /// is of? The streams must be equal; the fingerprints too, when both are known.
+    pub fn same_request(
+        &self,
+        stream: &StreamId,
+        fingerprint: Option<&RequestFingerprint>,
+    ) -> bool {
+        self.stream == *stream
+            && match (&self.fingerprint, fingerprint) {
+                (Some(recorded), Some(asked)) => recorded == asked,
+                _ => true,
+            }
+    }
 }

@@ -22,8 +22,8 @@ use super::format::{self, EventRecordRef, StreamHead};
 use super::health::WriteHealth;
 use super::read;
 use super::types::{
-    AppendResult, CommandRecord, Durability, ExpectedVersion, NewEvent, Position, StreamId,
-    StreamVersion,
+    AppendResult, CommandRecord, Durability, ExpectedVersion, NewEvent, Position,
+    RequestFingerprint, StreamId, StreamVersion,
 };
 
 /// Requests are gathered into one batch until it holds this many events.
@@ -33,9 +33,10 @@ pub(crate) struct AppendRequest {
     pub stream: StreamId,
     pub expected: ExpectedVersion,
     pub events: Vec<NewEvent>,
-    /// When set, the append is a command's: the command id is recorded with it,
-    /// atomically, and a later append under the same id returns this one's result.
-    pub command_id: Option<String>,
+    /// When set, the append is a command's: the command id (and the request's
+    /// fingerprint) is recorded with it, atomically, and a later append of the
+    /// same request under the same id returns this one's result.
+    pub command: Option<(String, Option<RequestFingerprint>)>,
     pub reply: oneshot::Sender<Result<Appended, StoreError>>,
 }
 
@@ -191,13 +192,13 @@ impl Writer {
         batch: &mut sled::Batch,
         pending: &mut Pending,
     ) -> Result<Appended, StoreError> {
-        if let Some(command_id) = &req.command_id {
+        if let Some((command_id, fingerprint)) = &req.command {
             let recorded = match pending.commands.get(command_id) {
                 Some(record) => Some(record.clone()),
                 None => read::command_record(&self.db, command_id)?,
             };
             if let Some(record) = recorded {
-                if record.stream != req.stream {
+                if !record.same_request(&req.stream, fingerprint.as_ref()) {
                     return Err(StoreError::CommandIdInUse {
                         command_id: command_id.clone(),
                         stream: record.stream,
@@ -265,10 +266,11 @@ impl Writer {
             first_position,
             last_position: new_head.last_position,
         };
-        if let Some(command_id) = &req.command_id {
+        if let Some((command_id, fingerprint)) = &req.command {
             let record = CommandRecord {
                 stream: req.stream.clone(),
                 result,
+                fingerprint: *fingerprint,
             };
             batch.insert(
                 format::command_key(command_id),

@@ -100,3 +100,102 @@ async fn the_openapi_document_matches_the_router_and_every_operation_is_routed()
     }
     s.stop().await;
 }
+
+/// Schemathesis (PyPI) fuzzes the served document against a real server with
+/// tokens: a short smoke run with a fixed seed, so CI judges the same cases
+/// each time. `REFOLD_SCHEMATHESIS_EXAMPLES` (default 5) and
+/// `REFOLD_SCHEMATHESIS_SEED` and `REFOLD_SCHEMATHESIS_PHASES` make it longer
+/// or different (docs/http-api.md,
+/// "Fuzzing the API"). `.ci/run` installs it.
+#[tokio::test(flavor = "multi_thread")]
+async fn schemathesis_finds_no_difference_between_the_document_and_the_server() {
+    let exe = std::env::var("REFOLD_SCHEMATHESIS").unwrap_or_else(|_| "schemathesis".into());
+    let installed = std::process::Command::new(&exe)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        installed,
+        "this test runs schemathesis: `pip install 'schemathesis>=4,<5'` (or set REFOLD_SCHEMATHESIS to its path)"
+    );
+    let dir = temp_dir();
+    let mut config = support::http::config(dir.path());
+    config.tokens = support::http::tokens();
+    // Reads that wait for a min_position the fuzzer makes up end quickly; the
+    // served document says so (its wait_ms maximum is this server's).
+    config.projections.max_wait = std::time::Duration::from_millis(50);
+    let s = TestServer::start_with(config).await;
+    // Something to find: a module of each kind, an aggregate, a live projection.
+    assert_eq!(
+        s.upload("bank-account", "1.0.0", refold_test_guests::BANK_ACCOUNT)
+            .await
+            .status()
+            .as_u16(),
+        201
+    );
+    assert_eq!(
+        s.upload(
+            "account-balances",
+            "1.0.0",
+            refold_test_guests::ACCOUNT_BALANCES
+        )
+        .await
+        .status()
+        .as_u16(),
+        201
+    );
+    let opened = s
+        .send("bank-account", "acc-1", r#"{"type":"Open","owner":"Ada"}"#)
+        .await;
+    assert_eq!(opened.status().as_u16(), 200);
+
+    let examples = std::env::var("REFOLD_SCHEMATHESIS_EXAMPLES").unwrap_or_else(|_| "5".into());
+    let seed = std::env::var("REFOLD_SCHEMATHESIS_SEED").unwrap_or_else(|_| "1".into());
+    // Every phase unless told otherwise.
+    let phases: Vec<String> = std::env::var("REFOLD_SCHEMATHESIS_PHASES")
+        .map(|p| vec!["--phases".into(), p])
+        .unwrap_or_default();
+    let url = format!("{}/v1/openapi.json", s.base);
+    let token = s.token.clone().expect("an admin token");
+    let run = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(exe)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args([
+                "--no-color",
+                "--config-file",
+                "tests/schemathesis.toml",
+                "run",
+            ])
+            .arg(&url)
+            .args([
+                "--checks",
+                "all",
+                "--max-examples",
+                &examples,
+                "--seed",
+                &seed,
+            ])
+            .args(&phases)
+            // A backup writes where the request says, on this machine; a
+            // subscription never ends by itself, so each would wait out the
+            // request timeout (http_live.rs tests it).
+            .args(["--exclude-path", "/v1/admin/backup"])
+            .args(["--exclude-path", "/v1/events/subscribe"])
+            .args(["-H", &format!("Authorization: Bearer {token}")])
+            .env(
+                "HYPOTHESIS_STORAGE_DIRECTORY",
+                std::env::temp_dir().join("refold-hypothesis"),
+            )
+            .output()
+            .expect("schemathesis runs")
+    })
+    .await
+    .unwrap();
+    let said = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "schemathesis found differences:\n{said}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    s.stop().await;
+}

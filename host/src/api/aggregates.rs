@@ -65,6 +65,10 @@ fn stream_path(
 ) -> Result<(String, String), ApiError> {
     let Path((aggregate_type, id)) = path.map_err(request::path_error)?;
     request::segment("aggregate type", &aggregate_type, MAX_AGGREGATE_TYPE_LEN)?;
+    // Over HTTP an aggregate type is the name of the module that handles it:
+    // every route holds a name to that one rule (a read of a type no module
+    // could have would otherwise answer an empty 200).
+    crate::modules::validate_name(&aggregate_type)?;
     request::segment("aggregate id", &id, MAX_AGGREGATE_ID_LEN)?;
     Ok((aggregate_type, id))
 }

@@ -112,6 +112,9 @@ pub async fn subscribe(
     RawQuery(query): RawQuery,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let query = QueryPairs::parse(query.as_deref())?;
+    // Checked even when Last-Event-ID overrides it: a bad request is a 400
+    // whichever part wins.
+    let start = start(&query)?;
     let resume_after = match headers.get("last-event-id") {
         Some(value) => Some(
             value
@@ -134,7 +137,7 @@ pub async fn subscribe(
             })?,
             None,
         ),
-        None => match start(&query)? {
+        None => match start {
             Start::At(from) => (from, None),
             // Durable events only ever come after the durable head read here.
             Start::End => {

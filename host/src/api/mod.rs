@@ -74,6 +74,7 @@ pub struct AppState {
 }
 
 pub fn router(app: AppState, tokens: Tokens) -> Router {
+    let openapi_document = openapi_document(&app);
     let tokens = Arc::new(tokens);
     let role =
         |role: Role| axum::middleware::from_fn_with_state((tokens.clone(), role), auth::require);
@@ -150,7 +151,15 @@ pub fn router(app: AppState, tokens: Tokens) -> Router {
         .route_layer(role(Role::Reader));
     Router::new()
         .route("/healthz", get(healthz))
-        .route("/v1/openapi.json", get(openapi))
+        .route(
+            "/v1/openapi.json",
+            get(move || async move {
+                (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    openapi_document.clone(),
+                )
+            }),
+        )
         .merge(admin)
         .merge(writer)
         .merge(reader)
@@ -185,8 +194,32 @@ async fn healthz(State(app): State<AppState>) -> axum::response::Response {
 /// The OpenAPI document of these routes; `tests/openapi.rs` checks the two agree.
 const OPENAPI: &str = include_str!("openapi.json");
 
-async fn openapi() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+/// The document as this server runs it: bounds that are configuration
+/// (`wait_ms`) carry this server's values, so the document never promises
+/// what the server refuses.
+fn openapi_document(app: &AppState) -> String {
+    let mut doc: serde_json::Value =
+        serde_json::from_str(OPENAPI).expect("openapi.json is JSON (tests/openapi.rs)");
+    let max_wait = app.projections.max_wait().as_millis() as u64;
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for item in paths.values_mut() {
+            let operations = item
+                .as_object_mut()
+                .into_iter()
+                .flat_map(|o| o.values_mut());
+            for op in operations {
+                let params = op
+                    .get_mut("parameters")
+                    .and_then(|p| p.as_array_mut())
+                    .into_iter()
+                    .flatten();
+                for param in params.filter(|p| p["name"] == "wait_ms") {
+                    param["schema"]["maximum"] = max_wait.into();
+                }
+            }
+        }
+    }
+    doc.to_string()
 }
 
 async fn metrics_text(State(app): State<AppState>) -> impl IntoResponse {

@@ -107,11 +107,13 @@ impl QueryPairs {
             .collect()
     }
 
+    /// A non-negative integer; `key=` with no value is a 400 like any other
+    /// value that is not a number (absent is `None`).
     pub fn number(&self, key: &str) -> Result<Option<u64>, ApiError> {
         self.get(key)
-            .filter(|v| !v.is_empty())
             .map(|v| {
-                v.parse::<u64>().map_err(|_| {
+                let digits = !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit());
+                v.parse::<u64>().ok().filter(|_| digits).ok_or_else(|| {
                     ApiError::bad_request(
                         "invalid_request",
                         format!("query parameter {key} must be a non-negative integer, not {v:?}"),

@@ -504,6 +504,11 @@ impl ProjectionService {
         self.modules.active_version(name)
     }
 
+    /// The longest a read may wait for `min_position` (`wait_ms`).
+    pub fn max_wait(&self) -> Duration {
+        self.config.max_wait
+    }
+
     /// Every projection with its versions.
     pub fn list(&self) -> Vec<ProjectionView> {
         let mut names: Vec<String> = self.versions().keys().map(|(n, _)| n.clone()).collect();

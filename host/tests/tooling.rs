@@ -4,7 +4,8 @@
 //! Every crate these tests create builds in one shared target directory
 //! (`CARGO_TARGET_DIR`, kept between runs), so the SDK and its dependencies
 //! compile once. Crate names are unique across tests: two crates of one name
-//! would write the same `.wasm` there.
+//! would write the same `.wasm` there. The tests of `refold build`'s own
+//! shared build cache use one kept between runs too (`XDG_CACHE_HOME`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -21,6 +22,12 @@ const BIN: &str = env!("CARGO_BIN_EXE_refold");
 
 fn shared_target_dir() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("tooling-target")
+}
+
+/// `XDG_CACHE_HOME` for the tests of the build cache: the cache is
+/// `tooling-cache/refold/build`.
+fn cache_home() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("tooling-cache")
 }
 
 fn temp_dir() -> TempDir {
@@ -44,6 +51,26 @@ fn refold_command() -> Command {
 
 fn refold(args: &[&str]) -> Output {
     refold_command().args(args).output().expect("refold runs")
+}
+
+/// The binary as a user runs it, with no target directory set: `build` uses
+/// the shared build cache (in [`cache_home`]).
+fn refold_cached(args: &[&str]) -> Output {
+    refold_command()
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET_DIR")
+        .env_remove("CARGO_BUILD_BUILD_DIR")
+        .env("XDG_CACHE_HOME", cache_home())
+        .args(args)
+        .output()
+        .expect("refold runs")
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn stdout(o: &Output) -> String {
@@ -217,11 +244,13 @@ fn an_aggregate_from_new_tests_builds_and_deploys() {
     );
     let bytes = std::fs::read(path).unwrap();
     assert_eq!(built["size"], bytes.len());
-    let digest: String = Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest = sha256_hex(&bytes);
     assert_eq!(built["digest"], digest.as_str());
+    assert_eq!(
+        built["build_dir"],
+        Value::Null,
+        "CARGO_TARGET_DIR: no cache"
+    );
     // Cargo's own output went to stderr, keeping stdout to the one object.
     assert!(stderr(&out).contains("Finished"), "{}", stderr(&out));
 
@@ -286,18 +315,19 @@ fn a_projection_from_new_tests_builds_and_deploys() {
     let data = dir.path().join("data");
     let server = serve(&data, &[]);
     let run = |args: &[&str]| client(&server.url, args);
+    // --version only confirms the crate's own version.
     let out = run(&[
         "deploy",
         krate.to_str().unwrap(),
         "--name",
         "counts",
         "--version",
-        "2.0.0",
+        "0.1.0",
         "--activate",
     ]);
     assert_ok(&out);
     assert!(
-        stdout(&out).contains("uploaded counts@2.0.0: projection"),
+        stdout(&out).contains("uploaded counts@0.1.0: projection"),
         "{}",
         stdout(&out)
     );
@@ -468,4 +498,228 @@ fn serve_examples_builds_and_registers_each_example_once() {
         log.contains("example tool-ex-proj@0.1.0 (projection): already registered"),
         "{log}"
     );
+}
+
+/// Cargo's `Compiling NAME vX` lines in `stderr`, by package name.
+fn compiled(stderr: &str) -> Vec<String> {
+    stderr
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("Compiling "))
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_second_module_reuses_the_sdk_compiled_for_the_first() {
+    let dir = temp_dir();
+    let first = new_crate(dir.path(), "tool-cache-agg", "aggregate");
+    let second = new_crate(dir.path(), "tool-cache-proj", "projection");
+
+    let started = Instant::now();
+    let out = refold_cached(&["--json", "build", first.to_str().unwrap()]);
+    let first_took = started.elapsed();
+    assert_ok(&out);
+    let built: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert!(
+        compiled(&stderr(&out)).contains(&"tool-cache-agg".to_owned()),
+        "{}",
+        stderr(&out)
+    );
+    let cache = cache_home().join("refold").join("build");
+    let build_dir = built["build_dir"].as_str().expect("built in the cache");
+    assert!(Path::new(build_dir).starts_with(&cache), "{build_dir}");
+    // The component is copied out under the crate's own target directory.
+    let first_wasm = first
+        .canonicalize()
+        .unwrap()
+        .join("target/wasm32-wasip2/release/tool_cache_agg.wasm");
+    assert_eq!(built["path"], first_wasm.to_str().unwrap());
+    let first_digest = sha256_hex(&std::fs::read(&first_wasm).unwrap());
+    assert_eq!(built["digest"], first_digest.as_str());
+
+    let started = Instant::now();
+    let out = refold_cached(&["--json", "build", second.to_str().unwrap()]);
+    let second_took = started.elapsed();
+    assert_ok(&out);
+    let built: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(built["build_dir"], build_dir, "one slot serves both");
+    assert_eq!(built["kind"], "projection");
+    let compiled = compiled(&stderr(&out));
+    assert_eq!(
+        compiled,
+        ["tool-cache-proj"],
+        "only the new crate compiles; the SDK and its dependencies come from the cache:\n{}",
+        stderr(&out)
+    );
+    eprintln!(
+        "refold build: first module {:.1}s, second {:.1}s",
+        first_took.as_secs_f64(),
+        second_took.as_secs_f64()
+    );
+    // The first crate's component is untouched.
+    assert_eq!(
+        sha256_hex(&std::fs::read(&first_wasm).unwrap()),
+        first_digest
+    );
+}
+
+#[test]
+fn crates_of_one_name_build_apart_in_the_cache() {
+    let dir = temp_dir();
+    let module = new_crate(&dir.path().join("one"), "tool-cache-twin", "aggregate");
+    // Another crate with the same package and lib name: a plain cdylib (not a
+    // module, so its build ends at the world check, after cargo built it).
+    let plain = dir.path().join("two").join("tool-cache-twin");
+    std::fs::create_dir_all(plain.join("src")).unwrap();
+    std::fs::write(
+        plain.join("Cargo.toml"),
+        "[package]\nname = \"tool-cache-twin\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n\
+         [lib]\ncrate-type = [\"cdylib\"]\n\n[workspace]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        plain.join("src/lib.rs"),
+        "#[unsafe(no_mangle)]\npub extern \"C\" fn twin() -> i32 {\n    2\n}\n",
+    )
+    .unwrap();
+    let wasm = |krate: &Path| krate.join("target/wasm32-wasip2/release/tool_cache_twin.wasm");
+
+    let out = refold_cached(&["--json", "build", module.to_str().unwrap()]);
+    assert_ok(&out);
+    let built: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let module_digest = built["digest"].as_str().unwrap().to_owned();
+    let module_slot = built["build_dir"].as_str().unwrap().to_owned();
+
+    let out = refold_cached(&["build", plain.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not a Refold module"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        compiled(&stderr(&out)).contains(&"tool-cache-twin".to_owned()),
+        "{}",
+        stderr(&out)
+    );
+    let plain_digest = sha256_hex(&std::fs::read(wasm(&plain)).unwrap());
+    assert_ne!(plain_digest, module_digest);
+
+    // Had both built in one directory, the plain crate's build would have
+    // replaced the module's files there: this build would either rebuild the
+    // module or hand back the plain crate's component.
+    let out = refold_cached(&["--json", "build", module.to_str().unwrap()]);
+    assert_ok(&out);
+    let built: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(built["digest"], module_digest.as_str());
+    assert_eq!(built["build_dir"], module_slot.as_str());
+    assert!(
+        compiled(&stderr(&out)).is_empty(),
+        "nothing to rebuild:\n{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        sha256_hex(&std::fs::read(wasm(&module)).unwrap()),
+        module_digest
+    );
+}
+
+#[test]
+fn deploy_uploads_the_version_the_crate_says_and_how_to_activate_it() {
+    let dir = temp_dir();
+    let krate = new_crate(dir.path(), "tool-versioned", "aggregate");
+    let manifest_path = krate.join("Cargo.toml");
+    let manifest = std::fs::read_to_string(&manifest_path).unwrap();
+    let data = dir.path().join("data");
+    let server = serve(&data, &[]);
+    let run = |args: &[&str]| client(&server.url, args);
+    let path = krate.to_str().unwrap();
+
+    // Another version than the crate's is refused before anything is built.
+    let out = run(&["deploy", path, "--version", "9.9.9"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("--version 9.9.9 does not match tool-versioned's version in")
+            && err.contains("(0.1.0)")
+            && err.contains("set `version = \"9.9.9\"` there"),
+        "{err}"
+    );
+    assert!(
+        compiled(&err).is_empty() && !err.contains("Finished"),
+        "{err}"
+    );
+    assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+
+    let out = run(&["deploy", path, "--version", "0.1.0"]);
+    assert_ok(&out);
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("built tool-versioned 0.1.0 (aggregate)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("uploaded tool-versioned@0.1.0: aggregate"),
+        "{text}"
+    );
+    assert!(
+        text.contains(", active"),
+        "the first version is active: {text}"
+    );
+
+    // A new version is the crate's: raise it in Cargo.toml.
+    let lib = krate.join("src/lib.rs");
+    let source = std::fs::read_to_string(&lib).unwrap();
+    std::fs::write(
+        &lib,
+        source.replace("LIMIT: u64 = 1000", "LIMIT: u64 = 2000"),
+    )
+    .unwrap();
+    let bumped = manifest.replacen("version = \"0.1.0\"", "version = \"0.2.0\"", 1);
+    assert_ne!(bumped, manifest);
+    std::fs::write(&manifest_path, &bumped).unwrap();
+    let out = run(&["deploy", path]);
+    assert_ok(&out);
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("built tool-versioned 0.2.0 (aggregate)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("uploaded tool-versioned@0.2.0: aggregate"),
+        "{text}"
+    );
+    assert!(!text.contains(", active"), "{text}");
+    let hint = "`refold module activate tool-versioned 0.2.0`";
+    assert!(text.contains(hint), "{text}");
+    let out = run(&["module", "activate", "tool-versioned", "0.2.0"]);
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains("tool-versioned@0.2.0 is now active"),
+        "{}",
+        stdout(&out)
+    );
+
+    // Changed code under a version the server has: refused, with the way out.
+    std::fs::write(
+        &lib,
+        source.replace("LIMIT: u64 = 1000", "LIMIT: u64 = 3000"),
+    )
+    .unwrap();
+    let out = run(&["deploy", path]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("tool-versioned@0.2.0 already holds other bytes"),
+        "{err}"
+    );
+    assert!(
+        err.contains("hint: give the changed module a new version: raise `version` in")
+            && err.contains("(now 0.2.0)"),
+        "{err}"
+    );
+    // Deploy never writes the crate's manifest.
+    assert_eq!(std::fs::read_to_string(&manifest_path).unwrap(), bumped);
+    stop(server);
 }

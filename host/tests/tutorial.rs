@@ -18,6 +18,8 @@
 //!   the block's first line that is neither an attribute nor a comment, from
 //!   the attributes and comments just above it to its closing brace (the next
 //!   line that is only `}` at its indentation).
+//! - ` ```toml edit=PATH `: one `key = value` line, which replaces the one line
+//!   of PATH that sets that key.
 //!
 //! Any other block fails the test, so the tutorial holds nothing untested.
 //!
@@ -59,10 +61,11 @@ enum Step {
         path: String,
         text: String,
     },
-    /// One item of a file, replaced.
+    /// One item of a file (one `key = value` line of a TOML file), replaced.
     Edit {
         line: usize,
         path: String,
+        toml: bool,
         text: String,
     },
 }
@@ -118,7 +121,7 @@ fn parse(doc: &str) -> Tutorial {
             }
             ["sh", "setup"] => setup.push(text),
             ["text"] => steps.push(Step::Expect { line: start, text }),
-            [_lang, target] => {
+            [lang, target] => {
                 let prose = prose_before(&lines, i);
                 if let Some(path) = target.strip_prefix("file=") {
                     check_named(&prose, path, start);
@@ -132,6 +135,7 @@ fn parse(doc: &str) -> Tutorial {
                     steps.push(Step::Edit {
                         line: start,
                         path: path.to_string(),
+                        toml: *lang == "toml",
                         text,
                     });
                 } else {
@@ -233,6 +237,28 @@ fn apply_edit(file: &str, block: &str) -> Result<String, String> {
     let mut out: Vec<&str> = lines[..start].to_vec();
     out.extend(&block_lines);
     out.extend(&lines[end + 1..]);
+    Ok(out.join("\n") + "\n")
+}
+
+/// Replaces the line of a TOML `file` that sets the key `block`'s one line sets.
+fn apply_toml_edit(file: &str, block: &str) -> Result<String, String> {
+    let [line] = block.lines().collect::<Vec<_>>()[..] else {
+        return Err("a TOML edit is one `key = value` line".to_owned());
+    };
+    let key = |l: &str| l.split_once(" = ").map(|(k, _)| k.trim().to_owned());
+    let wanted = key(line).ok_or("a TOML edit is one `key = value` line")?;
+    let lines: Vec<&str> = file.lines().collect();
+    let hits: Vec<usize> = (0..lines.len())
+        .filter(|&i| key(lines[i]).as_deref() == Some(wanted.as_str()))
+        .collect();
+    let [at] = hits[..] else {
+        return Err(format!(
+            "{} lines of the file set {wanted}; there must be exactly one",
+            hits.len()
+        ));
+    };
+    let mut out = lines.clone();
+    out[at] = line;
     Ok(out.join("\n") + "\n")
 }
 
@@ -356,6 +382,13 @@ fn edits_replace_one_item_with_its_attributes() {
     let replaced = apply_edit(file, "    fn f() {\n        g();\n    }\n").unwrap();
     assert!(replaced.ends_with("impl A {\n    fn f() {\n        g();\n    }\n}\n"));
     assert!(apply_edit(file, "fn nowhere() {\n}\n").is_err());
+    let manifest = "[package]\nname = \"x\"\nversion = \"0.1.0\"\n\n[dependencies]\nserde = { version = \"1\" }\n";
+    assert_eq!(
+        apply_toml_edit(manifest, "version = \"0.2.0\"\n").unwrap(),
+        manifest.replace("0.1.0", "0.2.0")
+    );
+    assert!(apply_toml_edit(manifest, "edition = \"2024\"\n").is_err());
+    assert!(apply_toml_edit(manifest, "[package]\nversion = \"0.2.0\"\n").is_err());
     assert!(line_matches(
         "uploaded x@1: aggregate, ..., active",
         "uploaded x@1: aggregate, 2 KiB, abc, active"
@@ -473,11 +506,17 @@ fn the_tutorial_runs_end_to_end() {
                 std::fs::write(&file, text).unwrap();
                 println!("(wrote {path})");
             }
-            Step::Edit { line, path, text } => {
+            Step::Edit {
+                line,
+                path,
+                toml,
+                text,
+            } => {
                 let file = work.join(path);
                 let before = std::fs::read_to_string(&file)
                     .unwrap_or_else(|e| panic!("tutorial.md:{line}: cannot read {path}: {e}"));
-                let after = apply_edit(&before, text)
+                let edit = if *toml { apply_toml_edit } else { apply_edit };
+                let after = edit(&before, text)
                     .unwrap_or_else(|e| panic!("tutorial.md:{line}: cannot edit {path}: {e}"));
                 std::fs::write(&file, after).unwrap();
                 println!("(edited {path})");

@@ -208,9 +208,29 @@ async fn push(
     let reply = client.call(request).await?;
     let created = reply.status == StatusCode::CREATED;
     emit(opts, &reply.body, |out, v| {
-        output::module_pushed(out, created, v)
+        output::module_pushed(out, created, v)?;
+        if v["active"].as_bool() != Some(true) {
+            let kind = v["kind"].as_str().unwrap_or_default();
+            writeln!(out, "  {}", activation_hint(kind, name, version, activate))?;
+        }
+        Ok(())
     })?;
     Ok(reply.body)
+}
+
+/// How a version that an upload left inactive (not live) gets to be used.
+fn activation_hint(kind: &str, name: &str, version: &str, activate: bool) -> String {
+    match (kind, activate) {
+        ("projection", true) => format!(
+            "it goes live once it has caught up with the log; watch it with `refold projection status {name} --wait`"
+        ),
+        ("projection", false) => format!(
+            "the first version of a projection goes live once it has caught up; a later one when promoted: `refold projection promote {name} {version}`"
+        ),
+        _ => format!(
+            "not active: commands still go to the active version; make this one active with `refold module activate {name} {version}`"
+        ),
+    }
 }
 
 async fn run_send(

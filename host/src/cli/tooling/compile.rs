@@ -27,6 +27,9 @@ pub(crate) struct CrateInfo {
     pub cdylib: Option<String>,
     /// Where cargo builds it by default (its workspace's, or `CARGO_TARGET_DIR`).
     pub target_directory: PathBuf,
+    /// Where cargo keeps intermediate artifacts (`build.build-dir`); `None`
+    /// from a cargo too old to have one.
+    pub build_directory: Option<PathBuf>,
     /// `[package.metadata.refold] kind`, when it says.
     pub declared_kind: Option<String>,
     /// `[package.metadata.refold] example` (default true): whether
@@ -39,13 +42,19 @@ pub(crate) struct CrateInfo {
 /// A dependency by path, with the features it asks for.
 #[derive(Clone, Debug)]
 pub(crate) struct PathDep {
+    /// Its package name.
+    pub name: String,
     pub dir: PathBuf,
     pub default_features: bool,
     pub features: Vec<String>,
 }
 
+/// Cargo's `build.build-dir` setting, as an environment variable: where
+/// intermediate artifacts go (cargo 1.91 and later).
+pub(crate) const BUILD_DIR_VAR: &str = "CARGO_BUILD_BUILD_DIR";
+
 /// The cargo that runs us when there is one (`cargo run`), else the one on the PATH.
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
@@ -121,6 +130,7 @@ pub(crate) fn inspect(dir: &Path) -> Result<Option<CrateInfo>, String> {
                 .collect();
             features.sort();
             Some(PathDep {
+                name: text(&d["name"]),
                 dir: Path::new(path)
                     .canonicalize()
                     .unwrap_or_else(|_| path.into()),
@@ -136,6 +146,7 @@ pub(crate) fn inspect(dir: &Path) -> Result<Option<CrateInfo>, String> {
         manifest_path: manifest,
         cdylib,
         target_directory: PathBuf::from(text(&meta["target_directory"])),
+        build_directory: meta["build_directory"].as_str().map(PathBuf::from),
         declared_kind: refold["kind"].as_str().map(str::to_owned),
         example: refold["example"].as_bool() != Some(false),
         path_deps,
@@ -167,6 +178,8 @@ pub(crate) struct Built {
     pub digest: [u8; 32],
     /// The world it implements, when it was checked.
     pub world: Option<World>,
+    /// The shared build cache's directory it was compiled in, if it was.
+    pub build_dir: Option<PathBuf>,
     pub elapsed: Duration,
 }
 
@@ -188,6 +201,7 @@ impl Built {
             "path": self.path.display().to_string(),
             "size": self.bytes.len(),
             "digest": self.digest_hex(),
+            "build_dir": self.build_dir.as_ref().map(|d| d.display().to_string()),
         })
     }
 }
@@ -201,10 +215,14 @@ pub(crate) fn world_name(world: World) -> &'static str {
 
 /// Builds `info` in release mode for wasm32-wasip2 (in `target_dir`, or where
 /// cargo builds it by default), streaming cargo's output to stderr, with a
-/// spinner on a terminal. With `check`, loads the component to name its world.
+/// spinner on a terminal. With a `build_dir` (a slot of the shared build
+/// cache, see `cache`), cargo compiles there and only copies the crate's own
+/// files to its target directory. With `check`, loads the component to name
+/// its world.
 pub(crate) fn build(
     info: &CrateInfo,
     target_dir: Option<&Path>,
+    build_dir: Option<&Path>,
     check: bool,
 ) -> Result<Built, String> {
     let started = Instant::now();
@@ -212,7 +230,7 @@ pub(crate) fn build(
         return Err(format!("{} has no cdylib library", info.name));
     };
     ensure_target(&info.dir)?;
-    run_cargo_build(info, target_dir)?;
+    run_cargo_build(info, target_dir, build_dir)?;
     let target_dir = target_dir.unwrap_or(&info.target_directory);
     let path = target_dir
         .join(TARGET)
@@ -250,6 +268,7 @@ pub(crate) fn build(
         bytes,
         digest,
         world,
+        build_dir: build_dir.map(Path::to_path_buf),
         elapsed: started.elapsed(),
     })
 }
@@ -301,7 +320,7 @@ const MISSING_TARGET_HINT: &str =
 
 /// Adds the wasm32-wasip2 target with rustup when it is missing (like the
 /// workspace's build of its test guests). Without rustup, cargo will say.
-fn ensure_target(dir: &Path) -> Result<(), String> {
+pub(crate) fn ensure_target(dir: &Path) -> Result<(), String> {
     let Ok(installed) = Command::new("rustup")
         .current_dir(dir)
         .args(["target", "list", "--installed"])
@@ -338,7 +357,11 @@ fn ensure_target(dir: &Path) -> Result<(), String> {
 /// `cargo build --release --target wasm32-wasip2` for this one package.
 /// Cargo's stderr is relayed line by line (above the spinner on a terminal);
 /// its stdout goes to our stderr too, so our stdout stays for the result.
-fn run_cargo_build(info: &CrateInfo, target_dir: Option<&Path>) -> Result<(), String> {
+fn run_cargo_build(
+    info: &CrateInfo,
+    target_dir: Option<&Path>,
+    build_dir: Option<&Path>,
+) -> Result<(), String> {
     let mut cmd = cargo();
     cmd.current_dir(&info.dir)
         .args(["build", "--release", "--lib", "--target", TARGET])
@@ -347,6 +370,9 @@ fn run_cargo_build(info: &CrateInfo, target_dir: Option<&Path>) -> Result<(), St
         .args(["--package", &info.name]);
     if let Some(dir) = target_dir {
         cmd.arg("--target-dir").arg(dir);
+    }
+    if let Some(dir) = build_dir {
+        cmd.env(BUILD_DIR_VAR, dir);
     }
     let tty = term::stderr_is_tty();
     // Piped, cargo would print no colours; on a terminal keep them.

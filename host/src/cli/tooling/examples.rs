@@ -26,7 +26,7 @@ pub(crate) fn build_examples(dirs: &[PathBuf]) -> Result<Vec<Built>, String> {
     let target_dirs = plan(&crates);
     let mut built = Vec::new();
     for (info, target_dir) in crates.iter().zip(target_dirs) {
-        let result = compile::build(info, target_dir.as_deref(), false)
+        let result = compile::build(info, target_dir.as_deref(), None, false)
             .map_err(|e| format!("building the example {}: {e}", info.dir.display()))?;
         built.push(result);
     }
@@ -161,11 +161,13 @@ mod tests {
             manifest_path: PathBuf::from("/m").join(name).join("Cargo.toml"),
             cdylib: Some(name.replace('-', "_")),
             target_directory: PathBuf::from("/t"),
+            build_directory: Some(PathBuf::from("/t")),
             declared_kind: None,
             example: true,
             path_deps: deps
                 .iter()
                 .map(|(dep, default_features)| PathDep {
+                    name: dep.to_string(),
                     dir: PathBuf::from("/m").join(dep),
                     default_features: *default_features,
                     features: Vec::new(),

@@ -4,10 +4,12 @@
 //! - `scaffold`: `new`, from the templates in `host/templates/` (compiled in).
 //! - `compile`: `cargo metadata`, `cargo build --target wasm32-wasip2` with its
 //!   output streamed, and the world check through [`crate::runtime::Runtime::load`].
+//! - `cache`: the build cache module crates share, so the SDK compiles once per user.
 //! - `examples`: finding example crates, and target directories that keep
 //!   their feature sets apart.
 //! - `term`: spinners and colours, only on a terminal.
 
+mod cache;
 mod compile;
 mod examples;
 mod scaffold;
@@ -16,9 +18,9 @@ mod term;
 use std::io::{self, Write};
 use std::path::PathBuf;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
-use super::client::Client;
+use super::client::{Client, Failure};
 use super::{ClientOptions, finish};
 
 /// What a module implements, for `refold new`.
@@ -61,7 +63,9 @@ pub struct BuildArgs {
     /// The module crate's directory
     #[arg(default_value = ".")]
     pub dir: PathBuf,
-    /// Cargo's target directory; default: the crate's own (or CARGO_TARGET_DIR)
+    /// Cargo's target directory, without the shared build cache; default: the
+    /// crate's own, compiling in the cache (see the README), unless
+    /// CARGO_TARGET_DIR or a workspace says otherwise
     #[arg(long, value_name = "DIR")]
     pub target_dir: Option<PathBuf>,
 }
@@ -72,7 +76,8 @@ pub struct DeployArgs {
     /// The module crate's directory
     #[arg(default_value = ".")]
     pub dir: PathBuf,
-    /// The version to upload as (semver); default: the crate's package version
+    /// The version the crate must be at: deploy fails unless its Cargo.toml
+    /// says this version. The version uploaded is always the crate's own
     #[arg(long)]
     pub version: Option<String>,
     /// The module name; default: the crate's package name
@@ -82,7 +87,7 @@ pub struct DeployArgs {
     /// version once it has caught up with the log
     #[arg(long)]
     pub activate: bool,
-    /// Cargo's target directory; default: the crate's own (or CARGO_TARGET_DIR)
+    /// Cargo's target directory, without the shared build cache (as for `refold build`)
     #[arg(long, value_name = "DIR")]
     pub target_dir: Option<PathBuf>,
 }
@@ -161,7 +166,7 @@ pub fn new(opts: &ClientOptions, args: NewArgs) -> i32 {
 /// `refold build`: builds and checks the component, prints what it is;
 /// returns the process exit code.
 pub async fn build(opts: &ClientOptions, args: BuildArgs) -> i32 {
-    let built = match build_module(args.dir, args.target_dir).await {
+    let built = match build_module(args.dir, args.target_dir, None).await {
         Ok(built) => built,
         Err(message) => {
             term::error(&message);
@@ -186,13 +191,18 @@ pub async fn build(opts: &ClientOptions, args: BuildArgs) -> i32 {
 
 /// `refold deploy`: builds, checks and uploads the component, printing the
 /// server's answer as `refold module push` does; returns the process exit code.
+///
+/// The version uploaded is the crate's `Cargo.toml` version, the one `built`
+/// prints: a module version is immutable on the server, and a version that
+/// lived only on a command line would leave the crate claiming another one,
+/// which its next deploy would upload with other bytes (`module_conflict`).
 pub async fn deploy(opts: &ClientOptions, args: DeployArgs) -> i32 {
     // A malformed server URL fails before a long build.
     let client = match Client::new(opts) {
         Ok(client) => client,
         Err(failure) => return finish(opts, Err(failure)),
     };
-    let built = match build_module(args.dir, args.target_dir).await {
+    let built = match build_module(args.dir, args.target_dir, args.version).await {
         Ok(built) => built,
         Err(message) => {
             term::error(&message);
@@ -204,32 +214,26 @@ pub async fn deploy(opts: &ClientOptions, args: DeployArgs) -> i32 {
         let _ = print_built(&mut out, &built, false);
     }
     let name = args.name.unwrap_or_else(|| built.info.name.clone());
-    let version = args.version.unwrap_or_else(|| built.info.version.clone());
-    let kind = built.kind();
-    let result = super::push(&client, opts, built.bytes, &name, &version, args.activate).await;
-    if let Ok(body) = &result
-        && !opts.json
-        && kind == Some("projection")
-    {
-        let reply: Value = serde_json::from_str(body).unwrap_or_default();
-        if reply["active"].as_bool() != Some(true) {
-            let how = if args.activate {
-                format!(
-                    "it goes live once it has caught up with the log; watch it with `refold projection status {name} --wait`"
-                )
-            } else {
-                format!(
-                    "the first version of a projection goes live once it has caught up; a later one when promoted: `refold projection promote {name} {version}`"
-                )
-            };
-            println!("  {how}");
-        }
+    let version = &built.info.version;
+    let result = super::push(&client, opts, built.bytes, &name, version, args.activate).await;
+    let conflict = matches!(&result, Err(Failure::Problem(p)) if p.code == "module_conflict");
+    let code = finish(opts, result.map(|_| ()));
+    if conflict {
+        eprintln!(
+            "hint: give the changed module a new version: raise `version` in {} (now {version}) and deploy again",
+            built.info.manifest_path.display()
+        );
     }
-    finish(opts, result.map(|_| ()))
+    code
 }
 
-/// Inspects and builds the crate in `dir` with the world check, off the async threads.
-async fn build_module(dir: PathBuf, target_dir: Option<PathBuf>) -> Result<compile::Built, String> {
+/// Inspects and builds the crate in `dir` with the world check, off the async
+/// threads. `expect_version`: fail before building unless the crate is at it.
+async fn build_module(
+    dir: PathBuf,
+    target_dir: Option<PathBuf>,
+    expect_version: Option<String>,
+) -> Result<compile::Built, String> {
     // Cargo runs in the crate's directory: a relative --target-dir means one
     // relative to where we were started.
     let target_dir = match target_dir {
@@ -242,7 +246,30 @@ async fn build_module(dir: PathBuf, target_dir: Option<PathBuf>) -> Result<compi
     };
     tokio::task::spawn_blocking(move || {
         let info = compile::inspect_module(&dir)?;
-        compile::build(&info, target_dir.as_deref(), true)
+        if let Some(expected) = expect_version
+            && expected != info.version
+        {
+            return Err(format!(
+                "--version {expected} does not match {}'s version in {} ({}): deploy uploads the version the crate says it is; to deploy {expected}, set `version = \"{expected}\"` there",
+                info.name,
+                info.manifest_path.display(),
+                info.version
+            ));
+        }
+        let slot = match (&target_dir, cache::root()) {
+            (None, Some(root)) if cache::serves(&info) => {
+                // Placing may run `cargo clean` for the target.
+                compile::ensure_target(&info.dir)?;
+                Some(cache::place(&root, &info)?)
+            }
+            _ => None,
+        };
+        compile::build(
+            &info,
+            target_dir.as_deref(),
+            slot.as_ref().map(|s| s.dir.as_path()),
+            true,
+        )
     })
     .await
     .map_err(|e| format!("the build task failed: {e}"))?
@@ -261,6 +288,9 @@ fn print_built(out: &mut dyn Write, built: &compile::Built, detailed: bool) -> i
     )?;
     writeln!(out, "  path:   {}", built.path.display())?;
     if detailed {
+        if let Some(dir) = &built.build_dir {
+            writeln!(out, "  cache:  {}", dir.display())?;
+        }
         writeln!(
             out,
             "  size:   {} bytes ({})",

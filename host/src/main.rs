@@ -362,9 +362,17 @@ async fn serve(args: ServeArgs) -> i32 {
     println!("refold listening on http://{}", server.addr);
     let stop = server.shutdown_handle();
     tokio::spawn(async move {
+        let mut signals = signals;
         signals.wait().await;
-        tracing::info!("shutting down: finishing in-flight requests");
+        tracing::info!(
+            "shutting down: finishing in-flight requests (a second signal stops at once)"
+        );
         stop.send_replace(true);
+        // Everything acknowledged is already durable (fsync before every
+        // ack): a second signal may end the process without waiting.
+        signals.wait().await;
+        tracing::warn!("a second signal: exiting without waiting for requests in flight");
+        std::process::exit(130);
     });
     match server.wait().await {
         Ok(()) => 0,
@@ -431,7 +439,7 @@ impl Signals {
         })
     }
 
-    async fn wait(mut self) {
+    async fn wait(&mut self) {
         tokio::select! {
             _ = self.term.recv() => {}
             _ = self.int.recv() => {}

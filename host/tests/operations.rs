@@ -63,6 +63,7 @@ async fn idle_slow_and_surplus_connections_never_stop_the_server_serving_others(
     config.connections = ConnectionLimits {
         max_connections: 600,
         header_timeout: Duration::from_secs(1),
+        ..ConnectionLimits::default()
     };
     config.limits.body_timeout = Duration::from_secs(1);
     let s = TestServer::start_with(config).await;
@@ -156,6 +157,7 @@ async fn a_connection_over_the_cap_is_answered_503_and_the_cap_frees_up() {
     config.connections = ConnectionLimits {
         max_connections: 30,
         header_timeout: Duration::from_secs(1),
+        ..ConnectionLimits::default()
     };
     let s = TestServer::start_with(config).await;
     let held: Vec<TcpStream> = (0..30).map(|_| connect(&s)).collect();
@@ -342,4 +344,51 @@ fn the_process_exits_promptly_after_a_graceful_stop() {
         took < Duration::from_millis(1000),
         "exited {took:?} after SIGTERM"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_stops_reading_is_cut_off_and_cannot_hold_up_a_shutdown() {
+    let dir = temp_dir();
+    let mut config = support::http::config(dir.path());
+    config.connections.write_timeout = Duration::from_secs(1);
+    let s = TestServer::start_with(config).await;
+    // A subscriber that reads the response head, then nothing more.
+    let mut stalled = connect(&s);
+    stalled
+        .write_all(b"GET /v1/events/subscribe HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    let mut head = [0u8; 256];
+    assert!(stalled.read(&mut head).unwrap() > 0);
+    // Enough event bytes to fill the socket buffers on both sides.
+    let store = s.server.app.store.clone();
+    let data = format!(r#"{{"pad":"{}"}}"#, "x".repeat(60 << 10));
+    for batch in 0..40 {
+        let events = (0..10)
+            .map(|_| refold::store::NewEvent::new("Padded", data.clone()))
+            .collect();
+        let stream = refold::store::StreamId::new("padding", format!("p-{batch}")).unwrap();
+        store
+            .append(&stream, refold::store::ExpectedVersion::Any, events)
+            .await
+            .unwrap();
+    }
+    // Within the write timeout (plus a margin for a busy machine) the server
+    // has given up on it: no subscriber is left.
+    let started = Instant::now();
+    loop {
+        let metrics = scrape(&s).await;
+        if sample(&metrics, "refold_subscribers") == Some(0.0) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the stalled subscriber is still held: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And a stop is not held up by it.
+    tokio::time::timeout(Duration::from_secs(5), s.stop())
+        .await
+        .expect("the server stops promptly");
+    drop(stalled);
 }

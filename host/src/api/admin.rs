@@ -33,25 +33,33 @@ pub async fn backup(State(app): State<AppState>, body: Body) -> Result<Response,
             format!("the body must be {{\"path\": \"/absolute/dir\"}}: {e}"),
         )
     })?;
+    // One backup at a time: two into one directory could otherwise each take
+    // the other's files for their own (and clean them up).
+    let Some(one_at_a_time) = BackupRunning::start() else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "backup_in_progress",
+            "a backup is running; try again when it has finished",
+        ));
+    };
     let target = BackupTarget::prepare(&body.path)?;
     let (store, modules, path) = (app.store.clone(), app.modules.clone(), body.path.clone());
-    let copied = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
-        let report = store.backup_to(&path.join("events"))?;
-        // Exactly the files of the registry records the copy holds.
-        let files = modules.copy_files_to(&report.modules, &path.join("modules"))?;
-        Ok((report, files))
+    // The copy and its clean-up run to the end even if the client goes away.
+    let (report, files) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+        let _one_at_a_time = one_at_a_time;
+        let copied = (|| -> Result<_, ApiError> {
+            let report = store.backup_to(&path.join("events"))?;
+            // Exactly the files of the registry records the copy holds.
+            let files = modules.copy_files_to(&report.modules, &path.join("modules"))?;
+            Ok((report, files))
+        })();
+        if copied.is_err() {
+            target.clean_up();
+        }
+        copied
     })
     .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
-    .and_then(|copied| copied);
-    let report = match copied {
-        Ok(report) => report,
-        Err(err) => {
-            target.clean_up();
-            return Err(err);
-        }
-    };
-    let (report, files) = report;
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
     Ok((
         StatusCode::CREATED,
         Json(json!({
@@ -64,6 +72,27 @@ pub async fn backup(State(app): State<AppState>, body: Body) -> Result<Response,
         })),
     )
         .into_response())
+}
+
+/// Held while a backup runs (one per process).
+struct BackupRunning;
+
+static BACKUP_RUNNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl BackupRunning {
+    fn start() -> Option<BackupRunning> {
+        use std::sync::atomic::Ordering;
+        BACKUP_RUNNING
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| BackupRunning)
+    }
+}
+
+impl Drop for BackupRunning {
+    fn drop(&mut self) {
+        BACKUP_RUNNING.store(false, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// The directory a backup writes into, checked before anything is written:

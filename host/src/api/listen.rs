@@ -6,6 +6,9 @@
 //!   whether it is new or idle between requests (keep-alive), or it is closed
 //!   (hyper's header-read timer starts whenever it waits for a request head);
 //! - request bodies must arrive within `Limits::body_timeout` (`request::body`);
+//! - a response write that makes no progress for `write_timeout` (a client
+//!   that stopped reading, a subscriber included) ends the connection
+//!   (`StallGuard`);
 //! - at most `max_connections` are open at once; one more is answered `503
 //!   too_many_connections` (problem+json, `Retry-After`) and closed, rather than
 //!   left in the kernel's backlog or failing `accept` for everyone;
@@ -14,9 +17,12 @@
 //!   start (`raise_file_limit`).
 //!
 //! Shutdown stops accepting, closes idle connections and lets requests in
-//! flight finish (subscriptions end on the app's shutdown signal).
+//! flight finish (subscriptions end on the app's shutdown signal), for at most
+//! `shutdown_grace`; connections still open then are dropped.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -33,6 +39,10 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
     /// Time a connection has to send a request head, new or idle.
     pub header_timeout: Duration,
+    /// Time a response write may make no progress before the connection ends.
+    pub write_timeout: Duration,
+    /// Time requests in flight get to finish after a shutdown starts.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -40,6 +50,8 @@ impl Default for ConnectionLimits {
         ConnectionLimits {
             max_connections: 4096,
             header_timeout: Duration::from_secs(15),
+            write_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(20),
         }
     }
 }
@@ -90,7 +102,8 @@ pub async fn serve(
             continue;
         };
         let service = TowerToHyperService::new(router.clone());
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let io = TokioIo::new(StallGuard::new(stream, limits.write_timeout));
+        let connection = graceful.watch(builder.serve_connection(io, service));
         tokio::spawn(async move {
             // Errors here are the client's (reset, timeout, bad bytes).
             if let Err(e) = connection.await {
@@ -100,7 +113,101 @@ pub async fn serve(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace = ?limits.shutdown_grace,
+            "connections still open after the shutdown grace period are dropped"
+        );
+    }
+}
+
+/// A connection whose writes fail once one has been pending (the client's
+/// receive window shut) for longer than `timeout`: hyper then closes it.
+struct StallGuard {
+    stream: TcpStream,
+    timeout: Duration,
+    /// Armed when a write first returns pending; disarmed by progress.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl StallGuard {
+    fn new(stream: TcpStream, timeout: Duration) -> StallGuard {
+        StallGuard {
+            stream,
+            timeout,
+            stalled: None,
+        }
+    }
+
+    /// After a pending write: arm the timer, or fail if it has run out.
+    fn on_pending(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        let timeout = self.timeout;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client has not read for the write timeout",
+            )));
+        }
+        Poll::Pending
+    }
+}
+
+impl tokio::io::AsyncRead for StallGuard {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for StallGuard {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match Pin::new(&mut self.stream).poll_write(cx, buf) {
+            Poll::Pending => self.on_pending(cx),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match Pin::new(&mut self.stream).poll_write_vectored(cx, bufs) {
+            Poll::Pending => self.on_pending(cx),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
 
 async fn stopping(shutdown: &mut watch::Receiver<bool>) {
@@ -150,7 +257,8 @@ fn is_connection_error(e: &std::io::Error) -> bool {
 }
 
 /// Raises the soft limit on open files to the hard limit (a default soft
-/// limit of 1024 is a few hundred clients). Returns the soft limit in force.
+/// limit of 1024 is a few hundred clients). Returns the soft limit in force,
+/// raised or not.
 pub fn raise_file_limit() -> std::io::Result<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -166,10 +274,16 @@ pub fn raise_file_limit() -> std::io::Result<u64> {
             rlim_max: limit.rlim_max,
         };
         // SAFETY: as above.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
-            return Err(std::io::Error::last_os_error());
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        } else {
+            // Still answer the limit in force: the connection cap must fit it.
+            tracing::warn!(
+                error = %std::io::Error::last_os_error(),
+                soft = limit.rlim_cur,
+                "could not raise the open-file limit"
+            );
         }
-        limit = raised;
     }
     Ok(limit.rlim_cur)
 }

@@ -60,8 +60,9 @@ impl QueryPairs {
         let pairs = serde_urlencoded::from_str::<Vec<(String, String)>>(raw).map_err(|e| {
             ApiError::bad_request("invalid_request", format!("invalid query string: {e}"))
         })?;
-        for (i, (key, _)) in pairs.iter().enumerate() {
-            if !REPEATABLE.contains(&key.as_str()) && pairs[..i].iter().any(|(k, _)| k == key) {
+        let mut seen = std::collections::HashSet::new();
+        for (key, _) in &pairs {
+            if !REPEATABLE.contains(&key.as_str()) && !seen.insert(key.as_str()) {
                 return Err(ApiError::bad_request(
                     "invalid_request",
                     format!("query parameter {key:?} is given more than once"),
@@ -146,6 +147,7 @@ fn check_percent_encoding(raw: &str) -> Result<(), ApiError> {
         if bytes[i] == b'%' {
             let hex = bytes
                 .get(i + 1..i + 3)
+                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .and_then(|h| u8::from_str_radix(h, 16).ok());
             let Some(byte) = hex else {

@@ -119,6 +119,8 @@ impl Runner {
             }
             let failure = self.handle.status.borrow().failure.clone();
             if let Some(failure) = failure {
+                // Time spent failed is not replay time: a retry starts a new one.
+                replay = None;
                 let retry_in = auto_retry_in(&failure);
                 tokio::select! {
                     changed = self.stop.changed() => if changed.is_err() { return },

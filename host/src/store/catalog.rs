@@ -236,10 +236,11 @@ impl Store {
                 at_ms,
             }),
         );
-        self.inner
-            .db
-            .apply_batch(batch)
-            .map_err(|e| StoreError::storage("activating a module", e))?;
+        if let Err(e) = self.inner.db.apply_batch(batch) {
+            let err = StoreError::storage("activating a module", e);
+            self.inner.health.record_failure(err.to_string());
+            return Err(err);
+        }
         self.sync("activating a module")
     }
 
@@ -378,15 +379,25 @@ impl Store {
     }
 
     /// Makes every earlier write durable, as the writer does for events.
+    /// Makes the registry's last write durable. A failure here is a storage
+    /// failure like the writer's: what reached the disk is unknown, so the
+    /// store stops writing (and health says so).
     pub(super) fn sync(&self, context: &'static str) -> Result<(), StoreError> {
-        self.inner
+        let synced = self
+            .inner
             .db
             .flush()
-            .map_err(|e| StoreError::storage(context, e))?;
-        if let Some(file) = &self.inner.sync_file {
-            file.sync_data()
-                .map_err(|e| StoreError::storage(context, e))?;
+            .map(|_| ())
+            .map_err(|e| StoreError::storage(context, e))
+            .and_then(|()| match &self.inner.sync_file {
+                Some(file) => file
+                    .sync_data()
+                    .map_err(|e| StoreError::storage(context, e)),
+                None => Ok(()),
+            });
+        if let Err(err) = &synced {
+            self.inner.health.record_failure(err.to_string());
         }
-        Ok(())
+        synced
     }
 }

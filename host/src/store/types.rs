@@ -335,7 +335,8 @@ pub struct CommandAppend {
 
 /// What identifies the request behind a command: a SHA-256 the caller computes
 /// over whatever makes two requests "the same" (the command service: aggregate
-/// type and id, command body, precondition). The store only compares them.
+/// type and id and the command body; not the precondition). The store only
+/// compares them.
 pub type RequestFingerprint = [u8; 32];
 
 /// What the store remembers of a command's append: where its events went, and

@@ -157,15 +157,19 @@ async fn schemathesis_finds_no_difference_between_the_document_and_the_server() 
         .unwrap_or_default();
     let url = format!("{}/v1/openapi.json", s.base);
     let token = s.token.clone().expect("an admin token");
+    // Its cache and crash files go to a scratch directory, not the repository.
+    let scratch = temp_dir();
+    let scratch_path = scratch.path().to_path_buf();
     let run = tokio::task::spawn_blocking(move || {
         std::process::Command::new(exe)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args([
-                "--no-color",
-                "--config-file",
-                "tests/schemathesis.toml",
-                "run",
-            ])
+            .current_dir(&scratch_path)
+            .arg("--no-color")
+            .arg("--config-file")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/schemathesis.toml"
+            ))
+            .arg("run")
             .arg(&url)
             .args([
                 "--checks",
@@ -184,7 +188,7 @@ async fn schemathesis_finds_no_difference_between_the_document_and_the_server() 
             .args(["-H", &format!("Authorization: Bearer {token}")])
             .env(
                 "HYPOTHESIS_STORAGE_DIRECTORY",
-                std::env::temp_dir().join("refold-hypothesis"),
+                scratch_path.join("hypothesis"),
             )
             .output()
             .expect("schemathesis runs")

@@ -481,3 +481,26 @@ async fn an_open_waits_for_sled_to_let_go_of_its_lock() {
     assert_eq!(store.head(), 0);
     store.close().await;
 }
+
+/// A lock this very process holds is one it is letting go of (a store closing,
+/// or a compile worker forked before it closed and not yet exec'd): an open
+/// waits for it, briefly, instead of failing at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reopen_waits_for_a_lock_this_process_is_letting_go_of() {
+    let dir = temp_dir();
+    let first = open(&dir, Durability::None);
+    let path = dir.path().join("events");
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        first.close().await;
+        drop(first);
+    });
+    let second = tokio::task::spawn_blocking(move || {
+        refold::store::Store::open(refold::store::StoreConfig::new(path))
+    })
+    .await
+    .unwrap();
+    release.await.unwrap();
+    let second = second.expect("the reopen waited for the lock");
+    second.close().await;
+}

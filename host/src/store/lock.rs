@@ -23,22 +23,35 @@ impl DirLock {
             .truncate(false)
             .open(&path)
             .map_err(|e| StoreError::storage("opening the lock file", e))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                let holder = match holder.trim() {
-                    "" => "pid unknown".to_string(),
-                    h => h.to_string(),
-                };
-                return Err(StoreError::Locked {
-                    path: dir.to_path_buf(),
-                    holder,
-                });
-            }
-            Err(TryLockError::Error(e)) => {
-                return Err(StoreError::storage("locking the data directory", e));
+        // A store this process closed a moment ago may still hold the lock: a
+        // child process forked (to run a compile worker) before it closed
+        // shares the lock until it execs. So a lock held by this very process
+        // is waited for, briefly; another process's is an error at once.
+        let patience = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock) => {
+                    let mut holder = String::new();
+                    let _ = file.seek(SeekFrom::Start(0));
+                    let _ = file.read_to_string(&mut holder);
+                    let holder = match holder.trim() {
+                        "" => "pid unknown".to_string(),
+                        h => h.to_string(),
+                    };
+                    let ours = holder == format!("pid {}", std::process::id());
+                    if ours && std::time::Instant::now() < patience {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        continue;
+                    }
+                    return Err(StoreError::Locked {
+                        path: dir.to_path_buf(),
+                        holder,
+                    });
+                }
+                Err(TryLockError::Error(e)) => {
+                    return Err(StoreError::storage("locking the data directory", e));
+                }
             }
         }
         // Record who holds it, for the next process's error message.

@@ -142,8 +142,17 @@ impl StallGuard {
         }
     }
 
-    /// After a pending write: arm the timer, or fail if it has run out.
-    fn on_pending(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+    /// What a write did: progress disarms the timer; pending arms it, or
+    /// fails once it has run out.
+    fn watch(
+        &mut self,
+        cx: &mut Context<'_>,
+        written: Poll<std::io::Result<usize>>,
+    ) -> Poll<std::io::Result<usize>> {
+        if written.is_ready() {
+            self.stalled = None;
+            return written;
+        }
         let timeout = self.timeout;
         let timer = self
             .stalled
@@ -174,13 +183,8 @@ impl tokio::io::AsyncWrite for StallGuard {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match Pin::new(&mut self.stream).poll_write(cx, buf) {
-            Poll::Pending => self.on_pending(cx),
-            ready => {
-                self.stalled = None;
-                ready
-            }
-        }
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.watch(cx, written)
     }
 
     fn poll_write_vectored(
@@ -188,13 +192,8 @@ impl tokio::io::AsyncWrite for StallGuard {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        match Pin::new(&mut self.stream).poll_write_vectored(cx, bufs) {
-            Poll::Pending => self.on_pending(cx),
-            ready => {
-                self.stalled = None;
-                ready
-            }
-        }
+        let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.watch(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -8,7 +8,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 use crate::commands::CacheStats;
 use crate::modules::PoolStats;
@@ -114,37 +114,32 @@ impl Metrics {
             "Open event subscriptions",
             subscribers.clone(),
         );
-        let gauge = |registry: &mut Registry, name: &str, help: &str| {
-            let g = Gauge::<u64, AtomicU64>::default();
-            registry.register(name, help, g.clone());
-            g
-        };
-        let cache_entries = gauge(
+        let cache_entries = registered(
             &mut registry,
             "state_cache_entries",
             "Aggregate states held in the state cache",
         );
-        let cache_bytes = gauge(
+        let cache_bytes = registered(
             &mut registry,
             "state_cache_bytes",
             "Bytes of aggregate state held in the state cache",
         );
-        let cache_max_bytes = gauge(
+        let cache_max_bytes = registered(
             &mut registry,
             "state_cache_max_bytes",
             "The state cache's byte budget",
         );
-        let guest_threads = gauge(
+        let guest_threads = registered(
             &mut registry,
             "guest_threads",
             "Threads that run guest code (base threads plus extra ones started for waiting modules)",
         );
-        let guest_running = gauge(
+        let guest_running = registered(
             &mut registry,
             "guest_calls_running",
             "Guest calls running now",
         );
-        let guest_queued = gauge(
+        let guest_queued = registered(
             &mut registry,
             "guest_calls_queued",
             "Guest calls waiting for a thread",
@@ -161,57 +156,42 @@ impl Metrics {
             "Guest calls that ran long enough to have their thread's OS priority lowered",
             guest_demoted.clone(),
         );
-        fn family<L, G>(registry: &mut Registry, name: &str, help: &str) -> Family<L, G>
-        where
-            Family<L, G>: prometheus_client::metrics::TypedMetric
-                + prometheus_client::encoding::EncodeMetric
-                + Clone
-                + Default
-                + std::fmt::Debug
-                + Send
-                + Sync
-                + 'static,
-        {
-            let f = Family::<L, G>::default();
-            registry.register(name, help, f.clone());
-            f
-        }
-        let guest_queued_by_module = family(
+        let guest_queued_by_module = registered(
             &mut registry,
             "guest_calls_queued_by_module",
             "Guest calls waiting for a thread, per module with calls queued or running",
         );
-        let guest_running_by_module = family(
+        let guest_running_by_module = registered(
             &mut registry,
             "guest_calls_running_by_module",
             "Guest calls running now, per module with calls queued or running",
         );
-        let store_writable = gauge(
+        let store_writable = registered(
             &mut registry,
             "store_writable",
             "1 while the store accepts writes; 0 after a storage failure stopped them (restart the process)",
         );
-        let projection_position = family(
+        let projection_position = registered(
             &mut registry,
             "projection_position",
             "The last log position a projection version has processed",
         );
-        let projection_lag = family(
+        let projection_lag = registered(
             &mut registry,
             "projection_lag_events",
             "Log positions between the head and a projection version's position",
         );
-        let projection_live = family(
+        let projection_live = registered(
             &mut registry,
             "projection_live",
             "1 for the version readers of a projection see",
         );
-        let projection_rate = family(
+        let projection_rate = registered(
             &mut registry,
             "projection_events_per_second",
             "While a projection version catches up, positions processed per second",
         );
-        let projection_state = family(
+        let projection_state = registered(
             &mut registry,
             "projection_state",
             "1 for the state a projection version is in (starting, catching_up, caught_up, failed)",
@@ -329,6 +309,13 @@ impl Metrics {
             .expect("writing to a String cannot fail");
         out
     }
+}
+
+/// A new metric of type `M`, registered under `name`; the handle to update it.
+fn registered<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, help: &str) -> M {
+    let metric = M::default();
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 impl Default for Metrics {

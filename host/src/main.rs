@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use refold::api::Tokens;
 use refold::cli::tooling::{self, BuildArgs, DeployArgs, NewArgs};
-use refold::cli::{self, ClientOptions, ModuleCommand, ProjectionCommand, VerifyCommand};
+use refold::cli::{self, ClientOptions, ModuleCommand, ProjectionCommand, VerifyArgs};
 use refold::server::{self, Example, ExampleLoaded, ServeConfig};
 use refold::store::{Durability, ModuleKind};
 
@@ -48,10 +48,20 @@ enum Command {
     /// Watch, compare, promote, verify and read projections
     #[command(subcommand)]
     Projection(ProjectionCommand),
-    /// Audit that replaying recorded history reproduces what was recorded
-    /// (exit 3 on a divergence)
-    #[command(subcommand)]
-    Verify(VerifyCommand),
+    /// Verify the log's hash chain and seals (a running server, or a stopped
+    /// --data-dir); `verify aggregate` audits that replaying a stream
+    /// reproduces what was recorded. Exit 3 when something does not verify
+    Verify(VerifyArgs),
+    /// Print the inclusion proof of the event at POSITION (JSON, for verify-proof)
+    Proof { position: u64 },
+    /// Check an event's inclusion proof offline, without a server (exit 3 if it fails)
+    VerifyProof {
+        /// The proof document (`refold proof P > proof.json`)
+        file: PathBuf,
+        /// The seal must be signed by this ed25519 key (64 hex digits)
+        #[arg(long)]
+        public_key: Option<String>,
+    },
     /// Send a command (JSON) to an aggregate
     Send {
         aggregate_type: String,
@@ -155,6 +165,11 @@ struct ServeArgs {
     #[arg(long, env = "REFOLD_BODY_TIMEOUT_SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=86400))]
     body_timeout_secs: u64,
+    /// Sign every seal of the log's hash chain with this ed25519 key: a file
+    /// holding the 32-byte seed as 64 hex digits (`openssl rand -hex 32`).
+    /// The public key is served at /v1/integrity
+    #[arg(long, env = "REFOLD_SIGNING_KEY")]
+    signing_key: Option<PathBuf>,
     /// Fuel per guest call (deterministic limit)
     #[arg(long, env = "REFOLD_FUEL", default_value_t = 1_000_000_000)]
     fuel: u64,
@@ -252,7 +267,11 @@ fn main() -> ExitCode {
             Command::Deploy(args) => tooling::deploy(opts, args).await,
             Command::Module(cmd) => cli::module(opts, cmd).await,
             Command::Projection(cmd) => cli::projection(opts, cmd).await,
-            Command::Verify(cmd) => cli::verify(opts, cmd).await,
+            Command::Verify(args) => cli::verify(opts, args).await,
+            Command::Proof { position } => cli::proof(opts, position).await,
+            Command::VerifyProof { file, public_key } => {
+                cli::verify_proof(opts, &file, public_key.as_deref())
+            }
             Command::Send {
                 aggregate_type,
                 id,
@@ -331,6 +350,15 @@ async fn serve(args: ServeArgs) -> i32 {
     config.projections.batch.events = args.projection_batch as usize;
     if args.unsafe_no_fsync {
         config.durability = Durability::None;
+    }
+    if let Some(path) = &args.signing_key {
+        match refold::store::SealSigner::from_file(path) {
+            Ok(signer) => config.signer = Some(std::sync::Arc::new(signer)),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 1;
+            }
+        }
     }
     let server = match server::start(config).await {
         Ok(server) => server,

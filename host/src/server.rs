@@ -22,7 +22,7 @@ use crate::commands::{CommandConfig, CommandService};
 use crate::modules::{LoadedModule, ModuleError, ModuleRegistry};
 use crate::projections::{ProjectionConfig, ProjectionService};
 use crate::runtime::{Runtime, RuntimeConfig};
-use crate::store::{Durability, Store, StoreConfig};
+use crate::store::{Durability, SealSigner, Store, StoreConfig};
 
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
@@ -35,6 +35,8 @@ pub struct ServeConfig {
     pub commands: CommandConfig,
     pub projections: ProjectionConfig,
     pub durability: Durability,
+    /// Signs every seal of the hash chain (`--signing-key`).
+    pub signer: Option<Arc<SealSigner>>,
 }
 
 impl ServeConfig {
@@ -49,6 +51,7 @@ impl ServeConfig {
             commands: CommandConfig::default(),
             projections: ProjectionConfig::default(),
             durability: Durability::Fsync,
+            signer: None,
         }
     }
 }
@@ -155,7 +158,9 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
     let store = Store::open(
-        StoreConfig::new(config.data_dir.join("events")).durability(config.durability),
+        StoreConfig::new(config.data_dir.join("events"))
+            .durability(config.durability)
+            .signer(config.signer.clone()),
     )?;
     let runtime_config = RuntimeConfig {
         cache_dir: Some(config.data_dir.join("cache")),

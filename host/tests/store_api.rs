@@ -121,11 +121,7 @@ async fn repeating_an_append_returns_the_original_result_and_writes_nothing() {
         .append(&s, ExpectedVersion::NoStream, batch.clone())
         .await
         .unwrap();
-    store
-        .append(&s, ExpectedVersion::Any, vec![event("E", 3)])
-        .await
-        .unwrap();
-
+    // A retry right after the original, with any expectation that names its place.
     for expected in [
         ExpectedVersion::NoStream,
         ExpectedVersion::Exact(0),
@@ -135,40 +131,66 @@ async fn repeating_an_append_returns_the_original_result_and_writes_nothing() {
         let again = store.append(&s, expected, batch.clone()).await;
         assert_eq!(again.unwrap(), original, "repeat with {expected:?}");
     }
-    assert_eq!(store.head(), 3, "no repeat wrote anything");
+    assert_eq!(store.head(), 2, "no repeat wrote anything");
+    store
+        .append(&s, ExpectedVersion::Any, vec![event("E", 3)])
+        .await
+        .unwrap();
 
-    // The same ids at another place are not a repeat.
+    // Once the stream moved on, exact expectations still find the original...
+    for expected in [ExpectedVersion::NoStream, ExpectedVersion::Exact(0)] {
+        let again = store.append(&s, expected, batch.clone()).await;
+        assert_eq!(again.unwrap(), original, "late repeat with {expected:?}");
+    }
+    // ...the same ids at another place are not a repeat (and, as a new
+    // append, are held to their expectation)...
     match store
-        .append(&s, ExpectedVersion::Exact(3), batch.clone())
+        .append(&s, ExpectedVersion::Exact(1), batch.clone())
         .await
     {
         Err(StoreError::WrongExpectedVersion { actual: 3, .. }) => {}
         other => panic!("expected WrongExpectedVersion, got {other:?}"),
     }
-    // A partial overlap is refused, not half-applied.
-    let partial = vec![batch[1].clone(), event("E", 9)];
+    // ...and a first id at its place with different ids after it is refused,
+    // not half-applied.
+    let diverging = vec![batch[0].clone(), event("E", 9)];
     assert!(matches!(
-        store.append(&s, ExpectedVersion::Any, partial).await,
-        Err(StoreError::DuplicateEventId { .. })
+        store.append(&s, ExpectedVersion::NoStream, diverging).await,
+        Err(StoreError::DuplicateEventId { version: 1, .. })
     ));
-    // An id used in another stream is refused.
+    let partial = vec![event("E", 3), event("E", 9)];
+    let tail = store.read_stream(&s, 3, Direction::Forward, 1).unwrap();
+    let partial = vec![
+        NewEvent {
+            event_id: tail[0].event_id,
+            ..partial[0].clone()
+        },
+        partial[1].clone(),
+    ];
     assert!(matches!(
-        store
-            .append(
-                &stream("other"),
-                ExpectedVersion::Any,
-                vec![batch[0].clone()]
-            )
-            .await,
-        Err(StoreError::DuplicateEventId { .. })
-    ));
-    // A fresh event after a used one is refused too.
-    let tail_reuse = vec![event("E", 10), batch[0].clone()];
-    assert!(matches!(
-        store.append(&s, ExpectedVersion::Any, tail_reuse).await,
-        Err(StoreError::DuplicateEventId { .. })
+        store.append(&s, ExpectedVersion::Exact(2), partial).await,
+        Err(StoreError::DuplicateEventId { version: 3, .. })
     ));
     assert_eq!(store.head(), 3);
+
+    // Idempotency is stream-local (there is no global event-id index): with
+    // `Any`, only the stream's end is a place, so a late retry is a new append,
+    // and an id may be used again in another stream.
+    let late = store
+        .append(&s, ExpectedVersion::Any, batch.clone())
+        .await
+        .unwrap();
+    assert_eq!(late.stream_version, 5, "written again at the end");
+    let elsewhere = store
+        .append(
+            &stream("other"),
+            ExpectedVersion::Any,
+            vec![batch[0].clone()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.stream_version, 1);
+    assert_eq!(store.head(), 6);
 }
 
 #[tokio::test]

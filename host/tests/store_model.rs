@@ -191,14 +191,31 @@ fn run_case(rounds: Vec<Vec<Op>>, durability: Durability) -> Result<(), TestCase
             // Versions each stream passes through during the round (for judging rejections).
             let mut seen_versions: HashMap<usize, Vec<u64>> =
                 (0..STREAMS).map(|s| (s, vec![model.version(s)])).collect();
-            // New writes, in the order the store committed them.
+            // New writes, in the order the store committed them. A retry is a new
+            // write when it does not return its original's result: idempotency is
+            // stream-local, so a retry away from its original's place is written.
+            // (A retry can also repeat an earlier retry that was written anew: any
+            // result below the round's first position is a repeat.)
+            let logged_before = model.log.len() as u64;
             let mut fresh: Vec<(&Sent, &AppendResult)> = requests
                 .iter()
                 .zip(&outcomes)
-                .filter(|((_, original), _)| original.is_none())
-                .filter_map(|((sent, _), out)| out.as_ref().ok().map(|r| (sent, r)))
+                .filter_map(|((sent, _), out)| match out {
+                    Ok(r) if r.first_position > logged_before => Some((sent, r)),
+                    _ => None,
+                })
                 .collect();
             fresh.sort_by_key(|(_, r)| r.first_position);
+            // Two retries of one append in a round: the later one can repeat the
+            // earlier one's new write. One write, answered twice.
+            fresh.dedup_by(|(later, b), (earlier, a)| {
+                a == b
+                    && later
+                        .events
+                        .iter()
+                        .map(|e| e.event_id)
+                        .eq(earlier.events.iter().map(|e| e.event_id))
+            });
             for (sent, result) in fresh {
                 let before = model.version(sent.stream);
                 prop_assert!(
@@ -245,18 +262,51 @@ fn run_case(rounds: Vec<Vec<Op>>, durability: Durability) -> Result<(), TestCase
                         );
                     }
                     (Some(original), outcome) => {
-                        let first_version = original.stream_version - sent.events.len() as u64 + 1;
-                        let at_place = match sent.expected {
-                            ExpectedVersion::Any | ExpectedVersion::StreamExists => true,
-                            ExpectedVersion::NoStream => first_version == 1,
-                            ExpectedVersion::Exact(v) => v + 1 == first_version,
+                        // The place the retry's expectation names, and the original's.
+                        let n = sent.events.len() as u64;
+                        let first_version = original.stream_version - n + 1;
+                        let exact_place = match sent.expected {
+                            ExpectedVersion::Any | ExpectedVersion::StreamExists => None,
+                            ExpectedVersion::NoStream => Some(1),
+                            ExpectedVersion::Exact(v) => Some(v + 1),
                         };
                         match outcome {
-                            Ok(r) => {
-                                prop_assert!(at_place, "a retry away from its place was accepted");
-                                prop_assert_eq!(r, original, "a retry returns the original result");
+                            Ok(r) if r.first_position <= logged_before => {
+                                // A repeat of what is at those positions.
+                                let logged: Vec<Uuid> = model.log
+                                    [r.first_position as usize - 1..r.last_position as usize]
+                                    .iter()
+                                    .map(|(_, id)| *id)
+                                    .collect();
+                                let sent_ids: Vec<Uuid> =
+                                    sent.events.iter().map(|e| e.event_id).collect();
+                                prop_assert_eq!(
+                                    logged,
+                                    sent_ids,
+                                    "a repeat answers its own events"
+                                );
+                                // ...at the place its expectation names.
+                                let repeated_at = r.stream_version - n + 1;
+                                prop_assert!(
+                                    match exact_place {
+                                        Some(place) => place == repeated_at,
+                                        None => seen.contains(&r.stream_version),
+                                    },
+                                    "a repeat away from its place"
+                                );
                             }
-                            Err(StoreError::WrongExpectedVersion { .. }) => prop_assert!(!at_place),
+                            Ok(_) => {
+                                // Written anew (judged with the fresh writes above).
+                                prop_assert!(
+                                    exact_place != Some(first_version),
+                                    "a retry at its original's place was written again"
+                                );
+                            }
+                            Err(StoreError::WrongExpectedVersion { actual, .. }) => {
+                                prop_assert!(exact_place != Some(first_version));
+                                prop_assert!(seen.contains(actual));
+                                prop_assert!(!model_admits(sent.expected, *actual));
+                            }
                             Err(other) => prop_assert!(false, "retry failed with {other}"),
                         }
                     }

@@ -14,6 +14,7 @@ mod admin;
 mod aggregates;
 mod auth;
 mod events;
+pub mod integrity;
 mod listen;
 mod metrics;
 mod modules;
@@ -82,6 +83,8 @@ pub fn router(app: AppState, tokens: Tokens) -> Router {
         .route("/v1/modules/{name}/{version}", put(modules::put))
         .route("/v1/modules/{name}/activate", post(modules::activate))
         .route("/v1/admin/backup", post(admin::backup))
+        .route("/v1/integrity/seal", post(integrity::seal))
+        .route("/v1/integrity/verify", get(integrity::verify))
         .route("/v1/projections/{name}/promote", post(projections::promote))
         .route(
             "/v1/projections/{name}/versions/{version}/rebuild",
@@ -127,6 +130,8 @@ pub fn router(app: AppState, tokens: Tokens) -> Router {
         )
         .route("/v1/events", get(events::page))
         .route("/v1/events/subscribe", get(events::subscribe))
+        .route("/v1/events/{position}/proof", get(integrity::proof))
+        .route("/v1/integrity", get(integrity::status))
         .route("/v1/projections", get(projections::list))
         .route("/v1/projections/{name}", get(projections::get))
         .route(

@@ -94,8 +94,12 @@ impl From<StoreError> for ApiError {
             StoreError::DuplicateEventId { .. } | StoreError::CommandIdInUse { .. } => {
                 StatusCode::CONFLICT
             }
+            StoreError::NotSealedYet { .. } => StatusCode::CONFLICT,
             StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            StoreError::Locked { .. } | StoreError::Storage { .. } | StoreError::Corrupt { .. } => {
+            StoreError::Locked { .. }
+            | StoreError::Storage { .. }
+            | StoreError::Corrupt { .. }
+            | StoreError::IntegrityViolation { .. } => {
                 tracing::error!(error = %err, "store failure");
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -105,6 +109,13 @@ impl From<StoreError> for ApiError {
             StoreError::WrongExpectedVersion { actual, .. } => {
                 problem.with("actual_version", actual)
             }
+            StoreError::NotSealedYet {
+                position,
+                next_seal_at,
+            } => problem
+                .with("position", position)
+                .with("next_seal_at", next_seal_at),
+            StoreError::IntegrityViolation { position, .. } => problem.with("position", position),
             _ => problem,
         }
     }

@@ -19,6 +19,8 @@ pub struct EventView<'a> {
     pub event_type: &'a str,
     pub data: &'a RawValue,
     pub metadata: MetadataView<'a>,
+    /// The hash chain at this event, hex (docs/store-format.md, "Hash chain").
+    pub chain: String,
 }
 
 #[derive(Serialize)]
@@ -54,6 +56,7 @@ pub fn event_view(event: &RecordedEvent) -> EventView<'_> {
             producer: event.metadata.producer.as_deref(),
             extra: &event.metadata.extra,
         },
+        chain: crate::hex::hex(&event.chain),
     }
 }
 

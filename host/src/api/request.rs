@@ -32,6 +32,17 @@ pub fn segment<'a>(what: &str, value: &'a str, max: usize) -> Result<&'a str, Ap
     Ok(value)
 }
 
+/// A number in a path segment: digits only (no sign, no spaces).
+pub fn path_number(what: &str, value: &str) -> Result<u64, ApiError> {
+    let digits = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
+    value.parse::<u64>().ok().filter(|_| digits).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_request",
+            format!("{what} must be a non-negative integer, not {value:?}"),
+        )
+    })
+}
+
 pub fn path_error(rejection: PathRejection) -> ApiError {
     ApiError::bad_request(
         "invalid_request",

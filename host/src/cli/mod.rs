@@ -12,19 +12,23 @@
 //! - `projection`: `refold projection ...`, with progress bars while versions replay.
 //! - `verify`: `refold verify aggregate` and `refold projection verify`: the
 //!   determinism audits, exiting 3 on a divergence.
+//! - `integrity`: `refold verify` (the log's hash chain and seals), `refold
+//!   proof` and `refold verify-proof`, exiting 3 when something does not verify.
 //! - `tooling`: `refold new`, `build` and `deploy` (crates, cargo, the world
 //!   check), and the example builds of `refold serve --examples`.
 
 mod client;
 mod follow;
+mod integrity;
 mod output;
 mod projection;
 mod sse;
 pub mod tooling;
 mod verify;
 
+pub use integrity::{proof, verify_proof};
 pub use projection::{ProjectionCommand, projection};
-pub use verify::{VerifyCommand, verify};
+pub use verify::{VerifyArgs, VerifyCommand, verify};
 
 use std::io::{self, Write};
 use std::path::PathBuf;

@@ -17,7 +17,17 @@ use super::{ClientOptions, emit, finish};
 /// A verify replays a whole stream or projection: far longer than other requests may take.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
-/// `refold verify ...`. A group: later audits (the log's hash chain) join `aggregate`.
+/// `refold verify`: without a subcommand, the log's hash chain and seals
+/// (`integrity::VerifyLogArgs`); `refold verify aggregate TYPE ID` replays a stream.
+#[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct VerifyArgs {
+    #[command(subcommand)]
+    pub command: Option<VerifyCommand>,
+    #[command(flatten)]
+    pub log: super::integrity::VerifyLogArgs,
+}
+
 #[derive(clap::Subcommand, Debug)]
 pub enum VerifyCommand {
     /// Replay an aggregate's stream with the modules that wrote it and compare
@@ -25,7 +35,10 @@ pub enum VerifyCommand {
     Aggregate { aggregate_type: String, id: String },
 }
 
-pub async fn verify(opts: &ClientOptions, cmd: VerifyCommand) -> i32 {
+pub async fn verify(opts: &ClientOptions, args: VerifyArgs) -> i32 {
+    let Some(cmd) = args.command else {
+        return super::integrity::verify_log(opts, args.log).await;
+    };
     let result = match cmd {
         VerifyCommand::Aggregate { aggregate_type, id } => {
             verify_aggregate(opts, &aggregate_type, &id).await

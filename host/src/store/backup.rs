@@ -3,7 +3,7 @@
 //!
 //! Every key the writer writes is immutable once written except the stream
 //! heads (`H`). So the copy takes the durable head `P` first, then copies the
-//! events at positions up to `P` and the index and command keys that point at
+//! events at positions up to `P`, the index, command and seal keys that point at
 //! them, and computes each stream's head from the copied stream index instead
 //! of copying `H`. The result is exactly the store as it was when `P` became
 //! durable. Derived data is left out: snapshots (`N`) could be ahead of `P`,
@@ -23,6 +23,8 @@ pub struct BackupReport {
     pub position: Position,
     pub events: u64,
     pub streams: u64,
+    /// Seals copied: the copy verifies on its own (`refold verify`).
+    pub seals: u64,
     pub keys: u64,
     /// The module versions in the copied registry: their component files belong
     /// with the copy.
@@ -54,6 +56,7 @@ impl Store {
             position: head,
             events: 0,
             streams: 0,
+            seals: 0,
             keys: 0,
             modules: Vec::new(),
         };
@@ -75,17 +78,16 @@ impl Store {
                 report.events += 1;
             }
         }
-        // The stream index and the event-id index, where they point at copied events;
-        // each stream's head is its last copied index entry.
+        // The stream index, where it points at copied events (an append's run is
+        // all durable or not at all); each stream's head is its last copied run.
         let mut last_head: Option<(Vec<u8>, StreamHead)> = None;
         for item in self.inner.db.scan_prefix([format::SPACE_STREAM_INDEX]) {
             let (key, value) =
                 item.map_err(|e| StoreError::storage("reading the stream index", e))?;
-            let position = format::decode_position(&key, &value)?;
-            if position > head || key.len() < 9 {
+            let run = format::decode_stream_run(&key, &value)?;
+            if run.last_position() > head {
                 continue;
             }
-            let version = u64::from_be_bytes(key[key.len() - 8..].try_into().expect("8 bytes"));
             let mut head_key = key[..key.len() - 8].to_vec();
             head_key[0] = format::SPACE_STREAM_HEAD;
             if let Some((k, h)) = last_head.take_if(|(k, _)| *k != head_key) {
@@ -95,8 +97,8 @@ impl Store {
             last_head = Some((
                 head_key,
                 StreamHead {
-                    version,
-                    last_position: position,
+                    version: run.last_version(),
+                    last_position: run.last_position(),
                 },
             ));
             out.put(&key, &value)?;
@@ -105,11 +107,16 @@ impl Store {
             out.put(&k, &format::encode_stream_head(h))?;
             report.streams += 1;
         }
-        for item in self.inner.db.scan_prefix([format::SPACE_EVENT_ID]) {
-            let (key, value) =
-                item.map_err(|e| StoreError::storage("reading the event-id index", e))?;
-            if format::decode_position(&key, &value)? <= head {
+        // The seals over copied events: they travel with the chain they seal.
+        if head > 0 {
+            for item in self
+                .inner
+                .db
+                .range(format::seal_key(1)..=format::seal_key(head))
+            {
+                let (key, value) = item.map_err(|e| StoreError::storage("reading the seals", e))?;
                 out.put(&key, &value)?;
+                report.seals += 1;
             }
         }
         for item in self.inner.db.scan_prefix([format::SPACE_COMMAND]) {

@@ -62,6 +62,16 @@ pub enum StoreError {
     #[error("corrupt or unreadable record {key}: {reason}")]
     Corrupt { key: String, reason: String },
 
+    /// No seal covers the event yet, so there is no proof for it yet.
+    #[error(
+        "event {position} is not sealed yet; the next seal is due at position {next_seal_at} (or ask for one: POST /v1/integrity/seal)"
+    )]
+    NotSealedYet { position: u64, next_seal_at: u64 },
+
+    /// The log is not what its hash chain and seals say: altered on disk.
+    #[error("integrity violation at position {position}: {reason}")]
+    IntegrityViolation { position: u64, reason: String },
+
     /// The store is closed, or stopped writing after a storage failure.
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
@@ -86,6 +96,8 @@ impl StoreError {
             StoreError::Locked { .. } => "data_dir_locked",
             StoreError::Storage { .. } => "storage_failure",
             StoreError::Corrupt { .. } => "corrupt_record",
+            StoreError::NotSealedYet { .. } => "not_sealed_yet",
+            StoreError::IntegrityViolation { .. } => "integrity_violation",
             StoreError::Unavailable(_) => "store_unavailable",
         }
     }

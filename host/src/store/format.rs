@@ -9,21 +9,28 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::error::StoreError;
+use super::integrity::{self, Digest, Seal};
 use super::types::{
     AppendResult, CommandRecord, EventMetadata, Position, RecordedEvent, StreamId, StreamVersion,
 };
 
-/// The first byte of every value the host writes.
+/// The first byte of a value: the layout version of that kind of record.
+/// Command records, snapshots, registry and read-model values are layout 1.
 pub const FORMAT_V1: u8 = 1;
+/// Layout 2: event records (with their chain value), stream-index entries
+/// (one per append) and seals.
+pub const FORMAT_V2: u8 = 2;
+/// The store format this build reads and writes (the `Mformat` marker).
+pub const STORE_FORMAT: u8 = 2;
 
 /// `E` position -> event record.
 pub const SPACE_EVENT: u8 = b'E';
-/// `S` stream-key version -> position.
+/// `S` stream-key first-version -> (first position, count): one per append.
 pub const SPACE_STREAM_INDEX: u8 = b'S';
 /// `H` stream-key -> stream head (version, last position).
 pub const SPACE_STREAM_HEAD: u8 = b'H';
-/// `I` event-id -> position.
-pub const SPACE_EVENT_ID: u8 = b'I';
+/// `K` last-position -> seal (a Merkle checkpoint over a run of chain values).
+pub const SPACE_SEAL: u8 = b'K';
 /// `C` command-id -> command record.
 pub const SPACE_COMMAND: u8 = b'C';
 /// `N` stream-key module-digest -> snapshot.
@@ -31,7 +38,7 @@ pub const SPACE_SNAPSHOT: u8 = b'N';
 /// `R` module registry: `Rm` versions, `Ra` active pointers.
 pub const SPACE_REGISTRY: u8 = b'R';
 
-/// In space `M` (store metadata): the format marker, `[FORMAT_V1]`.
+/// In space `M` (store metadata): the format marker, `[STORE_FORMAT]`.
 pub const META_FORMAT_KEY: &[u8] = b"Mformat";
 
 pub fn event_key(position: Position) -> [u8; 9] {
@@ -72,33 +79,68 @@ pub fn stream_index_prefix(stream: &StreamId) -> Vec<u8> {
     stream_key(SPACE_STREAM_INDEX, stream, 8)
 }
 
-pub fn stream_index_key(stream: &StreamId, version: StreamVersion) -> Vec<u8> {
+/// The key of the stream-index entry for the append that starts at `first_version`.
+pub fn stream_index_key(stream: &StreamId, first_version: StreamVersion) -> Vec<u8> {
     let mut key = stream_index_prefix(stream);
-    key.extend_from_slice(&version.to_be_bytes());
+    key.extend_from_slice(&first_version.to_be_bytes());
     key
 }
 
-pub fn event_id_key(id: &Uuid) -> [u8; 17] {
-    let mut key = [0u8; 17];
-    key[0] = SPACE_EVENT_ID;
-    key[1..].copy_from_slice(id.as_bytes());
-    key
+/// One append's run of a stream: versions `first_version..first_version + count`
+/// are at positions `first_position..first_position + count`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamRun {
+    pub first_version: StreamVersion,
+    pub first_position: Position,
+    pub count: u32,
 }
 
-/// `[FORMAT_V1][u64 BE]`: a position (stream index, event-id index).
-pub fn encode_position(position: Position) -> [u8; 9] {
-    let mut v = [0u8; 9];
-    v[0] = FORMAT_V1;
-    v[1..].copy_from_slice(&position.to_be_bytes());
+impl StreamRun {
+    pub fn last_version(&self) -> StreamVersion {
+        self.first_version + u64::from(self.count) - 1
+    }
+
+    pub fn last_position(&self) -> Position {
+        self.first_position + u64::from(self.count) - 1
+    }
+
+    /// The position of `version`, if this run holds it.
+    pub fn position_of(&self, version: StreamVersion) -> Option<Position> {
+        (self.first_version..=self.last_version())
+            .contains(&version)
+            .then(|| self.first_position + (version - self.first_version))
+    }
+}
+
+/// `[FORMAT_V2][first position u64 BE][count u32 BE]`.
+pub fn encode_stream_run(run: &StreamRun) -> [u8; 13] {
+    let mut v = [0u8; 13];
+    v[0] = FORMAT_V2;
+    v[1..9].copy_from_slice(&run.first_position.to_be_bytes());
+    v[9..].copy_from_slice(&run.count.to_be_bytes());
     v
 }
 
-pub fn decode_position(key: &[u8], value: &[u8]) -> Result<Position, StoreError> {
+pub fn decode_stream_run(key: &[u8], value: &[u8]) -> Result<StreamRun, StoreError> {
+    let first_version = key
+        .len()
+        .checked_sub(8)
+        .and_then(|at| key[at..].try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| corrupt(key, "stream-index key too short"))?;
     match value {
-        [FORMAT_V1, rest @ ..] if rest.len() == 8 => {
-            Ok(u64::from_be_bytes(rest.try_into().expect("length checked")))
+        [FORMAT_V2, rest @ ..] if rest.len() == 12 => {
+            let run = StreamRun {
+                first_version,
+                first_position: u64::from_be_bytes(rest[..8].try_into().expect("length checked")),
+                count: u32::from_be_bytes(rest[8..].try_into().expect("length checked")),
+            };
+            if run.count == 0 || run.first_version == 0 || run.first_position == 0 {
+                return Err(corrupt(key, "empty stream-index run"));
+            }
+            Ok(run)
         }
-        _ => Err(corrupt(key, "position value is not [1][u64]")),
+        _ => Err(corrupt(key, "stream-index value is not [2][u64][u32]")),
     }
 }
 
@@ -128,10 +170,10 @@ pub fn decode_stream_head(key: &[u8], value: &[u8]) -> Result<StreamHead, StoreE
     }
 }
 
-/// The event record, version 1. The position is the key, so it is not repeated here.
-/// Field order is the postcard layout: never reorder, only add a new format version.
+/// The body of an event record. The position is the key, so it is not repeated
+/// here. Field order is the postcard layout: never reorder, only add a new format.
 #[derive(Serialize, Deserialize)]
-struct EventRecordV1<S> {
+struct EventBody<S> {
     aggregate_type: S,
     aggregate_id: S,
     version: StreamVersion,
@@ -146,6 +188,17 @@ struct EventRecordV1<S> {
     extra: Vec<(S, S)>,
 }
 
+/// The first fields of a body, for checks that need only the event id.
+#[derive(Deserialize)]
+struct EventBodyPrefix<'a> {
+    #[serde(borrow)]
+    _aggregate_type: &'a str,
+    #[serde(borrow)]
+    _aggregate_id: &'a str,
+    _version: StreamVersion,
+    event_id: [u8; 16],
+}
+
 /// The parts of an event record the writer knows before it is committed.
 pub struct EventRecordRef<'a> {
     pub stream: &'a StreamId,
@@ -157,9 +210,19 @@ pub struct EventRecordRef<'a> {
     pub metadata: &'a EventMetadata,
 }
 
-pub fn encode_event(event: &EventRecordRef<'_>) -> Vec<u8> {
+/// Bytes before the body in an event value: the format byte and the chain value.
+pub const EVENT_HEADER_LEN: usize = 1 + 32;
+
+/// `[FORMAT_V2][chain: 32][postcard(EventBody)]`, where
+/// `chain = sha256(previous chain || position BE || body)`. Returns the value
+/// and its chain value, the next event's `previous`.
+pub fn encode_event(
+    previous: &Digest,
+    position: Position,
+    event: &EventRecordRef<'_>,
+) -> (Vec<u8>, Digest) {
     let m = event.metadata;
-    let record = EventRecordV1::<&str> {
+    let body = EventBody::<&str> {
         aggregate_type: event.stream.aggregate_type(),
         aggregate_id: event.stream.aggregate_id(),
         version: event.version,
@@ -177,24 +240,46 @@ pub fn encode_event(event: &EventRecordRef<'_>) -> Vec<u8> {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect(),
     };
-    let mut out = Vec::with_capacity(64 + event.data.len());
-    out.push(FORMAT_V1);
-    postcard::to_io(&record, &mut out).expect("writing postcard to a Vec cannot fail");
-    out
+    let mut out = Vec::with_capacity(EVENT_HEADER_LEN + 64 + event.data.len());
+    out.push(FORMAT_V2);
+    out.extend_from_slice(&[0; 32]);
+    postcard::to_io(&body, &mut out).expect("writing postcard to a Vec cannot fail");
+    let chain = integrity::chain_next(previous, position, &out[EVENT_HEADER_LEN..]);
+    out[1..EVENT_HEADER_LEN].copy_from_slice(&chain);
+    (out, chain)
+}
+
+/// An event value's stored chain value and body, unchecked.
+pub fn split_event(position: Position, value: &[u8]) -> Result<(Digest, &[u8]), StoreError> {
+    match value {
+        [FORMAT_V2, rest @ ..] if rest.len() >= 32 => {
+            Ok((rest[..32].try_into().expect("length checked"), &rest[32..]))
+        }
+        [FORMAT_V1, ..] => Err(corrupt(
+            &event_key(position),
+            "a format-1 event record (this build reads format 2)",
+        )),
+        [other, ..] if *other != FORMAT_V2 => Err(corrupt(
+            &event_key(position),
+            &format!("unknown format version {other}"),
+        )),
+        _ => Err(corrupt(&event_key(position), "truncated event record")),
+    }
 }
 
 pub fn decode_event(position: Position, value: &[u8]) -> Result<RecordedEvent, StoreError> {
-    let body = match value {
-        [FORMAT_V1, body @ ..] => body,
-        [other, ..] => {
-            return Err(corrupt(
-                &event_key(position),
-                &format!("unknown format version {other}"),
-            ));
-        }
-        [] => return Err(corrupt(&event_key(position), "empty record")),
-    };
-    let r: EventRecordV1<String> = postcard::from_bytes(body)
+    let (chain, body) = split_event(position, value)?;
+    decode_event_body(position, chain, body)
+}
+
+/// Decodes an event body (the canonical bytes after the position), as stored
+/// or as carried in a proof.
+pub fn decode_event_body(
+    position: Position,
+    chain: Digest,
+    body: &[u8],
+) -> Result<RecordedEvent, StoreError> {
+    let r: EventBody<String> = postcard::from_bytes(body)
         .map_err(|e| corrupt(&event_key(position), &format!("postcard: {e}")))?;
     Ok(RecordedEvent {
         position,
@@ -213,7 +298,46 @@ pub fn decode_event(position: Position, value: &[u8]) -> Result<RecordedEvent, S
             producer: r.producer,
             extra: r.extra.into_iter().collect(),
         },
+        chain,
     })
+}
+
+/// The event id of a stored event, without decoding the rest.
+pub fn event_id_of(position: Position, value: &[u8]) -> Result<Uuid, StoreError> {
+    let (_, body) = split_event(position, value)?;
+    let (prefix, _): (EventBodyPrefix<'_>, _) = postcard::take_from_bytes(body)
+        .map_err(|e| corrupt(&event_key(position), &format!("postcard: {e}")))?;
+    Ok(Uuid::from_bytes(prefix.event_id))
+}
+
+pub fn seal_key(last_position: Position) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = SPACE_SEAL;
+    key[1..].copy_from_slice(&last_position.to_be_bytes());
+    key
+}
+
+/// `[FORMAT_V2] | postcard(Seal)`.
+pub fn encode_seal(seal: &Seal) -> Vec<u8> {
+    let mut out = vec![FORMAT_V2];
+    postcard::to_io(seal, &mut out).expect("writing postcard to a Vec cannot fail");
+    out
+}
+
+pub fn decode_seal(key: &[u8], value: &[u8]) -> Result<Seal, StoreError> {
+    let seal: Seal = match value {
+        [FORMAT_V2, body @ ..] => {
+            postcard::from_bytes(body).map_err(|e| corrupt(key, &format!("postcard: {e}")))?
+        }
+        _ => return Err(corrupt(key, "unknown seal format")),
+    };
+    if key != seal_key(seal.last_position)
+        || seal.first_position == 0
+        || seal.first_position > seal.last_position
+    {
+        return Err(corrupt(key, "seal positions do not match its key"));
+    }
+    Ok(seal)
 }
 
 pub fn command_key(command_id: &str) -> Vec<u8> {

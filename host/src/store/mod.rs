@@ -13,12 +13,16 @@
 //! - `projection`: read models and checkpoints of projection versions.
 //! - `catalog`: the module registry and aggregate snapshots.
 //! - `backup`: a consistent copy at one durable position, while appends continue.
+//! - `integrity`: hash chain, Merkle trees and seal signatures (pure functions);
+//!   `chain`: seals on demand, inclusion proofs and the verifying re-walk.
 
 mod backup;
 mod catalog;
+mod chain;
 mod error;
 mod format;
 mod health;
+pub mod integrity;
 mod lock;
 mod projection;
 mod read;
@@ -34,7 +38,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use backup::BackupReport;
 pub use catalog::{Activation, MAX_SNAPSHOT_LEN, ModuleKind, ModulePut, ModuleRecord};
+pub use chain::{EventProof, IntegrityStatus, VerifyFailure, VerifyReport};
 pub use error::StoreError;
+pub use format::decode_event_body;
+pub use integrity::{Seal, SealSigner};
 pub use projection::{ProjectionCheckpoint, ReadModel, SCRATCH_GENERATION, SkipRecord};
 pub use types::*;
 
@@ -48,6 +55,8 @@ pub struct StoreConfig {
     pub durability: Durability,
     /// sled's page cache, in bytes.
     pub cache_bytes: u64,
+    /// Signs every seal the writer writes (`serve --signing-key`).
+    pub signer: Option<Arc<SealSigner>>,
 }
 
 impl StoreConfig {
@@ -56,7 +65,13 @@ impl StoreConfig {
             path: path.into(),
             durability: Durability::Fsync,
             cache_bytes: 256 << 20,
+            signer: None,
         }
+    }
+
+    pub fn signer(mut self, signer: Option<Arc<SealSigner>>) -> Self {
+        self.signer = signer;
+        self
     }
 
     pub fn durability(mut self, durability: Durability) -> Self {
@@ -114,6 +129,8 @@ struct Inner {
     writer: mpsc::Sender<WriterMessage>,
     durable_head: watch::Receiver<Position>,
     health: Arc<health::WriteHealth>,
+    /// The public key of `StoreConfig::signer`.
+    public_key: Option<integrity::Digest>,
     /// sled's `db` file, for fdatasync of registry writes (None without fsync durability).
     sync_file: Option<std::fs::File>,
     writer_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -151,6 +168,8 @@ impl Store {
             ),
             None => None,
         };
+        let public_key = config.signer.as_ref().map(|s| s.public_key());
+        let chain = chain::load_chain_state(&db, head, config.signer.clone())?;
         let (head_tx, head_rx) = watch::channel(head);
         let health = Arc::new(health::WriteHealth::default());
         let (tx, rx) = mpsc::channel(8192);
@@ -162,6 +181,7 @@ impl Store {
             health: health.clone(),
             next_position: head + 1,
             last_recorded_at_ms,
+            chain,
         };
         let thread = std::thread::Builder::new()
             .name("refold-store-writer".into())
@@ -175,6 +195,7 @@ impl Store {
                 writer: tx,
                 durable_head: head_rx,
                 health,
+                public_key,
                 sync_file,
                 writer_thread: std::sync::Mutex::new(Some(thread)),
                 _lock: dir_lock,
@@ -362,20 +383,35 @@ fn validate_append(events: &[NewEvent]) -> Result<(), StoreError> {
 
 /// A new database gets the format marker; an existing one must carry ours.
 fn check_format_marker(db: &sled::Db) -> Result<(), StoreError> {
-    let marker = [format::FORMAT_V1];
+    let marker = [format::STORE_FORMAT];
     match db
         .get(format::META_FORMAT_KEY)
         .map_err(|e| StoreError::storage("reading the format marker", e))?
     {
         Some(v) if v.as_ref() == marker => Ok(()),
+        Some(v) if v.as_ref() == [1] => Err(StoreError::Corrupt {
+            key: "Mformat".into(),
+            reason: "this data directory holds store format 1, from before the hash chain; \
+                     this build reads format 2 only. Format 1 was never released, so there is \
+                     no migration: start with a new data directory"
+                .into(),
+        }),
         Some(v) => Err(StoreError::Corrupt {
             key: "Mformat".into(),
             reason: format!(
-                "store format {:?} is not one this build reads (it reads [1])",
-                v.as_ref()
+                "store format {:?} is not one this build reads (it reads [{}])",
+                v.as_ref(),
+                format::STORE_FORMAT
             ),
         }),
         None => {
+            // A database that holds anything at all without a marker is not ours.
+            if db.first().ok().flatten().is_some() {
+                return Err(StoreError::Corrupt {
+                    key: "Mformat".into(),
+                    reason: "the database has records but no format marker".into(),
+                });
+            }
             db.insert(format::META_FORMAT_KEY, &marker[..])
                 .map_err(|e| StoreError::storage("writing the format marker", e))?;
             db.flush()

@@ -5,6 +5,7 @@
 use super::Store;
 use super::error::StoreError;
 use super::format;
+use super::integrity::Seal;
 use super::types::{
     CommandRecord, Direction, EventFilter, LogPage, Position, RecordedEvent, StreamId,
     StreamVersion,
@@ -26,38 +27,57 @@ impl Store {
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let head = self.head();
         let db = &self.inner.db;
-        let range = match direction {
-            Direction::Forward => {
-                format::stream_index_key(stream, from.max(1))
-                    ..=format::stream_index_key(stream, u64::MAX)
-            }
-            Direction::Backward => {
-                format::stream_index_key(stream, 1)..=format::stream_index_key(stream, from)
-            }
-        };
-        let iter = db.range(range);
-        let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = match direction
-        {
-            Direction::Forward => Box::new(iter),
-            Direction::Backward => Box::new(iter.rev()),
-        };
         let mut events = Vec::with_capacity(limit.min(1024));
-        for item in iter {
-            if events.len() >= limit {
-                break;
-            }
-            let (key, value) = item.map_err(|e| StoreError::storage("reading a stream", e))?;
-            let position = format::decode_position(&key, &value)?;
-            if position > head {
-                // Not yet durable: later versions are not durable either.
-                match direction {
-                    Direction::Forward => break,
-                    Direction::Backward => continue,
+        if limit == 0 {
+            return Ok(events);
+        }
+        match direction {
+            Direction::Forward => {
+                let from = from.max(1);
+                // The run holding `from` starts at or before it.
+                let start = match run_holding(db, stream, from)? {
+                    Some(run) => run.first_version,
+                    None => from,
+                };
+                let range = format::stream_index_key(stream, start)
+                    ..=format::stream_index_key(stream, u64::MAX);
+                'runs: for item in db.range(range) {
+                    let (key, value) =
+                        item.map_err(|e| StoreError::storage("reading a stream", e))?;
+                    let run = format::decode_stream_run(&key, &value)?;
+                    if run.last_position() > head {
+                        // Not yet durable: later runs are not durable either.
+                        break;
+                    }
+                    for version in run.first_version.max(from)..=run.last_version() {
+                        if events.len() >= limit {
+                            break 'runs;
+                        }
+                        let position = run.position_of(version).expect("in the run");
+                        events.push(indexed_event(db, &key, position)?);
+                    }
                 }
             }
-            let event = event_at(db, position)?
-                .ok_or_else(|| format::corrupt(&key, "stream index points at a missing event"))?;
-            events.push(event);
+            Direction::Backward if from == 0 => {}
+            Direction::Backward => {
+                let range =
+                    format::stream_index_key(stream, 1)..=format::stream_index_key(stream, from);
+                'runs: for item in db.range(range).rev() {
+                    let (key, value) =
+                        item.map_err(|e| StoreError::storage("reading a stream", e))?;
+                    let run = format::decode_stream_run(&key, &value)?;
+                    if run.last_position() > head {
+                        continue;
+                    }
+                    for version in (run.first_version..=run.last_version().min(from)).rev() {
+                        if events.len() >= limit {
+                            break 'runs;
+                        }
+                        let position = run.position_of(version).expect("in the run");
+                        events.push(indexed_event(db, &key, position)?);
+                    }
+                }
+            }
         }
         Ok(events)
     }
@@ -142,6 +162,50 @@ pub(crate) fn command_record(
     db.get(&key)
         .map_err(|e| StoreError::storage("reading a command record", e))?
         .map(|value| format::decode_command(&key, &value))
+        .transpose()
+}
+
+/// The stream-index run that holds `version` of `stream`, if any.
+pub(crate) fn run_holding(
+    db: &sled::Db,
+    stream: &StreamId,
+    version: StreamVersion,
+) -> Result<Option<format::StreamRun>, StoreError> {
+    let range = format::stream_index_key(stream, 0)..=format::stream_index_key(stream, version);
+    let Some(item) = db.range(range).next_back() else {
+        return Ok(None);
+    };
+    let (key, value) = item.map_err(|e| StoreError::storage("reading a stream", e))?;
+    let run = format::decode_stream_run(&key, &value)?;
+    Ok((run.last_version() >= version).then_some(run))
+}
+
+/// The position of `version` of `stream`, durable or not.
+pub(crate) fn stream_position(
+    db: &sled::Db,
+    stream: &StreamId,
+    version: StreamVersion,
+) -> Result<Option<Position>, StoreError> {
+    Ok(run_holding(db, stream, version)?.and_then(|run| run.position_of(version)))
+}
+
+fn indexed_event(
+    db: &sled::Db,
+    index_key: &[u8],
+    position: Position,
+) -> Result<RecordedEvent, StoreError> {
+    event_at(db, position)?
+        .ok_or_else(|| format::corrupt(index_key, "stream index points at a missing event"))
+}
+
+/// The newest seal, durable or not (the writer's own view).
+pub(crate) fn last_seal(db: &sled::Db) -> Result<Option<Seal>, StoreError> {
+    let last = db
+        .range(format::seal_key(0)..=format::seal_key(u64::MAX))
+        .next_back()
+        .transpose()
+        .map_err(|e| StoreError::storage("reading the seals", e))?;
+    last.map(|(key, value)| format::decode_seal(&key, &value))
         .transpose()
 }
 

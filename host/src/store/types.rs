@@ -241,6 +241,9 @@ pub struct RecordedEvent {
     /// When the store committed the event, in unix milliseconds. Never decreases along the log.
     pub recorded_at_ms: u64,
     pub metadata: EventMetadata,
+    /// The hash chain at this event: `sha256(previous chain || position BE ||
+    /// the record's canonical bytes)` (docs/store-format.md, "Hash chain").
+    pub chain: [u8; 32],
 }
 
 impl RecordedEvent {

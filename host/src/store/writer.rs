@@ -18,8 +18,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use super::error::StoreError;
-use super::format::{self, EventRecordRef, StreamHead};
+use super::format::{self, EventRecordRef, StreamHead, StreamRun};
 use super::health::WriteHealth;
+use super::integrity::{self, Digest, SEAL_INTERVAL, Seal, SealSigner};
 use super::read;
 use super::types::{
     AppendResult, CommandRecord, Durability, ExpectedVersion, NewEvent, Position,
@@ -50,6 +51,9 @@ pub(crate) struct Appended {
 
 pub(crate) enum WriterMessage {
     Append(AppendRequest),
+    /// Seal the events since the last seal now, and answer with the newest seal
+    /// (None when nothing was ever sealed and nothing waits to be).
+    Seal(oneshot::Sender<Result<Option<Seal>, StoreError>>),
     /// Flush, then stop; the reply says the thread is done with the database.
     Shutdown(oneshot::Sender<()>),
 }
@@ -64,15 +68,33 @@ pub(crate) struct Writer {
     pub health: Arc<WriteHealth>,
     pub next_position: Position,
     pub last_recorded_at_ms: u64,
+    pub chain: ChainState,
 }
 
 /// What the batch being built has already decided, on top of what sled holds.
 #[derive(Default)]
 struct Pending {
-    heads: HashMap<StreamId, StreamHead>,
-    /// Event ids written by earlier requests of this batch: (stream, version, position).
-    ids: HashMap<Uuid, (StreamId, StreamVersion, Position)>,
+    streams: HashMap<StreamId, PendingStream>,
     commands: HashMap<String, CommandRecord>,
+}
+
+/// A stream that earlier requests of this batch appended to.
+struct PendingStream {
+    /// Its version on disk, before this batch.
+    base_version: StreamVersion,
+    head: StreamHead,
+    /// The staged events' ids and positions, for versions `base_version + 1..`.
+    staged: Vec<(Uuid, Position)>,
+}
+
+/// The hash chain as the writer extends it (docs/store-format.md, "Hash chain").
+pub(crate) struct ChainState {
+    /// The chain value at the last position written.
+    pub chain: Digest,
+    /// The chain values since the last seal, from `segment_first` on.
+    pub segment: Vec<Digest>,
+    pub segment_first: Position,
+    pub signer: Option<Arc<SealSigner>>,
 }
 
 impl Writer {
@@ -83,6 +105,7 @@ impl Writer {
                 break;
             };
             let mut requests = Vec::new();
+            let mut seal_requests = Vec::new();
             let mut events = 0;
             let mut next = Some(first);
             while let Some(message) = next.take() {
@@ -91,6 +114,7 @@ impl Writer {
                         events += req.events.len();
                         requests.push(req);
                     }
+                    WriterMessage::Seal(reply) => seal_requests.push(reply),
                     WriterMessage::Shutdown(reply) => {
                         shutdown_reply = Some(reply);
                         break;
@@ -103,13 +127,30 @@ impl Writer {
             if !requests.is_empty() {
                 self.commit(requests);
             }
+            if !seal_requests.is_empty() {
+                let answer = self.seal_now();
+                for reply in seal_requests {
+                    let copy = match &answer {
+                        Ok(seal) => Ok(seal.clone()),
+                        Err(e) => Err(StoreError::Unavailable(e.to_string())),
+                    };
+                    let _ = reply.send(copy);
+                }
+            }
         }
         // Anything queued after a shutdown request is refused, not dropped silently.
         rx.close();
-        while let Ok(WriterMessage::Append(req)) = rx.try_recv() {
-            let _ = req
-                .reply
-                .send(Err(StoreError::Unavailable("the store is closing".into())));
+        while let Ok(message) = rx.try_recv() {
+            let closing = || StoreError::Unavailable("the store is closing".into());
+            match message {
+                WriterMessage::Append(req) => {
+                    let _ = req.reply.send(Err(closing()));
+                }
+                WriterMessage::Seal(reply) => {
+                    let _ = reply.send(Err(closing()));
+                }
+                WriterMessage::Shutdown(_) => {}
+            }
         }
         if let Err(e) = self.db.flush() {
             tracing::error!(error = %e, "final flush of the event store failed");
@@ -224,46 +265,59 @@ impl Writer {
                 actual: head.version,
             });
         }
-        let first_position = self.next_position;
-        let mut version = head.version;
-        for event in &req.events {
-            version += 1;
+        let run = StreamRun {
+            first_version: head.version + 1,
+            first_position: self.next_position,
+            count: req.events.len() as u32, // at most MAX_EVENTS_PER_APPEND
+        };
+        let pending_stream = pending
+            .streams
+            .entry(req.stream.clone())
+            .or_insert_with(|| PendingStream {
+                base_version: head.version,
+                head,
+                staged: Vec::new(),
+            });
+        for (i, event) in req.events.iter().enumerate() {
             let position = self.next_position;
             self.next_position += 1;
-            let record = format::encode_event(&EventRecordRef {
-                stream: &req.stream,
-                version,
-                event_id: &event.event_id,
-                event_type: &event.event_type,
-                data: &event.data,
-                recorded_at_ms,
-                metadata: &event.metadata,
-            });
+            let (record, chain) = format::encode_event(
+                &self.chain.chain,
+                position,
+                &EventRecordRef {
+                    stream: &req.stream,
+                    version: run.first_version + i as u64,
+                    event_id: &event.event_id,
+                    event_type: &event.event_type,
+                    data: &event.data,
+                    recorded_at_ms,
+                    metadata: &event.metadata,
+                },
+            );
             batch.insert(&format::event_key(position)[..], record);
-            batch.insert(
-                format::stream_index_key(&req.stream, version),
-                &format::encode_position(position)[..],
-            );
-            batch.insert(
-                &format::event_id_key(&event.event_id)[..],
-                &format::encode_position(position)[..],
-            );
-            pending
-                .ids
-                .insert(event.event_id, (req.stream.clone(), version, position));
+            pending_stream.staged.push((event.event_id, position));
+            self.chain.chain = chain;
+            self.chain.segment.push(chain);
+            if self.chain.segment.len() as u64 >= SEAL_INTERVAL {
+                self.seal_into(batch, recorded_at_ms);
+            }
         }
+        batch.insert(
+            format::stream_index_key(&req.stream, run.first_version),
+            &format::encode_stream_run(&run)[..],
+        );
         let new_head = StreamHead {
-            version,
-            last_position: self.next_position - 1,
+            version: run.last_version(),
+            last_position: run.last_position(),
         };
         batch.insert(
             format::stream_head_key(&req.stream),
             &format::encode_stream_head(new_head)[..],
         );
-        pending.heads.insert(req.stream.clone(), new_head);
+        pending_stream.head = new_head;
         let result = AppendResult {
-            stream_version: version,
-            first_position,
+            stream_version: new_head.version,
+            first_position: run.first_position,
             last_position: new_head.last_position,
         };
         if let Some((command_id, fingerprint)) = &req.command {
@@ -284,9 +338,56 @@ impl Writer {
         })
     }
 
+    /// Seals the chain values since the last seal into `batch`: the Merkle root
+    /// over them, the chain value at the last one, signed if a key is set.
+    fn seal_into(&mut self, batch: &mut sled::Batch, sealed_at_ms: u64) -> Seal {
+        let state = &mut self.chain;
+        let last_position = state.segment_first + state.segment.len() as u64 - 1;
+        let mut seal = Seal {
+            first_position: state.segment_first,
+            last_position,
+            root: integrity::merkle_root(&state.segment),
+            chain: state.chain,
+            sealed_at_ms,
+            signature: None,
+            public_key: None,
+        };
+        if let Some(signer) = &state.signer {
+            signer.sign(&mut seal);
+        }
+        batch.insert(
+            &format::seal_key(last_position)[..],
+            format::encode_seal(&seal),
+        );
+        state.segment.clear();
+        state.segment_first = last_position + 1;
+        seal
+    }
+
+    /// An on-demand seal over the events since the last one (all durable: the
+    /// writer answers appends before it takes the next message).
+    fn seal_now(&mut self) -> Result<Option<Seal>, StoreError> {
+        if self.health.failed() {
+            return Err(failed_error());
+        }
+        if self.chain.segment.is_empty() {
+            return read::last_seal(&self.db);
+        }
+        let sealed_at_ms = crate::clock::now_ms().max(self.last_recorded_at_ms);
+        let mut batch = sled::Batch::default();
+        let seal = self.seal_into(&mut batch, sealed_at_ms);
+        if let Err(err) = self.write(batch) {
+            tracing::error!(error = %err, "writing a seal failed; refusing further writes");
+            self.health.record_failure(err.to_string());
+            return Err(err);
+        }
+        self.last_recorded_at_ms = sealed_at_ms;
+        Ok(Some(seal))
+    }
+
     fn stream_head(&self, stream: &StreamId, pending: &Pending) -> Result<StreamHead, StoreError> {
-        if let Some(head) = pending.heads.get(stream) {
-            return Ok(*head);
+        if let Some(staged) = pending.streams.get(stream) {
+            return Ok(staged.head);
         }
         let key = format::stream_head_key(stream);
         match self
@@ -302,97 +403,89 @@ impl Writer {
         }
     }
 
-    /// Where an event id already lives, in this batch or on disk.
-    fn locate_event_id(
+    /// The id and position of the event at `version` of `stream`, in this batch
+    /// or on disk (the caller knows the stream reaches that version).
+    fn event_at_version(
         &self,
-        id: &Uuid,
+        stream: &StreamId,
+        version: StreamVersion,
         pending: &Pending,
-    ) -> Result<Option<(StreamId, StreamVersion, Position)>, StoreError> {
-        if let Some(found) = pending.ids.get(id) {
-            return Ok(Some(found.clone()));
+    ) -> Result<(Uuid, Position), StoreError> {
+        if let Some(staged) = pending.streams.get(stream)
+            && version > staged.base_version
+        {
+            let index = (version - staged.base_version - 1) as usize;
+            return staged.staged.get(index).copied().ok_or_else(|| {
+                StoreError::Unavailable("the writer lost track of a staged event".into())
+            });
         }
-        let key = format::event_id_key(id);
-        let Some(value) = self
+        let position = read::stream_position(&self.db, stream, version)?.ok_or_else(|| {
+            format::corrupt(
+                &format::stream_index_key(stream, version),
+                "the stream head names a version the stream index lacks",
+            )
+        })?;
+        let value = self
             .db
-            .get(key)
-            .map_err(|e| StoreError::storage("reading the event-id index", e))?
-        else {
-            return Ok(None);
-        };
-        let position = format::decode_position(&key, &value)?;
-        let event_key = format::event_key(position);
-        let record = self
-            .db
-            .get(event_key)
+            .get(format::event_key(position))
             .map_err(|e| StoreError::storage("reading an event", e))?
-            .ok_or_else(|| format::corrupt(&key, "event-id index points at a missing event"))?;
-        let event = format::decode_event(position, &record)?;
-        Ok(Some((event.stream, event.version, position)))
+            .ok_or_else(|| {
+                format::corrupt(
+                    &format::event_key(position),
+                    "stream index points at a missing event",
+                )
+            })?;
+        Ok((format::event_id_of(position, &value)?, position))
     }
 
-    /// The idempotency rule (docs/store-format.md, "Idempotency"): an append whose
-    /// event ids are already, all of them, in this stream, consecutively and in the
-    /// same order, starting at the version its expected version names, returns the
-    /// original result and writes nothing. Any other reuse of an id is an error.
+    /// The idempotency rule (docs/store-format.md, "Idempotency"): stream-local,
+    /// as in EventStoreDB. The place an append's expectation names is the version
+    /// its first event would get: `NoStream`/`Exact(0)` 1, `Exact(v)` v + 1,
+    /// `Any`/`StreamExists` the stream's last `n` events. If the stream already
+    /// holds the append's first event id there, the append is a repeat when all of
+    /// its ids follow in order (returning the original result, writing nothing),
+    /// and `DuplicateEventId` otherwise.
     fn idempotent_repeat(
         &self,
         req: &AppendRequest,
         head: StreamHead,
         pending: &Pending,
     ) -> Result<Option<AppendResult>, StoreError> {
-        let first_id = &req.events[0].event_id;
-        let Some((stream, first_version, first_position)) =
-            self.locate_event_id(first_id, pending)?
-        else {
-            // A fresh append; none of its other ids may be in use either.
-            for event in &req.events[1..] {
-                if let Some((stream, version, _)) =
-                    self.locate_event_id(&event.event_id, pending)?
-                {
-                    return Err(StoreError::DuplicateEventId {
-                        event_id: event.event_id,
-                        stream,
-                        version,
-                    });
-                }
+        let n = req.events.len() as u64;
+        let place = match req.expected {
+            ExpectedVersion::NoStream => Some(1),
+            ExpectedVersion::Exact(v) => v.checked_add(1),
+            ExpectedVersion::Any | ExpectedVersion::StreamExists => {
+                head.version.checked_sub(n).map(|v| v + 1)
             }
+        };
+        let Some(place) = place.filter(|p| *p <= head.version) else {
             return Ok(None);
         };
-        if stream != req.stream {
-            return Err(StoreError::DuplicateEventId {
-                event_id: *first_id,
-                stream,
-                version: first_version,
-            });
+        let first_id = req.events[0].event_id;
+        let (id, first_position) = self.event_at_version(&req.stream, place, pending)?;
+        if id != first_id {
+            return Ok(None);
+        }
+        let duplicate = || StoreError::DuplicateEventId {
+            event_id: first_id,
+            stream: req.stream.clone(),
+            version: place,
+        };
+        let last_version = place + n - 1;
+        if last_version > head.version {
+            return Err(duplicate());
         }
         let mut last_position = first_position;
         for (i, event) in req.events.iter().enumerate().skip(1) {
-            let want = first_version + i as u64;
-            match self.locate_event_id(&event.event_id, pending)? {
-                Some((s, v, p)) if s == req.stream && v == want => last_position = p,
-                _ => {
-                    return Err(StoreError::DuplicateEventId {
-                        event_id: *first_id,
-                        stream,
-                        version: first_version,
-                    });
-                }
+            let (id, position) = self.event_at_version(&req.stream, place + i as u64, pending)?;
+            if id != event.event_id {
+                return Err(duplicate());
             }
-        }
-        let at_expected_place = match req.expected {
-            ExpectedVersion::Any | ExpectedVersion::StreamExists => true,
-            ExpectedVersion::NoStream => first_version == 1,
-            ExpectedVersion::Exact(v) => v.checked_add(1) == Some(first_version),
-        };
-        if !at_expected_place {
-            return Err(StoreError::WrongExpectedVersion {
-                stream: req.stream.clone(),
-                expected: req.expected,
-                actual: head.version,
-            });
+            last_position = position;
         }
         Ok(Some(AppendResult {
-            stream_version: first_version + req.events.len() as u64 - 1,
+            stream_version: last_version,
             first_position,
             last_position,
         }))

@@ -1,0 +1,429 @@
+//! The tamper-evident log: the writer's chain state at boot, seals on demand,
+//! inclusion proofs and the re-walk that verifies chain and seals
+//! (docs/store-format.md, "Hash chain" and "Seals").
+//!
+//! The writer extends the chain (`writer.rs`); everything here only reads,
+//! except `seal`, which asks the writer.
+
+use tokio::sync::oneshot;
+
+use super::Store;
+use super::error::StoreError;
+use super::format;
+use super::integrity::{self, Digest, SEAL_INTERVAL, Seal, SealSigner, ZERO};
+use super::read;
+use super::types::{Position, RecordedEvent};
+use super::writer::{ChainState, WriterMessage};
+
+/// One event and what proves it is in the log: its chain value, the Merkle
+/// path from that value to the root of the seal that covers it.
+#[derive(Clone, Debug)]
+pub struct EventProof {
+    pub event: RecordedEvent,
+    /// The record's canonical bytes after the position (the stored body).
+    pub body: Vec<u8>,
+    /// The chain value at `event.position - 1` (32 zero bytes at position 1).
+    pub previous_chain: Digest,
+    pub seal: Seal,
+    /// The event's leaf index in the seal: `position - seal.first_position`.
+    pub leaf_index: u64,
+    pub path: Vec<Digest>,
+}
+
+/// The chain and seals as they stand.
+#[derive(Clone, Debug)]
+pub struct IntegrityStatus {
+    pub head: Position,
+    /// The chain value at `head` (32 zero bytes for an empty log).
+    pub chain: Digest,
+    pub last_seal: Option<Seal>,
+    /// Where the next automatic seal will be written.
+    pub next_seal_at: Position,
+    /// The key that signs seals written by this process, if any.
+    pub public_key: Option<Digest>,
+}
+
+/// What a re-walk of the chain found.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct VerifyReport {
+    /// The range walked: whole seals around what was asked for.
+    pub from: Position,
+    pub to: Position,
+    pub events: u64,
+    pub seals: u64,
+    /// The first position where the log is not what its chain and seals say.
+    pub failure: Option<VerifyFailure>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct VerifyFailure {
+    pub position: Position,
+    pub reason: String,
+}
+
+/// Progress of a walk: called every few thousand events with (position, last
+/// position of the walk); returning false stops the walk early.
+pub type Progress<'a> = &'a mut dyn FnMut(Position, Position) -> bool;
+
+/// The writer's chain state after the last durable event: the chain value at
+/// the head, and the chain values since the last seal (at most 4,095 reads).
+pub(crate) fn load_chain_state(
+    db: &sled::Db,
+    head: Position,
+    signer: Option<std::sync::Arc<SealSigner>>,
+) -> Result<ChainState, StoreError> {
+    let last = read::last_seal(db)?;
+    let segment_first = last.as_ref().map_or(1, |s| s.last_position + 1);
+    if segment_first > head + 1 {
+        return Err(StoreError::Corrupt {
+            key: "K".into(),
+            reason: format!(
+                "a seal ends at {} beyond the log's head {head}",
+                segment_first - 1
+            ),
+        });
+    }
+    let mut chain = last.as_ref().map_or(ZERO, |s| s.chain);
+    let mut segment = Vec::with_capacity(SEAL_INTERVAL as usize);
+    if segment_first <= head {
+        for item in db.range(format::event_key(segment_first)..=format::event_key(head)) {
+            let (key, value) = item.map_err(|e| StoreError::storage("reading the log", e))?;
+            let position = format::position_of_event_key(&key)?;
+            let (stored, _) = format::split_event(position, &value)?;
+            segment.push(stored);
+            chain = stored;
+        }
+    }
+    Ok(ChainState {
+        chain,
+        segment,
+        segment_first,
+        signer,
+    })
+}
+
+impl Store {
+    /// The chain value at the head, the newest durable seal, the signing key.
+    pub fn integrity(&self) -> Result<IntegrityStatus, StoreError> {
+        let head = self.head();
+        let db = &self.inner.db;
+        let chain = match head {
+            0 => ZERO,
+            p => stored_chain(db, p)?,
+        };
+        let last_seal = durable_seal_at_or_before(db, head)?;
+        Ok(IntegrityStatus {
+            head,
+            chain,
+            next_seal_at: next_seal_at(last_seal.as_ref()),
+            last_seal,
+            public_key: self.inner.public_key,
+        })
+    }
+
+    /// Seals every event since the last seal now (the writer also seals every
+    /// 4,096 positions on its own). Answers the newest seal: None only while
+    /// the log is empty.
+    pub async fn seal(&self) -> Result<Option<Seal>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .writer
+            .send(WriterMessage::Seal(reply))
+            .await
+            .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer stopped before answering".into()))?
+    }
+
+    /// The proof that the event at `position` is in the log: None when there is
+    /// no such durable event, `NotSealedYet` when no seal covers it yet. Re-walks
+    /// the chain over the covering seal first, so a log altered there yields
+    /// `IntegrityViolation`, never a proof.
+    pub fn proof(&self, position: Position) -> Result<Option<EventProof>, StoreError> {
+        let head = self.head();
+        if position == 0 || position > head {
+            return Ok(None);
+        }
+        let db = &self.inner.db;
+        let seal = match covering_seal(db, position, head)? {
+            Some(seal) => seal,
+            None => {
+                return Err(StoreError::NotSealedYet {
+                    position,
+                    next_seal_at: next_seal_at(durable_seal_at_or_before(db, head)?.as_ref()),
+                });
+            }
+        };
+        let violation = |at: Position, reason: &str| StoreError::IntegrityViolation {
+            position: at,
+            reason: reason.to_string(),
+        };
+        let mut previous = anchor(db, seal.first_position)?;
+        let mut chains =
+            Vec::with_capacity((seal.last_position - seal.first_position + 1) as usize);
+        let mut wanted = None;
+        let mut expected = seal.first_position;
+        let range = format::event_key(seal.first_position)..=format::event_key(seal.last_position);
+        for item in db.range(range) {
+            let (key, value) = item.map_err(|e| StoreError::storage("reading the log", e))?;
+            let at = format::position_of_event_key(&key)?;
+            if at != expected {
+                return Err(violation(expected, "the event is missing"));
+            }
+            let (stored, body) = format::split_event(at, &value)?;
+            let chain = integrity::chain_next(&previous, at, body);
+            if chain != stored {
+                return Err(violation(at, "the record does not match its chain value"));
+            }
+            if at == position {
+                wanted = Some((previous, body.to_vec(), chain));
+            }
+            chains.push(chain);
+            previous = chain;
+            expected += 1;
+        }
+        if expected != seal.last_position + 1 {
+            return Err(violation(expected, "the event is missing"));
+        }
+        if integrity::merkle_root(&chains) != seal.root || previous != seal.chain {
+            return Err(violation(
+                seal.last_position,
+                "the seal does not match the events it covers",
+            ));
+        }
+        let (previous_chain, body, chain) = wanted.expect("the seal covers the position");
+        let leaf_index = position - seal.first_position;
+        Ok(Some(EventProof {
+            event: format::decode_event_body(position, chain, &body)?,
+            path: integrity::inclusion_path(&chains, leaf_index as usize),
+            body,
+            previous_chain,
+            seal,
+            leaf_index,
+        }))
+    }
+
+    /// Re-walks the chain and the seals over `from..=to` (widened to whole
+    /// seals; `to` defaults to the head) and reports the first position where
+    /// a record, a chain value or a seal is not what the rest says. With
+    /// `trusted_key`, every seal must carry a valid signature by that key.
+    pub fn verify_log(
+        &self,
+        from: Position,
+        to: Option<Position>,
+        trusted_key: Option<&Digest>,
+        progress: Progress<'_>,
+    ) -> Result<VerifyReport, StoreError> {
+        let head = self.head();
+        let db = &self.inner.db;
+        let from = from.max(1);
+        let to = to.unwrap_or(head).min(head);
+        let mut report = VerifyReport {
+            from,
+            to,
+            events: 0,
+            seals: 0,
+            failure: None,
+        };
+        if from > to {
+            return Ok(report);
+        }
+        // Whole seals: start where the seal holding `from` starts, end where the
+        // one holding `to` ends (or at the head, past the last seal).
+        let start = match covering_seal(db, from, head)? {
+            Some(seal) => seal.first_position.min(from),
+            None => durable_seal_at_or_before(db, from)?
+                .map_or(1, |s| s.last_position + 1)
+                .min(from),
+        };
+        let end = covering_seal(db, to, head)?.map_or(head, |s| s.last_position.max(to));
+        report.from = start;
+        report.to = end;
+        let fail = |report: &mut VerifyReport, position: Position, reason: String| {
+            report.failure = Some(VerifyFailure { position, reason });
+        };
+        let mut previous = match anchor(db, start) {
+            Ok(chain) => chain,
+            Err(e) => {
+                fail(
+                    &mut report,
+                    start - 1,
+                    format!("cannot read the anchor: {e}"),
+                );
+                return Ok(report);
+            }
+        };
+        let mut seals = db
+            .range(format::seal_key(start)..=format::seal_key(end))
+            .peekable();
+        let mut segment: Vec<Digest> = Vec::with_capacity(SEAL_INTERVAL as usize);
+        let mut segment_first = start;
+        let mut expected = start;
+        for item in db.range(format::event_key(start)..=format::event_key(end)) {
+            let (key, value) = item.map_err(|e| StoreError::storage("reading the log", e))?;
+            let position = format::position_of_event_key(&key)?;
+            if position != expected {
+                fail(&mut report, expected, "the event is missing".into());
+                return Ok(report);
+            }
+            let checked = format::split_event(position, &value).and_then(|(stored, body)| {
+                format::decode_event_body(position, stored, body)?;
+                Ok((stored, integrity::chain_next(&previous, position, body)))
+            });
+            let chain = match checked {
+                Ok((stored, chain)) if stored == chain => chain,
+                Ok(_) => {
+                    let reason = "the record does not match its chain value (the record or \
+                                  its chain value was altered)";
+                    fail(&mut report, position, reason.into());
+                    return Ok(report);
+                }
+                Err(e) => {
+                    fail(
+                        &mut report,
+                        position,
+                        format!("the record is unreadable: {e}"),
+                    );
+                    return Ok(report);
+                }
+            };
+            previous = chain;
+            segment.push(chain);
+            report.events += 1;
+            expected += 1;
+            // The next seal must end here or later.
+            if let Some(item) = seals.peek() {
+                let (key, value) = item
+                    .as_ref()
+                    .map_err(|e| StoreError::storage("reading the seals", e))?;
+                let seal_at = format::position_of_event_key(key)?;
+                if seal_at < position {
+                    fail(
+                        &mut report,
+                        seal_at,
+                        "a seal ends where no event was".into(),
+                    );
+                    return Ok(report);
+                }
+                if seal_at == position {
+                    let checked = format::decode_seal(key, value).and_then(|seal| {
+                        Ok(check_seal(
+                            &seal,
+                            segment_first,
+                            &segment,
+                            chain,
+                            trusted_key,
+                        ))
+                    });
+                    match checked {
+                        Ok(Ok(())) => {}
+                        Ok(Err(reason)) => {
+                            fail(&mut report, seal_at, reason);
+                            return Ok(report);
+                        }
+                        Err(e) => {
+                            fail(&mut report, seal_at, format!("the seal is unreadable: {e}"));
+                            return Ok(report);
+                        }
+                    }
+                    seals.next();
+                    report.seals += 1;
+                    segment.clear();
+                    segment_first = position + 1;
+                }
+            }
+            if segment.len() as u64 > SEAL_INTERVAL {
+                let missing = segment_first + SEAL_INTERVAL - 1;
+                fail(&mut report, missing, "the seal due here is missing".into());
+                return Ok(report);
+            }
+            if report.events % 4096 == 0 && !progress(position, end) {
+                return Ok(report);
+            }
+        }
+        if expected != end + 1 {
+            fail(&mut report, expected, "the event is missing".into());
+        }
+        progress(end, end);
+        Ok(report)
+    }
+}
+
+/// Why `seal` does not cover `segment` (the chain values from `first`), if it does not.
+fn check_seal(
+    seal: &Seal,
+    first: Position,
+    segment: &[Digest],
+    chain: Digest,
+    trusted_key: Option<&Digest>,
+) -> Result<(), String> {
+    if seal.first_position != first {
+        return Err(format!(
+            "the seal starts at {} but the previous one ended at {}",
+            seal.first_position,
+            first - 1
+        ));
+    }
+    if seal.root != integrity::merkle_root(segment) {
+        return Err("the seal's Merkle root does not match the events it covers".into());
+    }
+    if seal.chain != chain {
+        return Err("the seal's chain value does not match the chain".into());
+    }
+    integrity::verify_seal_signature(seal, trusted_key)
+        .map_err(|e| format!("the seal's signature: {e}"))
+}
+
+/// The stored chain value of the event at `position`.
+fn stored_chain(db: &sled::Db, position: Position) -> Result<Digest, StoreError> {
+    let value = db
+        .get(format::event_key(position))
+        .map_err(|e| StoreError::storage("reading an event", e))?
+        .ok_or_else(|| format::corrupt(&format::event_key(position), "the event is missing"))?;
+    Ok(format::split_event(position, &value)?.0)
+}
+
+/// The chain value a walk from `start` begins with.
+fn anchor(db: &sled::Db, start: Position) -> Result<Digest, StoreError> {
+    match start {
+        0 | 1 => Ok(ZERO),
+        p => stored_chain(db, p - 1),
+    }
+}
+
+/// The durable seal that covers `position`, if one does.
+fn covering_seal(
+    db: &sled::Db,
+    position: Position,
+    head: Position,
+) -> Result<Option<Seal>, StoreError> {
+    let Some(item) = db
+        .range(format::seal_key(position)..=format::seal_key(head))
+        .next()
+    else {
+        return Ok(None);
+    };
+    let (key, value) = item.map_err(|e| StoreError::storage("reading the seals", e))?;
+    let seal = format::decode_seal(&key, &value)?;
+    Ok((seal.first_position <= position).then_some(seal))
+}
+
+/// The newest seal that ends at or before `position`.
+fn durable_seal_at_or_before(
+    db: &sled::Db,
+    position: Position,
+) -> Result<Option<Seal>, StoreError> {
+    let Some(item) = db
+        .range(format::seal_key(0)..=format::seal_key(position))
+        .next_back()
+    else {
+        return Ok(None);
+    };
+    let (key, value) = item.map_err(|e| StoreError::storage("reading the seals", e))?;
+    format::decode_seal(&key, &value).map(Some)
+}
+
+fn next_seal_at(last: Option<&Seal>) -> Position {
+    last.map_or(0, |s| s.last_position) + SEAL_INTERVAL
+}

@@ -177,6 +177,22 @@ async fn verify(store_dir: &std::path::Path, acks: &[Ack]) {
     let log = support::read_whole_log(&store);
     support::assert_gapless(&log, head);
 
+    // The hash chain and every seal verify end to end after the crash.
+    let walk = store
+        .verify_log(1, None, None, &mut |_, _| true)
+        .expect("the log can be walked");
+    assert!(
+        walk.failure.is_none(),
+        "the chain is broken after a crash: {walk:?}"
+    );
+    assert_eq!(walk.events, head, "the walk covers the whole log: {walk:?}");
+    let integrity = store.integrity().expect("integrity status");
+    assert_eq!(
+        integrity.chain,
+        log.last().map_or([0; 32], |e| e.chain),
+        "the chain at the head"
+    );
+
     // Every acknowledged event is present with identical content.
     for ack in acks {
         for (i, id) in ack.ids.iter().enumerate() {

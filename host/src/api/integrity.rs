@@ -10,7 +10,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::AppState;
 use super::problem::ApiError;
@@ -96,13 +96,56 @@ struct ProofView<'a> {
 struct ProofDoc {
     proof_format: String,
     position: u64,
-    event: Value,
+    event: EventShown,
     record: String,
     previous_chain: String,
     chain: String,
     leaf_index: u64,
     path: Vec<String>,
     seal: SealView,
+}
+
+/// The `event` of a proof, read back field by field (in any order) for the
+/// comparison with the record; `data` stays text, compared token for token,
+/// never through `Value` (which would turn big numbers into floats and merge
+/// duplicate keys).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventShown {
+    position: u64,
+    aggregate_type: String,
+    aggregate_id: String,
+    version: u64,
+    event_id: String,
+    event_type: String,
+    data: Box<serde_json::value::RawValue>,
+    metadata: MetadataShown,
+    chain: String,
+}
+
+#[derive(Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct MetadataShown {
+    recorded_at_ms: u64,
+    correlation_id: Option<String>,
+    causation_id: Option<String>,
+    command_id: Option<String>,
+    producer: Option<String>,
+    extra: std::collections::BTreeMap<String, String>,
+}
+
+impl EventShown {
+    fn same(&self, other: &EventShown) -> bool {
+        self.position == other.position
+            && self.aggregate_type == other.aggregate_type
+            && self.aggregate_id == other.aggregate_id
+            && self.version == other.version
+            && self.event_id == other.event_id
+            && self.event_type == other.event_type
+            && without_whitespace(self.data.get()) == without_whitespace(other.data.get())
+            && self.metadata == other.metadata
+            && self.chain == other.chain
+    }
 }
 
 /// `GET /v1/integrity`: the chain at the head, the newest seal, the signing key.
@@ -178,7 +221,7 @@ pub async fn verify(
     let to = query.number("to")?;
     let trusted = match query.get("public_key") {
         Some(text) => Some(integrity::digest_from_hex(text).ok_or_else(|| {
-            ApiError::bad_request("invalid_query", "public_key must be 64 hex digits")
+            ApiError::bad_request("invalid_request", "public_key must be 64 hex digits")
         })?),
         None => None,
     };
@@ -249,8 +292,9 @@ pub fn check_proof(document: &str, trusted_key: Option<&Digest>) -> Result<Proof
     // 1. The record is the event shown.
     let event = decode_event_body(doc.position, chain, &record)
         .map_err(|e| format!("the record does not decode: {e}"))?;
-    let shown = serde_json::to_value(event_view(&event)).map_err(|e| e.to_string())?;
-    if shown != doc.event {
+    let shown = serde_json::to_string(&event_view(&event)).map_err(|e| e.to_string())?;
+    let shown: EventShown = serde_json::from_str(&shown).map_err(|e| e.to_string())?;
+    if !doc.event.same(&shown) {
         return Err("the event shown is not the event in the record".into());
     }
     // 2. The chain value follows from the previous one and the record.
@@ -283,4 +327,26 @@ pub fn check_proof(document: &str, trusted_key: Option<&Digest>) -> Result<Proof
         signed_by: seal.public_key.as_ref().map(|k| hex(k)),
         trusted: trusted_key.is_some(),
     })
+}
+
+/// JSON text without the whitespace between tokens (strings kept as they
+/// are), so a pretty-printed proof file compares equal to the served one.
+fn without_whitespace(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in text.chars() {
+        if in_string {
+            out.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            in_string = c == '"';
+            out.push(c);
+        }
+    }
+    out
 }

@@ -142,13 +142,12 @@ fn report_from_json(report: &Value) -> Result<VerifyReport, Failure> {
         to: number(&report["to"]),
         events: number(&report["events"]),
         seals: number(&report["seals"]),
-        failure: match report["failure"].as_object() {
-            Some(f) => Some(crate::store::VerifyFailure {
+        failure: report["failure"]
+            .as_object()
+            .map(|f| crate::store::VerifyFailure {
                 position: f.get("position").map_or(0, number),
                 reason: f.get("reason").map(text).unwrap_or_default(),
             }),
-            None => None,
-        },
     })
 }
 

@@ -1,18 +1,16 @@
 //! Online backup: a consistent copy of the store at one durable position,
 //! taken while appends continue.
 //!
-//! Every key the writer writes is immutable once written except the stream
-//! heads (`H`). So the copy takes the durable head `P` first, then copies the
-//! events at positions up to `P`, the index, command and seal keys that point at
-//! them, and computes each stream's head from the copied stream index instead
-//! of copying `H`. The result is exactly the store as it was when `P` became
-//! durable. Derived data is left out: snapshots (`N`) could be ahead of `P`,
+//! Every key the writer writes is immutable once written. So the copy takes
+//! the durable head `P` first, then copies the events at positions up to `P`
+//! and the index, command and seal keys that point at them. The result is
+//! exactly the store as it was when `P` became durable. Derived data is left out: snapshots (`N`) could be ahead of `P`,
 //! and read models (`P`, `Q`) are rebuilt by replay after a restore.
 
 use std::path::Path;
 
 use super::error::StoreError;
-use super::format::{self, StreamHead};
+use super::format;
 use super::types::{Durability, Position};
 use super::{Store, StoreConfig};
 
@@ -79,8 +77,7 @@ impl Store {
             }
         }
         // The stream index, where it points at copied events (an append's run is
-        // all durable or not at all); each stream's head is its last copied run.
-        let mut last_head: Option<(Vec<u8>, StreamHead)> = None;
+        // all durable or not at all). A stream's last run is its head.
         for item in self.inner.db.scan_prefix([format::SPACE_STREAM_INDEX]) {
             let (key, value) =
                 item.map_err(|e| StoreError::storage("reading the stream index", e))?;
@@ -88,24 +85,10 @@ impl Store {
             if run.last_position() > head {
                 continue;
             }
-            let mut head_key = key[..key.len() - 8].to_vec();
-            head_key[0] = format::SPACE_STREAM_HEAD;
-            if let Some((k, h)) = last_head.take_if(|(k, _)| *k != head_key) {
-                out.put(&k, &format::encode_stream_head(h))?;
+            if run.first_version == 1 {
                 report.streams += 1;
             }
-            last_head = Some((
-                head_key,
-                StreamHead {
-                    version: run.last_version(),
-                    last_position: run.last_position(),
-                },
-            ));
             out.put(&key, &value)?;
-        }
-        if let Some((k, h)) = last_head {
-            out.put(&k, &format::encode_stream_head(h))?;
-            report.streams += 1;
         }
         // The seals over copied events: they travel with the chain they seal.
         if head > 0 {

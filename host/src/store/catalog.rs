@@ -76,8 +76,7 @@ fn registry_key(sub: u8, name: &str, version: Option<&str>) -> Vec<u8> {
 }
 
 fn snapshot_key(stream: &StreamId, digest: &[u8; 32]) -> Vec<u8> {
-    let mut key = format::stream_head_key(stream);
-    key[0] = SPACE_SNAPSHOT;
+    let mut key = format::stream_space_key(SPACE_SNAPSHOT, stream, digest.len());
     key.extend_from_slice(digest);
     key
 }

@@ -11,9 +11,9 @@ use super::Store;
 use super::error::StoreError;
 use super::format;
 use super::integrity::{self, Digest, SEAL_INTERVAL, Seal, SealSigner, ZERO};
-use super::read;
 use super::types::{Position, RecordedEvent};
-use super::writer::{ChainState, WriterMessage};
+pub(crate) use super::writer::ChainState;
+use super::writer::WriterMessage;
 
 /// One event and what proves it is in the log: its chain value, the Merkle
 /// path from that value to the root of the seal that covers it.
@@ -72,8 +72,8 @@ pub(crate) fn load_chain_state(
     head: Position,
     signer: Option<std::sync::Arc<SealSigner>>,
 ) -> Result<ChainState, StoreError> {
-    let last = read::last_seal(db)?;
-    let segment_first = last.as_ref().map_or(1, |s| s.last_position + 1);
+    // Seal keys only: a seal that does not decode is for `verify` to report.
+    let segment_first = seal_key_at_or_before(db, u64::MAX)?.map_or(1, |last| last + 1);
     if segment_first > head + 1 {
         return Err(StoreError::Corrupt {
             key: "K".into(),
@@ -83,15 +83,16 @@ pub(crate) fn load_chain_state(
             ),
         });
     }
-    let mut chain = last.as_ref().map_or(ZERO, |s| s.chain);
+    let chain = match head {
+        0 => ZERO,
+        p => stored_chain(db, p)?,
+    };
     let mut segment = Vec::with_capacity(SEAL_INTERVAL as usize);
     if segment_first <= head {
         for item in db.range(format::event_key(segment_first)..=format::event_key(head)) {
             let (key, value) = item.map_err(|e| StoreError::storage("reading the log", e))?;
             let position = format::position_of_event_key(&key)?;
-            let (stored, _) = format::split_event(position, &value)?;
-            segment.push(stored);
-            chain = stored;
+            segment.push(format::split_event(position, &value)?.0);
         }
     }
     Ok(ChainState {
@@ -146,20 +147,28 @@ impl Store {
             return Ok(None);
         }
         let db = &self.inner.db;
-        let seal = match covering_seal(db, position, head)? {
-            Some(seal) => seal,
-            None => {
-                return Err(StoreError::NotSealedYet {
-                    position,
-                    next_seal_at: next_seal_at(durable_seal_at_or_before(db, head)?.as_ref()),
-                });
-            }
-        };
         let violation = |at: Position, reason: &str| StoreError::IntegrityViolation {
             position: at,
             reason: reason.to_string(),
         };
-        let mut previous = anchor(db, seal.first_position)?;
+        let Some(last) = seal_key_at_or_after(db, position, head)? else {
+            return Err(StoreError::NotSealedYet {
+                position,
+                next_seal_at: seal_key_at_or_before(db, head)?.unwrap_or(0) + SEAL_INTERVAL,
+            });
+        };
+        let seal = read_seal(db, last)
+            .map_err(|e| violation(last, &format!("the seal is unreadable: {e}")))?;
+        if seal.first_position > position {
+            return Err(violation(
+                seal.first_position - 1,
+                "the seal that should end here is missing",
+            ));
+        }
+        let mut previous = match anchor(db, seal.first_position)? {
+            Ok(chain) => chain,
+            Err(failure) => return Err(violation(failure.position, &failure.reason)),
+        };
         let mut chains =
             Vec::with_capacity((seal.last_position - seal.first_position + 1) as usize);
         let mut wanted = None;
@@ -171,7 +180,8 @@ impl Store {
             if at != expected {
                 return Err(violation(expected, "the event is missing"));
             }
-            let (stored, body) = format::split_event(at, &value)?;
+            let (stored, body) = format::split_event(at, &value)
+                .map_err(|e| violation(at, &format!("the record is unreadable: {e}")))?;
             let chain = integrity::chain_next(&previous, at, body);
             if chain != stored {
                 return Err(violation(at, "the record does not match its chain value"));
@@ -229,28 +239,20 @@ impl Store {
         if from > to {
             return Ok(report);
         }
-        // Whole seals: start where the seal holding `from` starts, end where the
-        // one holding `to` ends (or at the head, past the last seal).
-        let start = match covering_seal(db, from, head)? {
-            Some(seal) => seal.first_position.min(from),
-            None => durable_seal_at_or_before(db, from)?
-                .map_or(1, |s| s.last_position + 1)
-                .min(from),
-        };
-        let end = covering_seal(db, to, head)?.map_or(head, |s| s.last_position.max(to));
+        // Whole seals: start after the last seal before `from`, end where the
+        // first seal at or after `to` ends (or at the head). From the seal keys
+        // alone: a seal that does not decode is reported by the walk.
+        let start = seal_key_at_or_before(db, from - 1)?.map_or(1, |last| last + 1);
+        let end = seal_key_at_or_after(db, to, head)?.unwrap_or(head);
         report.from = start;
         report.to = end;
         let fail = |report: &mut VerifyReport, position: Position, reason: String| {
             report.failure = Some(VerifyFailure { position, reason });
         };
-        let mut previous = match anchor(db, start) {
+        let mut previous = match anchor(db, start)? {
             Ok(chain) => chain,
-            Err(e) => {
-                fail(
-                    &mut report,
-                    start - 1,
-                    format!("cannot read the anchor: {e}"),
-                );
+            Err(failure) => {
+                report.failure = Some(failure);
                 return Ok(report);
             }
         };
@@ -307,15 +309,8 @@ impl Store {
                     return Ok(report);
                 }
                 if seal_at == position {
-                    let checked = format::decode_seal(key, value).and_then(|seal| {
-                        Ok(check_seal(
-                            &seal,
-                            segment_first,
-                            &segment,
-                            chain,
-                            trusted_key,
-                        ))
-                    });
+                    let checked = format::decode_seal(key, value)
+                        .map(|seal| check_seal(&seal, segment_first, &segment, chain, trusted_key));
                     match checked {
                         Ok(Ok(())) => {}
                         Ok(Err(reason)) => {
@@ -338,7 +333,7 @@ impl Store {
                 fail(&mut report, missing, "the seal due here is missing".into());
                 return Ok(report);
             }
-            if report.events % 4096 == 0 && !progress(position, end) {
+            if report.events.is_multiple_of(4096) && !progress(position, end) {
                 return Ok(report);
             }
         }
@@ -384,29 +379,76 @@ fn stored_chain(db: &sled::Db, position: Position) -> Result<Digest, StoreError>
     Ok(format::split_event(position, &value)?.0)
 }
 
-/// The chain value a walk from `start` begins with.
-fn anchor(db: &sled::Db, start: Position) -> Result<Digest, StoreError> {
-    match start {
-        0 | 1 => Ok(ZERO),
-        p => stored_chain(db, p - 1),
+/// The chain value a walk from `start` begins with: 32 zero bytes at 1; else
+/// the stored chain value at `start - 1`, which, where a seal ends there, must
+/// be the one that seal vouches for (else the failure names `start - 1`).
+fn anchor(db: &sled::Db, start: Position) -> Result<Result<Digest, VerifyFailure>, StoreError> {
+    if start <= 1 {
+        return Ok(Ok(ZERO));
     }
+    let at = start - 1;
+    let fail = |reason: String| {
+        Ok(Err(VerifyFailure {
+            position: at,
+            reason,
+        }))
+    };
+    let stored = match stored_chain(db, at) {
+        Ok(chain) => chain,
+        Err(StoreError::Corrupt { reason, .. }) => {
+            return fail(format!("the event before the walk is unreadable: {reason}"));
+        }
+        Err(e) => return Err(e),
+    };
+    if seal_key_at_or_after(db, at, at)?.is_some() {
+        match read_seal(db, at) {
+            Ok(seal) if seal.chain == stored => {}
+            Ok(_) => {
+                return fail("the event's chain value is not the one its seal vouches for".into());
+            }
+            Err(e) => return fail(format!("the seal is unreadable: {e}")),
+        }
+    }
+    Ok(Ok(stored))
 }
 
-/// The durable seal that covers `position`, if one does.
-fn covering_seal(
+/// The last position of the first seal in `from..=to`, from its key alone.
+fn seal_key_at_or_after(
+    db: &sled::Db,
+    from: Position,
+    to: Position,
+) -> Result<Option<Position>, StoreError> {
+    if from > to {
+        return Ok(None);
+    }
+    db.range(format::seal_key(from)..=format::seal_key(to))
+        .next()
+        .transpose()
+        .map_err(|e| StoreError::storage("reading the seals", e))?
+        .map(|(key, _)| format::position_of_event_key(&key))
+        .transpose()
+}
+
+/// The last position of the newest seal ending at or before `position`.
+fn seal_key_at_or_before(
     db: &sled::Db,
     position: Position,
-    head: Position,
-) -> Result<Option<Seal>, StoreError> {
-    let Some(item) = db
-        .range(format::seal_key(position)..=format::seal_key(head))
-        .next()
-    else {
-        return Ok(None);
-    };
-    let (key, value) = item.map_err(|e| StoreError::storage("reading the seals", e))?;
-    let seal = format::decode_seal(&key, &value)?;
-    Ok((seal.first_position <= position).then_some(seal))
+) -> Result<Option<Position>, StoreError> {
+    db.range(format::seal_key(0)..=format::seal_key(position))
+        .next_back()
+        .transpose()
+        .map_err(|e| StoreError::storage("reading the seals", e))?
+        .map(|(key, _)| format::position_of_event_key(&key))
+        .transpose()
+}
+
+fn read_seal(db: &sled::Db, last: Position) -> Result<Seal, StoreError> {
+    let key = format::seal_key(last);
+    let value = db
+        .get(key)
+        .map_err(|e| StoreError::storage("reading a seal", e))?
+        .ok_or_else(|| format::corrupt(&key, "the seal is missing"))?;
+    format::decode_seal(&key, &value)
 }
 
 /// The newest seal that ends at or before `position`.
@@ -414,14 +456,9 @@ fn durable_seal_at_or_before(
     db: &sled::Db,
     position: Position,
 ) -> Result<Option<Seal>, StoreError> {
-    let Some(item) = db
-        .range(format::seal_key(0)..=format::seal_key(position))
-        .next_back()
-    else {
-        return Ok(None);
-    };
-    let (key, value) = item.map_err(|e| StoreError::storage("reading the seals", e))?;
-    format::decode_seal(&key, &value).map(Some)
+    seal_key_at_or_before(db, position)?
+        .map(|last| read_seal(db, last))
+        .transpose()
 }
 
 fn next_seal_at(last: Option<&Seal>) -> Position {

@@ -25,10 +25,9 @@ pub const STORE_FORMAT: u8 = 2;
 
 /// `E` position -> event record.
 pub const SPACE_EVENT: u8 = b'E';
-/// `S` stream-key first-version -> (first position, count): one per append.
+/// `S` stream-key first-version -> (first position, count, first event id):
+/// one per append. A stream's last run is its head.
 pub const SPACE_STREAM_INDEX: u8 = b'S';
-/// `H` stream-key -> stream head (version, last position).
-pub const SPACE_STREAM_HEAD: u8 = b'H';
 /// `K` last-position -> seal (a Merkle checkpoint over a run of chain values).
 pub const SPACE_SEAL: u8 = b'K';
 /// `C` command-id -> command record.
@@ -70,8 +69,9 @@ fn stream_key(space: u8, stream: &StreamId, extra: usize) -> Vec<u8> {
     key
 }
 
-pub fn stream_head_key(stream: &StreamId) -> Vec<u8> {
-    stream_key(SPACE_STREAM_HEAD, stream, 0)
+/// `[space]` followed by the stream key: how per-stream spaces (snapshots) begin.
+pub fn stream_space_key(space: u8, stream: &StreamId, extra: usize) -> Vec<u8> {
+    stream_key(space, stream, extra)
 }
 
 /// The prefix shared by every stream-index key of `stream`.
@@ -87,12 +87,15 @@ pub fn stream_index_key(stream: &StreamId, first_version: StreamVersion) -> Vec<
 }
 
 /// One append's run of a stream: versions `first_version..first_version + count`
-/// are at positions `first_position..first_position + count`.
+/// are at positions `first_position..first_position + count`. The run carries
+/// its first event's id, so the idempotency check of an append that repeats
+/// the stream's last one needs no event read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StreamRun {
     pub first_version: StreamVersion,
     pub first_position: Position,
     pub count: u32,
+    pub first_event_id: Uuid,
 }
 
 impl StreamRun {
@@ -112,12 +115,13 @@ impl StreamRun {
     }
 }
 
-/// `[FORMAT_V2][first position u64 BE][count u32 BE]`.
-pub fn encode_stream_run(run: &StreamRun) -> [u8; 13] {
-    let mut v = [0u8; 13];
+/// `[FORMAT_V2][first position u64 BE][count u32 BE][first event id: 16]`.
+pub fn encode_stream_run(run: &StreamRun) -> [u8; 29] {
+    let mut v = [0u8; 29];
     v[0] = FORMAT_V2;
     v[1..9].copy_from_slice(&run.first_position.to_be_bytes());
-    v[9..].copy_from_slice(&run.count.to_be_bytes());
+    v[9..13].copy_from_slice(&run.count.to_be_bytes());
+    v[13..].copy_from_slice(run.first_event_id.as_bytes());
     v
 }
 
@@ -129,44 +133,22 @@ pub fn decode_stream_run(key: &[u8], value: &[u8]) -> Result<StreamRun, StoreErr
         .map(u64::from_be_bytes)
         .ok_or_else(|| corrupt(key, "stream-index key too short"))?;
     match value {
-        [FORMAT_V2, rest @ ..] if rest.len() == 12 => {
+        [FORMAT_V2, rest @ ..] if rest.len() == 28 => {
             let run = StreamRun {
                 first_version,
                 first_position: u64::from_be_bytes(rest[..8].try_into().expect("length checked")),
-                count: u32::from_be_bytes(rest[8..].try_into().expect("length checked")),
+                count: u32::from_be_bytes(rest[8..12].try_into().expect("length checked")),
+                first_event_id: Uuid::from_bytes(rest[12..].try_into().expect("length checked")),
             };
             if run.count == 0 || run.first_version == 0 || run.first_position == 0 {
                 return Err(corrupt(key, "empty stream-index run"));
             }
             Ok(run)
         }
-        _ => Err(corrupt(key, "stream-index value is not [2][u64][u32]")),
-    }
-}
-
-/// A stream's head: its version and the position of its last event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StreamHead {
-    pub version: StreamVersion,
-    pub last_position: Position,
-}
-
-/// `[FORMAT_V1][version u64 BE][last position u64 BE]`.
-pub fn encode_stream_head(head: StreamHead) -> [u8; 17] {
-    let mut v = [0u8; 17];
-    v[0] = FORMAT_V1;
-    v[1..9].copy_from_slice(&head.version.to_be_bytes());
-    v[9..].copy_from_slice(&head.last_position.to_be_bytes());
-    v
-}
-
-pub fn decode_stream_head(key: &[u8], value: &[u8]) -> Result<StreamHead, StoreError> {
-    match value {
-        [FORMAT_V1, rest @ ..] if rest.len() == 16 => Ok(StreamHead {
-            version: u64::from_be_bytes(rest[..8].try_into().expect("length checked")),
-            last_position: u64::from_be_bytes(rest[8..].try_into().expect("length checked")),
-        }),
-        _ => Err(corrupt(key, "stream head is not [1][u64][u64]")),
+        _ => Err(corrupt(
+            key,
+            "stream-index value is not [2][u64][u32][16 bytes]",
+        )),
     }
 }
 

@@ -157,9 +157,31 @@ impl Store {
             ),
             Durability::None => None,
         };
+        let health = Arc::new(health::WriteHealth::default());
+        // A log altered on disk still opens, so that it can be read and
+        // `refold verify` can name where; but the writer cannot extend a chain
+        // it cannot read, so writes are refused, with the reason.
+        let unreadable = |e: StoreError| -> Result<(), StoreError> {
+            match e {
+                StoreError::Corrupt { .. } => {
+                    tracing::error!(error = %e, "the log's tail is unreadable; refusing writes");
+                    health.record_failure(format!(
+                        "the log's tail is unreadable ({e}); run `refold verify` on the stopped data directory"
+                    ));
+                    Ok(())
+                }
+                other => Err(other),
+            }
+        };
         let last_recorded_at_ms = match head {
             0 => 0,
-            p => read::event_at(&db, p)?.map_or(0, |e| e.recorded_at_ms),
+            p => match read::event_at(&db, p) {
+                Ok(event) => event.map_or(0, |e| e.recorded_at_ms),
+                Err(e) => {
+                    unreadable(e)?;
+                    0
+                }
+            },
         };
         let sync_file = match &data_file {
             Some(f) => Some(
@@ -169,9 +191,14 @@ impl Store {
             None => None,
         };
         let public_key = config.signer.as_ref().map(|s| s.public_key());
-        let chain = chain::load_chain_state(&db, head, config.signer.clone())?;
+        let chain = match chain::load_chain_state(&db, head, config.signer.clone()) {
+            Ok(chain) => chain,
+            Err(e) => {
+                unreadable(e)?;
+                chain::ChainState::unusable(config.signer.clone())
+            }
+        };
         let (head_tx, head_rx) = watch::channel(head);
-        let health = Arc::new(health::WriteHealth::default());
         let (tx, rx) = mpsc::channel(8192);
         let writer = Writer {
             db: db.clone(),
@@ -182,6 +209,9 @@ impl Store {
             next_position: head + 1,
             last_recorded_at_ms,
             chain,
+            heads: lru::LruCache::new(
+                std::num::NonZeroUsize::new(writer::HEAD_CACHE).expect("not zero"),
+            ),
         };
         let thread = std::thread::Builder::new()
             .name("refold-store-writer".into())

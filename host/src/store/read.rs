@@ -118,18 +118,11 @@ impl Store {
 
     /// The stream's durable version (0: the stream does not exist).
     pub fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion, StoreError> {
-        let key = format::stream_head_key(stream);
-        let db = &self.inner.db;
-        let Some(value) = db
-            .get(&key)
-            .map_err(|e| StoreError::storage("reading a stream head", e))?
-        else {
+        let Some(last) = last_run(&self.inner.db, stream)? else {
             return Ok(0);
         };
-        let stream_head = format::decode_stream_head(&key, &value)?;
-        let head = self.head();
-        if stream_head.last_position <= head {
-            return Ok(stream_head.version);
+        if last.last_position() <= self.head() {
+            return Ok(last.last_version());
         }
         // The writer is committing this stream right now: the durable version is the
         // newest one whose event is at or below the durable head.
@@ -178,6 +171,19 @@ pub(crate) fn run_holding(
     let (key, value) = item.map_err(|e| StoreError::storage("reading a stream", e))?;
     let run = format::decode_stream_run(&key, &value)?;
     Ok((run.last_version() >= version).then_some(run))
+}
+
+/// The stream's last run (its head), durable or not: one reverse seek.
+pub(crate) fn last_run(
+    db: &sled::Db,
+    stream: &StreamId,
+) -> Result<Option<format::StreamRun>, StoreError> {
+    let range = format::stream_index_key(stream, 0)..=format::stream_index_key(stream, u64::MAX);
+    let Some(item) = db.range(range).next_back() else {
+        return Ok(None);
+    };
+    let (key, value) = item.map_err(|e| StoreError::storage("reading a stream head", e))?;
+    format::decode_stream_run(&key, &value).map(Some)
 }
 
 /// The position of `version` of `stream`, durable or not.

@@ -125,8 +125,12 @@ impl Writer {
         // likely to be back soon, woken by its replies.
         let mut last_commit = 0;
         while shutdown_reply.is_none() {
-            let Some(first) = rx.blocking_recv() else {
-                break;
+            let first = match spin_recv(&mut rx) {
+                Some(message) => message,
+                None => match rx.blocking_recv() {
+                    Some(message) => message,
+                    None => break,
+                },
             };
             let mut requests = Vec::new();
             let mut seal_requests = Vec::new();
@@ -517,6 +521,25 @@ impl Writer {
             first_position,
             last_position,
         }))
+    }
+}
+
+/// Waits a little for the next message without parking the thread: an
+/// appender that was just answered sends its next append within tens of
+/// microseconds, and a parked writer costs it a futex wake-up on top.
+fn spin_recv(rx: &mut mpsc::Receiver<WriterMessage>) -> Option<WriterMessage> {
+    const SPIN: std::time::Duration = std::time::Duration::from_micros(60);
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(message) = rx.try_recv() {
+            return Some(message);
+        }
+        if started.elapsed() >= SPIN {
+            return None;
+        }
+        for _ in 0..64 {
+            std::hint::spin_loop();
+        }
     }
 }
 

@@ -158,14 +158,13 @@ async fn repeating_an_append_returns_the_original_result_and_writes_nothing() {
         store.append(&s, ExpectedVersion::NoStream, diverging).await,
         Err(StoreError::DuplicateEventId { version: 1, .. })
     ));
-    let partial = vec![event("E", 3), event("E", 9)];
     let tail = store.read_stream(&s, 3, Direction::Forward, 1).unwrap();
     let partial = vec![
         NewEvent {
             event_id: tail[0].event_id,
-            ..partial[0].clone()
+            ..event("E", 3)
         },
-        partial[1].clone(),
+        event("E", 9),
     ];
     assert!(matches!(
         store.append(&s, ExpectedVersion::Exact(2), partial).await,

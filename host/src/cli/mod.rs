@@ -396,11 +396,20 @@ mod tests {
         assert_send(events(&opts, None, false, None, true));
         assert_send(verify(
             &opts,
-            VerifyCommand::Aggregate {
-                aggregate_type: "t".into(),
-                id: "i".into(),
+            VerifyArgs {
+                command: Some(VerifyCommand::Aggregate {
+                    aggregate_type: "t".into(),
+                    id: "i".into(),
+                }),
+                log: integrity::VerifyLogArgs {
+                    from: 1,
+                    to: None,
+                    data_dir: None,
+                    public_key: None,
+                },
             },
         ));
+        assert_send(proof(&opts, 1));
         assert_send(projection(
             &opts,
             ProjectionCommand::Verify {

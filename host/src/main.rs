@@ -61,6 +61,10 @@ enum Command {
         /// The seal must be signed by this ed25519 key (64 hex digits)
         #[arg(long)]
         public_key: Option<String>,
+        /// The seal must be the one with this digest (64 hex digits, as
+        /// `GET /v1/integrity` shows it): for unsigned seals
+        #[arg(long)]
+        seal_digest: Option<String>,
     },
     /// Send a command (JSON) to an aggregate
     Send {
@@ -269,9 +273,11 @@ fn main() -> ExitCode {
             Command::Projection(cmd) => cli::projection(opts, cmd).await,
             Command::Verify(args) => cli::verify(opts, args).await,
             Command::Proof { position } => cli::proof(opts, position).await,
-            Command::VerifyProof { file, public_key } => {
-                cli::verify_proof(opts, &file, public_key.as_deref())
-            }
+            Command::VerifyProof {
+                file,
+                public_key,
+                seal_digest,
+            } => cli::verify_proof(opts, &file, public_key.as_deref(), seal_digest.as_deref()),
             Command::Send {
                 aggregate_type,
                 id,

@@ -316,6 +316,17 @@ fn tamper_cases() -> Vec<Case> {
             proofs: vec![(10, Violation(SEAL_INTERVAL)), (5000, Fine)],
         },
         Case {
+            // The writer cannot continue a chain with a hole in it: the store
+            // opens for reads and verify, and refuses writes.
+            name: "an event removed from the unsealed tail",
+            change: Box::new(|db| {
+                assert!(db.remove(event_key(8600)).unwrap().is_some());
+            }),
+            named: 8600,
+            events_before: 8599,
+            proofs: vec![(8000, Fine), (8700, NotSealed)],
+        },
+        Case {
             name: "an event removed",
             change: Box::new(|db| {
                 assert!(db.remove(event_key(3000)).unwrap().is_some());
@@ -401,6 +412,10 @@ async fn tampering_with_a_stopped_data_dir_is_named_at_its_position() {
             let store = Store::open(StoreConfig::new(data.join("events")))
                 .unwrap_or_else(|e| panic!("{}: the tampered store opens: {e}", case.name));
             assert_eq!(store.head(), LOG_EVENTS, "{}", case.name);
+            if case.name.contains("unsealed tail") && case.name.contains("removed") {
+                let why = store.write_failure().expect("writes are refused");
+                assert!(why.contains("unreadable"), "{why}");
+            }
             let report = store
                 .verify_log(1, None, Some(&key), &mut |_, _| true)
                 .unwrap();
@@ -1117,6 +1132,147 @@ async fn a_format_1_store_is_refused_by_name() {
         assert!(report.failure.is_none());
         assert_eq!(report.events, 10);
         store.close().await;
+    })
+    .await;
+}
+
+/// An unsigned seal binds only its root through a proof; a trusted seal digest
+/// binds the rest. Also: the event shown may re-spell strings, never change
+/// them, and a key given twice in `metadata.extra` is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn unsigned_seals_are_bound_by_a_trusted_digest() {
+    use refold::api::integrity::{ProofTrust, check_proof_with};
+    within(60, async {
+        let dir = temp_dir();
+        let mut config = support::http::config(dir.path());
+        config.durability = Durability::None;
+        let s = TestServer::start_with(config).await;
+        let store = s.server.app.store.clone();
+        append_events(&store, 40, 10).await;
+        let mut event = NewEvent::new("Posted", r#"{"name":"Zoë","n":1}"#);
+        event.metadata.extra.insert("tag".into(), "real".into());
+        let at = store
+            .append(
+                &StreamId::new("ledger", "extra").unwrap(),
+                ExpectedVersion::Any,
+                vec![event],
+            )
+            .await
+            .unwrap()
+            .first_position;
+        let r = s
+            .request(Method::POST, "/v1/integrity/seal")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let sealed: Value = r.json().await.unwrap();
+        let digest = digest_from_hex(sealed["seal"]["digest"].as_str().unwrap()).unwrap();
+        assert!(sealed["seal"]["signature"].is_null());
+        let (status, status_text) = get_text(&s, "/v1/integrity").await;
+        assert_eq!(status, 200);
+        let integrity: Value = serde_json::from_str(&status_text).unwrap();
+        assert_eq!(integrity["last_seal"]["digest"], sealed["seal"]["digest"]);
+
+        let (status, text) = get_text(&s, &format!("/v1/events/{at}/proof")).await;
+        assert_eq!(status, 200, "{text}");
+        let trusted = ProofTrust {
+            public_key: None,
+            seal_digest: Some(&digest),
+        };
+        let check = check_proof_with(&text, trusted).expect("checks against its digest");
+        assert!(check.trusted);
+        assert!(
+            !check_proof(&text, None).unwrap().trusted,
+            "consistent, not trusted"
+        );
+
+        // What only the digest binds in an unsigned seal: edited, the proof
+        // still hangs together, but not with the trusted digest.
+        let proof: Value = serde_json::from_str(&text).unwrap();
+        let edits: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+            (
+                "seal.chain",
+                Box::new(|p| flip_hex(&mut p["seal"]["chain"], 3)),
+            ),
+            (
+                "seal.sealed_at_ms",
+                Box::new(|p| bump(&mut p["seal"]["sealed_at_ms"], 1)),
+            ),
+            (
+                "seal.last_position",
+                Box::new(|p| bump(&mut p["seal"]["last_position"], 1)),
+            ),
+        ];
+        for (name, edit) in &edits {
+            let mut edited = proof.clone();
+            edit(&mut edited);
+            // Its own digest no longer matches...
+            assert!(check_proof(&edited.to_string(), None).is_err(), "{name}");
+            // ...and recomputing it does not help against the trusted one.
+            let seal = edited["seal"].clone();
+            let recomputed = Seal {
+                first_position: seal["first_position"].as_u64().unwrap(),
+                last_position: seal["last_position"].as_u64().unwrap(),
+                root: digest_from_hex(seal["root"].as_str().unwrap()).unwrap(),
+                chain: digest_from_hex(seal["chain"].as_str().unwrap()).unwrap(),
+                sealed_at_ms: seal["sealed_at_ms"].as_u64().unwrap(),
+                signature: None,
+                public_key: None,
+            };
+            edited["seal"]["digest"] =
+                json!(to_hex(&refold::store::integrity::seal_digest(&recomputed)));
+            assert!(
+                check_proof_with(&edited.to_string(), trusted).is_err(),
+                "{name} edited, digest recomputed, still checks against the trusted digest"
+            );
+        }
+
+        // Strings may be spelled differently (an escape for a character),
+        // never changed; `extra` may not name a key twice.
+        assert!(text.contains("Zoë"), "{text}");
+        let respelled = text.replacen("Zoë", "Zo\\u00eb", 1);
+        check_proof_with(&respelled, trusted).expect("an escape is the same string");
+        let changed = text.replacen("Zoë", "Zoe", 1);
+        assert!(check_proof_with(&changed, trusted).is_err());
+        assert!(text.contains(r#""extra":{"tag":"real"}"#), "{text}");
+        let twice = text.replacen(
+            r#""extra":{"tag":"real"}"#,
+            r#""extra":{"tag":"FORGED","tag":"real"}"#,
+            1,
+        );
+        assert!(
+            check_proof_with(&twice, trusted).is_err(),
+            "a key twice in extra"
+        );
+
+        // The CLI: NOT TRUSTED without a key or digest (exit 0), trusted with
+        // the digest, exit 3 with another digest.
+        let file = dir.path().join("proof.json");
+        std::fs::write(&file, &text).unwrap();
+        let path = file.display().to_string();
+        let (code, out, err) = refold(args(&["verify-proof", &path])).await;
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains("NOT TRUSTED"), "{out}");
+        let digest_hex = to_hex(&digest);
+        let (code, out, err) =
+            refold(args(&["verify-proof", &path, "--seal-digest", &digest_hex])).await;
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(!out.contains("NOT TRUSTED"), "{out}");
+        let (code, _, _) = refold(args(&[
+            "verify-proof",
+            &path,
+            "--seal-digest",
+            &to_hex(&[7; 32]),
+        ]))
+        .await;
+        assert_eq!(code, 3);
+
+        // A typo in the verify route's query is refused, not read as "the whole log".
+        let (status, body) = get_text(&s, "/v1/integrity/verify?form=5").await;
+        assert_eq!(status, 400, "{body}");
+        drop(store);
+        s.stop().await;
     })
     .await;
 }

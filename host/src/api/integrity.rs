@@ -4,6 +4,8 @@
 //! server writes it here and `check_proof` (used by `refold verify-proof`)
 //! reads it, offline.
 
+use std::collections::BTreeMap;
+
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
@@ -34,6 +36,9 @@ pub struct SealView {
     pub sealed_at_ms: u64,
     pub signature: Option<String>,
     pub public_key: Option<String>,
+    /// sha256 of the signed message (`integrity::seal_digest`): one value that
+    /// names the whole seal, for comparing unsigned seals.
+    pub digest: String,
 }
 
 impl SealView {
@@ -46,6 +51,7 @@ impl SealView {
             sealed_at_ms: seal.sealed_at_ms,
             signature: seal.signature.as_deref().map(hex),
             public_key: seal.public_key.as_ref().map(|k| hex(k)),
+            digest: hex(&integrity::seal_digest(seal)),
         }
     }
 
@@ -131,7 +137,8 @@ struct MetadataShown {
     causation_id: Option<String>,
     command_id: Option<String>,
     producer: Option<String>,
-    extra: std::collections::BTreeMap<String, String>,
+    #[serde(deserialize_with = "unique_keys")]
+    extra: BTreeMap<String, String>,
 }
 
 impl EventShown {
@@ -142,7 +149,8 @@ impl EventShown {
             && self.version == other.version
             && self.event_id == other.event_id
             && self.event_type == other.event_type
-            && without_whitespace(self.data.get()) == without_whitespace(other.data.get())
+            && canonical_json(self.data.get()).is_some()
+            && canonical_json(self.data.get()) == canonical_json(other.data.get())
             && self.metadata == other.metadata
             && self.chain == other.chain
     }
@@ -181,6 +189,19 @@ pub async fn proof(
     Path(position): Path<String>,
 ) -> Result<Response, ApiError> {
     let position = super::request::path_number("position", &position)?;
+    // A proof may re-walk up to 4,096 events: at most one per core at a time,
+    // so readers asking for proofs cannot take the machine from writers. A
+    // request waits a little for its turn, then is told to come back.
+    let permit = tokio::time::timeout(PROOF_WAIT, proof_permits().acquire()).await;
+    let Ok(Ok(_permit)) = permit else {
+        let mut busy = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "proofs_busy",
+            "as many proofs as this server builds at once are being built; retry shortly",
+        );
+        busy.retry_after = Some(1);
+        return Err(busy);
+    };
     let store = app.store.clone();
     let proof = tokio::task::spawn_blocking(move || store.proof(position))
         .await
@@ -193,6 +214,17 @@ pub async fn proof(
             )
         })?;
     Ok(Json(proof_view(&proof)).into_response())
+}
+
+/// How long a proof request waits for one of the per-core permits.
+const PROOF_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn proof_permits() -> &'static tokio::sync::Semaphore {
+    static PERMITS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    PERMITS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::sync::Semaphore::new(cores)
+    })
 }
 
 fn proof_view(proof: &EventProof) -> ProofView<'_> {
@@ -217,8 +249,11 @@ pub async fn verify(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let query = QueryPairs::parse(query.as_deref())?;
+    query.only(&["from", "to", "public_key"])?;
     let from = query.number("from")?.unwrap_or(1);
     let to = query.number("to")?;
+    // `to` before `from` is an empty walk (the report says 0 events); the CLI
+    // refuses it before asking.
     let trusted = match query.get("public_key") {
         Some(text) => Some(integrity::digest_from_hex(text).ok_or_else(|| {
             ApiError::bad_request("invalid_request", "public_key must be 64 hex digits")
@@ -260,7 +295,20 @@ pub struct ProofCheck {
     /// Whose signature the seal carries (hex), if any; `trusted` says whether
     /// it was checked against a key the caller gave, or only against itself.
     pub signed_by: Option<String>,
+    /// The seal's digest (the `digest` field, recomputed).
+    pub seal_digest: String,
+    /// Whether a trusted key or seal digest was checked; without one, the
+    /// proof is consistent, but vouched for only by itself.
     pub trusted: bool,
+}
+
+/// What a proof must be anchored to, beyond its own consistency.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProofTrust<'a> {
+    /// The seal must be signed by this key.
+    pub public_key: Option<&'a Digest>,
+    /// The seal's digest must be this (for unsigned seals, or as well).
+    pub seal_digest: Option<&'a Digest>,
 }
 
 /// Checks a proof document offline: the event shown is the record's, the
@@ -268,8 +316,29 @@ pub struct ProofCheck {
 /// to the seal's root, and the seal's signature holds (by `trusted_key` when
 /// given; then an unsigned seal fails). Any edited field fails one of these.
 pub fn check_proof(document: &str, trusted_key: Option<&Digest>) -> Result<ProofCheck, String> {
+    check_proof_with(
+        document,
+        ProofTrust {
+            public_key: trusted_key,
+            seal_digest: None,
+        },
+    )
+}
+
+/// The longest inclusion path a seal of at most 4,096 events has, with room.
+const MAX_PATH: usize = 64;
+
+/// [`check_proof`], anchored to a trusted key and/or a trusted seal digest.
+pub fn check_proof_with(document: &str, trust: ProofTrust<'_>) -> Result<ProofCheck, String> {
+    let trusted_key = trust.public_key;
     let doc: ProofDoc =
         serde_json::from_str(document).map_err(|e| format!("not a Refold proof: {e}"))?;
+    if doc.path.len() > MAX_PATH {
+        return Err(format!(
+            "the path has {} elements; a seal's has at most {MAX_PATH}",
+            doc.path.len()
+        ));
+    }
     if doc.proof_format != PROOF_FORMAT {
         return Err(format!(
             "proof_format {:?} is not {PROOF_FORMAT:?}",
@@ -316,37 +385,89 @@ pub fn check_proof(document: &str, trusted_key: Option<&Digest>) -> Result<Proof
     if integrity::root_from_inclusion(&chain, doc.leaf_index, size, &path) != Some(seal.root) {
         return Err("the inclusion path does not lead to the seal's root".into());
     }
-    // 4. The seal is signed by whom it says (and by the trusted key, if given).
+    // 4. The seal is signed by whom it says (and by the trusted key, if given),
+    // and is the seal its digest names (and the trusted digest, if given).
     integrity::verify_seal_signature(&seal, trusted_key)
         .map_err(|e| format!("the seal's signature: {e}"))?;
+    let seal_digest = integrity::seal_digest(&seal);
+    if digest("seal.digest", &doc.seal.digest)? != seal_digest {
+        return Err("seal.digest is not the digest of the seal's fields".into());
+    }
+    if let Some(trusted) = trust.seal_digest
+        && *trusted != seal_digest
+    {
+        return Err("the seal is not the one the trusted seal digest names".into());
+    }
     Ok(ProofCheck {
         position: doc.position,
         seal_first_position: seal.first_position,
         seal_last_position: seal.last_position,
         root: hex(&seal.root),
         signed_by: seal.public_key.as_ref().map(|k| hex(k)),
-        trusted: trusted_key.is_some(),
+        seal_digest: hex(&seal_digest),
+        trusted: trusted_key.is_some() || trust.seal_digest.is_some(),
     })
 }
 
-/// JSON text without the whitespace between tokens (strings kept as they
-/// are), so a pretty-printed proof file compares equal to the served one.
-fn without_whitespace(text: &str) -> String {
+/// JSON text in one spelling: no whitespace between tokens, every string
+/// decoded and re-encoded (so `\u00e9` and `é`, or `\/` and `/`, compare
+/// equal), numbers and key order kept exactly as written. None if the text
+/// holds a string that is not valid JSON.
+fn canonical_json(text: &str) -> Option<String> {
     let mut out = String::with_capacity(text.len());
-    let (mut in_string, mut escaped) = (false, false);
-    for c in text.chars() {
-        if in_string {
-            out.push(c);
-            match (escaped, c) {
-                (true, _) => escaped = false,
-                (false, '\\') => escaped = true,
-                (false, '"') => in_string = false,
-                _ => {}
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b' ' | b'\t' | b'\n' | b'\r' => i += 1,
+            b'"' => {
+                let mut end = i + 1;
+                while end < bytes.len() && bytes[end] != b'"' {
+                    end += if bytes[end] == b'\\' { 2 } else { 1 };
+                }
+                let token = text.get(i..=end)?;
+                let decoded: String = serde_json::from_str(token).ok()?;
+                out.push_str(&serde_json::to_string(&decoded).ok()?);
+                i = end + 1;
             }
-        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
-            in_string = c == '"';
-            out.push(c);
+            _ => {
+                // Copy up to the next string or whitespace, whole characters.
+                let start = i;
+                while i < bytes.len() && !matches!(bytes[i], b' ' | b'\t' | b'\n' | b'\r' | b'"') {
+                    i += 1;
+                }
+                out.push_str(text.get(start..i)?);
+            }
         }
     }
-    out
+    Some(out)
+}
+
+/// `extra` as the proof shows it: a map that refuses a key given twice (a
+/// reader of the file, or another parser, could take the other value).
+fn unique_keys<'de, D>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Unique;
+    impl<'de> serde::de::Visitor<'de> for Unique {
+        type Value = BTreeMap<String, String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object of strings with distinct keys")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((k, v)) = map.next_entry::<String, String>()? {
+                if out.contains_key(&k) {
+                    return Err(serde::de::Error::custom(format!("key {k:?} appears twice")));
+                }
+                out.insert(k, v);
+            }
+            Ok(out)
+        }
+    }
+    deserializer.deserialize_map(Unique)
 }

@@ -135,6 +135,22 @@ impl QueryPairs {
             .transpose()
     }
 
+    /// Refuses a key this route does not read: a typo (`form=` for `from=`)
+    /// must not silently mean "no parameter", least of all on a route whose
+    /// default is the whole log.
+    pub fn only(&self, known: &[&str]) -> Result<(), ApiError> {
+        match self.0.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+            Some((k, _)) => Err(ApiError::bad_request(
+                "invalid_request",
+                format!(
+                    "unknown query parameter {k:?} (this route reads {})",
+                    known.join(", ")
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
     pub fn flag(&self, key: &str) -> Result<bool, ApiError> {
         match self.get(key) {
             None | Some("false") | Some("0") => Ok(false),

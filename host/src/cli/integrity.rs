@@ -45,6 +45,14 @@ pub async fn verify_log(opts: &ClientOptions, args: VerifyLogArgs) -> i32 {
 
 async fn run_verify_log(opts: &ClientOptions, args: VerifyLogArgs) -> Result<(), Failure> {
     let key = parse_key(args.public_key.as_deref())?;
+    if let Some(to) = args.to
+        && to < args.from
+    {
+        return Err(Failure::Local(format!(
+            "--to {to} is before --from {}",
+            args.from
+        )));
+    }
     let bar = progress_bar(opts);
     let report = match &args.data_dir {
         Some(dir) => {
@@ -136,18 +144,10 @@ async fn verify_remote(
 }
 
 fn report_from_json(report: &Value) -> Result<VerifyReport, Failure> {
-    let number = |v: &Value| v.as_u64().unwrap_or(0);
-    Ok(VerifyReport {
-        from: number(&report["from"]),
-        to: number(&report["to"]),
-        events: number(&report["events"]),
-        seals: number(&report["seals"]),
-        failure: report["failure"]
-            .as_object()
-            .map(|f| crate::store::VerifyFailure {
-                position: f.get("position").map_or(0, number),
-                reason: f.get("reason").map(text).unwrap_or_default(),
-            }),
+    serde_json::from_value(report.clone()).map_err(|e| {
+        Failure::Local(format!(
+            "the server's report is not one this CLI reads: {e}"
+        ))
     })
 }
 
@@ -178,6 +178,14 @@ fn report_walk(opts: &ClientOptions, report: &VerifyReport) -> Result<(), Failur
             report.from, report.to, report.events, report.seals
         )
         .map_err(Failure::Output)?;
+        if report.unsigned_seals > 0 {
+            writeln!(
+                out,
+                "note: {} of the seals are unsigned; with --public-key every seal must be signed by that key",
+                report.unsigned_seals
+            )
+            .map_err(Failure::Output)?;
+        }
     }
     match &report.failure {
         Some(f) => Err(Failure::Diverged(format!(
@@ -201,25 +209,47 @@ pub async fn proof(opts: &ClientOptions, position: u64) -> i32 {
     finish(opts, result)
 }
 
-/// `refold verify-proof FILE [--public-key HEX]`: offline, no server.
-pub fn verify_proof(opts: &ClientOptions, file: &Path, public_key: Option<&str>) -> i32 {
+/// A proof document is a few KiB; anything near this is not one.
+const MAX_PROOF_FILE: u64 = 16 << 20;
+
+/// `refold verify-proof FILE [--public-key HEX] [--seal-digest HEX]`: offline, no server.
+pub fn verify_proof(
+    opts: &ClientOptions,
+    file: &Path,
+    public_key: Option<&str>,
+    seal_digest: Option<&str>,
+) -> i32 {
     let result = (|| {
         let key = parse_key(public_key)?;
-        let document = std::fs::read_to_string(file)
-            .map_err(|e| Failure::Local(format!("cannot read {}: {e}", file.display())))?;
+        let digest = seal_digest
+            .map(|t| {
+                integrity::digest_from_hex(t.trim())
+                    .ok_or_else(|| Failure::Local("--seal-digest must be 64 hex digits".into()))
+            })
+            .transpose()?;
+        let document = read_bounded(file)?;
         let mut out = io::stdout().lock();
-        match crate::api::integrity::check_proof(&document, key.as_ref()) {
+        let trust = crate::api::integrity::ProofTrust {
+            public_key: key.as_ref(),
+            seal_digest: digest.as_ref(),
+        };
+        match crate::api::integrity::check_proof_with(&document, trust) {
             Ok(check) => {
                 if opts.json {
                     let json = serde_json::json!({ "ok": true, "check": check });
                     writeln!(out, "{json}").map_err(Failure::Output)?;
                 } else {
-                    let signer = match (&check.signed_by, check.trusted) {
-                        (Some(key), true) => format!("signed by the trusted key {key}"),
-                        (Some(key), false) => format!(
-                            "signed by {key} (the proof's own key: pass --public-key to trust it)"
+                    let signer = match (&check.signed_by, key.is_some(), digest.is_some()) {
+                        (Some(k), true, _) => format!("signed by the trusted key {k}"),
+                        (_, _, true) => "the seal is the one the trusted digest names".into(),
+                        (Some(k), false, false) => format!(
+                            "signed by {k}, the proof's own key: NOT TRUSTED (pass --public-key)"
                         ),
-                        (None, _) => "unsigned seal (compare its root with one you trust)".into(),
+                        (None, _, false) => format!(
+                            "unsigned seal with digest {}: NOT TRUSTED (pass --seal-digest \
+                             with a digest you trust)",
+                            check.seal_digest
+                        ),
                     };
                     writeln!(
                         out,
@@ -245,6 +275,26 @@ pub fn verify_proof(opts: &ClientOptions, file: &Path, public_key: Option<&str>)
         }
     })();
     finish(opts, result)
+}
+
+/// Reads a proof file, refusing one too big to be a proof (or endless, like /dev/zero).
+fn read_bounded(file: &Path) -> Result<String, Failure> {
+    use std::io::Read;
+    let cannot = |e: io::Error| Failure::Local(format!("cannot read {}: {e}", file.display()));
+    let mut text = String::new();
+    std::fs::File::open(file)
+        .map_err(cannot)?
+        .take(MAX_PROOF_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(cannot)?;
+    if text.len() as u64 > MAX_PROOF_FILE {
+        return Err(Failure::Local(format!(
+            "{} is over {} MiB: not a proof",
+            file.display(),
+            MAX_PROOF_FILE >> 20
+        )));
+    }
+    Ok(text)
 }
 
 fn parse_key(text: Option<&str>) -> Result<Option<Digest>, Failure> {

@@ -90,12 +90,13 @@ impl Store {
             }
             out.put(&key, &value)?;
         }
-        // The seals over copied events: they travel with the chain they seal.
-        if head > 0 {
+        // The durable seals over copied events: they travel with the chain they seal.
+        let sealed = self.sealed_upto().min(head);
+        if sealed > 0 {
             for item in self
                 .inner
                 .db
-                .range(format::seal_key(1)..=format::seal_key(head))
+                .range(format::seal_key(1)..=format::seal_key(sealed))
             {
                 let (key, value) = item.map_err(|e| StoreError::storage("reading the seals", e))?;
                 out.put(&key, &value)?;

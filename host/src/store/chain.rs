@@ -44,18 +44,21 @@ pub struct IntegrityStatus {
 }
 
 /// What a re-walk of the chain found.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct VerifyReport {
     /// The range walked: whole seals around what was asked for.
     pub from: Position,
     pub to: Position,
     pub events: u64,
     pub seals: u64,
+    /// Seals among `seals` that carry no signature: nothing but this walk
+    /// vouches for them (a walk with a trusted key fails on the first).
+    pub unsigned_seals: u64,
     /// The first position where the log is not what its chain and seals say.
     pub failure: Option<VerifyFailure>,
 }
 
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct VerifyFailure {
     pub position: Position,
     pub reason: String,
@@ -67,6 +70,11 @@ pub type Progress<'a> = &'a mut dyn FnMut(Position, Position) -> bool;
 
 /// The writer's chain state after the last durable event: the chain value at
 /// the head, and the chain values since the last seal (at most 4,095 reads).
+/// The last position the newest seal covers, from its key (0: none).
+pub(crate) fn last_seal_end(db: &sled::Db) -> Result<Position, StoreError> {
+    Ok(seal_key_at_or_before(db, u64::MAX)?.unwrap_or(0))
+}
+
 pub(crate) fn load_chain_state(
     db: &sled::Db,
     head: Position,
@@ -89,10 +97,30 @@ pub(crate) fn load_chain_state(
     };
     let mut segment = Vec::with_capacity(SEAL_INTERVAL as usize);
     if segment_first <= head {
+        // What the writer continues from must be whole: every position since
+        // the last seal, fewer than a seal's worth (else a seal is missing).
+        if head - segment_first + 1 >= SEAL_INTERVAL {
+            return Err(StoreError::Corrupt {
+                key: "K".into(),
+                reason: format!(
+                    "{} events since the last seal, which ends at {}: a seal is missing",
+                    head - segment_first + 1,
+                    segment_first - 1
+                ),
+            });
+        }
+        let mut expected = segment_first;
         for item in db.range(format::event_key(segment_first)..=format::event_key(head)) {
             let (key, value) = item.map_err(|e| StoreError::storage("reading the log", e))?;
             let position = format::position_of_event_key(&key)?;
+            if position != expected {
+                return Err(format::corrupt(
+                    &format::event_key(expected),
+                    "the event is missing",
+                ));
+            }
             segment.push(format::split_event(position, &value)?.0);
+            expected += 1;
         }
     }
     Ok(ChainState {
@@ -112,7 +140,7 @@ impl Store {
             0 => ZERO,
             p => stored_chain(db, p)?,
         };
-        let last_seal = durable_seal_at_or_before(db, head)?;
+        let last_seal = durable_seal_at_or_before(db, self.sealed_upto().min(head))?;
         Ok(IntegrityStatus {
             head,
             chain,
@@ -139,8 +167,8 @@ impl Store {
 
     /// The proof that the event at `position` is in the log: None when there is
     /// no such durable event, `NotSealedYet` when no seal covers it yet. Re-walks
-    /// the chain over the covering seal first, so a log altered there yields
-    /// `IntegrityViolation`, never a proof.
+    /// the chain over the covering seal first (once per process and seal), so a
+    /// log altered there yields `IntegrityViolation`, never a proof.
     pub fn proof(&self, position: Position) -> Result<Option<EventProof>, StoreError> {
         let head = self.head();
         if position == 0 || position > head {
@@ -151,10 +179,12 @@ impl Store {
             position: at,
             reason: reason.to_string(),
         };
-        let Some(last) = seal_key_at_or_after(db, position, head)? else {
+        // Only durable seals: a seal a crash could take back proves nothing.
+        let sealed = self.sealed_upto().min(head);
+        let Some(last) = seal_key_at_or_after(db, position, sealed)? else {
             return Err(StoreError::NotSealedYet {
                 position,
-                next_seal_at: seal_key_at_or_before(db, head)?.unwrap_or(0) + SEAL_INTERVAL,
+                next_seal_at: seal_key_at_or_before(db, sealed)?.unwrap_or(0) + SEAL_INTERVAL,
             });
         };
         let seal = read_seal(db, last)
@@ -165,17 +195,77 @@ impl Store {
                 "the seal that should end here is missing",
             ));
         }
+        if seal.last_position - seal.first_position >= SEAL_INTERVAL {
+            return Err(violation(
+                seal.first_position + SEAL_INTERVAL - 1,
+                "the seal that should end here is missing",
+            ));
+        }
+        let chains = self.verified_seal(&seal)?;
+        // The event itself, against the chain values the walk verified.
+        let leaf_index = position - seal.first_position;
+        let previous_chain = match leaf_index {
+            0 => match anchor(db, seal.first_position)? {
+                Ok(chain) => chain,
+                Err(failure) => return Err(violation(failure.position, &failure.reason)),
+            },
+            i => chains[i as usize - 1],
+        };
+        let chain = chains[leaf_index as usize];
+        let value = db
+            .get(format::event_key(position))
+            .map_err(|e| violation(position, &format!("the storage is unreadable here: {e}")))?
+            .ok_or_else(|| violation(position, "the event is missing"))?;
+        let (stored, body) = format::split_event(position, &value)
+            .map_err(|e| violation(position, &format!("the record is unreadable: {e}")))?;
+        if stored != chain || integrity::chain_next(&previous_chain, position, body) != chain {
+            return Err(violation(
+                position,
+                "the record does not match its chain value",
+            ));
+        }
+        Ok(Some(EventProof {
+            event: format::decode_event_body(position, chain, body)
+                .map_err(|e| violation(position, &format!("the record is unreadable: {e}")))?,
+            path: integrity::inclusion_path(&chains, leaf_index as usize),
+            body: body.to_vec(),
+            previous_chain,
+            seal,
+            leaf_index,
+        }))
+    }
+
+    /// The chain values a seal covers, re-walked from the previous seal's value
+    /// and checked against its root, once per process: sealed events never
+    /// change, so later proofs in the same seal reuse the walk (a cache of the
+    /// last few seals).
+    fn verified_seal(&self, seal: &Seal) -> Result<std::sync::Arc<Vec<Digest>>, StoreError> {
+        if let Some(chains) = self
+            .inner
+            .verified_seals
+            .lock()
+            .expect("not poisoned")
+            .get(&seal.last_position)
+        {
+            return Ok(chains.clone());
+        }
+        let db = &self.inner.db;
+        let violation = |at: Position, reason: &str| StoreError::IntegrityViolation {
+            position: at,
+            reason: reason.to_string(),
+        };
         let mut previous = match anchor(db, seal.first_position)? {
             Ok(chain) => chain,
             Err(failure) => return Err(violation(failure.position, &failure.reason)),
         };
         let mut chains =
             Vec::with_capacity((seal.last_position - seal.first_position + 1) as usize);
-        let mut wanted = None;
         let mut expected = seal.first_position;
         let range = format::event_key(seal.first_position)..=format::event_key(seal.last_position);
         for item in db.range(range) {
-            let (key, value) = item.map_err(|e| StoreError::storage("reading the log", e))?;
+            let (key, value) = item.map_err(|e| {
+                violation(expected, &format!("the storage is unreadable here: {e}"))
+            })?;
             let at = format::position_of_event_key(&key)?;
             if at != expected {
                 return Err(violation(expected, "the event is missing"));
@@ -185,9 +275,6 @@ impl Store {
             let chain = integrity::chain_next(&previous, at, body);
             if chain != stored {
                 return Err(violation(at, "the record does not match its chain value"));
-            }
-            if at == position {
-                wanted = Some((previous, body.to_vec(), chain));
             }
             chains.push(chain);
             previous = chain;
@@ -202,16 +289,13 @@ impl Store {
                 "the seal does not match the events it covers",
             ));
         }
-        let (previous_chain, body, chain) = wanted.expect("the seal covers the position");
-        let leaf_index = position - seal.first_position;
-        Ok(Some(EventProof {
-            event: format::decode_event_body(position, chain, &body)?,
-            path: integrity::inclusion_path(&chains, leaf_index as usize),
-            body,
-            previous_chain,
-            seal,
-            leaf_index,
-        }))
+        let chains = std::sync::Arc::new(chains);
+        self.inner
+            .verified_seals
+            .lock()
+            .expect("not poisoned")
+            .put(seal.last_position, chains.clone());
+        Ok(chains)
     }
 
     /// Re-walks the chain and the seals over `from..=to` (widened to whole
@@ -234,6 +318,7 @@ impl Store {
             to,
             events: 0,
             seals: 0,
+            unsigned_seals: 0,
             failure: None,
         };
         if from > to {
@@ -243,7 +328,7 @@ impl Store {
         // first seal at or after `to` ends (or at the head). From the seal keys
         // alone: a seal that does not decode is reported by the walk.
         let start = seal_key_at_or_before(db, from - 1)?.map_or(1, |last| last + 1);
-        let end = seal_key_at_or_after(db, to, head)?.unwrap_or(head);
+        let end = seal_key_at_or_after(db, to, self.sealed_upto().min(head))?.unwrap_or(head);
         report.from = start;
         report.to = end;
         let fail = |report: &mut VerifyReport, position: Position, reason: String| {
@@ -263,7 +348,19 @@ impl Store {
         let mut segment_first = start;
         let mut expected = start;
         for item in db.range(format::event_key(start)..=format::event_key(end)) {
-            let (key, value) = item.map_err(|e| StoreError::storage("reading the log", e))?;
+            // Damage below our records (sled's own pages) is damage too: it is
+            // named at the position the walk could not read.
+            let (key, value) = match item {
+                Ok(kv) => kv,
+                Err(e) => {
+                    fail(
+                        &mut report,
+                        expected,
+                        format!("the storage is unreadable here: {e}"),
+                    );
+                    return Ok(report);
+                }
+            };
             let position = format::position_of_event_key(&key)?;
             if position != expected {
                 fail(&mut report, expected, "the event is missing".into());
@@ -296,9 +393,14 @@ impl Store {
             expected += 1;
             // The next seal must end here or later.
             if let Some(item) = seals.peek() {
-                let (key, value) = item
-                    .as_ref()
-                    .map_err(|e| StoreError::storage("reading the seals", e))?;
+                let (key, value) = match item.as_ref() {
+                    Ok(kv) => kv,
+                    Err(e) => {
+                        let reason = format!("the seals' storage is unreadable here: {e}");
+                        fail(&mut report, position, reason);
+                        return Ok(report);
+                    }
+                };
                 let seal_at = format::position_of_event_key(key)?;
                 if seal_at < position {
                     fail(
@@ -309,8 +411,11 @@ impl Store {
                     return Ok(report);
                 }
                 if seal_at == position {
-                    let checked = format::decode_seal(key, value)
-                        .map(|seal| check_seal(&seal, segment_first, &segment, chain, trusted_key));
+                    let mut signed = false;
+                    let checked = format::decode_seal(key, value).map(|seal| {
+                        signed = seal.signature.is_some();
+                        check_seal(&seal, segment_first, &segment, chain, trusted_key)
+                    });
                     match checked {
                         Ok(Ok(())) => {}
                         Ok(Err(reason)) => {
@@ -324,6 +429,9 @@ impl Store {
                     }
                     seals.next();
                     report.seals += 1;
+                    if !signed {
+                        report.unsigned_seals += 1;
+                    }
                     segment.clear();
                     segment_first = position + 1;
                 }
@@ -340,7 +448,9 @@ impl Store {
         if expected != end + 1 {
             fail(&mut report, expected, "the event is missing".into());
         }
-        progress(end, end);
+        if !report.events.is_multiple_of(4096) {
+            progress(end, end);
+        }
         Ok(report)
     }
 }

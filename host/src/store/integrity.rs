@@ -186,6 +186,13 @@ pub fn seal_message(seal: &Seal) -> Vec<u8> {
     message
 }
 
+/// A seal's digest: sha256 of what a signature signs. It names the whole
+/// seal (range, root, chain value, time), so an unsigned seal can be compared
+/// with one obtained elsewhere by this one value.
+pub fn seal_digest(seal: &Seal) -> Digest {
+    Sha256::digest(seal_message(seal)).into()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("cannot read seal key file {}: {source}", path.display())]

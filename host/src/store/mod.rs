@@ -128,6 +128,11 @@ struct Inner {
     path: PathBuf,
     writer: mpsc::Sender<WriterMessage>,
     durable_head: watch::Receiver<Position>,
+    /// The last position of the newest durable seal (0: none yet).
+    sealed: Arc<std::sync::atomic::AtomicU64>,
+    /// Seals whose events a proof re-walked, by last position: their chain
+    /// values (`chain::Store::verified_seal`).
+    verified_seals: std::sync::Mutex<lru::LruCache<Position, Arc<Vec<integrity::Digest>>>>,
     health: Arc<health::WriteHealth>,
     /// The public key of `StoreConfig::signer`.
     public_key: Option<integrity::Digest>,
@@ -198,6 +203,9 @@ impl Store {
                 chain::ChainState::unusable(config.signer.clone())
             }
         };
+        let sealed = Arc::new(std::sync::atomic::AtomicU64::new(
+            chain::last_seal_end(&db)?.min(head),
+        ));
         let (head_tx, head_rx) = watch::channel(head);
         let (tx, rx) = mpsc::channel(8192);
         let writer = Writer {
@@ -209,6 +217,8 @@ impl Store {
             next_position: head + 1,
             last_recorded_at_ms,
             chain,
+            sealed: sealed.clone(),
+            staged_seal: None,
             heads: lru::LruCache::new(
                 std::num::NonZeroUsize::new(writer::HEAD_CACHE).expect("not zero"),
             ),
@@ -224,6 +234,10 @@ impl Store {
                 path: config.path,
                 writer: tx,
                 durable_head: head_rx,
+                sealed,
+                verified_seals: std::sync::Mutex::new(lru::LruCache::new(
+                    std::num::NonZeroUsize::new(16).expect("not zero"),
+                )),
                 health,
                 public_key,
                 sync_file,
@@ -328,6 +342,11 @@ impl Store {
         *self.inner.durable_head.borrow()
     }
 
+    /// The last position the newest durable seal covers (0: nothing sealed yet).
+    pub(crate) fn sealed_upto(&self) -> Position {
+        self.inner.sealed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Waits until the durable head changes from what `rx` last saw. For followers.
     pub fn watch_head(&self) -> watch::Receiver<Position> {
         self.inner.durable_head.clone()
@@ -365,11 +384,26 @@ fn open_sled(path: &std::path::Path, cache_bytes: u64) -> Result<sled::Db, Store
     const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
     let started = std::time::Instant::now();
     loop {
-        let opened = sled::Config::new()
-            .path(path)
-            .cache_capacity(cache_bytes)
-            .mode(sled::Mode::HighThroughput)
-            .open();
+        // sled 0.34 panics on some damaged files instead of failing: a damaged
+        // data directory must be an error that names it, not a crash.
+        let opened = std::panic::catch_unwind(|| {
+            sled::Config::new()
+                .path(path)
+                .cache_capacity(cache_bytes)
+                .mode(sled::Mode::HighThroughput)
+                .open()
+        })
+        .map_err(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            StoreError::Corrupt {
+                key: path.display().to_string(),
+                reason: format!("sled could not read its database ({what}): the files are damaged"),
+            }
+        })?;
         match opened {
             // sled 0.34 says so only in the text (`ErrorKind::Other`).
             Err(sled::Error::Io(e))

@@ -69,6 +69,11 @@ pub(crate) struct Writer {
     pub next_position: Position,
     pub last_recorded_at_ms: u64,
     pub chain: ChainState,
+    /// The last position of the newest durable seal: readers look for seals
+    /// only up to here, so no one sees a seal a crash could take back.
+    pub sealed: Arc<std::sync::atomic::AtomicU64>,
+    /// The newest seal staged in the batch being built.
+    pub staged_seal: Option<Position>,
     /// The last run of recently appended streams, as committed: saves the
     /// reverse seek per append that finding a stream's head otherwise costs.
     /// Only this thread writes runs, so it cannot go stale.
@@ -228,6 +233,10 @@ impl Writer {
                 return;
             }
             self.last_recorded_at_ms = recorded_at_ms;
+            if let Some(last) = self.staged_seal.take() {
+                self.sealed
+                    .store(last, std::sync::atomic::Ordering::Release);
+            }
             self.durable_head.send_replace(self.next_position - 1);
             for (stream, staged) in pending.streams {
                 self.heads.put(stream, staged.last);
@@ -391,6 +400,7 @@ impl Writer {
         );
         state.segment.clear();
         state.segment_first = last_position + 1;
+        self.staged_seal = Some(last_position);
         seal
     }
 
@@ -412,6 +422,10 @@ impl Writer {
             return Err(err);
         }
         self.last_recorded_at_ms = sealed_at_ms;
+        if let Some(last) = self.staged_seal.take() {
+            self.sealed
+                .store(last, std::sync::atomic::Ordering::Release);
+        }
         Ok(Some(seal))
     }
 

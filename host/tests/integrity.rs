@@ -1190,17 +1190,17 @@ async fn unsigned_seals_are_bound_by_a_trusted_digest() {
         // What only the digest binds in an unsigned seal: edited, the proof
         // still hangs together, but not with the trusted digest.
         let proof: Value = serde_json::from_str(&text).unwrap();
-        let edits: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+        let edits: Vec<Edit> = vec![
             (
-                "seal.chain",
+                "seal.chain".into(),
                 Box::new(|p| flip_hex(&mut p["seal"]["chain"], 3)),
             ),
             (
-                "seal.sealed_at_ms",
+                "seal.sealed_at_ms".into(),
                 Box::new(|p| bump(&mut p["seal"]["sealed_at_ms"], 1)),
             ),
             (
-                "seal.last_position",
+                "seal.last_position".into(),
                 Box::new(|p| bump(&mut p["seal"]["last_position"], 1)),
             ),
         ];

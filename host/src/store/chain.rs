@@ -109,8 +109,8 @@ pub(crate) fn load_chain_state(
                 ),
             });
         }
-        let mut expected = segment_first;
-        for item in db.range(format::event_key(segment_first)..=format::event_key(head)) {
+        let tail = db.range(format::event_key(segment_first)..=format::event_key(head));
+        for (expected, item) in (segment_first..).zip(tail) {
             let (key, value) = item.map_err(|e| StoreError::storage("reading the log", e))?;
             let position = format::position_of_event_key(&key)?;
             if position != expected {
@@ -120,7 +120,6 @@ pub(crate) fn load_chain_state(
                 ));
             }
             segment.push(format::split_event(position, &value)?.0);
-            expected += 1;
         }
     }
     Ok(ChainState {

@@ -80,33 +80,21 @@ impl SealView {
     }
 }
 
-/// The proof document, as served and as `refold verify-proof` reads it.
-#[derive(Serialize)]
-struct ProofView<'a> {
-    proof_format: &'static str,
+/// The proof document, as served (`event` is an [`EventView`]) and as
+/// `refold verify-proof` reads it back (`event` is an [`EventShown`]).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProofDocument<E> {
+    proof_format: String,
     position: u64,
     /// The event as `/v1/events` shows it: derived from `record`, for people.
-    event: EventView<'a>,
+    event: E,
     /// The record's canonical bytes after the position (hex): what the chain hashes.
     record: String,
     previous_chain: String,
     chain: String,
     leaf_index: u64,
     /// Sibling hashes from the leaf up (RFC 6962 inclusion path), hex.
-    path: Vec<String>,
-    seal: SealView,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ProofDoc {
-    proof_format: String,
-    position: u64,
-    event: EventShown,
-    record: String,
-    previous_chain: String,
-    chain: String,
-    leaf_index: u64,
     path: Vec<String>,
     seal: SealView,
 }
@@ -227,9 +215,9 @@ fn proof_permits() -> &'static tokio::sync::Semaphore {
     })
 }
 
-fn proof_view(proof: &EventProof) -> ProofView<'_> {
-    ProofView {
-        proof_format: PROOF_FORMAT,
+fn proof_view(proof: &EventProof) -> ProofDocument<EventView<'_>> {
+    ProofDocument {
+        proof_format: PROOF_FORMAT.to_owned(),
         position: proof.event.position,
         event: event_view(&proof.event),
         record: hex(&proof.body),
@@ -331,7 +319,7 @@ const MAX_PATH: usize = 64;
 /// [`check_proof`], anchored to a trusted key and/or a trusted seal digest.
 pub fn check_proof_with(document: &str, trust: ProofTrust<'_>) -> Result<ProofCheck, String> {
     let trusted_key = trust.public_key;
-    let doc: ProofDoc =
+    let doc: ProofDocument<EventShown> =
         serde_json::from_str(document).map_err(|e| format!("not a Refold proof: {e}"))?;
     if doc.path.len() > MAX_PATH {
         return Err(format!(

@@ -29,6 +29,8 @@ use super::types::{
 
 /// Requests are gathered into one batch until it holds this many events.
 const MAX_BATCH_EVENTS: usize = 4096;
+/// ...or this many requests for a seal on demand.
+const MAX_BATCH_SEAL_REQUESTS: usize = 256;
 
 pub(crate) struct AppendRequest {
     pub stream: StreamId,
@@ -154,7 +156,9 @@ impl Writer {
                         break;
                     }
                 }
-                if events < MAX_BATCH_EVENTS {
+                // Seal requests are answered together by one seal; a flood of
+                // them must not keep the batch open either.
+                if events < MAX_BATCH_EVENTS && seal_requests.len() < MAX_BATCH_SEAL_REQUESTS {
                     next = rx.try_recv().ok();
                     if next.is_none() && requests.len() < last_commit {
                         next = linger(&mut rx, &mut lingered);

@@ -173,6 +173,7 @@ pub fn router(app: AppState, tokens: Tokens) -> Router {
         .layer(DefaultBodyLimit::disable())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(request::close_if_body_unread))
         .with_state(app)
 }
 

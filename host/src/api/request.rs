@@ -241,3 +241,68 @@ pub fn json_text(bytes: &Bytes, code: &'static str) -> Result<String, ApiError> 
         .map_err(|e| ApiError::bad_request(code, format!("the body is not JSON: {e}")))?;
     Ok(text.to_string())
 }
+
+/// Answers that leave part of the request body unread close the connection,
+/// and say so (`Connection: close`). Otherwise hyper closes it anyway after
+/// the response, and a client that already put the connection back in its pool
+/// sends its next request into a closed socket: "the server answered nothing".
+/// (A rejected upload over the limit did exactly that to the request after it.)
+pub async fn close_if_body_unread(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+    let headers = request.headers();
+    let has_body = match headers.get(CONTENT_LENGTH) {
+        Some(length) => length.as_bytes() != b"0",
+        None => headers.contains_key(TRANSFER_ENCODING),
+    };
+    if !has_body {
+        return next.run(request).await;
+    }
+    let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (parts, body) = request.into_parts();
+    let body = Body::new(EndTracked {
+        inner: body,
+        ended: ended.clone(),
+    });
+    let mut response = next
+        .run(axum::extract::Request::from_parts(parts, body))
+        .await;
+    if !ended.load(std::sync::atomic::Ordering::Acquire) {
+        response
+            .headers_mut()
+            .insert(CONNECTION, axum::http::HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// A request body that notes when it has been read to its end.
+struct EndTracked {
+    inner: Body,
+    ended: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl http_body::Body for EndTracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(None) = polled {
+            self.ended.store(true, std::sync::atomic::Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -5,8 +5,6 @@
 //! The writer extends the chain (`writer.rs`); everything here only reads,
 //! except `seal`, which asks the writer.
 
-use tokio::sync::oneshot;
-
 use super::Store;
 use super::error::StoreError;
 use super::format;
@@ -153,15 +151,7 @@ impl Store {
     /// 4,096 positions on its own). Answers the newest seal: None only while
     /// the log is empty.
     pub async fn seal(&self) -> Result<Option<Seal>, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.inner
-            .writer
-            .send(WriterMessage::Seal(reply))
-            .await
-            .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
-        answer
-            .await
-            .map_err(|_| StoreError::Unavailable("the writer stopped before answering".into()))?
+        self.ask_writer(WriterMessage::Seal).await
     }
 
     /// The proof that the event at `position` is in the log: None when there is

@@ -305,17 +305,29 @@ impl Store {
         if self.inner.health.failed() {
             return Err(writer::failed_error());
         }
+        let stream = stream.clone();
+        self.ask_writer(|reply| {
+            WriterMessage::Append(AppendRequest {
+                stream,
+                expected,
+                events,
+                command,
+                reply,
+            })
+        })
+        .await
+    }
+
+    /// One round trip to the writer thread: the message carries the reply
+    /// channel, and the writer's answer (or why there is none) comes back.
+    async fn ask_writer<T>(
+        &self,
+        message: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> WriterMessage,
+    ) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
-        let request = AppendRequest {
-            stream: stream.clone(),
-            expected,
-            events,
-            command,
-            reply,
-        };
         self.inner
             .writer
-            .send(WriterMessage::Append(request))
+            .send(message(reply))
             .await
             .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
         answer

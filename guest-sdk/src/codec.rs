@@ -1,4 +1,4 @@
-//! How an aggregate's and a projection's values cross the Wasm boundary. The
+//! How an aggregate's, a projection's and a process's values cross the Wasm boundary. The
 //! functions here are what the exported components run; they are plain Rust,
 //! so the host's benchmarks and the native test harness run exactly the same
 //! code ([`apply`], [`apply_projection_native`], [`query_projection_native`]).
@@ -10,7 +10,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::{Aggregate, Context, Docs, Envelope, Projection, QueryError, Rejection};
+use crate::{
+    Aggregate, Context, Docs, Envelope, Process, ProcessContext, ProcessInput, ProcessStatus,
+    Projection, QueryError, Reaction, Rejection,
+};
 
 /// An event as it crosses the boundary: its type and its JSON data.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -391,6 +394,230 @@ mod projection_component {
                 )),
                 QueryError::BadArguments(reason) => wit::QueryError::BadArguments(reason),
             })
+        }
+    }
+}
+
+/// A process's input at the boundary: the log event still as JSON text.
+pub type RawInput = ProcessInput<RawEvent>;
+
+/// A process's reaction at the boundary: its events split into type and data.
+pub type RawReaction = Reaction<EventParts>;
+
+pub fn encode_process_state<P: Process>(state: &P) -> Vec<u8> {
+    postcard::to_allocvec(state).expect("postcard encoding of an in-memory value cannot fail")
+}
+
+pub fn decode_process_state<P: Process>(bytes: &[u8]) -> Result<P, String> {
+    postcard::from_bytes(bytes).map_err(|e| format!("the process state bytes do not decode: {e}"))
+}
+
+/// Which instance a log event belongs to. Like the component's `route`, it
+/// does not filter: pass only events the process's subscription admits.
+pub fn route_process<P: Process>(event: &RawEvent) -> Result<Option<String>, String> {
+    let envelope = event.to_envelope::<P::LogEvent>()?;
+    let id = P::route(&envelope);
+    if let Some(id) = &id
+        && (id.is_empty() || id.len() > MAX_PROCESS_ID_BYTES)
+    {
+        return Err(format!(
+            "route gave the event at position {} an instance id of {} bytes; ids are 1 to {MAX_PROCESS_ID_BYTES} bytes",
+            event.position,
+            id.len()
+        ));
+    }
+    Ok(id)
+}
+
+/// The longest instance id a process's `route` may give, in bytes.
+pub const MAX_PROCESS_ID_BYTES: usize = 256;
+
+/// Decides one input against the state bytes, as the component's `react`.
+pub fn react_process<P: Process>(
+    state: &[u8],
+    context: &ProcessContext,
+    input: RawInput,
+) -> Result<RawReaction, String> {
+    let state: P = decode_process_state(state)?;
+    let input = match input {
+        ProcessInput::Event(raw) => ProcessInput::Event(raw.into_envelope()?),
+        ProcessInput::Accepted(a) => ProcessInput::Accepted(a),
+        ProcessInput::Rejected(r) => ProcessInput::Rejected(r),
+        ProcessInput::Deadline(d) => ProcessInput::Deadline(d),
+    };
+    let reaction = state.react(context, input)?;
+    Ok(Reaction {
+        events: reaction
+            .events
+            .iter()
+            .map(encode_event)
+            .collect::<Result<_, _>>()?,
+        commands: reaction.commands,
+        wake_ups: reaction.wake_ups,
+    })
+}
+
+/// Applies an instance's `(event type, data)` pairs in order.
+pub fn apply_process<'a, P: Process>(
+    state: &[u8],
+    events: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<Vec<u8>, String> {
+    let mut state: P = decode_process_state(state)?;
+    for (event_type, data) in events {
+        let event: P::Event = decode_event(event_type, data)?;
+        state = state.apply(&event);
+    }
+    Ok(encode_process_state(&state))
+}
+
+pub fn process_status<P: Process>(state: &[u8]) -> Result<ProcessStatus, String> {
+    Ok(decode_process_state::<P>(state)?.status())
+}
+
+pub fn render_process<P: Process>(state: &[u8]) -> Result<String, String> {
+    let state: P = decode_process_state(state)?;
+    serde_json::to_string(&state).map_err(|e| format!("the state does not render as JSON: {e}"))
+}
+
+/// The component that [`crate::export_process!`] exports for a process `P`.
+pub struct ProcessComponent<P>(PhantomData<P>);
+
+#[cfg(target_family = "wasm")]
+mod process_component {
+    use super::*;
+    use crate::process::{Accepted, Deadline, OutcomeEvent, ProcessCommand, Rejected};
+    use crate::process_bindings::Guest;
+    use crate::process_bindings::refold::domain::process_types as pwit;
+    use crate::process_bindings::refold::domain::types as wit;
+
+    fn command_from(c: pwit::ProcessCommand) -> ProcessCommand {
+        ProcessCommand {
+            key: c.key,
+            aggregate_type: c.aggregate_type,
+            aggregate_id: c.aggregate_id,
+            command: c.command,
+        }
+    }
+
+    fn command_to(c: ProcessCommand) -> pwit::ProcessCommand {
+        pwit::ProcessCommand {
+            key: c.key,
+            aggregate_type: c.aggregate_type,
+            aggregate_id: c.aggregate_id,
+            command: c.command,
+        }
+    }
+
+    fn raw_event(e: wit::RecordedEvent) -> RawEvent {
+        RawEvent {
+            position: e.position,
+            aggregate_type: e.aggregate_type,
+            aggregate_id: e.aggregate_id,
+            version: e.version,
+            event_id: e.event_id,
+            event_type: e.event_type,
+            data: e.data,
+            recorded_at_ms: e.recorded_at_ms,
+        }
+    }
+
+    impl<P: Process> Guest for ProcessComponent<P> {
+        fn subscription() -> wit::EventSelector {
+            let selector = P::subscription();
+            wit::EventSelector {
+                event_types: selector.event_types,
+                aggregate_types: selector.aggregate_types,
+            }
+        }
+
+        fn route(event: wit::RecordedEvent) -> Result<Option<String>, String> {
+            route_process::<P>(&raw_event(event))
+        }
+
+        fn initial_state() -> Vec<u8> {
+            encode_process_state(&P::default())
+        }
+
+        fn react(
+            state: Vec<u8>,
+            context: pwit::ProcessContext,
+            input: pwit::ProcessInput,
+        ) -> Result<pwit::Reaction, String> {
+            let context = ProcessContext {
+                process_id: context.process_id,
+                now_ms: context.now_ms,
+            };
+            let input = match input {
+                pwit::ProcessInput::Event(e) => ProcessInput::Event(raw_event(e)),
+                pwit::ProcessInput::CommandAccepted(a) => ProcessInput::Accepted(Accepted {
+                    command: command_from(a.command),
+                    command_id: a.command_id,
+                    events: a
+                        .events
+                        .into_iter()
+                        .map(|e| OutcomeEvent {
+                            version: e.version,
+                            event_id: e.event_id,
+                            event_type: e.event_type,
+                            data: e.data,
+                        })
+                        .collect(),
+                }),
+                pwit::ProcessInput::CommandRejected(r) => ProcessInput::Rejected(Rejected {
+                    command: command_from(r.command),
+                    command_id: r.command_id,
+                    failure: match r.error {
+                        wit::CommandError::Malformed(reason) => CommandFailure::Malformed(reason),
+                        wit::CommandError::Rejected(r) => {
+                            CommandFailure::Rejected(Rejection::new(r.code, r.message))
+                        }
+                    },
+                }),
+                pwit::ProcessInput::DeadlineFired(d) => {
+                    ProcessInput::Deadline(Deadline::new(d.at_ms, d.key))
+                }
+            };
+            let reaction = react_process::<P>(&state, &context, input)?;
+            Ok(pwit::Reaction {
+                events: reaction
+                    .events
+                    .into_iter()
+                    .map(|e| wit::NewEvent {
+                        event_type: e.event_type,
+                        data: e.data,
+                    })
+                    .collect(),
+                commands: reaction.commands.into_iter().map(command_to).collect(),
+                wake_ups: reaction
+                    .wake_ups
+                    .into_iter()
+                    .map(|d| pwit::Deadline {
+                        at_ms: d.at_ms,
+                        key: d.key,
+                    })
+                    .collect(),
+            })
+        }
+
+        fn apply(state: Vec<u8>, events: Vec<wit::StreamEvent>) -> Result<Vec<u8>, String> {
+            apply_process::<P>(
+                &state,
+                events
+                    .iter()
+                    .map(|e| (e.event_type.as_str(), e.data.as_str())),
+            )
+        }
+
+        fn status(state: Vec<u8>) -> Result<pwit::ProcessStatus, String> {
+            Ok(match process_status::<P>(&state)? {
+                ProcessStatus::Running => pwit::ProcessStatus::Running,
+                ProcessStatus::Completed => pwit::ProcessStatus::Completed,
+                ProcessStatus::Failed => pwit::ProcessStatus::Failed,
+            })
+        }
+
+        fn render(state: Vec<u8>) -> Result<String, String> {
+            render_process::<P>(&state)
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Refold's guest SDK: write an aggregate or a projection as plain Rust, test it
+//! Refold's guest SDK: write an aggregate, a projection or a process as plain Rust, test it
 //! with `cargo test`, and export it as a Wasm component with one macro.
 //!
 //! # Aggregates
@@ -80,21 +80,36 @@
 //! the same cache sits over an in-memory `BTreeMap`, so the same logic runs
 //! unchanged on both.
 //!
+//! # Processes
+//!
+//! A [`Process`] (a saga) coordinates aggregates: each instance reacts to log
+//! events routed to it, to the outcomes of the commands it sent and to the
+//! deadlines it set, with a [`Reaction`]: its own events (folded by `apply`
+//! into its state, as an aggregate's), commands to send, times to be woken at.
+//! See the `transfers` module for a transfer between two bank accounts.
+//!
 //! # Layout
 //! - [`Aggregate`], [`Context`], [`Rejection`]: what an aggregate author implements and sees.
 //! - [`Projection`], [`Envelope`], [`Selector`], [`Docs`], [`QueryError`]: the same for projections.
+//! - [`Process`], [`ProcessInput`], [`Reaction`], [`ProcessCommand`], [`Deadline`]: the same for processes.
 //! - [`codec`]: how commands, events, state and read-model documents cross the Wasm
 //!   boundary, and native runners that execute exactly what the components run.
-//! - [`testing`]: given / when / then for both, natively, no Wasm.
-//! - [`bindings`], [`projection_bindings`]: the generated WIT bindings (`wit/domain.wit`) of the
-//!   `aggregate` and `projection` worlds, used by the export macros.
+//! - [`testing`]: given / when / then for all three, natively, no Wasm.
+//! - [`bindings`], [`projection_bindings`], [`process_bindings`]: the generated WIT bindings
+//!   (`wit/domain.wit`) of the `aggregate`, `projection` and `process` worlds, used by the
+//!   export macros.
 
 pub mod codec;
 mod docs;
+mod process;
 mod projection;
 pub mod testing;
 
 pub use docs::{Docs, MAX_DOC_BYTES, MAX_KEY_BYTES, MAX_SCAN};
+pub use process::{
+    Accepted, Deadline, OutcomeEvent, Process, ProcessCommand, ProcessContext, ProcessInput,
+    ProcessStatus, Reaction, Rejected,
+};
 pub use projection::{Envelope, Projection, QueryError, Selector};
 
 use serde::Serialize;
@@ -123,6 +138,19 @@ pub mod projection_bindings {
         pub_export_macro: true,
         export_macro_name: "export_projection_world",
         default_bindings_module: "refold_sdk::projection_bindings",
+    });
+}
+
+/// The `process` world's bindings. Its `types` are generated again here too.
+#[doc(hidden)]
+#[allow(clippy::too_many_arguments)] // generated code
+pub mod process_bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "process",
+        pub_export_macro: true,
+        export_macro_name: "export_process_world",
+        default_bindings_module: "refold_sdk::process_bindings",
     });
 }
 
@@ -202,6 +230,21 @@ macro_rules! export_projection {
         const _: () = {
             type RefoldProjection = $crate::codec::ProjectionComponent<$projection>;
             $crate::projection_bindings::export_projection_world!(RefoldProjection with_types_in $crate::projection_bindings);
+        };
+    };
+}
+
+/// Exports a [`Process`] as the `process` world's component.
+///
+/// On non-Wasm targets it expands to nothing, so the same crate also builds
+/// natively for its tests.
+#[macro_export]
+macro_rules! export_process {
+    ($process:ty) => {
+        #[cfg(target_family = "wasm")]
+        const _: () = {
+            type RefoldProcess = $crate::codec::ProcessComponent<$process>;
+            $crate::process_bindings::export_process_world!(RefoldProcess with_types_in $crate::process_bindings);
         };
     };
 }

@@ -18,6 +18,9 @@
 //! assert_eq!(test.query("balance", json!({ "account": "acc-1" }))?["balance"], 5);
 //! ```
 //!
+//! and for processes ([`ProcessTest`]): log events in, command outcomes and
+//! deadlines answered by the test, the commands and events out.
+//!
 //! Every event goes through the same JSON split (type + data) the component
 //! uses, so an event that would not survive the Wasm boundary fails here too.
 
@@ -27,8 +30,11 @@ use std::fmt::Debug;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::codec::{self, CommandFailure, RawEvent};
-use crate::{Aggregate, Context, Projection, QueryError, Selector};
+use crate::codec::{self, CommandFailure, RawEvent, RawInput};
+use crate::{
+    Accepted, Aggregate, Context, Deadline, OutcomeEvent, Process, ProcessCommand, ProcessContext,
+    ProcessInput, ProcessStatus, Projection, QueryError, Rejected, Rejection, Selector,
+};
 
 pub struct AggregateTest<A: Aggregate> {
     state: A,
@@ -344,6 +350,475 @@ impl<P: Projection> ProjectionTest<P> {
         match self.query(name, args) {
             Ok(answer) => assert_eq!(answer, expected, "the answer to query {name:?} differs"),
             Err(e) => panic!("query {name:?} failed: {e:?}"),
+        }
+        self
+    }
+}
+
+/// Given / when / then for a [`Process`], natively, through the very code the
+/// component runs ([`codec::react_process`], [`codec::apply_process`]), and
+/// with the runner's bookkeeping played in memory:
+///
+/// - log events get positions 1, 2, 3, ... and per-aggregate versions; those
+///   the subscription admits are routed, and the chosen instance reacts;
+/// - the commands an instance sends stay pending until the test answers them
+///   by key ([`when_accepted`](ProcessTest::when_accepted),
+///   [`when_rejected`](ProcessTest::when_rejected)), so a test cannot feed an
+///   outcome of a command that was never sent;
+/// - wake-ups stay pending until the clock passes them
+///   ([`advance_to`](ProcessTest::advance_to)), and a wake-up with the key of
+///   a pending one moves it.
+///
+/// Each `when_*` (and `advance_to`) is a step; the `then_*` assertions are
+/// about the last step's reactions, or about the current instance (the one
+/// the last step reached, or the one chosen with
+/// [`instance`](ProcessTest::instance)).
+///
+/// ```ignore
+/// ProcessTest::<Transfer>::new()
+///     .when_event("transfer-desk", "desk", Request::TransferRequested { .. })
+///     .then_routed_to("t-1")
+///     .then_commands(vec![withdraw("acc-a", 100)])
+///     .when_accepted("debit", vec![bank_account::Event::Withdrawn { amount: 100, balance: 0 }])
+///     .then_commands(vec![deposit("acc-b", 100)])
+///     .then_status(ProcessStatus::Running);
+/// ```
+pub struct ProcessTest<P: Process> {
+    name: String,
+    selector: Selector,
+    now_ms: u64,
+    position: u64,
+    versions: HashMap<(String, String), u64>,
+    instances: BTreeMap<String, Instance>,
+    current: Option<String>,
+    last: Result<Step, String>,
+    _process: std::marker::PhantomData<P>,
+}
+
+/// One instance as the runner would keep it.
+struct Instance {
+    state: Vec<u8>,
+    /// Inputs taken so far: the runner's "triggering input" for command ids.
+    inputs: u64,
+    pending: Vec<(ProcessCommand, String)>,
+    deadlines: BTreeMap<String, u64>,
+}
+
+/// What one step produced, across the instances it reached.
+#[derive(Default)]
+struct Step {
+    routed: Vec<String>,
+    events: Vec<codec::EventParts>,
+    commands: Vec<ProcessCommand>,
+    command_ids: Vec<String>,
+    wake_ups: Vec<Deadline>,
+}
+
+impl<P: Process> Default for ProcessTest<P>
+where
+    P::Event: PartialEq + Debug,
+{
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<P: Process> ProcessTest<P>
+where
+    P::Event: PartialEq + Debug,
+{
+    /// An empty log, no instances, the clock at 1 700 000 000 000 ms.
+    pub fn new() -> Self {
+        ProcessTest {
+            name: "process".into(),
+            selector: P::subscription(),
+            now_ms: 1_700_000_000_000,
+            position: 0,
+            versions: HashMap::new(),
+            instances: BTreeMap::new(),
+            current: None,
+            last: Ok(Step::default()),
+            _process: std::marker::PhantomData,
+        }
+    }
+
+    /// The process's name, which command ids are derived from.
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The clock now (Unix milliseconds): the `now_ms` of the next input.
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    /// Makes `id` the current instance, for the `then_*` about one instance
+    /// and for answering its commands.
+    pub fn instance(mut self, id: &str) -> Self {
+        assert!(
+            self.instances.contains_key(id),
+            "there is no instance {id:?}"
+        );
+        self.current = Some(id.to_string());
+        self
+    }
+
+    /// Appends an event to the log; if the subscription admits it and
+    /// `route` names an instance, that instance reacts to it.
+    pub fn when_event<E: Serialize>(
+        self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        event: E,
+    ) -> Self {
+        let parts = codec::encode_event(&event).unwrap_or_else(|e| panic!("{e}"));
+        self.when_raw_event(aggregate_type, aggregate_id, &parts.event_type, &parts.data)
+    }
+
+    /// [`when_event`](ProcessTest::when_event) with the event as type and JSON data.
+    pub fn when_raw_event(
+        mut self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        event_type: &str,
+        data: &str,
+    ) -> Self {
+        let (position, version) = self.append(aggregate_type, aggregate_id);
+        let mut step = Step::default();
+        if self.selector.matches(aggregate_type, event_type) {
+            let raw = RawEvent {
+                position,
+                aggregate_type: aggregate_type.into(),
+                aggregate_id: aggregate_id.into(),
+                version,
+                event_id: format!("event-{position}"),
+                event_type: event_type.into(),
+                data: data.into(),
+                recorded_at_ms: self.now_ms,
+            };
+            let routed = codec::route_process::<P>(&raw);
+            match routed {
+                Err(e) => {
+                    self.last = Err(e);
+                    return self;
+                }
+                Ok(None) => {}
+                Ok(Some(id)) => {
+                    if let Err(e) = self.react(&id, ProcessInput::Event(raw), &mut step) {
+                        self.last = Err(e);
+                        return self;
+                    }
+                }
+            }
+        }
+        self.last = Ok(step);
+        self
+    }
+
+    /// Answers the current instance's oldest pending command with this key:
+    /// accepted, having appended these events (of the target's event type)
+    /// to the target's stream.
+    pub fn when_accepted<E: Serialize>(mut self, key: &str, events: Vec<E>) -> Self {
+        let (id, command, command_id) = self.take_pending(key);
+        let events = events
+            .iter()
+            .map(|event| {
+                let parts = codec::encode_event(event).unwrap_or_else(|e| panic!("{e}"));
+                let (position, version) =
+                    self.append(&command.aggregate_type, &command.aggregate_id);
+                OutcomeEvent {
+                    version,
+                    event_id: format!("event-{position}"),
+                    event_type: parts.event_type,
+                    data: parts.data,
+                }
+            })
+            .collect();
+        let input = ProcessInput::Accepted(Accepted {
+            command,
+            command_id,
+            events,
+        });
+        self.step(&id, input)
+    }
+
+    /// Answers the current instance's oldest pending command with this key:
+    /// refused by a business rule with this code.
+    pub fn when_rejected(self, key: &str, code: &str) -> Self {
+        let failure = CommandFailure::Rejected(Rejection::new(code, format!("rejected: {code}")));
+        self.when_failed(key, failure)
+    }
+
+    /// Answers the current instance's oldest pending command with this key:
+    /// not understood by the target.
+    pub fn when_malformed(self, key: &str, reason: &str) -> Self {
+        self.when_failed(key, CommandFailure::Malformed(reason.into()))
+    }
+
+    fn when_failed(mut self, key: &str, failure: CommandFailure) -> Self {
+        let (id, command, command_id) = self.take_pending(key);
+        let input = ProcessInput::Rejected(Rejected {
+            command,
+            command_id,
+            failure,
+        });
+        self.step(&id, input)
+    }
+
+    /// Moves the clock to `now_ms`, firing every pending deadline at or
+    /// before it in time order (each instance reacting at its deadline's
+    /// time). The clock never goes back.
+    pub fn advance_to(mut self, now_ms: u64) -> Self {
+        let mut step = Step::default();
+        loop {
+            let due = self
+                .instances
+                .iter()
+                .flat_map(|(id, i)| {
+                    i.deadlines
+                        .iter()
+                        .map(move |(key, at)| (*at, id.clone(), key.clone()))
+                })
+                .filter(|(at, _, _)| *at <= now_ms)
+                .min();
+            let Some((at, id, key)) = due else { break };
+            let instance = self
+                .instances
+                .get_mut(&id)
+                .expect("a pending deadline's instance exists");
+            instance.deadlines.remove(&key);
+            self.now_ms = self.now_ms.max(at);
+            if let Err(e) = self.react(
+                &id,
+                ProcessInput::Deadline(Deadline::new(at, key)),
+                &mut step,
+            ) {
+                self.last = Err(e);
+                return self;
+            }
+        }
+        self.now_ms = self.now_ms.max(now_ms);
+        self.last = Ok(step);
+        self
+    }
+
+    /// [`advance_to`](ProcessTest::advance_to) `ms` from now.
+    pub fn advance_by(self, ms: u64) -> Self {
+        let to = self.now_ms + ms;
+        self.advance_to(to)
+    }
+
+    fn step(mut self, id: &str, input: RawInput) -> Self {
+        let mut step = Step::default();
+        self.last = self.react(id, input, &mut step).map(|()| step);
+        self
+    }
+
+    fn append(&mut self, aggregate_type: &str, aggregate_id: &str) -> (u64, u64) {
+        self.position += 1;
+        let version = self
+            .versions
+            .entry((aggregate_type.to_string(), aggregate_id.to_string()))
+            .or_default();
+        *version += 1;
+        (self.position, *version)
+    }
+
+    fn take_pending(&mut self, key: &str) -> (String, ProcessCommand, String) {
+        let id = self
+            .current
+            .clone()
+            .expect("no instance yet: route an event to one first");
+        let instance = self
+            .instances
+            .get_mut(&id)
+            .expect("the current instance exists");
+        let Some(at) = instance.pending.iter().position(|(c, _)| c.key == key) else {
+            let keys: Vec<_> = instance
+                .pending
+                .iter()
+                .map(|(c, _)| c.key.as_str())
+                .collect();
+            panic!("instance {id:?} has no pending command {key:?}; pending: {keys:?}");
+        };
+        let (command, command_id) = instance.pending.remove(at);
+        (id, command, command_id)
+    }
+
+    /// One input of one instance, as the runner takes it: react, then fold
+    /// the reaction's events and keep its commands and wake-ups pending.
+    fn react(&mut self, id: &str, input: RawInput, step: &mut Step) -> Result<(), String> {
+        let instance = self
+            .instances
+            .entry(id.to_string())
+            .or_insert_with(|| Instance {
+                state: codec::encode_process_state(&P::default()),
+                inputs: 0,
+                pending: Vec::new(),
+                deadlines: BTreeMap::new(),
+            });
+        instance.inputs += 1;
+        self.current = Some(id.to_string());
+        step.routed.push(id.to_string());
+        let context = ProcessContext {
+            process_id: id.to_string(),
+            now_ms: self.now_ms,
+        };
+        let reaction = codec::react_process::<P>(&instance.state, &context, input)?;
+        instance.state = codec::apply_process::<P>(
+            &instance.state,
+            reaction
+                .events
+                .iter()
+                .map(|e| (e.event_type.as_str(), e.data.as_str())),
+        )?;
+        for (index, command) in reaction.commands.iter().enumerate() {
+            let command_id = format!("{}/{id}/{}/{index}", self.name, instance.inputs);
+            instance.pending.push((command.clone(), command_id.clone()));
+            step.command_ids.push(command_id);
+        }
+        for wake_up in &reaction.wake_ups {
+            instance
+                .deadlines
+                .insert(wake_up.key.clone(), wake_up.at_ms);
+        }
+        step.events.extend(reaction.events);
+        step.commands.extend(reaction.commands);
+        step.wake_ups.extend(reaction.wake_ups);
+        Ok(())
+    }
+
+    fn last(&self) -> &Step {
+        match &self.last {
+            Ok(step) => step,
+            Err(e) => panic!("the process failed to react: {e}"),
+        }
+    }
+
+    fn current(&self) -> (&str, &Instance) {
+        let id = self
+            .current
+            .as_deref()
+            .expect("no instance yet: route an event to one first");
+        (id, &self.instances[id])
+    }
+
+    /// Asserts the last step reached exactly this instance.
+    pub fn then_routed_to(self, id: &str) -> Self {
+        assert_eq!(
+            self.last().routed,
+            [id],
+            "the instances the last step reached"
+        );
+        self
+    }
+
+    /// Asserts the last step reached no instance.
+    pub fn then_not_routed(self) -> Self {
+        assert!(
+            self.last().routed.is_empty(),
+            "expected no instance to react, but {:?} did",
+            self.last().routed
+        );
+        self
+    }
+
+    /// Asserts the last step's reactions recorded exactly these events, in order.
+    pub fn then_events(self, expected: Vec<P::Event>) -> Self {
+        let events: Vec<P::Event> = self
+            .last()
+            .events
+            .iter()
+            .map(|p| codec::decode_event(&p.event_type, &p.data).unwrap_or_else(|e| panic!("{e}")))
+            .collect();
+        assert_eq!(
+            events, expected,
+            "the process recorded other events than expected"
+        );
+        self
+    }
+
+    /// Asserts the last step's reactions sent exactly these commands, in order.
+    /// Their JSON is compared as values, so field order does not matter.
+    pub fn then_commands(self, expected: Vec<ProcessCommand>) -> Self {
+        let normal = |commands: &[ProcessCommand]| -> Vec<(String, String, String, Value)> {
+            commands
+                .iter()
+                .map(|c| {
+                    let json = serde_json::from_str(&c.command)
+                        .unwrap_or_else(|e| panic!("command {:?} is not JSON: {e}", c.key));
+                    (
+                        c.key.clone(),
+                        c.aggregate_type.clone(),
+                        c.aggregate_id.clone(),
+                        json,
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(
+            normal(&self.last().commands),
+            normal(&expected),
+            "the process sent other commands than expected"
+        );
+        self
+    }
+
+    /// Asserts the last step sent no command.
+    pub fn then_no_commands(self) -> Self {
+        self.then_commands(Vec::new())
+    }
+
+    /// The ids the runner would send the last step's commands under.
+    pub fn last_command_ids(&self) -> &[String] {
+        &self.last().command_ids
+    }
+
+    /// Asserts the last step's reactions asked for exactly these wake-ups.
+    pub fn then_wake_ups(self, expected: Vec<Deadline>) -> Self {
+        assert_eq!(self.last().wake_ups, expected, "the wake-ups asked for");
+        self
+    }
+
+    /// Asserts the current instance's pending commands, by key, oldest first.
+    pub fn then_pending(self, keys: &[&str]) -> Self {
+        let (id, instance) = self.current();
+        let pending: Vec<_> = instance
+            .pending
+            .iter()
+            .map(|(c, _)| c.key.as_str())
+            .collect();
+        assert_eq!(pending, keys, "the commands of {id:?} awaiting an outcome");
+        self
+    }
+
+    /// Asserts where the current instance stands.
+    pub fn then_status(self, expected: ProcessStatus) -> Self {
+        let (id, instance) = self.current();
+        let status = codec::process_status::<P>(&instance.state).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(status, expected, "the status of {id:?}");
+        self
+    }
+
+    /// Checks the current instance's state, as folded from its events.
+    pub fn then_state(self, check: impl FnOnce(&P)) -> Self {
+        let (_, instance) = self.current();
+        let state =
+            codec::decode_process_state::<P>(&instance.state).unwrap_or_else(|e| panic!("{e}"));
+        check(&state);
+        self
+    }
+
+    /// Asserts the last step failed (a routing or reaction error) with an
+    /// error containing `fragment`.
+    pub fn then_fails(self, fragment: &str) -> Self {
+        match &self.last {
+            Ok(_) => panic!("expected the process to fail with {fragment:?}, it reacted"),
+            Err(e) => assert!(
+                e.contains(fragment),
+                "the process failed with {e:?}, not {fragment:?}"
+            ),
         }
         self
     }

@@ -827,7 +827,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Docs, Envelope};
+    use crate::{Docs, Envelope, Reaction};
     use serde::Deserialize;
     use serde_json::json;
 
@@ -940,5 +940,161 @@ mod tests {
             codec::query_projection_native::<Sums>(&store, "sum", ""),
             Err(QueryError::BadArguments(_))
         ));
+    }
+
+    /// A process that pings a target on every `Pinged` and waits for a pong.
+    #[derive(Default, Serialize, Deserialize)]
+    struct Pinger {
+        pings: u32,
+        pongs: u32,
+        timed_out: bool,
+    }
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    #[serde(tag = "type")]
+    enum Ping {
+        Pinged { id: String },
+    }
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    #[serde(tag = "type")]
+    enum PingEvent {
+        Sent,
+        Ponged,
+        TimedOut,
+    }
+
+    impl Process for Pinger {
+        type LogEvent = Ping;
+        type Event = PingEvent;
+
+        fn subscription() -> Selector {
+            Selector::event_types(["Pinged"])
+        }
+
+        fn route(e: &Envelope<Ping>) -> Option<String> {
+            let Ping::Pinged { id } = &e.event;
+            (id != "nobody").then(|| id.clone())
+        }
+
+        fn react(
+            &self,
+            ctx: &ProcessContext,
+            input: ProcessInput<Envelope<Ping>>,
+        ) -> Result<Reaction<PingEvent>, String> {
+            Ok(match input {
+                ProcessInput::Event(_) => Reaction::none()
+                    .emit(PingEvent::Sent)
+                    .send(ProcessCommand::new(
+                        "ping",
+                        "target",
+                        &ctx.process_id,
+                        &json!({"type": "Ping", "n": self.pings}),
+                    ))
+                    .wake_at(ctx.now_ms + 10, "pong"),
+                ProcessInput::Accepted(a) if a.events.is_empty() => {
+                    return Err("a pong without events".into());
+                }
+                ProcessInput::Accepted(_) => Reaction::none().emit(PingEvent::Ponged),
+                ProcessInput::Rejected(r) => return Err(format!("refused: {}", r.code())),
+                ProcessInput::Deadline(_) => Reaction::none().emit(PingEvent::TimedOut),
+            })
+        }
+
+        fn apply(mut self, event: &PingEvent) -> Self {
+            match event {
+                PingEvent::Sent => self.pings += 1,
+                PingEvent::Ponged => self.pongs += 1,
+                PingEvent::TimedOut => self.timed_out = true,
+            }
+            self
+        }
+
+        fn status(&self) -> ProcessStatus {
+            match (self.timed_out, self.pongs == self.pings) {
+                (true, _) => ProcessStatus::Failed,
+                (false, true) => ProcessStatus::Completed,
+                (false, false) => ProcessStatus::Running,
+            }
+        }
+    }
+
+    fn pinged(id: &str) -> Ping {
+        Ping::Pinged { id: id.into() }
+    }
+
+    #[test]
+    fn a_process_sends_commands_and_folds_their_outcomes() {
+        let test = ProcessTest::<Pinger>::new()
+            .named("pinger")
+            .when_event("source", "s", pinged("p-1"))
+            .then_routed_to("p-1")
+            .then_events(vec![PingEvent::Sent])
+            .then_commands(vec![ProcessCommand {
+                key: "ping".into(),
+                aggregate_type: "target".into(),
+                aggregate_id: "p-1".into(),
+                // Compared as JSON values: field order is free.
+                command: r#"{"n":0,"type":"Ping"}"#.into(),
+            }])
+            .then_status(ProcessStatus::Running);
+        assert_eq!(test.last_command_ids(), ["pinger/p-1/1/0"]);
+        test.when_accepted("ping", vec![PingEvent::Ponged])
+            .then_events(vec![PingEvent::Ponged])
+            .then_pending(&[])
+            .then_status(ProcessStatus::Completed)
+            .then_state(|p| assert_eq!((p.pings, p.pongs), (1, 1)));
+    }
+
+    #[test]
+    fn a_wake_up_with_a_pending_key_moves_the_deadline() {
+        let start = ProcessTest::<Pinger>::new().now_ms();
+        ProcessTest::<Pinger>::new()
+            .when_event("source", "s", pinged("p-1"))
+            .advance_by(5)
+            .then_not_routed()
+            .when_event("source", "s", pinged("p-1"))
+            .then_wake_ups(vec![Deadline::new(start + 15, "pong")])
+            .advance_to(start + 14)
+            .then_not_routed()
+            .advance_to(start + 100)
+            .then_routed_to("p-1")
+            .then_events(vec![PingEvent::TimedOut])
+            .then_status(ProcessStatus::Failed)
+            .advance_by(1_000)
+            .then_not_routed();
+    }
+
+    #[test]
+    fn unrouted_and_unsubscribed_events_reach_no_instance() {
+        ProcessTest::<Pinger>::new()
+            .when_event("source", "s", pinged("nobody"))
+            .then_not_routed()
+            .when_raw_event("source", "s", "Other", "{}")
+            .then_not_routed();
+    }
+
+    #[test]
+    fn errors_of_route_and_react_are_failures_not_reactions() {
+        ProcessTest::<Pinger>::new()
+            .when_event("source", "s", pinged(""))
+            .then_fails("ids are 1 to 256 bytes")
+            .when_raw_event("source", "s", "Pinged", r#"{"id":3}"#)
+            .then_fails("event Pinged does not decode")
+            .when_event("source", "s", pinged("p-1"))
+            .when_rejected("ping", "busy")
+            .then_fails("refused: busy")
+            .when_event("source", "s", pinged("p-1"))
+            .when_accepted::<PingEvent>("ping", vec![])
+            .then_fails("a pong without events")
+            .then_state(|p| assert_eq!((p.pings, p.pongs), (2, 0)));
+    }
+
+    #[test]
+    #[should_panic(expected = "has no pending command \"pong\"")]
+    fn an_outcome_needs_a_command_sent() {
+        ProcessTest::<Pinger>::new()
+            .when_event("source", "s", pinged("p-1"))
+            .when_accepted("pong", vec![PingEvent::Ponged]);
     }
 }

@@ -441,6 +441,7 @@ async fn load_examples(server: &server::RunningServer, built: Vec<tooling::Examp
                 let state = match m.record.kind {
                     ModuleKind::Projection => "goes live once caught up",
                     ModuleKind::Aggregate => "active",
+                    ModuleKind::Process => "not active (the process runner is not built yet)",
                 };
                 format!("uploaded, {state}")
             }

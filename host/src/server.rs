@@ -100,11 +100,27 @@ impl RunningServer {
                 });
                 continue;
             }
-            let (_, module) = self
+            let module = match self
                 .app
                 .modules
                 .upload(&example.name, &example.version, example.bytes, true)
-                .await?;
+                .await
+            {
+                Ok((_, module)) => module,
+                // A process example is registered, not activated: nothing runs
+                // processes yet.
+                Err(ModuleError::ProcessRunnerMissing { .. }) => self
+                    .app
+                    .modules
+                    .get(&example.name, &example.version)
+                    .ok_or_else(|| {
+                        ModuleError::Host(format!(
+                            "{}@{} was registered but is not loaded",
+                            example.name, example.version
+                        ))
+                    })?,
+                Err(e) => return Err(e),
+            };
             loaded.push(ExampleLoaded::Uploaded(module));
         }
         Ok(loaded)

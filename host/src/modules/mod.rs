@@ -24,7 +24,7 @@ use std::time::Duration;
 use crate::fsutil;
 pub use crate::hex::hex;
 pub use crate::runtime::PoolStats;
-use crate::runtime::{AggregateModule, Guest, ProjectionModule, Runtime, World};
+use crate::runtime::{AggregateModule, Guest, ProcessModule, ProjectionModule, Runtime, World};
 use crate::store::{ModuleKind, ModuleRecord, Store};
 pub use error::{CompileBudget, ModuleError};
 use names::semver_key;
@@ -44,6 +44,7 @@ impl LoadedModule {
         let kind = match guest.world() {
             World::Aggregate => ModuleKind::Aggregate,
             World::Projection => ModuleKind::Projection,
+            World::Process => ModuleKind::Process,
         };
         LoadedModule {
             record: ModuleRecord { kind, ..record },
@@ -54,14 +55,21 @@ impl LoadedModule {
     pub fn aggregate(&self) -> Option<&AggregateModule> {
         match &self.guest {
             Guest::Aggregate(m) => Some(m),
-            Guest::Projection(_) => None,
+            Guest::Projection(_) | Guest::Process(_) => None,
         }
     }
 
     pub fn projection(&self) -> Option<&ProjectionModule> {
         match &self.guest {
             Guest::Projection(m) => Some(m),
-            Guest::Aggregate(_) => None,
+            Guest::Aggregate(_) | Guest::Process(_) => None,
+        }
+    }
+
+    pub fn process(&self) -> Option<&ProcessModule> {
+        match &self.guest {
+            Guest::Process(m) => Some(m),
+            Guest::Aggregate(_) | Guest::Projection(_) => None,
         }
     }
 
@@ -185,8 +193,17 @@ impl ModuleRegistry {
     /// Makes `version` the one that takes `name`'s next command.
     pub fn activate(&self, name: &str, version: &str) -> Result<Arc<LoadedModule>, ModuleError> {
         let entry = self.entry(name, version)?;
-        if entry.record.kind == ModuleKind::Projection {
-            return Err(ModuleError::PromoteProjection(name.to_string()));
+        match entry.record.kind {
+            ModuleKind::Aggregate => {}
+            ModuleKind::Projection => {
+                return Err(ModuleError::PromoteProjection(name.to_string()));
+            }
+            ModuleKind::Process => {
+                return Err(ModuleError::ProcessRunnerMissing {
+                    name: name.to_string(),
+                    version: version.to_string(),
+                });
+            }
         }
         let module = entry.now(self.request_wait())?;
         let _in_step = self.activation.lock().unwrap_or_else(|e| e.into_inner());

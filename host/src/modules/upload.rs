@@ -18,7 +18,9 @@ use crate::store::{ModuleKind, ModulePut, ModuleRecord, check_event_type};
 
 impl ModuleRegistry {
     /// Registers `bytes` as `name@version`. The first version of a name becomes
-    /// active; later ones only when `activate` is set.
+    /// active; later ones only when `activate` is set. A process is registered
+    /// but never activated: with `activate` set, the answer is
+    /// [`ModuleError::ProcessRunnerMissing`] (the version stays registered).
     pub async fn upload(
         &self,
         name: &str,
@@ -37,7 +39,15 @@ impl ModuleRegistry {
             Some(existing) => return Err(conflict(&existing)),
             None => self.register(name, version, digest, bytes).await?,
         };
-        if module.record.kind == ModuleKind::Projection {
+        if module.record.kind == ModuleKind::Process {
+            // Nothing runs processes yet: registered and listed, never active.
+            if activate {
+                return Err(ModuleError::ProcessRunnerMissing {
+                    name: name.to_string(),
+                    version: version.to_string(),
+                });
+            }
+        } else if module.record.kind == ModuleKind::Projection {
             // A projection version goes live only after it has replayed the log:
             // the projection service decides when.
             if let Some(listener) = &*self
@@ -173,19 +183,21 @@ fn conflict(existing: &ModuleRecord) -> ModuleError {
 }
 
 impl ModuleRegistry {
-    /// A projection's selector may name only event types that events can have:
-    /// a name with a comma or an invisible character would silently select
-    /// nothing. A selector that fails to run is left to the projection's
-    /// runner, which reports it like any failure of the module's code.
+    /// A projection's or a process's selector may name only event types that
+    /// events can have: a name with a comma or an invisible character would
+    /// silently select nothing. A selector that fails to run is left to the
+    /// module's runner, which reports it like any failure of the module's code.
     async fn check_selector(&self, module: &LoadedModule) -> Result<(), ModuleError> {
-        let Some(projection) = module.projection().cloned() else {
+        let pool = self.runtime.pool();
+        let selector = if let Some(projection) = module.projection().cloned() {
+            pool.run(&module.record.name, move || projection.selector())
+                .await
+        } else if let Some(process) = module.process().cloned() {
+            pool.run(&module.record.name, move || process.selector())
+                .await
+        } else {
             return Ok(());
         };
-        let selector = self
-            .runtime
-            .pool()
-            .run(&module.record.name, move || projection.selector())
-            .await;
         let Ok(selector) = selector else {
             return Ok(());
         };

@@ -10,6 +10,7 @@
 //! - `output`: a guest's stdout and stderr, capped per call, rate-limited to the log per module.
 //! - `aggregate`: calls into an aggregate component, each in a fresh instance.
 //! - `projection`: calls into a projection component, and its read-model import.
+//! - `process`: calls into a process component (a saga).
 //! - `compile`: compiling under a time and memory budget, in worker processes.
 //! - `worker`: the worker's side (`refold __compile`).
 //! - `cache`: compiled artifacts on disk, keyed by digest and engine compatibility.
@@ -23,6 +24,7 @@ mod engine;
 mod error;
 mod output;
 mod pool;
+mod process;
 mod projection;
 mod sandbox;
 mod virtual_time;
@@ -47,6 +49,7 @@ pub use error::{
     DEFAULT_MAX_ANSWER_BYTES, GuestError, MAX_GUEST_ERROR_LEN, RuntimeError, clip_guest_text,
 };
 pub use pool::{DEMOTE_BY, GuestPool, PoolStats};
+pub use process::ProcessModule;
 pub use projection::{
     DocumentChanges, DocumentSource, MAX_BATCH_WRITE_BYTES, MAX_BATCH_WRITES, MAX_DOC_KEY_LEN,
     MAX_DOC_LEN, MAX_SCAN_LIMIT, ProjectionModule, QueryFailure, Selector,
@@ -102,6 +105,7 @@ impl Default for RuntimeConfig {
 pub enum World {
     Aggregate,
     Projection,
+    Process,
 }
 
 /// A loaded component, ready to call.
@@ -109,6 +113,7 @@ pub enum World {
 pub enum Guest {
     Aggregate(AggregateModule),
     Projection(ProjectionModule),
+    Process(ProcessModule),
 }
 
 impl Guest {
@@ -116,6 +121,7 @@ impl Guest {
         match self {
             Guest::Aggregate(_) => World::Aggregate,
             Guest::Projection(_) => World::Projection,
+            Guest::Process(_) => World::Process,
         }
     }
 
@@ -123,6 +129,7 @@ impl Guest {
         match self {
             Guest::Aggregate(m) => m.imports_wasi(),
             Guest::Projection(m) => m.imports_wasi(),
+            Guest::Process(m) => m.imports_wasi(),
         }
     }
 }
@@ -297,6 +304,14 @@ impl Runtime {
                 label,
                 &self.config,
             )?),
+            World::Process => Guest::Process(ProcessModule::new(
+                &self.engine,
+                linker,
+                component,
+                with_wasi,
+                label,
+                &self.config,
+            )?),
         })
     }
 
@@ -310,7 +325,8 @@ impl Runtime {
     }
 
     /// Names the world by a function only it exports (`handle` for aggregates,
-    /// `subscription` for projections), then checks the rest is there.
+    /// `react` for processes, and of the others `subscription` for
+    /// projections), then checks the rest is there.
     fn world_of(&self, component: &Component) -> Result<World, RuntimeError> {
         let ty = component.component_type();
         let func = |name: &str| matches!(ty.get_export(&self.engine, name), Some(e) if matches!(e.ty, ComponentItem::ComponentFunc(_)));
@@ -318,6 +334,19 @@ impl Runtime {
             (
                 World::Aggregate,
                 &["initial-state", "handle", "apply", "render"],
+            )
+        } else if func("react") {
+            (
+                World::Process,
+                &[
+                    "subscription",
+                    "route",
+                    "initial-state",
+                    "react",
+                    "apply",
+                    "status",
+                    "render",
+                ],
             )
         } else if func("subscription") {
             (World::Projection, &["subscription", "apply", "query"])
@@ -327,7 +356,7 @@ impl Runtime {
                 .map(|(name, _)| name.to_string())
                 .collect();
             return Err(RuntimeError::InvalidModule(format!(
-                "implements no world Refold knows (refold:domain/aggregate exports initial-state, handle, apply, render; refold:domain/projection exports subscription, apply, query); it exports [{}]",
+                "implements no world Refold knows (refold:domain/aggregate exports initial-state, handle, apply, render; refold:domain/projection exports subscription, apply, query; refold:domain/process exports subscription, route, initial-state, react, apply, status, render); it exports [{}]",
                 exports.join(", ")
             )));
         };
@@ -336,6 +365,7 @@ impl Runtime {
             let name = match world {
                 World::Aggregate => "an aggregate",
                 World::Projection => "a projection",
+                World::Process => "a process",
             };
             return Err(RuntimeError::InvalidModule(format!(
                 "looks like {name} but does not export {}",
@@ -347,7 +377,8 @@ impl Runtime {
 
     /// A component may import the parts of WASI a program needs to run (which it
     /// gets, locked down: `ALLOWED_WASI`), Refold's own types interface (which
-    /// carries only types), and, for projections, the read model. Nothing else:
+    /// carries only types), for projections the read model, and for processes
+    /// the process types (only types too). Nothing else:
     /// not sockets, not HTTP, not any interface a later WASI adds.
     fn check_imports(&self, component: &Component, world: World) -> Result<bool, RuntimeError> {
         let mut with_wasi = false;
@@ -358,6 +389,9 @@ impl Runtime {
             if name.starts_with("refold:domain/read-model@") && world == World::Projection {
                 continue;
             }
+            if name.starts_with("refold:domain/process-types@") && world == World::Process {
+                continue;
+            }
             if ALLOWED_WASI.iter().any(|prefix| name.starts_with(prefix)) {
                 with_wasi = true;
             } else {
@@ -366,11 +400,13 @@ impl Runtime {
                     match world {
                         World::Aggregate => "aggregates",
                         World::Projection => "projections",
+                        World::Process => "processes",
                     },
                     ALLOWED_WASI.join(", "),
                     match world {
                         World::Aggregate => "",
                         World::Projection => ", refold:domain/read-model",
+                        World::Process => ", refold:domain/process-types",
                     }
                 )));
             }

@@ -21,6 +21,8 @@ pub const MAX_SNAPSHOT_LEN: usize = 64 * 1024;
 pub enum ModuleKind {
     Aggregate,
     Projection,
+    /// Stored by postcard as its variant's index: new kinds go at the end.
+    Process,
 }
 
 impl ModuleKind {
@@ -28,6 +30,7 @@ impl ModuleKind {
         match self {
             ModuleKind::Aggregate => "aggregate",
             ModuleKind::Projection => "projection",
+            ModuleKind::Process => "process",
         }
     }
 }

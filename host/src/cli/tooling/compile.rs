@@ -210,6 +210,7 @@ pub(crate) fn world_name(world: World) -> &'static str {
     match world {
         World::Aggregate => "aggregate",
         World::Projection => "projection",
+        World::Process => "process",
     }
 }
 
@@ -255,6 +256,7 @@ pub(crate) fn build(
                 match world {
                     World::Aggregate => "an aggregate",
                     World::Projection => "a projection",
+                    World::Process => "a process",
                 }
             ));
         }

@@ -45,6 +45,8 @@ fn main() {
             "refold-sloppy-selector",
             "refold-entropy-projection",
             "sales",
+            // A process: it uses `bank-account`'s types like the projections.
+            "transfers",
         ],
     );
     cargo_build(&root, &target_dir, UNKNOWN, &["bank-account"]);
@@ -82,6 +84,7 @@ fn main() {
         ("INVENTORY", p2("inventory")),
         ("ORDER", p2("order")),
         ("SALES", projection("sales")),
+        ("TRANSFERS", projection("transfers")),
     ]
     .iter()
     .map(|(name, path)| format!("pub const {name}: &str = {path:?};\n"))

@@ -376,20 +376,24 @@ impl Runtime {
     }
 
     /// A component may import the parts of WASI a program needs to run (which it
-    /// gets, locked down: `ALLOWED_WASI`), Refold's own types interface (which
-    /// carries only types), for projections the read model, and for processes
-    /// the process types (only types too). Nothing else:
+    /// gets, locked down: `ALLOWED_WASI`), Refold's own types interfaces
+    /// (`types` and `process-types`, which carry only types and so give
+    /// nothing), and, for projections, the read model. Nothing else:
     /// not sockets, not HTTP, not any interface a later WASI adds.
     fn check_imports(&self, component: &Component, world: World) -> Result<bool, RuntimeError> {
         let mut with_wasi = false;
         for (name, _) in component.component_type().imports(&self.engine) {
-            if name.starts_with("refold:domain/types@") {
+            // Types only. Every component built with the SDK imports
+            // `process-types` too, aggregates and projections included: the
+            // SDK links the bindings of all three worlds, and wit-component
+            // drops the interfaces whose functions go unused, but keeps
+            // types-only ones.
+            if name.starts_with("refold:domain/types@")
+                || name.starts_with("refold:domain/process-types@")
+            {
                 continue;
             }
             if name.starts_with("refold:domain/read-model@") && world == World::Projection {
-                continue;
-            }
-            if name.starts_with("refold:domain/process-types@") && world == World::Process {
                 continue;
             }
             if ALLOWED_WASI.iter().any(|prefix| name.starts_with(prefix)) {
@@ -404,9 +408,8 @@ impl Runtime {
                     },
                     ALLOWED_WASI.join(", "),
                     match world {
-                        World::Aggregate => "",
                         World::Projection => ", refold:domain/read-model",
-                        World::Process => ", refold:domain/process-types",
+                        World::Aggregate | World::Process => "",
                     }
                 )));
             }

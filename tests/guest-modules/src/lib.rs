@@ -13,5 +13,6 @@
 //!   an aggregate and a projection that feed every clock and randomness source they can
 //!   reach into their state and documents, for the determinism tests.
 //! - `INVENTORY`, `ORDER` (aggregates) and `SALES` (a projection): the shop example.
+//! - `TRANSFERS`: `modules/transfers`, a process (a saga) over `bank-account`.
 
 include!(concat!(env!("OUT_DIR"), "/guests.rs"));

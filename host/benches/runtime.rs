@@ -900,7 +900,7 @@ fn load(
     let digest: [u8; 32] = Sha256::digest(bytes).into();
     match tokio.block_on(runtime.load(bytes.into(), &digest, "bank-account@1.0.0"))? {
         Guest::Aggregate(module) => Ok(module),
-        Guest::Projection(_) => bail!("bank-account is not an aggregate"),
+        Guest::Projection(_) | Guest::Process(_) => bail!("bank-account is not an aggregate"),
     }
 }
 

@@ -14,7 +14,13 @@ use support::temp_dir;
 const BANK: &str = refold_test_guests::BANK_ACCOUNT;
 const TRANSFERS: &str = refold_test_guests::TRANSFERS;
 
-async fn put(s: &TestServer, name: &str, version: &str, path: &str, activate: bool) -> reqwest::Response {
+async fn put(
+    s: &TestServer,
+    name: &str,
+    version: &str,
+    path: &str,
+    activate: bool,
+) -> reqwest::Response {
     let query = if activate { "?activate=true" } else { "" };
     s.request(Method::PUT, &format!("/v1/modules/{name}/{version}{query}"))
         .header("content-type", "application/wasm")
@@ -130,8 +136,17 @@ async fn a_process_example_is_uploaded_and_left_inactive() {
         version: "1.0.0".into(),
         bytes: std::fs::read(path).unwrap(),
     };
-    let examples = || vec![example("bank-account", BANK), example("transfers", TRANSFERS)];
-    let loaded = s.server.load_examples(examples()).await.expect("examples load");
+    let examples = || {
+        vec![
+            example("bank-account", BANK),
+            example("transfers", TRANSFERS),
+        ]
+    };
+    let loaded = s
+        .server
+        .load_examples(examples())
+        .await
+        .expect("examples load");
     let kinds: Vec<(&str, bool)> = loaded
         .iter()
         .map(|l| match l {
@@ -146,7 +161,11 @@ async fn a_process_example_is_uploaded_and_left_inactive() {
     assert_inactive_process(&listed(&s, "transfers").await, &["1.0.0"]);
 
     // Again: both registered already.
-    let loaded = s.server.load_examples(examples()).await.expect("examples load");
+    let loaded = s
+        .server
+        .load_examples(examples())
+        .await
+        .expect("examples load");
     assert!(
         loaded
             .iter()

@@ -10,6 +10,9 @@
 //!   deterministic. The only module that knows wasmtime.
 //! - [`modules`]: the module registry service: upload, validate, persist, compile, activate.
 //! - [`commands`]: the command pipeline: load state, decide in the guest, append.
+//! - [`processes`]: process managers (sagas): one runner per process reacts to
+//!   log events, command outcomes and deadlines by sending commands, each
+//!   instance event-sourced in a stream of its own.
 //! - [`projections`]: the query side: one runner per projection version, read
 //!   models committed atomically with their checkpoints, promote, diff.
 //! - [`api`]: the HTTP API (axum): routes, auth, limits, problem+json errors.
@@ -29,6 +32,7 @@ mod fsutil;
 mod hex;
 pub mod json_text;
 pub mod modules;
+pub mod processes;
 pub mod projections;
 pub mod runtime;
 pub mod server;

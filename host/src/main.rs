@@ -10,7 +10,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use refold::api::Tokens;
 use refold::cli::tooling::{self, BuildArgs, DeployArgs, NewArgs};
-use refold::cli::{self, ClientOptions, ModuleCommand, ProjectionCommand, VerifyArgs};
+use refold::cli::{
+    self, ClientOptions, ModuleCommand, ProcessCommand, ProjectionCommand, VerifyArgs,
+};
 use refold::server::{self, Example, ExampleLoaded, ServeConfig};
 use refold::store::{Durability, ModuleKind};
 
@@ -48,6 +50,9 @@ enum Command {
     /// Watch, compare, promote, verify and read projections
     #[command(subcommand)]
     Projection(ProjectionCommand),
+    /// Process managers (sagas): progress and instances
+    #[command(subcommand)]
+    Process(ProcessCommand),
     /// Verify the log's hash chain and seals (a running server, or a stopped
     /// --data-dir); `verify aggregate` audits that replaying a stream
     /// reproduces what was recorded. Exit 3 when something does not verify
@@ -271,6 +276,7 @@ fn main() -> ExitCode {
             Command::Deploy(args) => tooling::deploy(opts, args).await,
             Command::Module(cmd) => cli::module(opts, cmd).await,
             Command::Projection(cmd) => cli::projection(opts, cmd).await,
+            Command::Process(cmd) => cli::process(opts, cmd).await,
             Command::Verify(args) => cli::verify(opts, args).await,
             Command::Proof { position } => cli::proof(opts, position).await,
             Command::VerifyProof {
@@ -441,7 +447,7 @@ async fn load_examples(server: &server::RunningServer, built: Vec<tooling::Examp
                 let state = match m.record.kind {
                     ModuleKind::Projection => "goes live once caught up",
                     ModuleKind::Aggregate => "active",
-                    ModuleKind::Process => "not active (the process runner is not built yet)",
+                    ModuleKind::Process => "active",
                 };
                 format!("uploaded, {state}")
             }

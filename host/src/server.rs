@@ -100,27 +100,11 @@ impl RunningServer {
                 });
                 continue;
             }
-            let module = match self
+            let (_, module) = self
                 .app
                 .modules
                 .upload(&example.name, &example.version, example.bytes, true)
-                .await
-            {
-                Ok((_, module)) => module,
-                // A process example is registered, not activated: nothing runs
-                // processes yet.
-                Err(ModuleError::ProcessRunnerMissing { .. }) => self
-                    .app
-                    .modules
-                    .get(&example.name, &example.version)
-                    .ok_or_else(|| {
-                        ModuleError::Host(format!(
-                            "{}@{} was registered but is not loaded",
-                            example.name, example.version
-                        ))
-                    })?,
-                Err(e) => return Err(e),
-            };
+                .await?;
             loaded.push(ExampleLoaded::Uploaded(module));
         }
         Ok(loaded)
@@ -193,12 +177,15 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     ));
     let projections =
         ProjectionService::start(store.clone(), modules.clone(), config.projections.clone());
+    let processes =
+        crate::processes::ProcessService::start(store.clone(), commands.clone(), modules.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let app = AppState {
         store: store.clone(),
         modules,
         commands,
         projections: projections.clone(),
+        processes: processes.clone(),
         metrics: Arc::new(Metrics::new()),
         limits: config.limits,
         shutdown: shutdown_rx.clone(),
@@ -212,8 +199,11 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     let stop = shutdown_rx;
     let task = tokio::spawn(async move {
         api::serve(listener, router, connections, stop).await;
-        // Every request has finished: stop the projection runners (each commits
-        // the batch it is on), then flush and stop the writer.
+        // Every request has finished: stop the process runners (what each
+        // instance committed stays; commands in flight are sent again after a
+        // start), the projection runners (each commits the batch it is on),
+        // then flush and stop the writer.
+        processes.shutdown().await;
         projections.shutdown().await;
         store.close().await;
         tracing::info!("refold stopped; everything acknowledged is on disk");

@@ -23,6 +23,7 @@ fn main() {
             "bank-account",
             "inventory",
             "order",
+            "transfer-orders",
             "refold-hostile-guest",
             "refold-networked-guest",
             "refold-entropy-guest",
@@ -45,10 +46,15 @@ fn main() {
             "refold-sloppy-selector",
             "refold-entropy-projection",
             "sales",
-            // A process: it uses `bank-account`'s types like the projections.
+            // Processes: they use aggregates' types like the projections.
             "transfers",
+            "order-fulfilment",
         ],
     );
+    // The ledger uses `transfers` for its types; built beside `transfers`
+    // itself, cargo would unify features and link the process's exports into it.
+    let ledger_dir = root.join("target/guest-ledger");
+    cargo_build(&root, &ledger_dir, WASIP2, &["ledger"]);
     cargo_build(&root, &target_dir, UNKNOWN, &["bank-account"]);
 
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
@@ -85,6 +91,9 @@ fn main() {
         ("ORDER", p2("order")),
         ("SALES", projection("sales")),
         ("TRANSFERS", projection("transfers")),
+        ("TRANSFER_ORDERS", p2("transfer_orders")),
+        ("LEDGER", p2_in(&ledger_dir, "ledger")),
+        ("ORDER_FULFILMENT", projection("order_fulfilment")),
     ]
     .iter()
     .map(|(name, path)| format!("pub const {name}: &str = {path:?};\n"))

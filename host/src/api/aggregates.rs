@@ -63,12 +63,24 @@ struct StreamPage<'a> {
 fn stream_path(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<(String, String), ApiError> {
+    stream_path_of(path, false)
+}
+
+/// `stream_path`, where `processes` also admits a process's instance
+/// streams (`process:<name>`), whose events are read like any stream's.
+fn stream_path_of(
+    path: Result<Path<(String, String)>, PathRejection>,
+    processes: bool,
+) -> Result<(String, String), ApiError> {
     let Path((aggregate_type, id)) = path.map_err(request::path_error)?;
     request::segment("aggregate type", &aggregate_type, MAX_AGGREGATE_TYPE_LEN)?;
     // Over HTTP an aggregate type is the name of the module that handles it:
     // every route holds a name to that one rule (a read of a type no module
     // could have would otherwise answer an empty 200).
-    crate::modules::validate_name(&aggregate_type)?;
+    match aggregate_type.strip_prefix("process:") {
+        Some(process) if processes => crate::modules::validate_name(process)?,
+        _ => crate::modules::validate_name(&aggregate_type)?,
+    }
     request::segment("aggregate id", &id, MAX_AGGREGATE_ID_LEN)?;
     Ok((aggregate_type, id))
 }
@@ -260,7 +272,7 @@ pub async fn events(
     path: Result<Path<(String, String)>, PathRejection>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let (aggregate_type, aggregate_id) = stream_path(path)?;
+    let (aggregate_type, aggregate_id) = stream_path_of(path, true)?;
     let stream = StreamId::new(&aggregate_type, &aggregate_id)
         .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
     let query = QueryPairs::parse(query.as_deref())?;

@@ -19,6 +19,7 @@ mod listen;
 mod metrics;
 mod modules;
 mod problem;
+mod processes;
 mod projections;
 mod render;
 mod request;
@@ -68,6 +69,7 @@ pub struct AppState {
     pub modules: Arc<ModuleRegistry>,
     pub commands: Arc<CommandService>,
     pub projections: Arc<ProjectionService>,
+    pub processes: Arc<crate::processes::ProcessService>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     /// Becomes true when the server is shutting down: subscriptions end.
@@ -132,6 +134,9 @@ pub fn router(app: AppState, tokens: Tokens) -> Router {
         .route("/v1/events/subscribe", get(events::subscribe))
         .route("/v1/events/{position}/proof", get(integrity::proof))
         .route("/v1/integrity", get(integrity::status))
+        .route("/v1/processes", get(processes::list))
+        .route("/v1/processes/{name}", get(processes::get))
+        .route("/v1/processes/{name}/{id}", get(processes::instance))
         .route("/v1/projections", get(projections::list))
         .route("/v1/projections/{name}", get(projections::get))
         .route(

@@ -254,8 +254,7 @@ impl From<ModuleError> for ApiError {
             }
             ModuleError::NotFound(_) => ApiError::not_found(err.to_string()),
             ModuleError::PromoteProjection(_)
-            | ModuleError::KindMismatch { .. }
-            | ModuleError::ProcessRunnerMissing { .. } => {
+            | ModuleError::KindMismatch { .. } => {
                 ApiError::new(StatusCode::CONFLICT, code, err.to_string())
             }
             ModuleError::Store(store) => store.into(),

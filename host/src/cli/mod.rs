@@ -21,12 +21,14 @@ mod client;
 mod follow;
 mod integrity;
 mod output;
+mod process;
 mod projection;
 mod sse;
 pub mod tooling;
 mod verify;
 
 pub use integrity::{proof, verify_proof};
+pub use process::{ProcessCommand, process};
 pub use projection::{ProjectionCommand, projection};
 pub use verify::{VerifyArgs, VerifyCommand, verify};
 

@@ -46,11 +46,6 @@ pub enum ModuleError {
         "{0} is a projection: a version goes live with POST /v1/projections/{0}/promote once it has caught up"
     )]
     PromoteProjection(String),
-    /// Processes can be uploaded and listed, but nothing runs them yet.
-    #[error(
-        "{name}@{version} is a process and is registered, but it cannot be activated: the process runner is not built yet, so nothing would run it"
-    )]
-    ProcessRunnerMissing { name: String, version: String },
     #[error("{name} already names {existing} modules; this upload is {uploaded}. Use another name")]
     KindMismatch {
         name: String,
@@ -77,7 +72,6 @@ impl ModuleError {
             ModuleError::NotFound(_) => "not_found",
             ModuleError::PromoteProjection(_) => "use_promote",
             ModuleError::KindMismatch { .. } => "module_kind_mismatch",
-            ModuleError::ProcessRunnerMissing { .. } => "process_runner_missing",
             ModuleError::Store(store) => store.code(),
             ModuleError::Host(_) => "internal",
         }

@@ -107,6 +107,9 @@ pub struct ModuleRegistry {
     activation: std::sync::Mutex<()>,
     /// The projection service, which runs every projection version.
     projection_listener: Arc<RwLock<Option<ProjectionListener>>>,
+    /// Counts activations: the process service watches it to start a runner
+    /// for a process's first version and to refold instances under a new one.
+    activations: tokio::sync::watch::Sender<u64>,
 }
 
 impl ModuleRegistry {
@@ -135,6 +138,7 @@ impl ModuleRegistry {
             uploads: tokio::sync::Mutex::new(()),
             activation: std::sync::Mutex::new(()),
             projection_listener: Arc::new(RwLock::new(None)),
+            activations: tokio::sync::watch::Sender::new(0),
         };
         boot::compile_in_background(
             &registry.runtime,
@@ -194,23 +198,34 @@ impl ModuleRegistry {
     pub fn activate(&self, name: &str, version: &str) -> Result<Arc<LoadedModule>, ModuleError> {
         let entry = self.entry(name, version)?;
         match entry.record.kind {
-            ModuleKind::Aggregate => {}
+            ModuleKind::Aggregate | ModuleKind::Process => {}
             ModuleKind::Projection => {
                 return Err(ModuleError::PromoteProjection(name.to_string()));
-            }
-            ModuleKind::Process => {
-                return Err(ModuleError::ProcessRunnerMissing {
-                    name: name.to_string(),
-                    version: version.to_string(),
-                });
             }
         }
         let module = entry.now(self.request_wait())?;
         let _in_step = self.activation.lock().unwrap_or_else(|e| e.into_inner());
         self.store.set_active_module(name, version)?;
         self.active_mut().insert(name.to_string(), entry);
+        self.activations.send_modify(|n| *n += 1);
         tracing::info!(module = %module.label(), "activated");
         Ok(module)
+    }
+
+    /// Changes whenever a version is activated.
+    pub fn watch_activations(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.activations.subscribe()
+    }
+
+    /// The names whose active version is a process, compiled or not.
+    pub fn active_processes(&self) -> Vec<String> {
+        self.active
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, entry)| entry.record.kind == ModuleKind::Process)
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     /// The version that takes `name`'s next command, if it is compiled.

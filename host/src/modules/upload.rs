@@ -17,10 +17,8 @@ use crate::fsutil;
 use crate::store::{ModuleKind, ModulePut, ModuleRecord, check_event_type};
 
 impl ModuleRegistry {
-    /// Registers `bytes` as `name@version`. The first version of a name becomes
-    /// active; later ones only when `activate` is set. A process is registered
-    /// but never activated: with `activate` set, the answer is
-    /// [`ModuleError::ProcessRunnerMissing`] (the version stays registered).
+    /// Registers `bytes` as `name@version`. The first version of an aggregate
+    /// or a process becomes active; later ones only when `activate` is set.
     pub async fn upload(
         &self,
         name: &str,
@@ -39,15 +37,7 @@ impl ModuleRegistry {
             Some(existing) => return Err(conflict(&existing)),
             None => self.register(name, version, digest, bytes).await?,
         };
-        if module.record.kind == ModuleKind::Process {
-            // Nothing runs processes yet: registered and listed, never active.
-            if activate {
-                return Err(ModuleError::ProcessRunnerMissing {
-                    name: name.to_string(),
-                    version: version.to_string(),
-                });
-            }
-        } else if module.record.kind == ModuleKind::Projection {
+        if module.record.kind == ModuleKind::Projection {
             // A projection version goes live only after it has replayed the log:
             // the projection service decides when.
             if let Some(listener) = &*self

@@ -37,7 +37,5 @@ pub use aggregate_world::refold::domain::types::{
 pub use aggregate_world::{Aggregate, AggregatePre};
 pub use projection_world::refold::domain::read_model;
 pub use projection_world::{Projection, ProjectionPre};
-// For the process runner, still to come: the values `react` takes and gives.
-#[allow(unused_imports)]
 pub use process_world::refold::domain::process_types;
 pub use process_world::{Process, ProcessPre};

@@ -40,6 +40,7 @@ use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Linker};
 
 pub use aggregate::AggregateModule;
+pub use bindings::process_types;
 pub use bindings::{
     CommandContext, CommandError, NewEvent as GuestEvent, RecordedEvent as GuestRecordedEvent,
     Rejection, StreamEvent,

@@ -1,9 +1,7 @@
 //! Calls into a process component (a saga: `refold:domain/process`). Like
 //! aggregates and projections, every call gets a fresh, metered instance.
-//!
-//! For now the registry only loads processes, to tell them apart from the
-//! other worlds and check their subscription; the runner that routes events
-//! to instances, calls `react` and sends the commands is still to come.
+//! The runner (`crate::processes`) decides what to call when; this file only
+//! crosses the boundary, and bounds what comes back.
 
 use std::sync::Arc;
 
@@ -11,10 +9,11 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store};
 
 use super::RuntimeConfig;
-use super::bindings::{EventSelector, Process, ProcessPre};
+use super::bindings::process_types::{ProcessContext, ProcessInput, ProcessStatus, Reaction};
+use super::bindings::{EventSelector, Process, ProcessPre, RecordedEvent, StreamEvent};
 use super::error::{GuestError, RuntimeError};
 use super::projection::Selector;
-use super::sandbox::{CallSettings, HostState, Observed};
+use super::sandbox::{CallSettings, HostState, Observed, REPLAY_DEADLINE_FACTOR};
 
 /// A compiled process component, ready to call.
 #[derive(Clone)]
@@ -69,6 +68,70 @@ impl ProcessModule {
         })
     }
 
+    /// Which instance a log event belongs to. `Err` is the guest's own
+    /// failure to decide (an event it cannot decode).
+    pub fn route(&self, event: &RecordedEvent) -> Result<Result<Option<String>, String>, GuestError> {
+        self.call(|guest, store| guest.call_route(store, event))
+    }
+
+    pub fn initial_state(&self) -> Result<Vec<u8>, GuestError> {
+        self.call(|guest, store| guest.call_initial_state(store))
+    }
+
+    /// Decides one input. The guest sees the context's `now_ms` as its wall
+    /// clock too, and randomness seeded from the instance and the time, so a
+    /// reaction is a function of what is recorded with it.
+    pub fn react(
+        &self,
+        state: &[u8],
+        context: &ProcessContext,
+        input: &ProcessInput,
+    ) -> Result<Reaction, GuestError> {
+        let observed = Observed {
+            now_ms: context.now_ms,
+            seed: format!("{}@{}", context.process_id, context.now_ms),
+        };
+        self.call_with(&observed, 1, 1, |guest, store| {
+            guest.call_react(store, state, context, input)
+        })?
+        .map_err(GuestError::failed)
+    }
+
+    /// Folds a batch of the instance's own events; `inputs` is how many
+    /// reactions produced them, which scales the call's fuel as for an
+    /// aggregate's replay.
+    pub fn apply(
+        &self,
+        state: &[u8],
+        events: &[StreamEvent],
+        inputs: usize,
+    ) -> Result<Vec<u8>, GuestError> {
+        self.call_with(
+            &Observed::default(),
+            inputs.max(1),
+            REPLAY_DEADLINE_FACTOR,
+            |guest, store| guest.call_apply(store, state, events),
+        )?
+        .map_err(GuestError::failed)
+    }
+
+    pub fn status(&self, state: &[u8]) -> Result<ProcessStatus, GuestError> {
+        self.call(|guest, store| guest.call_status(store, state))?
+            .map_err(GuestError::failed)
+    }
+
+    pub fn render(&self, state: &[u8]) -> Result<String, GuestError> {
+        self.call(|guest, store| guest.call_render(store, state))?
+            .map_err(GuestError::failed)
+            .and_then(|answer| {
+                super::error::bounded_answer(
+                    "render",
+                    answer,
+                    self.inner.settings.max_answer_bytes(),
+                )
+            })
+    }
+
     /// Like projections, `subscription` observes nothing: no clock reading but
     /// zero, randomness seeded from nothing. (What `react` may observe is the
     /// runner's to decide: the context's `now-ms` is its only clock.)
@@ -76,10 +139,20 @@ impl ProcessModule {
         &self,
         f: impl FnOnce(&Process, &mut Store<HostState>) -> wasmtime::Result<T>,
     ) -> Result<T, GuestError> {
+        self.call_with(&Observed::default(), 1, 1, f)
+    }
+
+    fn call_with<T>(
+        &self,
+        observed: &Observed,
+        fuel_units: usize,
+        deadline_factor: u32,
+        f: impl FnOnce(&Process, &mut Store<HostState>) -> wasmtime::Result<T>,
+    ) -> Result<T, GuestError> {
         let pre = &self.inner.pre;
         self.inner
             .settings
-            .run(&Observed::default(), None, 1, 1, |store| {
+            .run(observed, None, fuel_units, deadline_factor, |store| {
                 let guest = pre.instantiate(&mut *store)?;
                 f(&guest, store)
             })

@@ -60,6 +60,7 @@ pub enum ModulePut {
 const VERSIONS: u8 = b'm';
 const ACTIVE: u8 = b'a';
 const HISTORY: u8 = b'h';
+const PROCESS_CHECKPOINT: u8 = b'p';
 
 /// One activation: from `at_ms`, `version` was the active (or live) one,
 /// until the next activation of the same name.
@@ -244,6 +245,34 @@ impl Store {
             return Err(err);
         }
         self.sync("activating a module")
+    }
+
+    /// Where process `name`'s runner has read the log up to (0: nowhere yet).
+    /// A hint that saves re-reading the log after a restart: an input the
+    /// runner handled is recorded in its instance's stream, which is what
+    /// keeps it from being handled twice.
+    pub fn process_checkpoint(&self, name: &str) -> Result<u64, StoreError> {
+        let key = registry_key(PROCESS_CHECKPOINT, name, None);
+        Ok(self
+            .inner
+            .db
+            .get(&key)
+            .map_err(|e| StoreError::storage("reading a process checkpoint", e))?
+            .map(|v| format::decode_v1::<u64>(&key, &v))
+            .transpose()?
+            .unwrap_or(0))
+    }
+
+    /// Saves process `name`'s checkpoint; durable with the store's next flush.
+    pub fn set_process_checkpoint(&self, name: &str, position: u64) -> Result<(), StoreError> {
+        self.inner
+            .db
+            .insert(
+                registry_key(PROCESS_CHECKPOINT, name, None),
+                format::encode_v1(&position),
+            )
+            .map_err(|e| StoreError::storage("saving a process checkpoint", e))?;
+        Ok(())
     }
 
     /// `name`'s activations, oldest first. Activations made before Refold

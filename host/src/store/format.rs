@@ -74,6 +74,16 @@ pub fn stream_space_key(space: u8, stream: &StreamId, extra: usize) -> Vec<u8> {
     stream_key(space, stream, extra)
 }
 
+/// The prefix shared by the stream-index keys of every stream of `aggregate_type`.
+pub fn stream_type_prefix(aggregate_type: &str) -> Vec<u8> {
+    let t = aggregate_type.as_bytes();
+    let mut key = Vec::with_capacity(2 + t.len());
+    key.push(SPACE_STREAM_INDEX);
+    key.push(t.len() as u8);
+    key.extend_from_slice(t);
+    key
+}
+
 /// The prefix shared by every stream-index key of `stream`.
 pub fn stream_index_prefix(stream: &StreamId) -> Vec<u8> {
     stream_key(SPACE_STREAM_INDEX, stream, 8)

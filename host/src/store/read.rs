@@ -116,6 +116,59 @@ impl Store {
         Ok(page)
     }
 
+    /// The ids of the streams of `aggregate_type` that have a durable event,
+    /// in byte order, starting after `after`: up to `limit`. One seek per
+    /// stream (past its runs), so the cost is the number of streams, not of
+    /// events. The process runner lists its instances with it.
+    pub fn stream_ids(
+        &self,
+        aggregate_type: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let head = self.head();
+        let prefix = format::stream_type_prefix(aggregate_type);
+        let mut start = match after {
+            Some(id) => {
+                let stream = StreamId::new(aggregate_type, id)?;
+                let mut key = format::stream_index_prefix(&stream);
+                key.extend_from_slice(&[0xff; 8]);
+                std::ops::Bound::Excluded(key)
+            }
+            None => std::ops::Bound::Included(prefix.clone()),
+        };
+        let mut ids = Vec::new();
+        while ids.len() < limit {
+            let Some(item) = self
+                .inner
+                .db
+                .range::<Vec<u8>, _>((start.clone(), std::ops::Bound::Unbounded))
+                .next()
+            else {
+                break;
+            };
+            let (key, value) = item.map_err(|e| StoreError::storage("listing streams", e))?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let rest = &key[prefix.len()..];
+            let corrupt = || format::corrupt(&key, "a stream-index key cut short");
+            let len = u16::from_be_bytes(rest.get(..2).ok_or_else(corrupt)?.try_into().unwrap()) as usize;
+            let id_bytes = rest.get(2..2 + len).ok_or_else(corrupt)?;
+            let id = String::from_utf8(id_bytes.to_vec())
+                .map_err(|_| format::corrupt(&key, "a stream id that is not UTF-8"))?;
+            // The stream's first run: is it durable yet?
+            let run = format::decode_stream_run(&key, &value)?;
+            if run.first_position <= head {
+                ids.push(id);
+            }
+            let mut past = key[..prefix.len() + 2 + len].to_vec();
+            past.extend_from_slice(&[0xff; 8]);
+            start = std::ops::Bound::Excluded(past);
+        }
+        Ok(ids)
+    }
+
     /// The stream's durable version (0: the stream does not exist).
     pub fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion, StoreError> {
         let Some(last) = last_run(&self.inner.db, stream)? else {

@@ -79,6 +79,7 @@ impl Projection for Sales {
                 customer,
                 lines,
                 total,
+                ..
             } => OrderDoc {
                 customer: customer.clone(),
                 lines: lines.clone(),
@@ -109,6 +110,8 @@ impl Projection for Sales {
                     ..order
                 }
             }
+            // Sales count shipments: a payment changes none of the documents.
+            Event::Paid { .. } => return Ok(()),
         };
         docs.put(&key, &order)
     }
@@ -215,6 +218,7 @@ mod tests {
             customer: "Ada".into(),
             lines,
             total,
+            pay_within_ms: None,
         }
     }
 
@@ -280,6 +284,26 @@ mod tests {
                 }),
             )
             .then_docs("product/", 0);
+    }
+
+    #[test]
+    fn a_payment_changes_no_document() {
+        let order = || {
+            json!({
+                "customer": "Ada",
+                "lines": [{"product": "apple", "quantity": 3, "unit_price": 50}],
+                "total": 150,
+                "status": "placed",
+                "cancel_reason": null,
+            })
+        };
+        test()
+            .given(AGGREGATE_TYPE, "o-1", placed(vec![line("apple", 3, 50)]))
+            .then_doc("order/o-1", order())
+            .given(AGGREGATE_TYPE, "o-1", Event::Paid { amount: 150 })
+            .then_doc("order/o-1", order())
+            .then_docs("product/", 0)
+            .then_no_doc("totals");
     }
 
     #[test]

@@ -288,6 +288,7 @@ impl Process for Transfer {
     }
 }
 
+#[cfg(feature = "component")]
 refold_sdk::export_process!(Transfer);
 
 #[cfg(test)]

@@ -13,6 +13,10 @@
 //!   an aggregate and a projection that feed every clock and randomness source they can
 //!   reach into their state and documents, for the determinism tests.
 //! - `INVENTORY`, `ORDER` (aggregates) and `SALES` (a projection): the shop example.
-//! - `TRANSFERS`: `modules/transfers`, a process (a saga) over `bank-account`.
+//! - `TRANSFERS`: `modules/transfers`, a process (a saga) over `bank-account`;
+//!   `TRANSFER_ORDERS`, the aggregate whose `TransferRequested` events start
+//!   transfers; `LEDGER`, a projection that checks the double-entry invariant.
+//! - `ORDER_FULFILMENT`: `modules/order-fulfilment`, a process over `order`
+//!   and `inventory`.
 
 include!(concat!(env!("OUT_DIR"), "/guests.rs"));

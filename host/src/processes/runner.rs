@@ -1,0 +1,598 @@
+//! The runner of one process: reads the log from its checkpoint, routes each
+//! event the subscription admits to an instance, and has each instance take
+//! its inputs in order, one at a time, many instances at once.
+//!
+//! The loop owns every instance that is not busy; a busy one is inside a
+//! task, which takes one input and then sends the instance's pending
+//! commands one by one, taking each outcome in as it comes, and hands the
+//! instance back. Inputs for a busy instance wait in its queue. Reading the
+//! log stops while [`MAX_QUEUED`] inputs wait or [`MAX_BUSY`] instances are
+//! busy: a slow target aggregate holds the runner back instead of growing
+//! its memory.
+//!
+//! The checkpoint is the position before the oldest log event not yet taken
+//! in (or routed nowhere). It is saved every second and at shutdown, and is a
+//! hint: after a crash the runner reads from it again, and an instance that
+//! already took an event in (its stream says so) takes it as a repeat.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::dispatch;
+use super::react::{Input, Stall, correlation_id};
+use super::records::{Instance, stream_type};
+use super::{InstanceSummary, RunnerHandle, Shared};
+use crate::store::{EventFilter, MAX_AGGREGATE_ID_LEN, RecordedEvent, check_name};
+
+/// The most instances taking inputs at once.
+pub const MAX_BUSY: usize = 256;
+/// The most inputs waiting for busy instances before the log reader stops.
+pub const MAX_QUEUED: usize = 4096;
+/// Events read from the log per page.
+const PAGE: usize = 256;
+/// Idle instances kept folded in memory; others are folded again from their stream.
+const KEEP_IDLE: usize = 4096;
+
+struct Done {
+    id: String,
+    /// None if the instance could not even be loaded.
+    instance: Option<Instance>,
+    /// The log position of the input the task took, if it was a log event.
+    position: Option<u64>,
+    /// The input it stopped at, to be tried again.
+    stalled: Option<(Input, Stall)>,
+}
+
+pub(super) struct Runner {
+    shared: Arc<Shared>,
+    handle: Arc<RunnerHandle>,
+    stop: watch::Receiver<bool>,
+    idle: HashMap<String, Instance>,
+    queues: HashMap<String, VecDeque<Input>>,
+    queued: usize,
+    busy: usize,
+    tasks: JoinSet<Done>,
+    deadlines: BinaryHeap<Reverse<(u64, String, String)>>,
+    scheduled: HashSet<(u64, String, String)>,
+    /// Busy instances: inside a task.
+    busy_ids: HashSet<String>,
+    /// The backoff of instances being retried after a stall.
+    retry_waits: HashMap<String, Duration>,
+    /// Log positions routed to an instance and not yet taken in, with counts.
+    in_flight: BTreeMap<u64, usize>,
+    filter: Option<EventFilter>,
+    buffer: VecDeque<RecordedEvent>,
+    read_from: u64,
+    caught_up: bool,
+    /// Instances stopped at an input, and when to try again.
+    stalled: HashMap<String, (Option<Instance>, Input, Instant, Duration)>,
+    /// The reader stopped at an event `route` failed on; when to try again.
+    route_retry: Option<(Instant, Duration)>,
+    saved_checkpoint: u64,
+}
+
+impl Runner {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        handle: Arc<RunnerHandle>,
+        stop: watch::Receiver<bool>,
+    ) -> Runner {
+        Runner {
+            shared,
+            handle,
+            stop,
+            idle: HashMap::new(),
+            queues: HashMap::new(),
+            queued: 0,
+            busy: 0,
+            tasks: JoinSet::new(),
+            deadlines: BinaryHeap::new(),
+            scheduled: HashSet::new(),
+            busy_ids: HashSet::new(),
+            retry_waits: HashMap::new(),
+            in_flight: BTreeMap::new(),
+            filter: None,
+            buffer: VecDeque::new(),
+            read_from: 1,
+            caught_up: false,
+            stalled: HashMap::new(),
+            route_retry: None,
+            saved_checkpoint: 0,
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        if let Err(stall) = self.boot().await {
+            self.handle.set_failure(Some(stall.reason.clone()));
+            tracing::error!(process = %self.shared.name, error = %stall.reason, "the process runner could not start");
+        }
+        let mut head = self.shared.store.watch_head();
+        let mut activations = self.shared.modules.watch_activations();
+        let mut save = tokio::time::interval(Duration::from_secs(1));
+        save.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if *self.stop.borrow() {
+                break;
+            }
+            self.fire_due();
+            self.start_ready();
+            if self.room_to_read() && !self.caught_up {
+                self.read_some().await;
+                continue;
+            }
+            let wake = self.next_wake();
+            tokio::select! {
+                _ = self.stop.changed() => {}
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => match done {
+                    Ok(done) => self.finished(done),
+                    Err(e) => tracing::error!(process = %self.shared.name, error = %e, "a process task panicked"),
+                },
+                _ = head.changed(), if self.caught_up => self.caught_up = false,
+                _ = activations.changed() => self.refresh().await,
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = save.tick() => self.save_checkpoint(),
+            }
+            self.publish();
+        }
+        // Tasks in flight stop where they are: what they committed is in
+        // their instances' streams, the rest is taken up again after a start.
+        self.tasks.shutdown().await;
+        self.save_checkpoint();
+    }
+
+    /// Folds every instance of the process from its stream: pending commands
+    /// are sent again (under their recorded ids), deadlines rescheduled.
+    async fn boot(&mut self) -> Result<(), Stall> {
+        let module = self.shared.module().await?;
+        self.read_from = self
+            .shared
+            .store
+            .process_checkpoint(&self.shared.name)?
+            .saturating_add(1);
+        self.saved_checkpoint = self.read_from - 1;
+        let kind = stream_type(&self.shared.name);
+        let mut after: Option<String> = None;
+        loop {
+            let ids = self
+                .shared
+                .store
+                .stream_ids(&kind, after.as_deref(), 1024)?;
+            let Some(last) = ids.last().cloned() else {
+                break;
+            };
+            for id in ids {
+                let instance = self.shared.load_with(&module, &id).await?;
+                self.adopt(instance);
+            }
+            after = Some(last);
+        }
+        self.refresh_filter(&module).await;
+        self.publish();
+        Ok(())
+    }
+
+    /// Takes an idle instance in: its summary, its deadlines, and a task for
+    /// its pending commands.
+    fn adopt(&mut self, instance: Instance) {
+        self.handle.summarise(&instance, None);
+        self.schedule(&instance);
+        if instance.pending.is_empty() {
+            self.keep_idle(instance);
+        } else {
+            self.spawn(instance.id.clone(), Some(instance), None);
+        }
+    }
+
+    /// Puts the instance's deadlines on the timer, each once.
+    fn schedule(&mut self, instance: &Instance) {
+        for (key, at_ms) in &instance.deadlines {
+            let entry = (*at_ms, instance.id.clone(), key.clone());
+            if self.scheduled.insert(entry.clone()) {
+                self.deadlines.push(Reverse(entry));
+            }
+        }
+    }
+
+    fn keep_idle(&mut self, instance: Instance) {
+        if self.idle.len() >= KEEP_IDLE {
+            // Forget a finished one first; a running one is folded again when needed.
+            let victim = self
+                .idle
+                .iter()
+                .find(|(_, i)| i.deadlines.is_empty())
+                .or_else(|| self.idle.iter().next())
+                .map(|(id, _)| id.clone());
+            if let Some(victim) = victim {
+                self.idle.remove(&victim);
+            }
+        }
+        self.idle.insert(instance.id.clone(), instance);
+    }
+
+    async fn refresh(&mut self) {
+        if let Ok(module) = self.shared.module().await {
+            self.refresh_filter(&module).await;
+            // A new version may get past what stopped the old one.
+            let now = Instant::now();
+            for (_, _, at, _) in self.stalled.values_mut() {
+                *at = now;
+            }
+            if let Some((at, _)) = &mut self.route_retry {
+                *at = now;
+            }
+        }
+    }
+
+    async fn refresh_filter(&mut self, module: &Arc<crate::modules::LoadedModule>) {
+        let guest = module.process().expect("a process module").clone();
+        let selector = self
+            .shared
+            .runtime
+            .pool()
+            .run(&self.shared.name, move || guest.selector())
+            .await;
+        match selector {
+            Ok(s) => {
+                let filter = EventFilter {
+                    event_types: s.event_types,
+                    aggregate_types: s.aggregate_types,
+                };
+                if self.filter.as_ref() != Some(&filter) {
+                    // Events read under the old filter are read again.
+                    if let Some(first) = self.buffer.front() {
+                        self.read_from = first.position;
+                    }
+                    self.buffer.clear();
+                    self.filter = Some(filter);
+                    self.caught_up = false;
+                }
+                self.handle.set_failure(None);
+            }
+            Err(e) => {
+                self.handle
+                    .set_failure(Some(format!("subscription failed: {e}")));
+            }
+        }
+    }
+
+    fn room_to_read(&self) -> bool {
+        self.filter.is_some()
+            && self.route_retry.is_none()
+            && self.queued < MAX_QUEUED
+            && self.busy < MAX_BUSY
+    }
+
+    /// Routes the next event of the log (reading a page when the buffer is empty).
+    async fn read_some(&mut self) {
+        if self.buffer.is_empty() {
+            let filter = self.filter.clone().expect("checked by room_to_read");
+            match self.shared.store.read_all(self.read_from, PAGE, &filter) {
+                Ok(page) => {
+                    self.read_from = page.next_position;
+                    self.buffer.extend(page.events);
+                    if self.buffer.is_empty() && page.next_position > page.head {
+                        self.caught_up = true;
+                        return;
+                    }
+                }
+                Err(e) => {
+                    self.handle.set_failure(Some(format!("reading the log: {e}")));
+                    self.route_retry = Some((Instant::now() + Duration::from_secs(1), Duration::from_secs(1)));
+                    return;
+                }
+            }
+        }
+        let Some(event) = self.buffer.pop_front() else {
+            return;
+        };
+        let routed = match self.shared.module().await {
+            Ok(module) => {
+                let guest = module.process().expect("a process module").clone();
+                let guest_event = crate::projections::to_guest(&event);
+                self.shared
+                    .runtime
+                    .pool()
+                    .run(&self.shared.name, move || guest.route(&guest_event))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| format!("route refused the event: {}", crate::runtime::clip_guest_text(&e))))
+            }
+            Err(stall) => Err(stall.reason),
+        };
+        let routed = routed.and_then(|id| match id {
+            Some(id) => check_name("process id", &id, MAX_AGGREGATE_ID_LEN)
+                .map(|()| Some(id))
+                .map_err(|e| format!("route returned an invalid process id: {e}")),
+            None => Ok(None),
+        });
+        match routed {
+            Ok(Some(id)) => {
+                self.route_retry = None;
+                self.handle.set_failure(None);
+                *self.in_flight.entry(event.position).or_default() += 1;
+                self.enqueue(id, Input::Event(event));
+            }
+            Ok(None) => {
+                self.route_retry = None;
+                self.handle.set_failure(None);
+            }
+            Err(reason) => {
+                let reason = format!("at log position {}: {reason}", event.position);
+                tracing::warn!(process = %self.shared.name, error = %reason, "the process runner stopped at an event");
+                self.handle.set_failure(Some(reason));
+                self.buffer.push_front(event);
+                let wait = self.route_retry.map_or(Duration::from_secs(1), |(_, w)| (w * 2).min(Duration::from_secs(30)));
+                self.route_retry = Some((Instant::now() + wait, wait));
+            }
+        }
+    }
+
+    fn enqueue(&mut self, id: String, input: Input) {
+        self.queues.entry(id).or_default().push_back(input);
+        self.queued += 1;
+    }
+
+    /// Starts a task for each idle instance with an input waiting.
+    fn start_ready(&mut self) {
+        let ready: Vec<String> = self
+            .queues
+            .iter()
+            .filter(|(id, q)| !q.is_empty() && !self.stalled.contains_key(*id) && !self.is_busy(id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ready {
+            if self.busy >= MAX_BUSY {
+                break;
+            }
+            let input = self
+                .queues
+                .get_mut(&id)
+                .and_then(VecDeque::pop_front)
+                .expect("a ready queue has an input");
+            self.queued -= 1;
+            let instance = self.idle.remove(&id);
+            self.spawn(id, instance, Some(input));
+        }
+        self.queues.retain(|_, q| !q.is_empty());
+    }
+
+    fn is_busy(&self, id: &str) -> bool {
+        self.busy_ids.contains(id)
+    }
+
+    fn spawn(&mut self, id: String, instance: Option<Instance>, input: Option<Input>) {
+        self.busy += 1;
+        self.busy_ids.insert(id.clone());
+        let shared = self.shared.clone();
+        let stop = self.stop.clone();
+        self.tasks
+            .spawn(async move { work(shared, stop, id, instance, input).await });
+    }
+
+    fn finished(&mut self, done: Done) {
+        self.busy -= 1;
+        self.busy_ids.remove(&done.id);
+        if let Some(position) = done.position {
+            if let Some(count) = self.in_flight.get_mut(&position) {
+                *count -= 1;
+                if *count == 0 {
+                    self.in_flight.remove(&position);
+                }
+            }
+        }
+        let Some(instance) = done.instance else {
+            // Not even loaded: try again later, with its input.
+            if let Some((input, stall)) = done.stalled {
+                self.handle.set_stalled(&done.id, Some(stall.reason.clone()));
+                self.stall(done.id, None, input);
+            }
+            return;
+        };
+        self.schedule(&instance);
+        match done.stalled {
+            Some((input, stall)) => {
+                tracing::warn!(process = %self.shared.name, instance = %instance.id, error = %stall.reason, "a process instance stopped at {}", input.describe());
+                self.handle.summarise(&instance, Some(format!("stopped at {}: {}", input.describe(), stall.reason)));
+                let id = instance.id.clone();
+                self.stall(id, Some(instance), input);
+            }
+            None => {
+                self.retry_waits.remove(&instance.id);
+                self.handle.summarise(&instance, None);
+                self.keep_idle(instance);
+            }
+        }
+    }
+
+    /// Keeps an instance stopped at `input` aside, to try again after a
+    /// backoff (at once when a new version is activated). Its log position
+    /// stays in flight, so the checkpoint stays before it.
+    fn stall(&mut self, id: String, instance: Option<Instance>, input: Input) {
+        if let Input::Event(e) = &input {
+            *self.in_flight.entry(e.position).or_default() += 1;
+        }
+        let wait = self
+            .retry_waits
+            .remove(&id)
+            .map_or(Duration::from_secs(1), |w| (w * 2).min(Duration::from_secs(30)));
+        self.stalled
+            .insert(id, (instance, input, Instant::now() + wait, wait));
+    }
+
+    /// Queues each deadline that has passed, and retries what is due.
+    fn fire_due(&mut self) {
+        let now_ms = crate::clock::now_ms();
+        while let Some(Reverse((at_ms, _, _))) = self.deadlines.peek() {
+            if *at_ms > now_ms {
+                break;
+            }
+            let Reverse(entry) = self.deadlines.pop().expect("peeked");
+            self.scheduled.remove(&entry);
+            let (at_ms, id, key) = entry;
+            // Moved or fired already: the instance takes it as a repeat.
+            self.enqueue(id, Input::Deadline { key, at_ms });
+        }
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .stalled
+            .iter()
+            .filter(|(_, (_, _, at, _))| *at <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            if self.is_busy(&id) {
+                continue;
+            }
+            let (instance, input, _, wait) = self.stalled.remove(&id).expect("listed");
+            // Its log position stays in flight until the retry finishes.
+            self.retry_waits.insert(id.clone(), wait);
+            self.spawn(id, instance, Some(input));
+        }
+        if let Some((at, _)) = self.route_retry {
+            if at <= now {
+                // Keep the backoff, let the reader try once.
+                self.route_retry = None;
+            }
+        }
+    }
+
+    fn next_wake(&self) -> Instant {
+        let mut wake = Instant::now() + Duration::from_secs(3600);
+        if let Some(Reverse((at_ms, _, _))) = self.deadlines.peek() {
+            let now_ms = crate::clock::now_ms();
+            wake = wake.min(Instant::now() + Duration::from_millis(at_ms.saturating_sub(now_ms)));
+        }
+        for (_, _, at, _) in self.stalled.values() {
+            wake = wake.min(*at);
+        }
+        if let Some((at, _)) = self.route_retry {
+            wake = wake.min(at);
+        }
+        wake
+    }
+
+    /// The position before the oldest event not yet fully taken in.
+    fn checkpoint(&self) -> u64 {
+        let mut checkpoint = self.read_from.saturating_sub(1);
+        if let Some(first) = self.buffer.front() {
+            checkpoint = checkpoint.min(first.position - 1);
+        }
+        if let Some((first, _)) = self.in_flight.iter().next() {
+            checkpoint = checkpoint.min(first - 1);
+        }
+        checkpoint
+    }
+
+    fn save_checkpoint(&mut self) {
+        let checkpoint = self.checkpoint();
+        if checkpoint == self.saved_checkpoint {
+            return;
+        }
+        match self
+            .shared
+            .store
+            .set_process_checkpoint(&self.shared.name, checkpoint)
+        {
+            Ok(()) => self.saved_checkpoint = checkpoint,
+            Err(e) => tracing::warn!(process = %self.shared.name, error = %e, "could not save the process checkpoint"),
+        }
+    }
+
+    fn publish(&self) {
+        let head = self.shared.store.head();
+        let checkpoint = self.checkpoint();
+        self.handle.status.send_modify(|s| {
+            s.checkpoint = checkpoint;
+            s.head = head;
+            s.queued_inputs = self.queued;
+            s.busy_instances = self.busy;
+            s.stalled_instances = self.stalled.len();
+            s.caught_up = self.caught_up && self.in_flight.is_empty() && self.queued == 0;
+        });
+    }
+}
+
+/// One task: the instance takes `input`, then sends its pending commands and
+/// takes their outcomes, until nothing is pending.
+async fn work(
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    id: String,
+    instance: Option<Instance>,
+    input: Option<Input>,
+) -> Done {
+    let position = match &input {
+        Some(Input::Event(e)) => Some(e.position),
+        _ => None,
+    };
+    let mut instance = match instance {
+        Some(instance) => instance,
+        None => match shared.load(&id).await {
+            Ok(instance) => instance,
+            Err(stall) => {
+                return Done {
+                    id,
+                    instance: None,
+                    position,
+                    stalled: input.map(|i| (i, stall)),
+                };
+            }
+        },
+    };
+    if let Some(input) = input {
+        if let Err(stall) = shared.take(&mut instance, input.clone()).await {
+            return Done {
+                id,
+                instance: Some(instance),
+                position,
+                stalled: Some((input, stall)),
+            };
+        }
+    }
+    let correlation = correlation_id(&instance.stream);
+    while let Some(command) = instance.pending.front().cloned() {
+        let counters = shared.counters.clone();
+        let Some(outcome) =
+            dispatch::send(&shared.commands, &command, &correlation, &mut stop, |_| {
+                counters.note_retry()
+            })
+            .await
+        else {
+            break; // shutting down
+        };
+        shared.counters.note_outcome(&outcome);
+        let input = Input::Outcome(outcome);
+        if let Err(stall) = shared.take(&mut instance, input.clone()).await {
+            return Done {
+                id,
+                instance: Some(instance),
+                position,
+                stalled: Some((input, stall)),
+            };
+        }
+    }
+    Done {
+        id,
+        instance: Some(instance),
+        position,
+        stalled: None,
+    }
+}
+
+impl InstanceSummary {
+    pub(super) fn of(instance: &Instance, stalled: Option<String>) -> InstanceSummary {
+        InstanceSummary {
+            status: instance.status,
+            version: instance.version,
+            pending_commands: instance.pending.len(),
+            next_deadline_ms: instance.next_deadline(),
+            stalled,
+        }
+    }
+}

@@ -230,7 +230,7 @@ async fn run(
     sizes: &Sizes,
     scratch: &Path,
     clients: Handle,
-) -> Result<(Vec<Row>, Failures, Vec<(String, GroupCpu)>)> {
+) -> Result<(Vec<Row>, Failures, Vec<(String, CpuTotals)>)> {
     let dir = tempdir(scratch)?;
     let mut config = ServeConfig::new(dir.path(), "127.0.0.1:0".parse()?);
     config.runtime.compile.worker = Some(env!("CARGO_BIN_EXE_refold").into());
@@ -270,18 +270,28 @@ async fn run(
     let mut failures = Failures::default();
     let (mut process, mut direct) = (Vec::new(), Vec::new());
     let (mut process_latency, mut direct_latency) = (Vec::new(), Vec::new());
-    let (mut process_cpu, mut direct_cpu) = (GroupCpu::default(), GroupCpu::default());
+    let (mut process_cpu, mut direct_cpu) = (CpuTotals::default(), CpuTotals::default());
     for run in 0..sizes.runs {
-        let before = ThreadTimes::sample();
+        let before = CpuSample::take();
         let p = clients
-            .spawn(process_load(base.clone(), pairs.clone(), ids.clone(), *sizes))
+            .spawn(process_load(
+                base.clone(),
+                pairs.clone(),
+                ids.clone(),
+                *sizes,
+            ))
             .await??;
-        process_cpu.add(&before, &ThreadTimes::sample(), p.done);
-        let before = ThreadTimes::sample();
+        process_cpu.add(&before, &CpuSample::take(), p.done);
+        let before = CpuSample::take();
         let d = clients
-            .spawn(direct_load(base.clone(), pairs.clone(), ids.clone(), *sizes))
+            .spawn(direct_load(
+                base.clone(),
+                pairs.clone(),
+                ids.clone(),
+                *sizes,
+            ))
             .await??;
-        direct_cpu.add(&before, &ThreadTimes::sample(), d.done);
+        direct_cpu.add(&before, &CpuSample::take(), d.done);
         let pl = clients
             .spawn(process_latency_run(
                 base.clone(),
@@ -321,7 +331,10 @@ async fn run(
     }
 
     // Every transfer the process was asked for completed, and nothing was refused.
-    let (url, timeout) = (format!("{base}/v1/processes/{PROCESS}?limit=1"), sizes.timeout);
+    let (url, timeout) = (
+        format!("{base}/v1/processes/{PROCESS}?limit=1"),
+        sizes.timeout,
+    );
     let view = clients
         .spawn(async move {
             let start = Instant::now();
@@ -470,9 +483,9 @@ async fn setup_server(base: Arc<String>, accounts: Vec<String>) -> Result<()> {
                         r#"{"type":"Open","owner":"x","overdraft_limit":0}"#.to_string(),
                         format!(r#"{{"type":"Deposit","amount":{BALANCE}}}"#),
                     ] {
-                        post(&client, &url, command)
-                            .await
-                            .map_err(|(kind, msg)| anyhow::anyhow!("opening {id}: {kind}: {msg}"))?;
+                        post(&client, &url, command).await.map_err(|(kind, msg)| {
+                            anyhow::anyhow!("opening {id}: {kind}: {msg}")
+                        })?;
                     }
                 }
             })
@@ -589,7 +602,10 @@ impl Client {
         let url = format!("{}/v1/processes/{PROCESS}?limit=1", self.base);
         let (status, view) = get(&self.http, &url).await?;
         if status != StatusCode::OK {
-            return Err((format!("HTTP {status} reading the counts"), view.to_string()));
+            return Err((
+                format!("HTTP {status} reading the counts"),
+                view.to_string(),
+            ));
         }
         let count = |key: &str| view["instances"][key].as_u64();
         match (count("running"), count("completed"), count("failed")) {
@@ -639,9 +655,19 @@ impl Client {
         let (from, to) = self.pair();
         let base = &self.base;
         let withdraw = format!("{base}/v1/aggregates/{ACCOUNT}/{from}/commands");
-        post(&self.http, &withdraw, r#"{"type":"Withdraw","amount":1}"#.into()).await?;
+        post(
+            &self.http,
+            &withdraw,
+            r#"{"type":"Withdraw","amount":1}"#.into(),
+        )
+        .await?;
         let deposit = format!("{base}/v1/aggregates/{ACCOUNT}/{to}/commands");
-        post(&self.http, &deposit, r#"{"type":"Deposit","amount":1}"#.into()).await
+        post(
+            &self.http,
+            &deposit,
+            r#"{"type":"Deposit","amount":1}"#.into(),
+        )
+        .await
     }
 
     /// The instance's status, or None while the process has not seen the order.
@@ -895,8 +921,10 @@ async fn process_latency_run(
 ) -> Result<Load> {
     let client = Arc::new(Client::connect(base, pairs[0].clone(), ids).await?);
     let timeout = sizes.timeout;
-    latency_run(client, sizes.latency_samples, move |client: Arc<Client>| {
-        async move {
+    latency_run(
+        client,
+        sizes.latency_samples,
+        move |client: Arc<Client>| async move {
             let t0 = Instant::now();
             let id = client.request_transfer().await?;
             loop {
@@ -916,8 +944,8 @@ async fn process_latency_run(
                     }
                 }
             }
-        }
-    })
+        },
+    )
     .await
 }
 
@@ -929,11 +957,15 @@ async fn direct_latency_run(
     sizes: Sizes,
 ) -> Result<Load> {
     let client = Arc::new(Client::connect(base, pairs[0].clone(), ids).await?);
-    latency_run(client, sizes.latency_samples, |client: Arc<Client>| async move {
-        let t0 = Instant::now();
-        client.transfer_directly().await?;
-        Ok(t0.elapsed())
-    })
+    latency_run(
+        client,
+        sizes.latency_samples,
+        |client: Arc<Client>| async move {
+            let t0 = Instant::now();
+            client.transfer_directly().await?;
+            Ok(t0.elapsed())
+        },
+    )
     .await
 }
 
@@ -999,17 +1031,76 @@ impl Failures {
 // ---------------------------------------------------------------------------
 // Reporting.
 
-fn print_cpu(cpu: &[(String, GroupCpu)]) {
-    if no_thread_times(cpu.iter().map(|(_, c)| c)) {
+/// CPU by thread, and of the whole process: threads that exited between two
+/// samples (the guest pool's extra threads leave as soon as they find no job)
+/// are missing from the first and counted in the second.
+struct CpuSample {
+    threads: ThreadTimes,
+    process_ns: Option<u64>,
+}
+
+impl CpuSample {
+    fn take() -> CpuSample {
+        CpuSample {
+            threads: ThreadTimes::sample(),
+            process_ns: process_cpu_ns(),
+        }
+    }
+}
+
+/// utime + stime of /proc/self/stat (exited threads included), in ns.
+fn process_cpu_ns() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name's closing parenthesis start at the
+    // 3rd (state); utime and stime are the 14th and 15th, in USER_HZ (100 on Linux).
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) * 10_000_000)
+}
+
+/// Sums over the runs of one load.
+#[derive(Default)]
+struct CpuTotals {
+    /// By thread group, per transfer.
+    threads: GroupCpu,
+    /// The whole process's CPU.
+    process_ns: u64,
+    /// A sample lacked the whole process's CPU.
+    process_unknown: bool,
+}
+
+impl CpuTotals {
+    fn add(&mut self, before: &CpuSample, after: &CpuSample, transfers: usize) {
+        self.threads.add(&before.threads, &after.threads, transfers);
+        match (before.process_ns, after.process_ns) {
+            (Some(b), Some(a)) => self.process_ns += a.saturating_sub(b),
+            _ => self.process_unknown = true,
+        }
+    }
+
+    /// CPU per transfer of threads gone by the end of their run.
+    fn exited_us(&self) -> Option<f64> {
+        let listed: u64 = self.threads.groups.values().sum();
+        let exited = self.process_ns.saturating_sub(listed);
+        (!self.process_unknown).then(|| exited as f64 / 1e3 / self.threads.units.max(1) as f64)
+    }
+}
+
+fn print_cpu(cpu: &[(String, CpuTotals)]) {
+    if no_thread_times(cpu.iter().map(|(_, c)| &c.threads)) {
         return;
     }
     println!(
         "\nCPU during the throughput runs (microseconds of CPU per transfer, by thread group; process: until the last completion):"
     );
-    let mut groups: Vec<&String> = cpu.iter().flat_map(|(_, c)| c.groups.keys()).collect();
+    let mut groups: Vec<&String> = cpu
+        .iter()
+        .flat_map(|(_, c)| c.threads.groups.keys())
+        .collect();
     groups.sort();
     groups.dedup();
-    groups.retain(|g| cpu.iter().any(|(_, c)| c.per_unit_us(g) >= 0.5));
+    groups.retain(|g| cpu.iter().any(|(_, c)| c.threads.per_unit_us(g) >= 0.5));
     print!("  {:<22}", "thread group");
     for (label, _) in cpu {
         print!(" {label:>12}");
@@ -1018,13 +1109,24 @@ fn print_cpu(cpu: &[(String, GroupCpu)]) {
     for group in &groups {
         print!("  {group:<22}");
         for (_, c) in cpu {
-            print!(" {:>12.1}", c.per_unit_us(group));
+            print!(" {:>12.1}", c.threads.per_unit_us(group));
         }
         println!();
     }
+    print!("  {:<22}", "threads since exited");
+    for (_, c) in cpu {
+        match c.exited_us() {
+            Some(us) => print!(" {us:>12.1}"),
+            None => print!(" {:>12}", "?"),
+        }
+    }
+    println!();
     print!("  {:<22}", "total");
     for (_, c) in cpu {
-        print!(" {:>12.1}", c.total_us());
+        print!(
+            " {:>12.1}",
+            c.threads.total_us() + c.exited_us().unwrap_or(0.0)
+        );
     }
     println!();
 }

@@ -51,12 +51,20 @@ async fn bank(s: &TestServer) {
 async fn open(s: &TestServer, id: &str, balance: i64) {
     ok(s, "bank-account", id, json!({"type": "Open", "owner": id})).await;
     if balance > 0 {
-        ok(s, "bank-account", id, json!({"type": "Deposit", "amount": balance})).await;
+        ok(
+            s,
+            "bank-account",
+            id,
+            json!({"type": "Deposit", "amount": balance}),
+        )
+        .await;
     }
 }
 
 async fn balance(s: &TestServer, id: &str) -> i64 {
-    let (status, view) = s.get_json(&format!("/v1/aggregates/bank-account/{id}")).await;
+    let (status, view) = s
+        .get_json(&format!("/v1/aggregates/bank-account/{id}"))
+        .await;
     assert_eq!(status, 200, "{view}");
     view["state"]["balance"].as_i64().expect("a balance")
 }
@@ -172,9 +180,10 @@ async fn a_transfer_debits_then_credits_and_its_stream_tells_the_story() {
             "{events}"
         );
     }
-    // The wake-up was asked for and is still on record as pending: the
-    // transfer completed before it, and it fires as a no-op.
-    assert_eq!(view["deadlines"].as_array().unwrap().len(), 1, "{view}");
+    // The wake-up it asked for is on record, but a finished instance is
+    // woken by nothing: no deadline is pending.
+    assert_eq!(view["deadlines"], json!([]), "{view}");
+    assert_eq!(view["next_deadline_ms"], Value::Null, "{view}");
 
     // The same stream under the aggregate routes.
     let (status, page) = s
@@ -191,9 +200,33 @@ async fn a_transfer_debits_then_credits_and_its_stream_tells_the_story() {
     assert_eq!(transfers["instances"]["completed"], 1, "{list}");
     assert_eq!(transfers["pending_commands"], 0, "{list}");
     let (_, completed) = s.get_json("/v1/processes/transfers?status=completed").await;
-    assert_eq!(completed["page"]["instances"][0]["id"], "t-1", "{completed}");
+    assert_eq!(
+        completed["page"]["instances"][0]["id"], "t-1",
+        "{completed}"
+    );
     let (_, running) = s.get_json("/v1/processes/transfers?status=running").await;
     assert_eq!(running["page"]["instances"], json!([]), "{running}");
+
+    // Metrics.
+    let metrics = s
+        .request(Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"refold_process_instances{process="transfers",kind="completed"} 1"#,
+        r#"refold_process_pending_commands{process="transfers"} 0"#,
+        r#"refold_process_stalled_instances{process="transfers"} 0"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in:\n{metrics}");
+    }
+    assert!(
+        metrics.contains("refold_process_lag_events{process=\"transfers\"}"),
+        "{metrics}"
+    );
 
     // The ledger sees the double entry balance out.
     let check = ledger_check(&s).await;
@@ -203,7 +236,10 @@ async fn a_transfer_debits_then_credits_and_its_stream_tells_the_story() {
 
     // Errors: unknown process, unknown instance, bad status, unknown parameter.
     expect_problem(
-        s.request(Method::GET, "/v1/processes/nope").send().await.unwrap(),
+        s.request(Method::GET, "/v1/processes/nope")
+            .send()
+            .await
+            .unwrap(),
         404,
         "unknown_process",
     )
@@ -250,7 +286,10 @@ async fn ledger_check(s: &TestServer) -> Value {
         if status == 200 {
             return check;
         }
-        assert!(start.elapsed() < Duration::from_secs(20), "{status} {check}");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{status} {check}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -286,9 +325,16 @@ async fn an_overdraft_fails_the_transfer_and_a_refused_credit_is_refunded() {
         assert!(types.iter().any(|t| t == wanted), "{wanted} in {types:?}");
     }
     let (commands, outcomes) = commands_and_outcomes(&view);
-    let keys: Vec<&str> = commands.iter().map(|c| c["key"].as_str().unwrap()).collect();
+    let keys: Vec<&str> = commands
+        .iter()
+        .map(|c| c["key"].as_str().unwrap())
+        .collect();
     assert_eq!(keys, ["debit", "credit", "refund"], "{view}");
-    assert!(commands.iter().all(|c| outcomes[c["command_id"].as_str().unwrap()].len() == 1));
+    assert!(
+        commands
+            .iter()
+            .all(|c| outcomes[c["command_id"].as_str().unwrap()].len() == 1)
+    );
     assert_eq!(balance(&s, "alice").await, 100, "refunded");
 
     let (_, list) = s.get_json("/v1/processes/transfers").await;
@@ -320,7 +366,11 @@ async fn instances_continue_after_a_restart_and_a_new_version_folds_them() {
         let (commands, outcomes) = commands_and_outcomes(&view);
         assert_eq!(commands.len(), 2, "{view}");
         for c in &commands {
-            assert_eq!(outcomes[c["command_id"].as_str().unwrap()].len(), 1, "{view}");
+            assert_eq!(
+                outcomes[c["command_id"].as_str().unwrap()].len(),
+                1,
+                "{view}"
+            );
         }
     }
     assert_eq!(balance(&s, "alice").await, 800);
@@ -347,7 +397,10 @@ async fn instances_continue_after_a_restart_and_a_new_version_folds_them() {
         .iter()
         .map(|e| e["metadata"]["producer"].as_str().unwrap())
         .collect();
-    assert!(producers.iter().all(|p| *p == "transfers@1.1.0"), "{producers:?}");
+    assert!(
+        producers.iter().all(|p| *p == "transfers@1.1.0"),
+        "{producers:?}"
+    );
     s.stop().await;
 }
 
@@ -376,7 +429,10 @@ async fn a_process_example_is_loaded_and_runs() {
         .iter()
         .map(|l| match l {
             ExampleLoaded::Uploaded(m) => m.record.kind.as_str(),
-            other => panic!("uploaded once: {}", matches!(other, ExampleLoaded::Differs(_))),
+            other => panic!(
+                "uploaded once: {}",
+                matches!(other, ExampleLoaded::Differs(_))
+            ),
         })
         .collect();
     assert_eq!(kinds, ["aggregate", "aggregate", "process"]);
@@ -430,7 +486,13 @@ async fn an_order_is_confirmed_once_paid_and_cancelled_when_payment_is_overdue()
     let dir = temp_dir();
     let s = TestServer::start(dir.path()).await;
     shop(&s).await;
-    ok(&s, "inventory", "sku-1", json!({"type": "Restock", "quantity": 5})).await;
+    ok(
+        &s,
+        "inventory",
+        "sku-1",
+        json!({"type": "Restock", "quantity": 5}),
+    )
+    .await;
 
     // Paid in time: reserved, then confirmed.
     let placed = ok(
@@ -441,7 +503,13 @@ async fn an_order_is_confirmed_once_paid_and_cancelled_when_payment_is_overdue()
     )
     .await;
     let total = placed["events"][0]["data"]["total"].as_i64().unwrap();
-    ok(&s, "order", "o-paid", json!({"type": "Pay", "amount": total})).await;
+    ok(
+        &s,
+        "order",
+        "o-paid",
+        json!({"type": "Pay", "amount": total}),
+    )
+    .await;
     let view = settled(&s, "order-fulfilment", "o-paid", Duration::from_secs(20)).await;
     assert_eq!(view["status"], "completed", "{view}");
     assert_eq!(order_state(&s, "o-paid").await["status"], "confirmed");
@@ -457,12 +525,19 @@ async fn an_order_is_confirmed_once_paid_and_cancelled_when_payment_is_overdue()
     .await;
     let view = settled(&s, "order-fulfilment", "o-late", Duration::from_secs(20)).await;
     assert_eq!(view["status"], "failed", "{view}");
-    assert!(history_types(&view).iter().any(|t| t == "refold.fired"), "{view}");
+    assert!(
+        history_types(&view).iter().any(|t| t == "refold.fired"),
+        "{view}"
+    );
     assert_eq!(order_state(&s, "o-late").await["status"], "cancelled");
     assert_eq!(reserved_for(&inventory(&s, "sku-1").await, "o-late"), 0);
     // Paying afterwards is refused by the order itself.
     let r = s
-        .send("order", "o-late", &json!({"type": "Pay", "amount": 300}).to_string())
+        .send(
+            "order",
+            "o-late",
+            &json!({"type": "Pay", "amount": 300}).to_string(),
+        )
         .await;
     assert_eq!(r.status().as_u16(), 422, "{}", r.text().await.unwrap());
     s.stop().await;
@@ -475,7 +550,13 @@ async fn concurrent_orders_for_scarce_stock_never_oversell() {
     shop(&s).await;
     let stock: BTreeMap<&str, i64> = [("sku-a", 7), ("sku-b", 4)].into();
     for (sku, quantity) in &stock {
-        ok(&s, "inventory", sku, json!({"type": "Restock", "quantity": quantity})).await;
+        ok(
+            &s,
+            "inventory",
+            sku,
+            json!({"type": "Restock", "quantity": quantity}),
+        )
+        .await;
     }
     const ORDERS: usize = 24;
     let mut tasks = Vec::new();
@@ -563,6 +644,9 @@ async fn concurrent_orders_for_scarce_stock_never_oversell() {
         assert_eq!(held, promised[sku], "{sku}: {inv}");
     }
     let (_, view) = s.get_json("/v1/processes/order-fulfilment").await;
-    assert!(view["instances"]["failed"].as_u64().unwrap() > 0, "stock ran out: {view}");
+    assert!(
+        view["instances"]["failed"].as_u64().unwrap() > 0,
+        "stock ran out: {view}"
+    );
     s.stop().await;
 }

@@ -49,7 +49,19 @@ fn main() {
             // Processes: they use aggregates' types like the projections.
             "transfers",
             "order-fulfilment",
+            "refold-hostile-process-guest",
         ],
+    );
+    // The hostile process again, as its next version (`fixed`): in a target
+    // directory of its own, as one build cannot have it both with and
+    // without the feature.
+    let hostile_fixed_dir = root.join("target/guest-hostile-process-fixed");
+    cargo_build_with(
+        &root,
+        &hostile_fixed_dir,
+        WASIP2,
+        &["refold-hostile-process-guest"],
+        &["refold-hostile-process-guest/fixed"],
     );
     // The ledger uses `transfers` for its types; built beside `transfers`
     // itself, cargo would unify features and link the process's exports into it.
@@ -94,6 +106,14 @@ fn main() {
         ("TRANSFER_ORDERS", p2("transfer_orders")),
         ("LEDGER", p2_in(&ledger_dir, "ledger")),
         ("ORDER_FULFILMENT", projection("order_fulfilment")),
+        (
+            "HOSTILE_PROCESS",
+            projection("refold_hostile_process_guest"),
+        ),
+        (
+            "HOSTILE_PROCESS_FIXED",
+            p2_in(&hostile_fixed_dir, "refold_hostile_process_guest"),
+        ),
     ]
     .iter()
     .map(|(name, path)| format!("pub const {name}: &str = {path:?};\n"))
@@ -120,6 +140,17 @@ fn ensure_targets(targets: &[&str]) {
 }
 
 fn cargo_build(root: &Path, target_dir: &Path, target: &str, packages: &[&str]) {
+    cargo_build_with(root, target_dir, target, packages, &[]);
+}
+
+/// [`cargo_build`] with `features` (`package/feature`) turned on.
+fn cargo_build_with(
+    root: &Path,
+    target_dir: &Path,
+    target: &str,
+    packages: &[&str],
+    features: &[&str],
+) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)
@@ -127,6 +158,9 @@ fn cargo_build(root: &Path, target_dir: &Path, target: &str, packages: &[&str]) 
         .arg(target_dir);
     for p in packages {
         cmd.args(["-p", p]);
+    }
+    for f in features {
+        cmd.args(["--features", f]);
     }
     // The outer build's settings are for the host, not for Wasm guests.
     for var in [

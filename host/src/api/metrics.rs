@@ -35,6 +35,19 @@ pub struct StateLabels {
     pub state: String,
 }
 
+/// One process.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProcessLabels {
+    pub process: String,
+}
+
+/// One process and a status of its instances, or an outcome of its commands.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProcessKindLabels {
+    pub process: String,
+    pub kind: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModuleLabels {
     pub module: String,
@@ -65,6 +78,14 @@ pub struct Metrics {
     projection_live: U64Gauges<VersionLabels>,
     projection_rate: Family<VersionLabels, Gauge<f64, AtomicU64>>,
     projection_state: U64Gauges<StateLabels>,
+    process_checkpoint: U64Gauges<ProcessLabels>,
+    process_lag: U64Gauges<ProcessLabels>,
+    process_instances: U64Gauges<ProcessKindLabels>,
+    process_pending: U64Gauges<ProcessLabels>,
+    process_queued: U64Gauges<ProcessLabels>,
+    process_stalled: U64Gauges<ProcessLabels>,
+    process_failing: U64Gauges<ProcessLabels>,
+    process_commands: Family<ProcessKindLabels, Counter>,
     /// Scrapes one at a time: counters are caught up to totals read elsewhere.
     rendering: std::sync::Mutex<()>,
 }
@@ -77,6 +98,7 @@ pub struct Readings {
     /// False once a storage failure stopped writes.
     pub store_writable: bool,
     pub projections: Vec<ProjectionView>,
+    pub processes: Vec<crate::processes::ProcessView>,
 }
 
 impl Metrics {
@@ -196,6 +218,47 @@ impl Metrics {
             "projection_state",
             "1 for the state a projection version is in (starting, catching_up, caught_up, failed)",
         );
+        let process_checkpoint = registered(
+            &mut registry,
+            "process_checkpoint",
+            "The log position up to which a process has taken every event in",
+        );
+        let process_lag = registered(
+            &mut registry,
+            "process_lag_events",
+            "Log positions between the head and a process's checkpoint",
+        );
+        let process_instances = registered(
+            &mut registry,
+            "process_instances",
+            "A process's instances by status (kind: running, completed, failed)",
+        );
+        let process_pending = registered(
+            &mut registry,
+            "process_pending_commands",
+            "Commands a process has recorded and not yet had an outcome for",
+        );
+        let process_queued = registered(
+            &mut registry,
+            "process_queued_inputs",
+            "Inputs waiting for a busy process instance",
+        );
+        let process_stalled = registered(
+            &mut registry,
+            "process_stalled_instances",
+            "Process instances stopped at an input (a failing or misbehaving react)",
+        );
+        let process_failing = registered(
+            &mut registry,
+            "process_reader_stopped",
+            "1 while a process's log reader is stopped (a failing route or subscription)",
+        );
+        let process_commands = Family::<ProcessKindLabels, Counter>::default();
+        registry.register(
+            "process_commands",
+            "Commands a process sent, by outcome (kind: sent, accepted, rejected, retried)",
+            process_commands.clone(),
+        );
         Metrics {
             registry,
             commands,
@@ -219,6 +282,14 @@ impl Metrics {
             projection_live,
             projection_rate,
             projection_state,
+            process_checkpoint,
+            process_lag,
+            process_instances,
+            process_pending,
+            process_queued,
+            process_stalled,
+            process_failing,
+            process_commands,
             rendering: std::sync::Mutex::new(()),
         }
     }
@@ -302,6 +373,60 @@ impl Metrics {
                         })
                         .set(u64::from(status.state == state));
                 }
+            }
+        }
+        for gauges in [
+            &self.process_checkpoint,
+            &self.process_lag,
+            &self.process_pending,
+            &self.process_queued,
+            &self.process_stalled,
+            &self.process_failing,
+        ] {
+            gauges.clear();
+        }
+        self.process_instances.clear();
+        for p in &readings.processes {
+            let labels = ProcessLabels {
+                process: p.name.clone(),
+            };
+            self.process_checkpoint
+                .get_or_create(&labels)
+                .set(p.checkpoint);
+            self.process_lag.get_or_create(&labels).set(p.lag);
+            self.process_pending
+                .get_or_create(&labels)
+                .set(p.pending_commands as u64);
+            self.process_queued
+                .get_or_create(&labels)
+                .set(p.queued_inputs as u64);
+            self.process_stalled
+                .get_or_create(&labels)
+                .set(p.stalled_instances as u64);
+            self.process_failing
+                .get_or_create(&labels)
+                .set(u64::from(p.failure.is_some()));
+            let kind = |kind: &str| ProcessKindLabels {
+                process: p.name.clone(),
+                kind: kind.to_string(),
+            };
+            for (status, count) in [
+                ("running", p.instances.running),
+                ("completed", p.instances.completed),
+                ("failed", p.instances.failed),
+            ] {
+                self.process_instances
+                    .get_or_create(&kind(status))
+                    .set(count as u64);
+            }
+            for (outcome, total) in [
+                ("sent", p.commands_sent),
+                ("accepted", p.commands_accepted),
+                ("rejected", p.commands_rejected),
+                ("retried", p.command_retries),
+            ] {
+                let counter = self.process_commands.get_or_create(&kind(outcome));
+                counter.inc_by(total.saturating_sub(counter.get()));
             }
         }
         let mut out = String::new();

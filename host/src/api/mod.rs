@@ -245,6 +245,7 @@ async fn metrics_text(State(app): State<AppState>) -> impl IntoResponse {
             pool: app.modules.guest_pool_stats(),
             store_writable: app.store.write_failure().is_none(),
             projections: app.projections.list(),
+            processes: app.processes.list(),
         }),
     )
 }

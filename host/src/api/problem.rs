@@ -253,8 +253,7 @@ impl From<ModuleError> for ApiError {
                     .with("existing_digest", digest)
             }
             ModuleError::NotFound(_) => ApiError::not_found(err.to_string()),
-            ModuleError::PromoteProjection(_)
-            | ModuleError::KindMismatch { .. } => {
+            ModuleError::PromoteProjection(_) | ModuleError::KindMismatch { .. } => {
                 ApiError::new(StatusCode::CONFLICT, code, err.to_string())
             }
             ModuleError::Store(store) => store.into(),

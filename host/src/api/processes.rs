@@ -126,7 +126,11 @@ pub async fn instance(
 }
 
 fn internal(e: serde_json::Error) -> ApiError {
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", e.to_string())
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+        e.to_string(),
+    )
 }
 
 impl From<ProcessError> for ApiError {

@@ -69,7 +69,10 @@ async fn run(opts: &ClientOptions, cmd: ProcessCommand) -> Result<(), Failure> {
             let reply = client.call(client.request(Method::GET, &url)).await?;
             emit(opts, &reply.body, |out, v| {
                 print_process(out, v)?;
-                let page = v["page"]["instances"].as_array().cloned().unwrap_or_default();
+                let page = v["page"]["instances"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
                 for i in &page {
                     write!(
                         out,
@@ -142,7 +145,10 @@ fn print_process(out: &mut dyn Write, p: &Value) -> io::Result<()> {
         writeln!(out, "  STOPPED: {f}")?;
     }
     if let Some(n) = p["stalled_instances"].as_u64().filter(|n| *n > 0) {
-        writeln!(out, "  {n} instances stopped at an input (see `refold process show NAME ID`)")?;
+        writeln!(
+            out,
+            "  {n} instances stopped at an input (see `refold process show NAME ID`)"
+        )?;
     }
     Ok(())
 }
@@ -174,7 +180,12 @@ fn print_instance(out: &mut dyn Write, v: &Value) -> io::Result<()> {
         )?;
     }
     for d in v["deadlines"].as_array().into_iter().flatten() {
-        writeln!(out, "deadline {} at {}", d["key"].as_str().unwrap_or("?"), d["at_ms"])?;
+        writeln!(
+            out,
+            "deadline {} at {}",
+            d["key"].as_str().unwrap_or("?"),
+            d["at_ms"]
+        )?;
     }
     writeln!(out, "history:")?;
     for e in v["history"].as_array().into_iter().flatten() {

@@ -31,9 +31,9 @@ pub use runner::{MAX_BUSY, MAX_QUEUED};
 
 use crate::commands::CommandService;
 use crate::modules::ModuleRegistry;
-use crate::store::ModuleKind;
 use crate::runtime::process_types::ProcessStatus;
 use crate::runtime::{GuestError, Runtime};
+use crate::store::ModuleKind;
 use crate::store::{Direction, RecordedEvent, Store, StoreError, StreamId};
 use dispatch::Outcome;
 
@@ -452,10 +452,8 @@ impl ProcessService {
         let handle = self.handle(name)?;
         let instances = handle.instances.lock().unwrap_or_else(|e| e.into_inner());
         let range = match after {
-            Some(after) => instances.range::<str, _>((
-                std::ops::Bound::Excluded(after),
-                std::ops::Bound::Unbounded,
-            )),
+            Some(after) => instances
+                .range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
             None => instances.range::<str, _>(..),
         };
         let mut listed: Vec<InstanceListed> = Vec::new();
@@ -503,7 +501,8 @@ impl ProcessService {
             });
         }
         let guest = module.process().expect("a process module").clone();
-        let (store, digest, fold_stream) = (self.store.clone(), module.record.digest, stream.clone());
+        let (store, digest, fold_stream) =
+            (self.store.clone(), module.record.digest, stream.clone());
         let (instance, rendered) = self
             .modules
             .runtime()
@@ -550,8 +549,7 @@ impl ProcessService {
                 })
                 .collect(),
             deadlines: instance
-                .deadlines
-                .iter()
+                .live_deadlines()
                 .map(|(key, at_ms)| PendingDeadline {
                     key: key.clone(),
                     at_ms: *at_ms,

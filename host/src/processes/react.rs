@@ -6,19 +6,19 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use super::Shared;
 use super::dispatch::Outcome;
 use super::records::{self, Command, Instance, RECORD_PREFIX};
-use super::Shared;
 use crate::modules::LoadedModule;
-use crate::store::ModuleKind;
 use crate::runtime::process_types::{
     CommandAccepted, CommandRejected, Deadline, ProcessCommand, ProcessContext, ProcessInput,
-    Reaction,
+    ProcessStatus, Reaction,
 };
 use crate::runtime::{CommandError as GuestCommandError, Rejection, StreamEvent};
+use crate::store::ModuleKind;
 use crate::store::{
-    EventMetadata, ExpectedVersion, NewEvent, RecordedEvent, StoreError,
-    StreamId, check_event_type, check_name,
+    EventMetadata, ExpectedVersion, NewEvent, RecordedEvent, StoreError, StreamId,
+    check_event_type, check_name,
 };
 
 /// The most events of its own a process may record for one input.
@@ -117,7 +117,9 @@ impl Shared {
         let store = self.store.clone();
         self.runtime
             .pool()
-            .run(&self.name, move || records::fold(&guest, digest, &store, &stream))
+            .run(&self.name, move || {
+                records::fold(&guest, digest, &store, &stream)
+            })
             .await
             .map_err(|reason| Stall { reason })
     }
@@ -128,7 +130,10 @@ impl Shared {
     pub(super) async fn take(&self, instance: &mut Instance, input: Input) -> Result<(), Stall> {
         match &input {
             Input::Event(e) if e.position <= instance.last_position => return Ok(()),
-            Input::Deadline { key, at_ms } if instance.deadlines.get(key) != Some(at_ms) => {
+            Input::Deadline { key, at_ms }
+                if instance.status != ProcessStatus::Running
+                    || instance.deadlines.get(key) != Some(at_ms) =>
+            {
                 return Ok(());
             }
             Input::Outcome(o)
@@ -158,7 +163,9 @@ impl Shared {
         let reaction = self
             .runtime
             .pool()
-            .run(&self.name, move || guest.react(&state, &context, &guest_input))
+            .run(&self.name, move || {
+                guest.react(&state, &context, &guest_input)
+            })
             .await?;
         let label = module.label();
         let own = check_reaction(&reaction, instance)?;
@@ -240,7 +247,11 @@ impl Shared {
 
         let appended = match self
             .store
-            .append(&instance.stream, ExpectedVersion::Exact(instance.version), events.clone())
+            .append(
+                &instance.stream,
+                ExpectedVersion::Exact(instance.version),
+                events.clone(),
+            )
             .await
         {
             Ok(appended) => appended,
@@ -256,7 +267,10 @@ impl Shared {
         instance.version = appended.stream_version;
         instance.state = new_state;
         instance.status = status;
-        for event in events.iter().filter(|e| e.event_type.starts_with(RECORD_PREFIX)) {
+        for event in events
+            .iter()
+            .filter(|e| e.event_type.starts_with(RECORD_PREFIX))
+        {
             let recorded = RecordedEvent {
                 position: 0,
                 stream: instance.stream.clone(),
@@ -441,7 +455,8 @@ fn check_reaction(reaction: &Reaction, instance: &Instance) -> Result<Vec<NewEve
         events.push(NewEvent::new(e.event_type.clone(), e.data.clone()));
     }
     for (i, c) in reaction.commands.iter().enumerate() {
-        check_name("command key", &c.key, MAX_KEY_LEN).map_err(|r| bad(format!("command {i}: {r}")))?;
+        check_name("command key", &c.key, MAX_KEY_LEN)
+            .map_err(|r| bad(format!("command {i}: {r}")))?;
         StreamId::new(&c.aggregate_type, &c.aggregate_id)
             .map_err(|r| bad(format!("command {i}: {r}")))?;
         if c.command.len() > MAX_PROCESS_COMMAND_BYTES {
@@ -455,7 +470,8 @@ fn check_reaction(reaction: &Reaction, instance: &Instance) -> Result<Vec<NewEve
     }
     let mut keys: Vec<&str> = instance.deadlines.keys().map(String::as_str).collect();
     for (i, w) in reaction.wake_ups.iter().enumerate() {
-        check_name("deadline key", &w.key, MAX_KEY_LEN).map_err(|r| bad(format!("wake-up {i}: {r}")))?;
+        check_name("deadline key", &w.key, MAX_KEY_LEN)
+            .map_err(|r| bad(format!("wake-up {i}: {r}")))?;
         if !keys.contains(&w.key.as_str()) {
             keys.push(&w.key);
         }
@@ -512,7 +528,11 @@ mod tests {
         let mut r = reaction();
         edit(&mut r);
         let stall = check_reaction(&r, &instance()).expect_err(wanted);
-        assert!(stall.reason.contains(wanted), "{} lacks {wanted}", stall.reason);
+        assert!(
+            stall.reason.contains(wanted),
+            "{} lacks {wanted}",
+            stall.reason
+        );
     }
 
     #[test]
@@ -534,7 +554,10 @@ mod tests {
             |r| r.wake_ups = vec![r.wake_ups[0].clone(); MAX_DEADLINES + 1],
             "17 wake-ups",
         );
-        refused(|r| r.events[0].event_type = "refold.received".into(), "the runner's");
+        refused(
+            |r| r.events[0].event_type = "refold.received".into(),
+            "the runner's",
+        );
         refused(|r| r.events[0].event_type = "a b".into(), "event 0");
         refused(|r| r.events[0].data = "{".into(), "not JSON");
         refused(|r| r.events[0].data = " {}".into(), "not JSON");
@@ -542,7 +565,10 @@ mod tests {
             |r| r.events[0].data = format!("\"{}\"", "x".repeat(70_000)),
             "bytes of data",
         );
-        refused(|r| r.commands[0].key = String::new(), "command key is empty");
+        refused(
+            |r| r.commands[0].key = String::new(),
+            "command key is empty",
+        );
         refused(|r| r.commands[0].key = "k".repeat(65), "command key");
         refused(|r| r.commands[0].aggregate_id = String::new(), "command 0");
         refused(|r| r.commands[0].command = "nope".into(), "not JSON");

@@ -24,8 +24,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::runtime::{ProcessModule, StreamEvent};
 use crate::runtime::process_types::ProcessStatus;
+use crate::runtime::{ProcessModule, StreamEvent};
 use crate::store::{Direction, RecordedEvent, StreamId};
 
 /// Every runner record's type starts with this; a process's own event types may not.
@@ -128,8 +128,16 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// The deadlines that will fire: those of a running instance. A
+    /// finished one (completed or failed) is woken by nothing; the wake-ups
+    /// it asked for stay on record.
+    pub fn live_deadlines(&self) -> impl Iterator<Item = (&String, &u64)> {
+        let running = self.status == ProcessStatus::Running;
+        self.deadlines.iter().filter(move |_| running)
+    }
+
     pub fn next_deadline(&self) -> Option<u64> {
-        self.deadlines.values().copied().min()
+        self.live_deadlines().map(|(_, at)| *at).min()
     }
 
     /// Folds a runner record into the bookkeeping. A record that does not

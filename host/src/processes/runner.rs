@@ -120,6 +120,7 @@ impl Runner {
             if *self.stop.borrow() {
                 break;
             }
+            self.publish();
             self.fire_due();
             self.start_ready();
             if self.room_to_read() && !self.caught_up {
@@ -138,7 +139,6 @@ impl Runner {
                 _ = tokio::time::sleep_until(wake) => {}
                 _ = save.tick() => self.save_checkpoint(),
             }
-            self.publish();
         }
         // Tasks in flight stop where they are: what they committed is in
         // their instances' streams, the rest is taken up again after a start.
@@ -191,7 +191,7 @@ impl Runner {
 
     /// Puts the instance's deadlines on the timer, each once.
     fn schedule(&mut self, instance: &Instance) {
-        for (key, at_ms) in &instance.deadlines {
+        for (key, at_ms) in instance.live_deadlines() {
             let entry = (*at_ms, instance.id.clone(), key.clone());
             if self.scheduled.insert(entry.clone()) {
                 self.deadlines.push(Reverse(entry));
@@ -205,7 +205,7 @@ impl Runner {
             let victim = self
                 .idle
                 .iter()
-                .find(|(_, i)| i.deadlines.is_empty())
+                .find(|(_, i)| i.next_deadline().is_none())
                 .or_else(|| self.idle.iter().next())
                 .map(|(id, _)| id.clone());
             if let Some(victim) = victim {
@@ -282,8 +282,12 @@ impl Runner {
                     }
                 }
                 Err(e) => {
-                    self.handle.set_failure(Some(format!("reading the log: {e}")));
-                    self.route_retry = Some((Instant::now() + Duration::from_secs(1), Duration::from_secs(1)));
+                    self.handle
+                        .set_failure(Some(format!("reading the log: {e}")));
+                    self.route_retry = Some((
+                        Instant::now() + Duration::from_secs(1),
+                        Duration::from_secs(1),
+                    ));
                     return;
                 }
             }
@@ -301,7 +305,14 @@ impl Runner {
                     .run(&self.shared.name, move || guest.route(&guest_event))
                     .await
                     .map_err(|e| e.to_string())
-                    .and_then(|r| r.map_err(|e| format!("route refused the event: {}", crate::runtime::clip_guest_text(&e))))
+                    .and_then(|r| {
+                        r.map_err(|e| {
+                            format!(
+                                "route refused the event: {}",
+                                crate::runtime::clip_guest_text(&e)
+                            )
+                        })
+                    })
             }
             Err(stall) => Err(stall.reason),
         };
@@ -327,7 +338,9 @@ impl Runner {
                 tracing::warn!(process = %self.shared.name, error = %reason, "the process runner stopped at an event");
                 self.handle.set_failure(Some(reason));
                 self.buffer.push_front(event);
-                let wait = self.route_retry.map_or(Duration::from_secs(1), |(_, w)| (w * 2).min(Duration::from_secs(30)));
+                let wait = self.route_retry.map_or(Duration::from_secs(1), |(_, w)| {
+                    (w * 2).min(Duration::from_secs(30))
+                });
                 self.route_retry = Some((Instant::now() + wait, wait));
             }
         }
@@ -389,7 +402,8 @@ impl Runner {
         let Some(instance) = done.instance else {
             // Not even loaded: try again later, with its input.
             if let Some((input, stall)) = done.stalled {
-                self.handle.set_stalled(&done.id, Some(stall.reason.clone()));
+                self.handle
+                    .set_stalled(&done.id, Some(stall.reason.clone()));
                 self.stall(done.id, None, input);
             }
             return;
@@ -398,7 +412,10 @@ impl Runner {
         match done.stalled {
             Some((input, stall)) => {
                 tracing::warn!(process = %self.shared.name, instance = %instance.id, error = %stall.reason, "a process instance stopped at {}", input.describe());
-                self.handle.summarise(&instance, Some(format!("stopped at {}: {}", input.describe(), stall.reason)));
+                self.handle.summarise(
+                    &instance,
+                    Some(format!("stopped at {}: {}", input.describe(), stall.reason)),
+                );
                 let id = instance.id.clone();
                 self.stall(id, Some(instance), input);
             }
@@ -420,7 +437,9 @@ impl Runner {
         let wait = self
             .retry_waits
             .remove(&id)
-            .map_or(Duration::from_secs(1), |w| (w * 2).min(Duration::from_secs(30)));
+            .map_or(Duration::from_secs(1), |w| {
+                (w * 2).min(Duration::from_secs(30))
+            });
         self.stalled
             .insert(id, (instance, input, Instant::now() + wait, wait));
     }
@@ -500,7 +519,9 @@ impl Runner {
             .set_process_checkpoint(&self.shared.name, checkpoint)
         {
             Ok(()) => self.saved_checkpoint = checkpoint,
-            Err(e) => tracing::warn!(process = %self.shared.name, error = %e, "could not save the process checkpoint"),
+            Err(e) => {
+                tracing::warn!(process = %self.shared.name, error = %e, "could not save the process checkpoint")
+            }
         }
     }
 

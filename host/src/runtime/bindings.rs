@@ -35,7 +35,7 @@ pub use aggregate_world::refold::domain::types::{
     StreamEvent,
 };
 pub use aggregate_world::{Aggregate, AggregatePre};
-pub use projection_world::refold::domain::read_model;
-pub use projection_world::{Projection, ProjectionPre};
 pub use process_world::refold::domain::process_types;
 pub use process_world::{Process, ProcessPre};
+pub use projection_world::refold::domain::read_model;
+pub use projection_world::{Projection, ProjectionPre};

@@ -70,7 +70,10 @@ impl ProcessModule {
 
     /// Which instance a log event belongs to. `Err` is the guest's own
     /// failure to decide (an event it cannot decode).
-    pub fn route(&self, event: &RecordedEvent) -> Result<Result<Option<String>, String>, GuestError> {
+    pub fn route(
+        &self,
+        event: &RecordedEvent,
+    ) -> Result<Result<Option<String>, String>, GuestError> {
         self.call(|guest, store| guest.call_route(store, event))
     }
 

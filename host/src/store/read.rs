@@ -153,7 +153,8 @@ impl Store {
             }
             let rest = &key[prefix.len()..];
             let corrupt = || format::corrupt(&key, "a stream-index key cut short");
-            let len = u16::from_be_bytes(rest.get(..2).ok_or_else(corrupt)?.try_into().unwrap()) as usize;
+            let len =
+                u16::from_be_bytes(rest.get(..2).ok_or_else(corrupt)?.try_into().unwrap()) as usize;
             let id_bytes = rest.get(2..2 + len).ok_or_else(corrupt)?;
             let id = String::from_utf8(id_bytes.to_vec())
                 .map_err(|_| format::corrupt(&key, "a stream id that is not UTF-8"))?;

@@ -18,5 +18,9 @@
 //!   transfers; `LEDGER`, a projection that checks the double-entry invariant.
 //! - `ORDER_FULFILMENT`: `modules/order-fulfilment`, a process over `order`
 //!   and `inventory`.
+//! - `HOSTILE_PROCESS`: `tests/guests/hostile-process`, a process over
+//!   `transfer-orders` and `bank-account` that misbehaves on command;
+//!   `HOSTILE_PROCESS_FIXED`, the same built with its `fixed` feature (its
+//!   next version, which never does).
 
 include!(concat!(env!("OUT_DIR"), "/guests.rs"));

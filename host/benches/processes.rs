@@ -116,7 +116,7 @@ impl Sizes {
                 clients: 2,
                 pairs: 2,
                 duration: Duration::from_millis(300),
-                latency_samples: 5,
+                latency_samples: 100,
                 timeout: Duration::from_secs(60),
             },
         }
@@ -925,13 +925,15 @@ async fn process_latency_run(
         client,
         sizes.latency_samples,
         move |client: Arc<Client>| async move {
+            let c0 = client.counts().await?.completed;
             let t0 = Instant::now();
             let id = client.request_transfer().await?;
             loop {
-                match client.instance_status(&id).await?.as_deref() {
+                let done = client.counts().await?.completed > c0;
+                match if done { Some("completed") } else { None } {
                     Some("completed") => return Ok(t0.elapsed()),
                     Some("running") | None if t0.elapsed() < timeout => {
-                        tokio::time::sleep(LATENCY_POLL).await
+                        tokio::task::yield_now().await
                     }
                     status => {
                         return Err((

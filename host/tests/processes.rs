@@ -161,7 +161,17 @@ async fn a_transfer_debits_then_credits_and_its_stream_tells_the_story() {
     assert_eq!(commands.len(), 2);
     for command in &commands {
         let id = command["command_id"].as_str().unwrap();
-        assert!(id.starts_with("transfers-"), "{id}");
+        assert!(id.starts_with("process:transfers:"), "{id}");
+        // No client can take a process's command id first.
+        let r = s
+            .request(Method::POST, "/v1/aggregates/bank-account/alice/commands")
+            .header("idempotency-key", id)
+            .header("content-type", "application/json")
+            .body(r#"{"type":"Deposit","amount":1}"#)
+            .send()
+            .await
+            .unwrap();
+        expect_problem(r, 400, "reserved_idempotency_key").await;
         assert_eq!(outcomes[id].len(), 1, "one outcome per command: {view}");
         // The target's event carries the command id the process recorded.
         let target = command["aggregate_id"].as_str().unwrap();

@@ -317,6 +317,21 @@ async fn sigkills_during_500_transfers_lose_nothing_and_repeat_nothing() {
             .await;
         assert_eq!(&v["state"], state, "{id} folds to the same state");
     }
+    // The CLI shows the same.
+    let (code, out, err) = support::process::cli(&server.url, &["process", "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("transfers@1.0.0"), "{out}");
+    assert!(out.contains("0 running"), "{out}");
+    let (code, out, err) = support::process::cli(&server.url, &["process", "show", "transfers", "--status", "failed", "--limit", "3"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(" failed "), "{out}");
+    assert!(out.contains("more: --after"), "{out}");
+    let (code, out, err) = support::process::cli(&server.url, &["process", "show", "transfers", "t-1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("refold.received") && out.contains("state:"), "{out}");
+    let (code, out, _) = support::process::cli(&server.url, &["--json", "process", "show", "transfers", "nope"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("unknown_instance"), "{out}");
     assert_eq!(server.sigterm().code(), Some(0), "{}", server.log_text());
 
     // The log itself: commands and outcomes, one each.
@@ -328,7 +343,7 @@ async fn sigkills_during_500_transfers_lose_nothing_and_repeat_nothing() {
         for e in &page.events {
             if e.stream.aggregate_type() == "bank-account"
                 && let Some(id) = &e.metadata.command_id
-                && id.starts_with("transfers-")
+                && id.starts_with("process:transfers:")
             {
                 *effects.entry(id.clone()).or_default() += 1;
             }

@@ -164,6 +164,24 @@ fn header_id(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiError
     Ok(Some(text.to_string()))
 }
 
+/// The `Idempotency-Key`, which may not take the form of a process's command
+/// ids: those belong to the process runner.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let key = header_id(headers, "idempotency-key")?;
+    if let Some(key) = &key
+        && key.starts_with(crate::processes::COMMAND_ID_PREFIX)
+    {
+        return Err(ApiError::bad_request(
+            "reserved_idempotency_key",
+            format!(
+                "idempotency keys starting with {:?} are the command ids of process managers; choose another key",
+                crate::processes::COMMAND_ID_PREFIX
+            ),
+        ));
+    }
+    Ok(key)
+}
+
 pub async fn command(
     State(app): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
@@ -181,7 +199,7 @@ pub async fn command(
             aggregate_id,
             command,
             precondition: precondition(&headers)?,
-            command_id: header_id(&headers, "idempotency-key")?,
+            command_id: idempotency_key(&headers)?,
             correlation_id: header_id(&headers, "x-correlation-id")?,
             causation_id: header_id(&headers, "x-causation-id")?,
         };

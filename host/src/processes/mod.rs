@@ -23,7 +23,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 pub use react::{
-    MAX_COMMANDS_PER_REACTION, MAX_DEADLINES, MAX_EVENTS_PER_REACTION, MAX_KEY_LEN,
+    COMMAND_ID_PREFIX, MAX_COMMANDS_PER_REACTION, MAX_DEADLINES, MAX_EVENTS_PER_REACTION, MAX_KEY_LEN,
     MAX_PROCESS_COMMAND_BYTES, command_id,
 };
 pub use records::{RECORD_PREFIX, stream_type};

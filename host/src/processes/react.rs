@@ -66,6 +66,12 @@ impl<E: std::fmt::Display> From<E> for Stall {
     }
 }
 
+/// Every command id a process sends under starts with this, and no client
+/// may use such an id (the HTTP API refuses it): a client that could guess a
+/// process's next command id could otherwise take it first, with another
+/// command.
+pub const COMMAND_ID_PREFIX: &str = "process:";
+
 /// The command id of the `index`-th record of an append at `version`: unique
 /// per (process, instance, input), stable across re-sends because it is
 /// recorded before the command is sent.
@@ -80,7 +86,7 @@ pub fn command_id(name: &str, instance: &str, version: u64) -> String {
     let digest = hasher.finalize();
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
-    format!("{name}-{}", Uuid::new_v8(bytes))
+    format!("{COMMAND_ID_PREFIX}{name}:{}", Uuid::new_v8(bytes))
 }
 
 /// The correlation id of everything an instance causes: its stream's name.
@@ -594,7 +600,7 @@ mod tests {
     fn command_ids_differ_by_process_instance_and_version_and_are_stable() {
         let a = command_id("p", "i", 3);
         assert_eq!(a, command_id("p", "i", 3));
-        assert!(a.starts_with("p-"));
+        assert!(a.starts_with("process:p:"), "{a}");
         assert_ne!(a, command_id("p", "i", 4));
         assert_ne!(a, command_id("p", "j", 3));
         assert_ne!(a, command_id("q", "i", 3));

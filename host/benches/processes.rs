@@ -17,31 +17,40 @@
 //!   to `transfer-orders/{a fresh transfer id}`, one request at a time (a
 //!   closed loop on the reply, which comes once the order is durable, not the
 //!   transfer), for `duration`; then one client polls the instance counts
-//!   (`GET /v1/processes/transfers?limit=1`) every 5 ms until every transfer
-//!   requested is completed. Transfers/s = transfers / (first request .. last
-//!   completion seen). The runner works through its backlog after the load
-//!   stops, so this is the rate at which the process finishes transfers.
+//!   (`GET /v1/processes/transfers?limit=1`, no Wasm) every 5 ms until every
+//!   transfer requested is completed. Transfers/s = transfers / (first request
+//!   .. last completion seen): whatever backlog the runner has when the load
+//!   stops counts against it.
 //! - Throughput, baseline (alternating run by run): as many clients, each
 //!   carrying its transfers out itself, one after another: `Withdraw` on the
 //!   source, then `Deposit` on the destination, each over HTTP and durable,
-//!   for the same duration. Transfers/s = pairs done / (first request .. last
-//!   reply). The process adds, per transfer: the order (an append), three
-//!   inputs of the instance (the request, the debit's outcome, the credit's
-//!   outcome), each a `react` call and an append of the instance's own records,
-//!   a `route` call, and the hops through the log and the runner. What it buys
-//!   is not measured: the baseline client that dies between the two commands
-//!   leaves the money nowhere; the process finishes or compensates.
+//!   for the same duration and over the same pairs. Transfers/s = pairs done /
+//!   (first request .. last reply).
 //! - Latency: one client, `latency_samples` transfers one after another: the
-//!   order sent -> `GET /v1/processes/transfers/{id}` (polled every
-//!   millisecond: 404 `unknown_instance` until the runner has taken the order
-//!   in) answers `"status":"completed"`. Baseline: one client's `Withdraw`
+//!   order sent -> `GET /v1/processes/transfers/{id}` answers
+//!   `"status":"completed"` (404 `unknown_instance` until the runner has taken
+//!   the order in). Polled every millisecond (tokio's timer makes it 1 to 2
+//!   ms); polling the counts back to back instead gave the same p50, polling
+//!   the instance back to back a worse one (each read folds the instance in
+//!   Wasm, on the pool the runner needs). Baseline: one client's `Withdraw`
 //!   then `Deposit`, the time of the pair. p50 and p99 per run.
+//!
+//! What the process adds per transfer, over the baseline's 2 commands (2 Wasm
+//! calls, 2 durable appends): the order (1 call, 1 append), `route` (1 call),
+//! three inputs of the instance (the request, the debit's outcome, the
+//! credit's outcome: 3 `react` calls, 3 appends of the instance's records),
+//! and the hops through the log and the runner; in all 7 Wasm calls and 6
+//! appends, one after another. What it buys is not measured: a baseline
+//! client that dies between its two commands leaves the money withdrawn and
+//! never deposited; the process finishes the transfer or compensates.
 //!
 //! Every order and command must be answered 200 and every transfer must
 //! complete (none failed, none left running); otherwise the benchmark fails
 //! after printing the table. The client runs on the same machine (2 cores
 //! here) as the server, on its own 1-thread tokio runtime as in `http.rs`; the
-//! printed CPU use by thread says where the CPU goes per transfer.
+//! printed CPU use by thread group says where the CPU goes per transfer
+//! ("threads since exited": the whole process's CPU minus the listed threads',
+//! mostly the guest pool's extra threads, which leave as soon as they find no job).
 //!
 //! `cargo bench -p refold --bench processes` runs the full benchmark (cargo
 //! passes `--bench`). Without `--bench` (as under `cargo test --all-targets`)
@@ -116,7 +125,7 @@ impl Sizes {
                 clients: 2,
                 pairs: 2,
                 duration: Duration::from_millis(300),
-                latency_samples: 100,
+                latency_samples: 5,
                 timeout: Duration::from_secs(60),
             },
         }
@@ -925,15 +934,13 @@ async fn process_latency_run(
         client,
         sizes.latency_samples,
         move |client: Arc<Client>| async move {
-            let c0 = client.counts().await?.completed;
             let t0 = Instant::now();
             let id = client.request_transfer().await?;
             loop {
-                let done = client.counts().await?.completed > c0;
-                match if done { Some("completed") } else { None } {
+                match client.instance_status(&id).await?.as_deref() {
                     Some("completed") => return Ok(t0.elapsed()),
                     Some("running") | None if t0.elapsed() < timeout => {
-                        tokio::task::yield_now().await
+                        tokio::time::sleep(LATENCY_POLL).await
                     }
                     status => {
                         return Err((

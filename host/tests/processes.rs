@@ -347,12 +347,131 @@ async fn an_overdraft_fails_the_transfer_and_a_refused_credit_is_refunded() {
     );
     assert_eq!(balance(&s, "alice").await, 100, "refunded");
 
+    // An instance id as long as an aggregate id may be (256 bytes): the
+    // correlation id its commands carry still fits.
+    let long = format!("t-{}", "x".repeat(254));
+    request(&s, &long, "alice", "bob", 1).await;
+    let view = settled(&s, "transfers", &long, Duration::from_secs(20)).await;
+    assert_eq!(view["status"], "completed", "{view}");
+    ok(
+        &s,
+        "bank-account",
+        "bob",
+        json!({"type": "Withdraw", "amount": 1}),
+    )
+    .await;
+    ok(
+        &s,
+        "bank-account",
+        "alice",
+        json!({"type": "Deposit", "amount": 1}),
+    )
+    .await;
+
     let (_, list) = s.get_json("/v1/processes/transfers").await;
     assert_eq!(list["instances"]["failed"], 2, "{list}");
     let check = ledger_check(&s).await;
     assert_eq!(check["ok"], true, "{check}");
     assert_eq!(check["in_flight"], 0, "{check}");
     assert_eq!(check["balances_sum"], 100, "{check}");
+    s.stop().await;
+}
+
+/// The component with a custom section appended: the same code under
+/// another digest, which a new version must have to be folded anew.
+fn with_custom_section(path: &str, tag: &str) -> Vec<u8> {
+    let mut bytes = std::fs::read(path).unwrap();
+    let name = b"refold-test";
+    let payload = tag.as_bytes();
+    let len = 1 + name.len() + payload.len();
+    assert!(len < 128, "one LEB128 byte");
+    bytes.extend_from_slice(&[0, len as u8, name.len() as u8]);
+    bytes.extend_from_slice(name);
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_version_takes_over_a_waiting_instance() {
+    let dir = temp_dir();
+    let s = TestServer::start(dir.path()).await;
+    shop(&s).await;
+    ok(
+        &s,
+        "inventory",
+        "sku-1",
+        json!({"type": "Restock", "quantity": 5}),
+    )
+    .await;
+    let placed = ok(
+        &s,
+        "order",
+        "o-1",
+        json!({"type": "Place", "customer": "c", "lines": [{"product": "sku-1", "quantity": 1, "unit_price": 100}], "pay_within_ms": 600000}),
+    )
+    .await;
+    let total = placed["events"][0]["data"]["total"].as_i64().unwrap();
+    // Reserved, waiting for the payment.
+    let start = Instant::now();
+    loop {
+        let (_, view) = s.get_json("/v1/processes/order-fulfilment/o-1").await;
+        if view["state"]["phase"] == "awaiting_payment" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{view}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = s
+        .request(
+            Method::PUT,
+            "/v1/modules/order-fulfilment/1.1.0?activate=true",
+        )
+        .header("content-type", "application/wasm")
+        .body(with_custom_section(FULFILMENT, "1.1.0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
+    ok(&s, "order", "o-1", json!({"type": "Pay", "amount": total})).await;
+    let view = settled(&s, "order-fulfilment", "o-1", Duration::from_secs(20)).await;
+    assert_eq!(view["status"], "completed", "{view}");
+    assert_eq!(view["folded_by"], "order-fulfilment@1.1.0");
+    // The records before the swap were made by 1.0.0, those after by 1.1.0,
+    // which folded the instance's stream first.
+    let producers: Vec<(String, String)> = view["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["event_type"].as_str().unwrap().to_string(),
+                e["metadata"]["producer"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let paid = producers
+        .iter()
+        .position(|(t, _)| t == "refold.received")
+        .and_then(|first| {
+            producers[first + 1..]
+                .iter()
+                .position(|(t, _)| t == "refold.received")
+                .map(|p| p + first + 1)
+        })
+        .expect("the payment was taken in");
+    assert!(
+        producers[..paid]
+            .iter()
+            .all(|(_, p)| p == "order-fulfilment@1.0.0"),
+        "{producers:?}"
+    );
+    assert!(
+        producers[paid..]
+            .iter()
+            .all(|(_, p)| p == "order-fulfilment@1.1.0"),
+        "{producers:?}"
+    );
+    assert_eq!(order_state(&s, "o-1").await["status"], "confirmed");
     s.stop().await;
 }
 

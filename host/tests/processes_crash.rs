@@ -211,9 +211,15 @@ async fn sigkills_during_500_transfers_lose_nothing_and_repeat_nothing() {
         }));
     }
     let mut kills = 0;
+    // Instances a restart found with commands recorded and not yet answered.
+    let mut resumed = 0;
     let started = Instant::now();
     while kills < KILLS {
         tokio::time::sleep(Duration::from_millis(350 + (kills as u64 * 131) % 400)).await;
+        resumed += server
+            .log_text()
+            .matches("sending recorded commands again")
+            .count();
         server.child.kill().expect("SIGKILL");
         server.child.wait().unwrap();
         kills += 1;
@@ -225,7 +231,7 @@ async fn sigkills_during_500_transfers_lose_nothing_and_repeat_nothing() {
         s.await.unwrap();
     }
     eprintln!(
-        "{kills} kills in {:?}; {sent_during_kills} of {TRANSFERS} transfers were requested by the last kill",
+        "{kills} kills in {:?}; {sent_during_kills} of {TRANSFERS} transfers were requested by the last kill; restarts resumed {resumed} instances with commands in flight",
         started.elapsed()
     );
     assert!(
@@ -322,14 +328,32 @@ async fn sigkills_during_500_transfers_lose_nothing_and_repeat_nothing() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("transfers@1.0.0"), "{out}");
     assert!(out.contains("0 running"), "{out}");
-    let (code, out, err) = support::process::cli(&server.url, &["process", "show", "transfers", "--status", "failed", "--limit", "3"]);
+    let (code, out, err) = support::process::cli(
+        &server.url,
+        &[
+            "process",
+            "show",
+            "transfers",
+            "--status",
+            "failed",
+            "--limit",
+            "3",
+        ],
+    );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(" failed "), "{out}");
     assert!(out.contains("more: --after"), "{out}");
-    let (code, out, err) = support::process::cli(&server.url, &["process", "show", "transfers", "t-1"]);
+    let (code, out, err) =
+        support::process::cli(&server.url, &["process", "show", "transfers", "t-1"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("refold.received") && out.contains("state:"), "{out}");
-    let (code, out, _) = support::process::cli(&server.url, &["--json", "process", "show", "transfers", "nope"]);
+    assert!(
+        out.contains("refold.received") && out.contains("state:"),
+        "{out}"
+    );
+    let (code, out, _) = support::process::cli(
+        &server.url,
+        &["--json", "process", "show", "transfers", "nope"],
+    );
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("unknown_instance"), "{out}");
     assert_eq!(server.sigterm().code(), Some(0), "{}", server.log_text());

@@ -145,6 +145,7 @@ impl From<ProcessError> for ApiError {
             }
             ProcessError::InvalidRequest(_) => ApiError::bad_request("invalid_request", detail),
             ProcessError::Guest(g) => g.into(),
+            ProcessError::NotReady(n) => n.into(),
             ProcessError::Fold(_) => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "process_fold_failed",

@@ -23,11 +23,11 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 pub use react::{
-    COMMAND_ID_PREFIX, MAX_COMMANDS_PER_REACTION, MAX_DEADLINES, MAX_EVENTS_PER_REACTION, MAX_KEY_LEN,
-    MAX_PROCESS_COMMAND_BYTES, command_id,
+    COMMAND_ID_PREFIX, MAX_COMMANDS_PER_REACTION, MAX_DEADLINES, MAX_EVENTS_PER_REACTION,
+    MAX_KEY_LEN, MAX_PENDING_COMMANDS, MAX_PROCESS_COMMAND_BYTES, command_id,
 };
 pub use records::{RECORD_PREFIX, stream_type};
-pub use runner::{MAX_BUSY, MAX_QUEUED};
+pub use runner::{MAX_BUSY, MAX_QUEUED, MAX_STALLED};
 
 use crate::commands::CommandService;
 use crate::modules::ModuleRegistry;
@@ -177,6 +177,8 @@ pub enum ProcessError {
     InvalidRequest(String),
     #[error("{0}")]
     Guest(#[from] GuestError),
+    #[error(transparent)]
+    NotReady(#[from] crate::modules::NotReady),
     #[error("the instance could not be folded: {0}")]
     Fold(String),
     #[error(transparent)]
@@ -190,6 +192,7 @@ impl ProcessError {
             ProcessError::UnknownInstance { .. } => "unknown_instance",
             ProcessError::InvalidRequest(_) => "invalid_request",
             ProcessError::Guest(g) => g.code(),
+            ProcessError::NotReady(n) => n.code(),
             ProcessError::Fold(_) => "process_fold_failed",
             ProcessError::Store(s) => s.code(),
         }
@@ -489,8 +492,7 @@ impl ProcessService {
         let module = self
             .modules
             .active_ready(name, ModuleKind::Process)
-            .await
-            .map_err(|e| ProcessError::InvalidRequest(e.to_string()))?
+            .await?
             .ok_or_else(|| ProcessError::UnknownProcess(name.to_string()))?;
         let stream = StreamId::new(stream_type(name), id)
             .map_err(|e| ProcessError::InvalidRequest(e.to_string()))?;

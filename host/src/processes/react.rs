@@ -32,13 +32,21 @@ pub const MAX_DEADLINES: usize = 16;
 pub const MAX_PROCESS_COMMAND_BYTES: usize = 24 * 1024;
 /// The longest command key or deadline key.
 pub const MAX_KEY_LEN: usize = 64;
+/// The most commands an instance may have recorded without an outcome.
+pub const MAX_PENDING_COMMANDS: usize = 256;
 
 /// What an instance takes in.
 #[derive(Clone, Debug)]
 pub enum Input {
     Event(RecordedEvent),
     Outcome(Outcome),
-    Deadline { key: String, at_ms: u64 },
+    Deadline {
+        key: String,
+        at_ms: u64,
+    },
+    /// Nothing new: an instance taken up again to send the commands it has
+    /// recorded without an outcome (after a start, or a failure to fold).
+    Resume,
 }
 
 impl Input {
@@ -47,6 +55,7 @@ impl Input {
             Input::Event(e) => format!("the log event at position {}", e.position),
             Input::Outcome(o) => format!("the outcome of command {}", o.command().command_id),
             Input::Deadline { key, at_ms } => format!("the deadline {key:?} at {at_ms}"),
+            Input::Resume => "its recorded commands".to_string(),
         }
     }
 }
@@ -89,9 +98,20 @@ pub fn command_id(name: &str, instance: &str, version: u64) -> String {
     format!("{COMMAND_ID_PREFIX}{name}:{}", Uuid::new_v8(bytes))
 }
 
-/// The correlation id of everything an instance causes: its stream's name.
+/// The correlation id of everything an instance causes: its stream's name,
+/// or, for an instance id too long to fit a metadata id, the name with the
+/// id's SHA-256 in its place.
 pub fn correlation_id(stream: &StreamId) -> String {
-    stream.to_string()
+    let name = stream.to_string();
+    if name.len() <= crate::store::MAX_METADATA_ID_LEN {
+        return name;
+    }
+    let digest = Sha256::digest(stream.aggregate_id().as_bytes());
+    format!(
+        "{}/sha256:{}",
+        stream.aggregate_type(),
+        crate::hex::hex(&digest[..16])
+    )
 }
 
 impl Shared {
@@ -135,6 +155,7 @@ impl Shared {
     /// pending) changes nothing.
     pub(super) async fn take(&self, instance: &mut Instance, input: Input) -> Result<(), Stall> {
         match &input {
+            Input::Resume => return Ok(()),
             Input::Event(e) if e.position <= instance.last_position => return Ok(()),
             Input::Deadline { key, at_ms }
                 if instance.status != ProcessStatus::Running
@@ -368,6 +389,7 @@ fn input_record(input: &Input, now_ms: u64) -> Result<(NewEvent, ProcessInput), 
                 },
             }),
         ),
+        Input::Resume => unreachable!("a resume is taken in without reacting"),
         Input::Deadline { key, at_ms } => (
             NewEvent::new(
                 records::FIRED,
@@ -473,6 +495,12 @@ fn check_reaction(reaction: &Reaction, instance: &Instance) -> Result<Vec<NewEve
         }
         crate::json_text::check(&c.command)
             .map_err(|r| bad(format!("command {i} is not JSON: {r}")))?;
+    }
+    if instance.pending.len() + reaction.commands.len() > MAX_PENDING_COMMANDS {
+        return Err(bad(format!(
+            "{} commands would be waiting for an outcome; the limit is {MAX_PENDING_COMMANDS}",
+            instance.pending.len() + reaction.commands.len()
+        )));
     }
     let mut keys: Vec<&str> = instance.deadlines.keys().map(String::as_str).collect();
     for (i, w) in reaction.wake_ups.iter().enumerate() {
@@ -594,6 +622,39 @@ mod tests {
         let mut moved = reaction();
         moved.wake_ups[0].key = "d0".into();
         assert!(check_reaction(&moved, &full).is_ok());
+    }
+
+    #[test]
+    fn a_long_instance_id_still_gives_a_correlation_id_that_fits() {
+        let long = StreamId::new("process:a-long-process-name", "x".repeat(256)).unwrap();
+        let id = correlation_id(&long);
+        assert!(id.len() <= crate::store::MAX_METADATA_ID_LEN, "{id}");
+        assert!(
+            id.starts_with("process:a-long-process-name/sha256:"),
+            "{id}"
+        );
+        let short = StreamId::new("process:p", "t-1").unwrap();
+        assert_eq!(correlation_id(&short), "process:p/t-1");
+    }
+
+    #[test]
+    fn pending_commands_per_instance_are_bounded() {
+        let mut busy = instance();
+        for i in 0..MAX_PENDING_COMMANDS {
+            busy.pending.push_back(Command {
+                command_id: format!("c{i}"),
+                key: "k".into(),
+                aggregate_type: "a".into(),
+                aggregate_id: "b".into(),
+                command: "{}".into(),
+            });
+        }
+        let stall = check_reaction(&reaction(), &busy).unwrap_err();
+        assert!(
+            stall.reason.contains("waiting for an outcome"),
+            "{}",
+            stall.reason
+        );
     }
 
     #[test]

@@ -34,6 +34,11 @@ use crate::store::{EventFilter, MAX_AGGREGATE_ID_LEN, RecordedEvent, check_name}
 pub const MAX_BUSY: usize = 256;
 /// The most inputs waiting for busy instances before the log reader stops.
 pub const MAX_QUEUED: usize = 4096;
+/// The most instances stopped at an input before the log reader stops too.
+pub const MAX_STALLED: usize = 1024;
+/// The soonest a deadline fires after it was scheduled: a process that asks
+/// for a deadline in the past each time one fires is woken at most this often.
+const MIN_DEADLINE_DELAY_MS: u64 = 50;
 /// Events read from the log per page.
 const PAGE: usize = 256;
 /// Idle instances kept folded in memory; others are folded again from their stream.
@@ -58,8 +63,11 @@ pub(super) struct Runner {
     queued: usize,
     busy: usize,
     tasks: JoinSet<Done>,
-    deadlines: BinaryHeap<Reverse<(u64, String, String)>>,
-    scheduled: HashSet<(u64, String, String)>,
+    /// (when to fire, instance, key, the deadline's time)
+    deadlines: BinaryHeap<Reverse<(u64, String, String, u64)>>,
+    scheduled: HashSet<(u64, String, String, u64)>,
+    /// (instance, key, the deadline's time) of every entry on the timer.
+    scheduled_keys: HashSet<(String, String, u64)>,
     /// Busy instances: inside a task.
     busy_ids: HashSet<String>,
     /// The backoff of instances being retried after a stall.
@@ -71,7 +79,12 @@ pub(super) struct Runner {
     read_from: u64,
     caught_up: bool,
     /// Instances stopped at an input, and when to try again.
-    stalled: HashMap<String, (Option<Instance>, Input, Instant, Duration)>,
+    /// (The instance itself is folded again on the retry: a stalled one holds no state here.)
+    stalled: HashMap<String, (Input, Instant, Duration)>,
+    /// The digest of the active version the runner last saw.
+    digest: Option<[u8; 32]>,
+    /// `process:<name>`: the aggregate type of this process's instances.
+    own_streams: String,
     /// The reader stopped at an event `route` failed on; when to try again.
     route_retry: Option<(Instant, Duration)>,
     saved_checkpoint: u64,
@@ -83,6 +96,7 @@ impl Runner {
         handle: Arc<RunnerHandle>,
         stop: watch::Receiver<bool>,
     ) -> Runner {
+        let own_streams = stream_type(&shared.name);
         Runner {
             shared,
             handle,
@@ -94,6 +108,7 @@ impl Runner {
             tasks: JoinSet::new(),
             deadlines: BinaryHeap::new(),
             scheduled: HashSet::new(),
+            scheduled_keys: HashSet::new(),
             busy_ids: HashSet::new(),
             retry_waits: HashMap::new(),
             in_flight: BTreeMap::new(),
@@ -104,14 +119,26 @@ impl Runner {
             stalled: HashMap::new(),
             route_retry: None,
             saved_checkpoint: 0,
+            digest: None,
+            own_streams,
         }
     }
 
     pub(super) async fn run(mut self) {
-        if let Err(stall) = self.boot().await {
-            self.handle.set_failure(Some(stall.reason.clone()));
-            tracing::error!(process = %self.shared.name, error = %stall.reason, "the process runner could not start");
+        // A runner that cannot start (the module still compiling, a storage
+        // error) tries again with backoff until it can, or until shutdown.
+        let mut wait = Duration::from_millis(500);
+        while let Err(stall) = self.boot().await {
+            self.handle
+                .set_failure(Some(format!("starting: {}", stall.reason)));
+            tracing::warn!(process = %self.shared.name, error = %stall.reason, "the process runner could not start; trying again");
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.stop.wait_for(|s| *s) => return,
+            }
+            wait = (wait * 2).min(Duration::from_secs(30));
         }
+        self.handle.set_failure(None);
         let mut head = self.shared.store.watch_head();
         let mut activations = self.shared.modules.watch_activations();
         let mut save = tokio::time::interval(Duration::from_secs(1));
@@ -132,7 +159,8 @@ impl Runner {
                 _ = self.stop.changed() => {}
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => match done {
                     Ok(done) => self.finished(done),
-                    Err(e) => tracing::error!(process = %self.shared.name, error = %e, "a process task panicked"),
+                    // `work` catches panics; only a cancelled task gets here.
+                    Err(e) => tracing::error!(process = %self.shared.name, error = %e, "a process task ended without an answer"),
                 },
                 _ = head.changed(), if self.caught_up => self.caught_up = false,
                 _ = activations.changed() => self.refresh().await,
@@ -150,6 +178,7 @@ impl Runner {
     /// are sent again (under their recorded ids), deadlines rescheduled.
     async fn boot(&mut self) -> Result<(), Stall> {
         let module = self.shared.module().await?;
+        self.digest = Some(module.record.digest);
         self.read_from = self
             .shared
             .store
@@ -167,14 +196,29 @@ impl Runner {
                 break;
             };
             for id in ids {
-                let instance = self.shared.load_with(&module, &id).await?;
-                self.adopt(instance);
+                if self.knows(&id) {
+                    continue; // adopted by an earlier attempt
+                }
+                match self.shared.load_with(&module, &id).await {
+                    Ok(instance) => self.adopt(instance),
+                    // One instance that does not fold stops only itself: it
+                    // is tried again like an instance stopped at an input.
+                    Err(stall) => {
+                        self.handle
+                            .set_stalled(&id, Some(format!("folding at start: {}", stall.reason)));
+                        self.stall(id, Input::Resume);
+                    }
+                }
             }
             after = Some(last);
         }
         self.refresh_filter(&module).await;
         self.publish();
         Ok(())
+    }
+
+    fn knows(&self, id: &str) -> bool {
+        self.idle.contains_key(id) || self.busy_ids.contains(id) || self.stalled.contains_key(id)
     }
 
     /// Takes an idle instance in: its summary, its deadlines, and a task for
@@ -185,15 +229,26 @@ impl Runner {
         if instance.pending.is_empty() {
             self.keep_idle(instance);
         } else {
-            self.spawn(instance.id.clone(), Some(instance), None);
+            tracing::info!(process = %self.shared.name, instance = %instance.id, commands = instance.pending.len(), "sending recorded commands again");
+            self.enqueue(instance.id.clone(), Input::Resume);
+            self.keep_idle(instance);
         }
     }
 
-    /// Puts the instance's deadlines on the timer, each once.
+    /// Puts the instance's deadlines on the timer, each once, and none
+    /// sooner than [`MIN_DEADLINE_DELAY_MS`] from now.
     fn schedule(&mut self, instance: &Instance) {
+        let soonest = crate::clock::now_ms() + MIN_DEADLINE_DELAY_MS;
         for (key, at_ms) in instance.live_deadlines() {
-            let entry = (*at_ms, instance.id.clone(), key.clone());
-            if self.scheduled.insert(entry.clone()) {
+            let key_of = (instance.id.clone(), key.clone(), *at_ms);
+            if self.scheduled_keys.insert(key_of) {
+                let entry = (
+                    (*at_ms).max(soonest),
+                    instance.id.clone(),
+                    key.clone(),
+                    *at_ms,
+                );
+                self.scheduled.insert(entry.clone());
                 self.deadlines.push(Reverse(entry));
             }
         }
@@ -201,7 +256,8 @@ impl Runner {
 
     fn keep_idle(&mut self, instance: Instance) {
         if self.idle.len() >= KEEP_IDLE {
-            // Forget a finished one first; a running one is folded again when needed.
+            // Forget one without a deadline to come first; any instance is
+            // folded again from its stream when it is needed.
             let victim = self
                 .idle
                 .iter()
@@ -217,10 +273,14 @@ impl Runner {
 
     async fn refresh(&mut self) {
         if let Ok(module) = self.shared.module().await {
+            if self.digest == Some(module.record.digest) {
+                return; // another module's activation
+            }
+            self.digest = Some(module.record.digest);
             self.refresh_filter(&module).await;
             // A new version may get past what stopped the old one.
             let now = Instant::now();
-            for (_, _, at, _) in self.stalled.values_mut() {
+            for (_, at, _) in self.stalled.values_mut() {
                 *at = now;
             }
             if let Some((at, _)) = &mut self.route_retry {
@@ -264,6 +324,7 @@ impl Runner {
     fn room_to_read(&self) -> bool {
         self.filter.is_some()
             && self.route_retry.is_none()
+            && self.stalled.len() < MAX_STALLED
             && self.queued < MAX_QUEUED
             && self.busy < MAX_BUSY
     }
@@ -295,6 +356,11 @@ impl Runner {
         let Some(event) = self.buffer.pop_front() else {
             return;
         };
+        // Its own instances' streams never route back into the process: a
+        // process subscribed to everything would otherwise feed on itself.
+        if event.stream.aggregate_type() == self.own_streams {
+            return;
+        }
         let routed = match self.shared.module().await {
             Ok(module) => {
                 let guest = module.process().expect("a process module").clone();
@@ -384,8 +450,31 @@ impl Runner {
         self.busy_ids.insert(id.clone());
         let shared = self.shared.clone();
         let stop = self.stop.clone();
-        self.tasks
-            .spawn(async move { work(shared, stop, id, instance, input).await });
+        self.tasks.spawn(async move {
+            use futures::FutureExt;
+            let position = match &input {
+                Some(Input::Event(e)) => Some(e.position),
+                _ => None,
+            };
+            let (id_copy, input_copy) = (id.clone(), input.clone());
+            // A panic in host code must not leave the instance busy forever:
+            // it stops the instance at its input like any other failure.
+            std::panic::AssertUnwindSafe(work(shared, stop, id, instance, input))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| Done {
+                    id: id_copy,
+                    instance: None,
+                    position,
+                    stalled: Some((
+                        input_copy.unwrap_or(Input::Resume),
+                        Stall {
+                            reason: "the host panicked taking this input in (see the server log)"
+                                .into(),
+                        },
+                    )),
+                })
+        });
     }
 
     fn finished(&mut self, done: Done) {
@@ -404,7 +493,7 @@ impl Runner {
             if let Some((input, stall)) = done.stalled {
                 self.handle
                     .set_stalled(&done.id, Some(stall.reason.clone()));
-                self.stall(done.id, None, input);
+                self.stall(done.id, input);
             }
             return;
         };
@@ -417,7 +506,7 @@ impl Runner {
                     Some(format!("stopped at {}: {}", input.describe(), stall.reason)),
                 );
                 let id = instance.id.clone();
-                self.stall(id, Some(instance), input);
+                self.stall(id, input);
             }
             None => {
                 self.retry_waits.remove(&instance.id);
@@ -430,7 +519,7 @@ impl Runner {
     /// Keeps an instance stopped at `input` aside, to try again after a
     /// backoff (at once when a new version is activated). Its log position
     /// stays in flight, so the checkpoint stays before it.
-    fn stall(&mut self, id: String, instance: Option<Instance>, input: Input) {
+    fn stall(&mut self, id: String, input: Input) {
         if let Input::Event(e) = &input {
             *self.in_flight.entry(e.position).or_default() += 1;
         }
@@ -441,36 +530,49 @@ impl Runner {
                 (w * 2).min(Duration::from_secs(30))
             });
         self.stalled
-            .insert(id, (instance, input, Instant::now() + wait, wait));
+            .insert(id, (input, Instant::now() + wait, wait));
     }
 
     /// Queues each deadline that has passed, and retries what is due.
     fn fire_due(&mut self) {
         let now_ms = crate::clock::now_ms();
-        while let Some(Reverse((at_ms, _, _))) = self.deadlines.peek() {
-            if *at_ms > now_ms {
+        while let Some(Reverse((fire_at, _, _, _))) = self.deadlines.peek() {
+            if *fire_at > now_ms {
                 break;
             }
             let Reverse(entry) = self.deadlines.pop().expect("peeked");
             self.scheduled.remove(&entry);
-            let (at_ms, id, key) = entry;
-            // Moved or fired already: the instance takes it as a repeat.
+            let (_, id, key, at_ms) = entry;
+            self.scheduled_keys
+                .remove(&(id.clone(), key.clone(), at_ms));
+            // A deadline moved or dropped since it was scheduled: nothing to do.
+            if let Some(idle) = self.idle.get(&id)
+                && idle
+                    .live_deadlines()
+                    .all(|(k, at)| *k != key || *at != at_ms)
+            {
+                continue;
+            }
             self.enqueue(id, Input::Deadline { key, at_ms });
         }
         let now = Instant::now();
         let due: Vec<String> = self
             .stalled
             .iter()
-            .filter(|(_, (_, _, at, _))| *at <= now)
+            .filter(|(_, (_, at, _))| *at <= now)
             .map(|(id, _)| id.clone())
             .collect();
         for id in due {
+            if self.busy >= MAX_BUSY {
+                break;
+            }
             if self.is_busy(&id) {
                 continue;
             }
-            let (instance, input, _, wait) = self.stalled.remove(&id).expect("listed");
+            let (input, _, wait) = self.stalled.remove(&id).expect("listed");
             // Its log position stays in flight until the retry finishes.
             self.retry_waits.insert(id.clone(), wait);
+            let instance = self.idle.remove(&id);
             self.spawn(id, instance, Some(input));
         }
         if let Some((at, _)) = self.route_retry {
@@ -483,11 +585,11 @@ impl Runner {
 
     fn next_wake(&self) -> Instant {
         let mut wake = Instant::now() + Duration::from_secs(3600);
-        if let Some(Reverse((at_ms, _, _))) = self.deadlines.peek() {
+        if let Some(Reverse((fire_at, _, _, _))) = self.deadlines.peek() {
             let now_ms = crate::clock::now_ms();
-            wake = wake.min(Instant::now() + Duration::from_millis(at_ms.saturating_sub(now_ms)));
+            wake = wake.min(Instant::now() + Duration::from_millis(fire_at.saturating_sub(now_ms)));
         }
-        for (_, _, at, _) in self.stalled.values() {
+        for (_, at, _) in self.stalled.values() {
             wake = wake.min(*at);
         }
         if let Some((at, _)) = self.route_retry {

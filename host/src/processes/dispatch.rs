@@ -2,9 +2,11 @@
 //!
 //! The command goes through the same pipeline as a client's, under the id the
 //! runner recorded with it, so a re-send (after a crash, or a retry here) of
-//! a command that was accepted is answered by the original outcome and takes
-//! effect once. A refusal writes nothing, so a re-send of a refused command
-//! is decided again; that is safe, as nothing of the first attempt happened.
+//! a command that was accepted with events is answered by the original
+//! outcome and takes effect once. A refusal, or an acceptance without events,
+//! writes no command record, so a re-send of such a command is decided again:
+//! safe, as nothing of the first attempt happened, though the second answer
+//! may differ from the first (which no instance had taken in yet).
 //!
 //! Transient failures (a busy host, a module still compiling, a storage
 //! hiccup, a guest stopped by its wall-clock deadline) are retried with

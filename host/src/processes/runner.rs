@@ -87,6 +87,8 @@ pub(super) struct Runner {
     own_streams: String,
     /// The reader stopped at an event `route` failed on; when to try again.
     route_retry: Option<(Instant, Duration)>,
+    /// The wait before the last retry of a failing `route` (zero: none failed).
+    route_backoff: Duration,
     saved_checkpoint: u64,
 }
 
@@ -118,6 +120,7 @@ impl Runner {
             caught_up: false,
             stalled: HashMap::new(),
             route_retry: None,
+            route_backoff: Duration::ZERO,
             saved_checkpoint: 0,
             digest: None,
             own_streams,
@@ -391,12 +394,14 @@ impl Runner {
         match routed {
             Ok(Some(id)) => {
                 self.route_retry = None;
+                self.route_backoff = Duration::ZERO;
                 self.handle.set_failure(None);
                 *self.in_flight.entry(event.position).or_default() += 1;
                 self.enqueue(id, Input::Event(event));
             }
             Ok(None) => {
                 self.route_retry = None;
+                self.route_backoff = Duration::ZERO;
                 self.handle.set_failure(None);
             }
             Err(reason) => {
@@ -480,12 +485,12 @@ impl Runner {
     fn finished(&mut self, done: Done) {
         self.busy -= 1;
         self.busy_ids.remove(&done.id);
-        if let Some(position) = done.position {
-            if let Some(count) = self.in_flight.get_mut(&position) {
-                *count -= 1;
-                if *count == 0 {
-                    self.in_flight.remove(&position);
-                }
+        if let Some(position) = done.position
+            && let Some(count) = self.in_flight.get_mut(&position)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.in_flight.remove(&position);
             }
         }
         let Some(instance) = done.instance else {
@@ -575,11 +580,12 @@ impl Runner {
             let instance = self.idle.remove(&id);
             self.spawn(id, instance, Some(input));
         }
-        if let Some((at, _)) = self.route_retry {
-            if at <= now {
-                // Keep the backoff, let the reader try once.
-                self.route_retry = None;
-            }
+        if let Some((at, wait)) = self.route_retry
+            && at <= now
+        {
+            // Let the reader try once; a failure again waits twice as long.
+            self.route_retry = None;
+            self.route_backoff = wait;
         }
     }
 
@@ -668,15 +674,15 @@ async fn work(
             }
         },
     };
-    if let Some(input) = input {
-        if let Err(stall) = shared.take(&mut instance, input.clone()).await {
-            return Done {
-                id,
-                instance: Some(instance),
-                position,
-                stalled: Some((input, stall)),
-            };
-        }
+    if let Some(input) = input
+        && let Err(stall) = shared.take(&mut instance, input.clone()).await
+    {
+        return Done {
+            id,
+            instance: Some(instance),
+            position,
+            stalled: Some((input, stall)),
+        };
     }
     let correlation = correlation_id(&instance.stream);
     while let Some(command) = instance.pending.front().cloned() {

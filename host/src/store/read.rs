@@ -117,7 +117,8 @@ impl Store {
     }
 
     /// The ids of the streams of `aggregate_type` that have a durable event,
-    /// in byte order, starting after `after`: up to `limit`. One seek per
+    /// in key order (shorter ids first, then by bytes), starting after
+    /// `after`: up to `limit`. One seek per
     /// stream (past its runs), so the cost is the number of streams, not of
     /// events. The process runner lists its instances with it.
     pub fn stream_ids(

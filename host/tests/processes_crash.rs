@@ -43,7 +43,7 @@ fn account(i: usize) -> String {
 /// about 1,000: some debits are refused as overdrafts.
 fn transfer(i: usize) -> (String, String, i64) {
     let from = (i * 7) % ACCOUNTS;
-    let to = if i % 25 == 0 {
+    let to = if i.is_multiple_of(25) {
         CLOSED.to_string()
     } else {
         account((from + 1 + i % (ACCOUNTS - 1)) % ACCOUNTS)

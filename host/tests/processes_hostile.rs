@@ -75,9 +75,20 @@ fn misbehaviours() -> Vec<(&'static str, String)> {
     ]
 }
 
-/// The loop is stopped by fuel, or by the deadline on a very slow machine.
-fn loop_stopped(reason: &str) -> bool {
-    reason.contains("ran out of fuel") || reason.contains("wall-clock")
+/// What a reason says beyond its fixed words: the loop was stopped by fuel
+/// (or by the deadline on a very slow machine), the panic's own message.
+fn check_detail(word: &str, reason: &str) {
+    match word {
+        "loop" => assert!(
+            reason.contains("ran out of fuel") || reason.contains("wall-clock"),
+            "{reason:?}"
+        ),
+        "panic" => assert!(
+            reason.contains("the hostile process panics on purpose"),
+            "{reason:?}"
+        ),
+        _ => {}
+    }
 }
 
 async fn ok(s: &TestServer, aggregate_type: &str, id: &str, command: Value) -> Value {
@@ -248,9 +259,7 @@ async fn a_misbehaving_reaction_to_a_log_event_stops_only_its_instance() {
             reason.contains(wanted.as_str()),
             "{id}: {reason:?} names {wanted:?}"
         );
-        if *word == "loop" {
-            assert!(loop_stopped(reason), "{id}: {reason:?}");
-        }
+        check_detail(word, reason);
         // Nothing of the reaction was written: not even the input.
         assert_eq!(entry["version"], 0, "{id}: {entry}");
         let (status, page) = s
@@ -311,9 +320,7 @@ async fn a_misbehaving_reaction_to_an_outcome_stops_its_instance_there() {
             reason.contains(wanted.as_str()),
             "{id}: {reason:?} names {wanted:?}"
         );
-        if word == "loop" {
-            assert!(loop_stopped(reason), "{id}: {reason:?}");
-        }
+        check_detail(word, reason);
         // The stream holds the log event's reaction and nothing after it.
         assert_eq!(
             history_types(&view),
@@ -432,5 +439,29 @@ async fn a_failing_route_stops_the_reader_until_a_version_that_routes_is_activat
     assert_eq!(process["stalled_instances"], 0, "{process}");
     assert_eq!(process["lag"], 0, "{process}");
     assert_eq!(process["instances"]["completed"], 4, "{process}");
+    s.stop().await;
+}
+
+/// An instance stopped at its very first input has nothing in its stream,
+/// but the runner knows it (it is listed, and counted as stalled): its own
+/// page says why it stopped rather than that there is no such instance.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_stalled_at_its_first_input_has_a_page_saying_why() {
+    let dir = temp_dir();
+    let s = start(dir.path()).await;
+    let position = request(&s, "at-err", "err", 1).await;
+    stalled_count(&s, 1).await;
+    let (status, view) = s.get_json(&format!("/v1/processes/{NAME}/at-err")).await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["status"], "running", "{view}");
+    assert_eq!(view["version"], 0, "{view}");
+    assert_eq!(view["history"], json!([]), "{view}");
+    let reason = view["stalled"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with(&format!(
+            "stopped at the log event at position {position}: "
+        )),
+        "{view}"
+    );
     s.stop().await;
 }

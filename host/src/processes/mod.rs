@@ -496,7 +496,14 @@ impl ProcessService {
             .ok_or_else(|| ProcessError::UnknownProcess(name.to_string()))?;
         let stream = StreamId::new(stream_type(name), id)
             .map_err(|e| ProcessError::InvalidRequest(e.to_string()))?;
-        if self.store.stream_version(&stream)? == 0 {
+        // An instance stopped at its first input has written nothing yet,
+        // but the runner knows it: its page says why it is stopped.
+        let known = handle
+            .instances
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(id);
+        if !known && self.store.stream_version(&stream)? == 0 {
             return Err(ProcessError::UnknownInstance {
                 name: name.to_string(),
                 id: id.to_string(),

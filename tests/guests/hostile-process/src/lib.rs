@@ -276,10 +276,10 @@ pub fn react(state: &State, now_ms: u64, input: Input) -> Result<Reaction, Strin
         // A repeated request changes nothing.
         (_, Input::Log { .. }) => Ok(Reaction::default()),
         (Phase::Waiting, Input::Outcome { key, outcome }) if key == DEPOSIT => {
-            if let Some(word) = state.behaviour.strip_prefix(AFTER) {
-                if let Some(bad) = misbehave(word, state, now_ms) {
-                    return bad;
-                }
+            if let Some(word) = state.behaviour.strip_prefix(AFTER)
+                && let Some(bad) = misbehave(word, state, now_ms)
+            {
+                return bad;
             }
             Ok(Reaction {
                 events: vec![event("Completed", json!({ "outcome": outcome }))],

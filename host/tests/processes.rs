@@ -244,6 +244,31 @@ async fn a_transfer_debits_then_credits_and_its_stream_tells_the_story() {
     assert_eq!(check["in_flight"], 0, "{check}");
     assert_eq!(check["balances_sum"], 100, "{check}");
 
+    // A process activated now starts with the events after it: a second
+    // copy of transfers does not carry out t-1 again.
+    let r = s
+        .request(Method::PUT, "/v1/modules/transfers-two/1.0.0?activate=true")
+        .header("content-type", "application/wasm")
+        .body(std::fs::read(TRANSFERS).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
+    let head = s.server.app.store.head();
+    let start = Instant::now();
+    loop {
+        let (status, view) = s.get_json("/v1/processes/transfers-two").await;
+        if status == 200 && view["caught_up"] == true {
+            assert!(view["checkpoint"].as_u64().unwrap() >= head, "{view}");
+            assert_eq!(view["page"]["instances"], json!([]), "{view}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{status} {view}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(balance(&s, "alice").await, 70);
+    assert_eq!(balance(&s, "bob").await, 30);
+
     // Errors: unknown process, unknown instance, bad status, unknown parameter.
     expect_problem(
         s.request(Method::GET, "/v1/processes/nope")
@@ -347,6 +372,25 @@ async fn an_overdraft_fails_the_transfer_and_a_refused_credit_is_refunded() {
     );
     assert_eq!(balance(&s, "alice").await, 100, "refunded");
 
+    // A destination no account can have (too long, a control character):
+    // the credit comes back malformed, and the source is refunded.
+    for (id, to) in [
+        ("t-ctl", "bob\u{7}".to_string()),
+        ("t-long", "x".repeat(300)),
+    ] {
+        request(&s, id, "alice", &to, 10).await;
+        let view = settled(&s, "transfers", id, Duration::from_secs(20)).await;
+        assert_eq!(view["status"], "failed", "{view}");
+        let (commands, outcomes) = commands_and_outcomes(&view);
+        let credit = &outcomes[commands[1]["command_id"].as_str().unwrap()][0];
+        assert_eq!(credit["data"]["malformed"], true, "{view}");
+        assert!(
+            history_types(&view).iter().any(|t| t == "Refunded"),
+            "{view}"
+        );
+    }
+    assert_eq!(balance(&s, "alice").await, 100, "refunded");
+
     // An instance id as long as an aggregate id may be (256 bytes): the
     // correlation id its commands carry still fits.
     let long = format!("t-{}", "x".repeat(254));
@@ -369,7 +413,7 @@ async fn an_overdraft_fails_the_transfer_and_a_refused_credit_is_refunded() {
     .await;
 
     let (_, list) = s.get_json("/v1/processes/transfers").await;
-    assert_eq!(list["instances"]["failed"], 2, "{list}");
+    assert_eq!(list["instances"]["failed"], 4, "{list}");
     let check = ledger_check(&s).await;
     assert_eq!(check["ok"], true, "{check}");
     assert_eq!(check["in_flight"], 0, "{check}");

@@ -172,6 +172,13 @@ impl ModuleRegistry {
         let entry = self.entry(name, version)?;
         let module = entry.now(self.request_wait())?;
         let _in_step = self.activation.lock().unwrap_or_else(|e| e.into_inner());
+        if entry.record.kind == ModuleKind::Process && self.store.active_module(name)?.is_none() {
+            // A process starts with the events after its first activation:
+            // replaying the history before it would carry out every past
+            // request again (a second transfers process would move the money
+            // twice). Made durable with the activation below.
+            self.store.set_process_checkpoint(name, self.store.head())?;
+        }
         self.store.set_active_module(name, version)?;
         self.active_mut().insert(name.to_string(), entry);
         tracing::info!(module = %module.label(), "projection version is live");
@@ -205,6 +212,13 @@ impl ModuleRegistry {
         }
         let module = entry.now(self.request_wait())?;
         let _in_step = self.activation.lock().unwrap_or_else(|e| e.into_inner());
+        if entry.record.kind == ModuleKind::Process && self.store.active_module(name)?.is_none() {
+            // A process starts with the events after its first activation:
+            // replaying the history before it would carry out every past
+            // request again (a second transfers process would move the money
+            // twice). Made durable with the activation below.
+            self.store.set_process_checkpoint(name, self.store.head())?;
+        }
         self.store.set_active_module(name, version)?;
         self.active_mut().insert(name.to_string(), entry);
         self.activations.send_modify(|n| *n += 1);

@@ -60,6 +60,15 @@ pub async fn send(
     stop: &mut watch::Receiver<bool>,
     mut on_retry: impl FnMut(&CommandError),
 ) -> Option<Outcome> {
+    // A target no stream can have: answered here, never sent.
+    if let Err(e) = crate::store::StreamId::new(&command.aggregate_type, &command.aggregate_id) {
+        return Some(Outcome::Rejected {
+            command: command.clone(),
+            code: "malformed".to_string(),
+            message: format!("the command's target is no aggregate: {e}"),
+            malformed: true,
+        });
+    }
     let mut backoff = Duration::from_millis(10);
     loop {
         if *stop.borrow() {

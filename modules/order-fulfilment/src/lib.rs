@@ -45,10 +45,11 @@
 //! owed a refund: both the order and the fulfilment keep `paid` set.
 //!
 //! The process assumes it is the one reserving the orders' stock. A
-//! reservation a client made by hand for the same order is found as
-//! `already-reserved`, and taken as the line's: it is the order's
-//! reservation (the inventory keys them by order id), to be shipped or
-//! released with the order.
+//! reservation someone else made for the same order id is found as
+//! `already-reserved`: its quantity is not the line's, so the line counts as
+//! refused (the order is cancelled), and that reservation is left to whoever
+//! made it. Taking it as the line's would confirm an order whose stock is
+//! not all held.
 
 use inventory::Command as StockCommand;
 use order::{Command as OrderCommand, DEFAULT_PAY_WITHIN_MS, Event as OrderEvent};
@@ -507,16 +508,12 @@ impl Fulfilment {
         match (self.key(key)?, self.order) {
             (Key::Reserve(line), _) => {
                 self.expect_line(line, Stock::Reserving, key)?;
-                // The order already holds this product's stock (a client
-                // reserved it by hand): it is the order's all the same.
-                if code == "already-reserved" {
-                    d.record(Event::LineReserved { line });
-                } else {
-                    d.record(Event::LineRefused {
-                        line,
-                        code: code.into(),
-                    });
-                }
+                // `already-reserved` too: that reservation was not made
+                // by this process, for this line's quantity.
+                d.record(Event::LineRefused {
+                    line,
+                    code: code.into(),
+                });
             }
             (Key::Release(line), _) => {
                 self.expect_line(line, Stock::Releasing, key)?;
@@ -1231,11 +1228,19 @@ mod tests {
     }
 
     #[test]
-    fn a_reservation_made_by_hand_for_the_order_is_the_orders() {
+    fn a_reservation_made_by_someone_else_for_the_order_refuses_the_line() {
         started()
             .when_rejected("reserve/0", "already-reserved")
-            .then_events(vec![Event::LineReserved { line: 0 }])
-            .then_no_commands()
+            .then_events(vec![
+                Event::LineRefused {
+                    line: 0,
+                    code: "already-reserved".into(),
+                },
+                Event::Cancelling {
+                    reason: "already-reserved: apple".into(),
+                    unless_paid: false,
+                },
+            ])
             .then_status(ProcessStatus::Running);
     }
 

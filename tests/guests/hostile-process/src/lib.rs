@@ -20,7 +20,7 @@
 //! - a misbehaviour of `react`, at the log event: `err` (returns `Err`),
 //!   `panic` (traps), `loop` (never returns: fuel or the deadline stops it),
 //!   `events` (101 events), `reserved` (an event typed `refold.received`),
-//!   `bad-json` (event data that is not JSON), `commands` (65 commands),
+//!   `bad-json` (event data that is not JSON), `commands` (129 commands),
 //!   `bad-command` (a command that is not JSON), `big-command` (a command of
 //!   25 KiB), `wake-ups` (17 wake-ups);
 //! - [`AFTER`] followed by one of those misbehaviours: behave at the log
@@ -217,7 +217,7 @@ fn misbehave(word: &str, state: &State, now_ms: u64) -> Option<Result<Reaction, 
             }];
         }
         "commands" => {
-            reaction.commands = (0..65)
+            reaction.commands = (0..129)
                 .map(|i| deposit(format!("{DEPOSIT}-{i}"), ACCOUNT, &state.to, 1))
                 .collect();
         }

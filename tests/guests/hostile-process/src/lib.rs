@@ -466,7 +466,7 @@ mod tests {
             return;
         }
         assert_eq!(count("events"), (101, 0, 0));
-        assert_eq!(count("commands"), (0, 65, 0));
+        assert_eq!(count("commands"), (0, 129, 0));
         assert_eq!(count("wake-ups"), (0, 0, 17));
         assert!(react(&State::default(), 0, log("err")).is_err());
         let big = react(&State::default(), 0, log("big-command")).unwrap();

@@ -60,6 +60,9 @@ pub(super) struct Runner {
     stop: watch::Receiver<bool>,
     idle: HashMap<String, Instance>,
     queues: HashMap<String, VecDeque<Input>>,
+    /// Instances that may have an input to take: pushed when a queue gets its
+    /// first input or a task ends with inputs still queued; checked when popped.
+    ready: VecDeque<String>,
     queued: usize,
     busy: usize,
     tasks: JoinSet<Done>,
@@ -105,6 +108,7 @@ impl Runner {
             stop,
             idle: HashMap::new(),
             queues: HashMap::new(),
+            ready: VecDeque::new(),
             queued: 0,
             busy: 0,
             tasks: JoinSet::new(),
@@ -418,32 +422,36 @@ impl Runner {
     }
 
     fn enqueue(&mut self, id: String, input: Input) {
-        self.queues.entry(id).or_default().push_back(input);
+        let queue = self.queues.entry(id.clone()).or_default();
+        queue.push_back(input);
         self.queued += 1;
+        if queue.len() == 1 {
+            self.ready.push_back(id);
+        }
     }
 
-    /// Starts a task for each idle instance with an input waiting.
+    /// Starts a task for each instance in `ready` that can take its next
+    /// input now (not busy, not stalled), as long as the busy cap allows: no
+    /// scan of every queue per turn of the loop.
     fn start_ready(&mut self) {
-        let ready: Vec<String> = self
-            .queues
-            .iter()
-            .filter(|(id, q)| !q.is_empty() && !self.stalled.contains_key(*id) && !self.is_busy(id))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in ready {
-            if self.busy >= MAX_BUSY {
+        while self.busy < MAX_BUSY {
+            let Some(id) = self.ready.pop_front() else {
                 break;
+            };
+            // Busy or stalled: `finished` puts it back when that ends.
+            if self.is_busy(&id) || self.stalled.contains_key(&id) {
+                continue;
             }
-            let input = self
-                .queues
-                .get_mut(&id)
-                .and_then(VecDeque::pop_front)
-                .expect("a ready queue has an input");
+            let Some(input) = self.queues.get_mut(&id).and_then(VecDeque::pop_front) else {
+                continue; // an entry left from before its queue emptied
+            };
             self.queued -= 1;
+            if self.queues.get(&id).is_some_and(VecDeque::is_empty) {
+                self.queues.remove(&id);
+            }
             let instance = self.idle.remove(&id);
             self.spawn(id, instance, Some(input));
         }
-        self.queues.retain(|_, q| !q.is_empty());
     }
 
     fn is_busy(&self, id: &str) -> bool {
@@ -516,6 +524,9 @@ impl Runner {
             None => {
                 self.retry_waits.remove(&instance.id);
                 self.handle.summarise(&instance, None);
+                if self.queues.contains_key(&instance.id) {
+                    self.ready.push_back(instance.id.clone());
+                }
                 self.keep_idle(instance);
             }
         }

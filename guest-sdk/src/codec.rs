@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::{
     Aggregate, Context, Docs, Envelope, Process, ProcessContext, ProcessInput, ProcessStatus,
-    Projection, QueryError, Reaction, Rejection,
+    Projection, QueryError, Reaction, Rejection, Schema,
 };
 
 /// An event as it crosses the boundary: its type and its JSON data.
@@ -99,7 +99,8 @@ pub fn handle<A: Aggregate>(
         .map_err(CommandFailure::Malformed)
 }
 
-/// Applies `(event type, data)` pairs in order.
+/// Applies `(event type, data)` pairs, each in the shape the aggregate
+/// emits now, in order.
 pub fn apply<'a, A: Aggregate>(
     state: &[u8],
     events: impl IntoIterator<Item = (&'a str, &'a str)>,
@@ -109,6 +110,23 @@ pub fn apply<'a, A: Aggregate>(
         let event: A::Event = decode_event(event_type, data)?;
         state = state.apply(&event);
     }
+    Ok(encode_state(&state))
+}
+
+/// Applies recorded `(event type, data)` pairs with their schema versions
+/// (`versions[i]` is the `i`th event's), upcasting older ones through the
+/// aggregate's [`Schema`] first: what the component's `apply` runs.
+pub fn apply_versioned<'a, A: Aggregate>(
+    state: &[u8],
+    events: impl IntoIterator<Item = (&'a str, &'a str)>,
+    versions: &[u32],
+) -> Result<Vec<u8>, String> {
+    let mut state: A = decode_state(state)?;
+    A::schema().for_each_current(events, versions, |event_type, data| {
+        let event: A::Event = decode_event(event_type, data)?;
+        state = std::mem::take(&mut state).apply(&event);
+        Ok(())
+    })?;
     Ok(encode_state(&state))
 }
 
@@ -124,9 +142,14 @@ pub struct AggregateComponent<A>(PhantomData<A>);
 mod component {
     use super::*;
     use crate::bindings::Guest;
+    use crate::bindings::refold::domain::event_schema;
     use crate::bindings::refold::domain::types as wit;
 
     impl<A: Aggregate> Guest for AggregateComponent<A> {
+        fn schema_versions() -> Vec<(String, u32)> {
+            A::schema().declared()
+        }
+
         fn initial_state() -> Vec<u8> {
             encode_state(&A::default())
         }
@@ -162,12 +185,13 @@ mod component {
         }
 
         fn apply(state: Vec<u8>, events: Vec<wit::StreamEvent>) -> Result<Vec<u8>, String> {
-            apply::<A>(
-                &state,
-                events
-                    .iter()
-                    .map(|e| (e.event_type.as_str(), e.data.as_str())),
-            )
+            let pairs = events
+                .iter()
+                .map(|e| (e.event_type.as_str(), e.data.as_str()));
+            if !A::schema().has_upcasters() {
+                return apply::<A>(&state, pairs);
+            }
+            apply_versioned::<A>(&state, pairs, &event_schema::given_versions())
         }
 
         fn render(state: Vec<u8>) -> Result<String, String> {
@@ -189,6 +213,30 @@ pub struct RawEvent {
     /// JSON text: the event's fields without its `type` tag (see [`encode_event`]).
     pub data: String,
     pub recorded_at_ms: u64,
+    /// The schema version its producer declared for its type (1 if none).
+    pub schema_version: u32,
+}
+
+impl RawEvent {
+    /// The events this one stands for in the shapes `schema` knows: itself
+    /// when it needs no upcasting, else one copy per event its upcasters made.
+    pub fn upcast(self, schema: &Schema) -> Result<Vec<RawEvent>, String> {
+        if !schema.needs_upcast(&self.event_type, self.schema_version) {
+            return Ok(vec![self]);
+        }
+        let current = schema
+            .upcast_event(&self.event_type, self.schema_version, &self.data)
+            .map_err(|e| format!("{e} (at position {})", self.position))?;
+        Ok(current
+            .into_iter()
+            .map(|c| RawEvent {
+                event_type: c.event_type,
+                data: c.data,
+                schema_version: schema.version_of(&self.event_type),
+                ..self.clone()
+            })
+            .collect())
+    }
 }
 
 impl RawEvent {
@@ -303,8 +351,15 @@ pub fn apply_projection_native<P: Projection>(
 ) -> Result<(), String> {
     let writes: Vec<_> = {
         let mut docs = Docs::in_memory(store);
+        let schema = P::schema();
         for raw in events {
-            apply_envelope::<P>(&mut docs, &raw.to_envelope()?)?;
+            if schema.needs_upcast(&raw.event_type, raw.schema_version) {
+                for current in raw.clone().upcast(&schema)? {
+                    apply_envelope::<P>(&mut docs, &current.into_envelope()?)?;
+                }
+            } else {
+                apply_envelope::<P>(&mut docs, &raw.to_envelope()?)?;
+            }
         }
         docs.into_writes()?
     };
@@ -349,6 +404,7 @@ pub struct ProjectionComponent<P>(PhantomData<P>);
 mod projection_component {
     use super::*;
     use crate::projection_bindings::Guest;
+    use crate::projection_bindings::refold::domain::event_schema;
     use crate::projection_bindings::refold::domain::read_model;
     use crate::projection_bindings::refold::domain::types as wit;
 
@@ -363,7 +419,13 @@ mod projection_component {
 
         fn apply(events: Vec<wit::RecordedEvent>) -> Result<(), String> {
             let mut docs = Docs::host();
-            for e in events {
+            let schema = P::schema();
+            let versions = if schema.has_upcasters() {
+                event_schema::given_versions()
+            } else {
+                Vec::new()
+            };
+            for (i, e) in events.into_iter().enumerate() {
                 let raw = RawEvent {
                     position: e.position,
                     aggregate_type: e.aggregate_type,
@@ -373,8 +435,19 @@ mod projection_component {
                     event_type: e.event_type,
                     data: e.data,
                     recorded_at_ms: e.recorded_at_ms,
+                    schema_version: if schema.has_upcasters() {
+                        crate::schema::version_at(&versions, i)?
+                    } else {
+                        1
+                    },
                 };
-                apply_envelope::<P>(&mut docs, &raw.into_envelope()?)?;
+                if schema.needs_upcast(&raw.event_type, raw.schema_version) {
+                    for current in raw.upcast(&schema)? {
+                        apply_envelope::<P>(&mut docs, &current.into_envelope()?)?;
+                    }
+                } else {
+                    apply_envelope::<P>(&mut docs, &raw.into_envelope()?)?;
+                }
             }
             // One host call per changed document, in key order, and only now
             // that the whole batch succeeded.
@@ -414,9 +487,18 @@ pub fn decode_process_state<P: Process>(bytes: &[u8]) -> Result<P, String> {
 
 /// Which instance a log event belongs to. Like the component's `route`, it
 /// does not filter: pass only events the process's subscription admits.
+///
+/// An event the process's [`Schema`] upcasts into several is routed by the
+/// first of them that `route` gives an instance.
 pub fn route_process<P: Process>(event: &RawEvent) -> Result<Option<String>, String> {
-    let envelope = event.to_envelope::<P::LogEvent>()?;
-    let id = P::route(&envelope);
+    let schema = P::schema();
+    let mut id = None;
+    for current in event.clone().upcast(&schema)? {
+        id = P::route(&current.into_envelope::<P::LogEvent>()?);
+        if id.is_some() {
+            break;
+        }
+    }
     if let Some(id) = &id
         && (id.is_empty() || id.len() > MAX_PROCESS_ID_BYTES)
     {
@@ -438,23 +520,35 @@ pub fn react_process<P: Process>(
     context: &ProcessContext,
     input: RawInput,
 ) -> Result<RawReaction, String> {
-    let state: P = decode_process_state(state)?;
-    let input = match input {
-        ProcessInput::Event(raw) => ProcessInput::Event(raw.into_envelope()?),
-        ProcessInput::Accepted(a) => ProcessInput::Accepted(a),
-        ProcessInput::Rejected(r) => ProcessInput::Rejected(r),
-        ProcessInput::Deadline(d) => ProcessInput::Deadline(d),
+    let mut state: P = decode_process_state(state)?;
+    let inputs = match input {
+        ProcessInput::Event(raw) => raw
+            .upcast(&P::schema())?
+            .into_iter()
+            .map(|raw| raw.into_envelope().map(ProcessInput::Event))
+            .collect::<Result<Vec<_>, _>>()?,
+        ProcessInput::Accepted(a) => vec![ProcessInput::Accepted(a)],
+        ProcessInput::Rejected(r) => vec![ProcessInput::Rejected(r)],
+        ProcessInput::Deadline(d) => vec![ProcessInput::Deadline(d)],
     };
-    let reaction = state.react(context, input)?;
-    Ok(Reaction {
-        events: reaction
-            .events
-            .iter()
-            .map(encode_event)
-            .collect::<Result<_, _>>()?,
-        commands: reaction.commands,
-        wake_ups: reaction.wake_ups,
-    })
+    // An event upcast into several is reacted to one by one, each against the
+    // state the reactions before it left, as if they had been recorded apart.
+    let mut combined = Reaction::<EventParts>::default();
+    let count = inputs.len();
+    for (i, input) in inputs.into_iter().enumerate() {
+        let reaction = state.react(context, input)?;
+        if i + 1 < count {
+            for event in &reaction.events {
+                state = state.apply(event);
+            }
+        }
+        for event in &reaction.events {
+            combined.events.push(encode_event(event)?);
+        }
+        combined.commands.extend(reaction.commands);
+        combined.wake_ups.extend(reaction.wake_ups);
+    }
+    Ok(combined)
 }
 
 /// Applies an instance's `(event type, data)` pairs in order.
@@ -467,6 +561,22 @@ pub fn apply_process<'a, P: Process>(
         let event: P::Event = decode_event(event_type, data)?;
         state = state.apply(&event);
     }
+    Ok(encode_process_state(&state))
+}
+
+/// [`apply_process`] for recorded events with their schema versions,
+/// upcasting older ones through the process's [`Schema`] first.
+pub fn apply_process_versioned<'a, P: Process>(
+    state: &[u8],
+    events: impl IntoIterator<Item = (&'a str, &'a str)>,
+    versions: &[u32],
+) -> Result<Vec<u8>, String> {
+    let mut state: P = decode_process_state(state)?;
+    P::schema().for_each_current(events, versions, |event_type, data| {
+        let event: P::Event = decode_event(event_type, data)?;
+        state = std::mem::take(&mut state).apply(&event);
+        Ok(())
+    })?;
     Ok(encode_process_state(&state))
 }
 
@@ -487,6 +597,7 @@ mod process_component {
     use super::*;
     use crate::process::{Accepted, Deadline, OutcomeEvent, ProcessCommand, Rejected};
     use crate::process_bindings::Guest;
+    use crate::process_bindings::refold::domain::event_schema;
     use crate::process_bindings::refold::domain::process_types as pwit;
     use crate::process_bindings::refold::domain::types as wit;
 
@@ -508,8 +619,15 @@ mod process_component {
         }
     }
 
-    fn raw_event(e: wit::RecordedEvent) -> RawEvent {
-        RawEvent {
+    /// The log event of a `route` or `react` call, with its schema version
+    /// when the process has upcasters (the only case that reads it).
+    fn raw_event(e: wit::RecordedEvent, upcasting: bool) -> Result<RawEvent, String> {
+        let schema_version = if upcasting {
+            crate::schema::version_at(&event_schema::given_versions(), 0)?
+        } else {
+            1
+        };
+        Ok(RawEvent {
             position: e.position,
             aggregate_type: e.aggregate_type,
             aggregate_id: e.aggregate_id,
@@ -518,10 +636,15 @@ mod process_component {
             event_type: e.event_type,
             data: e.data,
             recorded_at_ms: e.recorded_at_ms,
-        }
+            schema_version,
+        })
     }
 
     impl<P: Process> Guest for ProcessComponent<P> {
+        fn schema_versions() -> Vec<(String, u32)> {
+            P::schema().declared()
+        }
+
         fn subscription() -> wit::EventSelector {
             let selector = P::subscription();
             wit::EventSelector {
@@ -531,7 +654,7 @@ mod process_component {
         }
 
         fn route(event: wit::RecordedEvent) -> Result<Option<String>, String> {
-            route_process::<P>(&raw_event(event))
+            route_process::<P>(&raw_event(event, P::schema().has_upcasters())?)
         }
 
         fn initial_state() -> Vec<u8> {
@@ -548,7 +671,9 @@ mod process_component {
                 now_ms: context.now_ms,
             };
             let input = match input {
-                pwit::ProcessInput::Event(e) => ProcessInput::Event(raw_event(e)),
+                pwit::ProcessInput::Event(e) => {
+                    ProcessInput::Event(raw_event(e, P::schema().has_upcasters())?)
+                }
                 pwit::ProcessInput::CommandAccepted(a) => ProcessInput::Accepted(Accepted {
                     command: command_from(a.command),
                     command_id: a.command_id,
@@ -600,12 +725,13 @@ mod process_component {
         }
 
         fn apply(state: Vec<u8>, events: Vec<wit::StreamEvent>) -> Result<Vec<u8>, String> {
-            apply_process::<P>(
-                &state,
-                events
-                    .iter()
-                    .map(|e| (e.event_type.as_str(), e.data.as_str())),
-            )
+            let pairs = events
+                .iter()
+                .map(|e| (e.event_type.as_str(), e.data.as_str()));
+            if !P::schema().has_upcasters() {
+                return apply_process::<P>(&state, pairs);
+            }
+            apply_process_versioned::<P>(&state, pairs, &event_schema::given_versions())
         }
 
         fn status(state: Vec<u8>) -> Result<pwit::ProcessStatus, String> {

@@ -103,6 +103,7 @@ pub mod codec;
 mod docs;
 mod process;
 mod projection;
+pub mod schema;
 pub mod testing;
 
 pub use docs::{Docs, MAX_DOC_BYTES, MAX_KEY_BYTES, MAX_SCAN};
@@ -111,6 +112,7 @@ pub use process::{
     ProcessStatus, Reaction, Rejected,
 };
 pub use projection::{Envelope, Projection, QueryError, Selector};
+pub use schema::{Schema, Upcast};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -120,7 +122,7 @@ use serde::de::DeserializeOwned;
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
-        world: "aggregate",
+        world: "versioned-aggregate",
         pub_export_macro: true,
         export_macro_name: "export_aggregate_world",
         default_bindings_module: "refold_sdk::bindings",
@@ -147,7 +149,7 @@ pub mod projection_bindings {
 pub mod process_bindings {
     wit_bindgen::generate!({
         path: "../wit",
-        world: "process",
+        world: "versioned-process",
         pub_export_macro: true,
         export_macro_name: "export_process_world",
         default_bindings_module: "refold_sdk::process_bindings",
@@ -202,6 +204,12 @@ pub trait Aggregate: Default + Serialize + DeserializeOwned {
 
     /// The state after one event. Must accept every event `handle` ever produced.
     fn apply(self, event: &Self::Event) -> Self;
+
+    /// The schema versions of the events it emits and the upcasters from
+    /// older ones ([`Schema`]). Default: every type at version 1, none.
+    fn schema() -> Schema {
+        Schema::new()
+    }
 }
 
 /// Exports an [`Aggregate`] as the `aggregate` world's component.

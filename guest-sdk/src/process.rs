@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CommandFailure};
-use crate::{Envelope, Selector};
+use crate::{Envelope, Schema, Selector};
 
 /// A process manager. Each instance (a transfer, an order) keeps its state
 /// like an aggregate does: folded by [`apply`](Process::apply) from the
@@ -56,6 +56,14 @@ pub trait Process: Default + Serialize + DeserializeOwned {
 
     /// Where the instance stands; readers filter on it.
     fn status(&self) -> ProcessStatus;
+
+    /// The schema versions of its own events and the upcasters for older
+    /// events, its own and the log's it routes and reacts to ([`Schema`],
+    /// keyed by event type). The events of an accepted command's outcome
+    /// are given as the target just wrote them, not upcast.
+    fn schema() -> Schema {
+        Schema::new()
+    }
 }
 
 /// What the runner tells a process about the input it reacts to.

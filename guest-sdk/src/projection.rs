@@ -3,7 +3,7 @@
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::Docs;
+use crate::{Docs, Schema};
 
 /// A projection: folds events of the global log into a read model of JSON
 /// documents ([`Docs`]) and answers named queries from it.
@@ -22,6 +22,12 @@ pub trait Projection {
     /// The events it wants; the host passes it no others. Default: the whole log.
     fn subscription() -> Selector {
         Selector::all()
+    }
+
+    /// The upcasters that bring older events to the shapes `Event` decodes
+    /// ([`Schema`]); an aggregate's can be reused as is. Default: none.
+    fn schema() -> Schema {
+        Schema::new()
     }
 
     /// Applies one event to the read model. An error stops the projection at

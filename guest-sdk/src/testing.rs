@@ -59,6 +59,46 @@ impl<A: Aggregate> AggregateTest<A> {
         }
     }
 
+    /// Starts from the state these recorded events lead to, each given as it
+    /// sits in the log: its type, the schema version it was written at and
+    /// its data (the fields without the tag). Older versions go through the
+    /// aggregate's upcasters first, exactly as in the component, so a v1
+    /// history can be checked against the state today's events give.
+    ///
+    /// Panics with the reason if an event does not upcast or decode.
+    pub fn given_recorded<'a>(events: impl IntoIterator<Item = (&'a str, u32, Value)>) -> Self {
+        let events: Vec<(&str, u32, String)> = events
+            .into_iter()
+            .map(|(t, v, data)| (t, v, data.to_string()))
+            .collect();
+        let versions: Vec<u32> = events.iter().map(|(_, v, _)| *v).collect();
+        let bytes = codec::apply_versioned::<A>(
+            &codec::encode_state(&A::default()),
+            events.iter().map(|(t, _, d)| (*t, d.as_str())),
+            &versions,
+        )
+        .unwrap_or_else(|e| panic!("the recorded events do not fold: {e}"));
+        AggregateTest {
+            state: codec::decode_state(&bytes).expect("the state it encoded decodes"),
+            context: test_context(),
+        }
+    }
+
+    /// The events a recorded one stands for today, after the aggregate's
+    /// upcasters, decoded: given a v1 event, then the current shape.
+    pub fn upcast(event_type: &str, version: u32, data: Value) -> Result<Vec<A::Event>, String> {
+        A::schema()
+            .upcast_event(event_type, version, &data.to_string())?
+            .iter()
+            .map(|c| codec::decode_event(&c.event_type, &c.data))
+            .collect()
+    }
+
+    /// The state the given events led to.
+    pub fn state(&self) -> &A {
+        &self.state
+    }
+
     /// Replaces the command context (ids, received-at time).
     pub fn with_context(mut self, context: Context) -> Self {
         self.context = context;
@@ -107,6 +147,11 @@ impl<A: Aggregate> Outcome<A>
 where
     A::Event: PartialEq + Debug,
 {
+    /// The events the command produced, or why it produced none.
+    pub fn events(&self) -> Result<&[A::Event], &CommandFailure> {
+        self.result.as_deref()
+    }
+
     /// Asserts the command produced exactly these events, in order.
     pub fn then_expect_events(self, expected: Vec<A::Event>) -> Self {
         match &self.result {
@@ -241,11 +286,27 @@ impl<P: Projection> ProjectionTest<P> {
 
     /// Appends an event given as its type and JSON data (the fields without
     /// the tag), for events the projection's `Event` type cannot express.
+    /// It is recorded at the version the projection's schema says is current.
     pub fn given_raw(
+        self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        event_type: &str,
+        data: &str,
+    ) -> Self {
+        let version = P::schema().version_of(event_type);
+        self.given_recorded(aggregate_type, aggregate_id, event_type, version, data)
+    }
+
+    /// Appends an event as an older producer recorded it: its type, schema
+    /// version and data. The projection's upcasters run on it as in the
+    /// component.
+    pub fn given_recorded(
         mut self,
         aggregate_type: &str,
         aggregate_id: &str,
         event_type: &str,
+        schema_version: u32,
         data: &str,
     ) -> Self {
         self.position += 1;
@@ -264,6 +325,7 @@ impl<P: Projection> ProjectionTest<P> {
                 event_type: event_type.to_string(),
                 data: data.to_string(),
                 recorded_at_ms: 1_700_000_000_000 + self.position,
+                schema_version,
             });
         }
         self
@@ -496,6 +558,7 @@ where
                 event_type: event_type.into(),
                 data: data.into(),
                 recorded_at_ms: self.now_ms,
+                schema_version: P::schema().version_of(event_type),
             };
             let routed = codec::route_process::<P>(&raw);
             match routed {

@@ -21,6 +21,7 @@ fn main() {
         WASIP2,
         &[
             "bank-account",
+            "bank-account-v2",
             "inventory",
             "order",
             "transfer-orders",
@@ -42,6 +43,7 @@ fn main() {
         &[
             "account-balances",
             "account-balances-v2",
+            "account-balances-v3",
             "refold-picky-projection",
             "refold-sloppy-selector",
             "refold-entropy-projection",
@@ -62,6 +64,16 @@ fn main() {
         WASIP2,
         &["refold-hostile-process-guest"],
         &["refold-hostile-process-guest/fixed"],
+    );
+    // bank-account 2.0.0 without its upcasters: the version a replay check
+    // refuses (a feature, so a directory of its own).
+    let no_upcasters_dir = root.join("target/guest-bank-no-upcasters");
+    cargo_build_with(
+        &root,
+        &no_upcasters_dir,
+        WASIP2,
+        &["bank-account-v2"],
+        &["bank-account-v2/no-upcasters"],
     );
     // The ledger uses `transfers` for its types; built beside `transfers`
     // itself, cargo would unify features and link the process's exports into it.
@@ -88,6 +100,12 @@ fn main() {
     let consts = [
         ("BANK_ACCOUNT", p2("bank_account")),
         ("BANK_ACCOUNT_NO_WASI", wrapped_path),
+        ("BANK_ACCOUNT_V2", p2("bank_account_v2")),
+        (
+            "BANK_ACCOUNT_V2_NO_UPCASTERS",
+            p2_in(&no_upcasters_dir, "bank_account_v2"),
+        ),
+        ("ACCOUNT_BALANCES_V3", projection("account_balances_v3")),
         ("HOSTILE", p2("refold_hostile_guest")),
         ("NETWORKED", p2("refold_networked_guest")),
         ("ACCOUNT_BALANCES", projection("account_balances")),

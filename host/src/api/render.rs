@@ -17,6 +17,8 @@ pub struct EventView<'a> {
     pub version: u64,
     pub event_id: String,
     pub event_type: &'a str,
+    /// The schema version its producer declared for its type (1 if none).
+    pub schema_version: u32,
     pub data: &'a RawValue,
     pub metadata: MetadataView<'a>,
     /// The hash chain at this event, hex (docs/store-format.md, "Hash chain").
@@ -47,6 +49,7 @@ pub fn event_view(event: &RecordedEvent) -> EventView<'_> {
         version: event.version,
         event_id: event.event_id.to_string(),
         event_type: &event.event_type,
+        schema_version: event.schema_version,
         data,
         metadata: MetadataView {
             recorded_at_ms: event.recorded_at_ms,

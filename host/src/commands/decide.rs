@@ -50,6 +50,7 @@ pub fn decide(
     let mut events = Vec::with_capacity(decided.len());
     for (i, event) in decided.into_iter().enumerate() {
         guest_output::check_event(i, &event.event_type, &event.data).map_err(invalid)?;
+        let schema_version = guest.schema().of(&event.event_type);
         events.push(NewEvent {
             event_id: event_id_for(&context.command_id, i),
             event_type: event.event_type,
@@ -66,6 +67,7 @@ pub fn decide(
                 producer: Some(label.to_string()),
                 extra: Default::default(),
             },
+            schema_version,
         });
     }
     // Evolve before appending, so the last event can carry the digest of the
@@ -80,7 +82,8 @@ pub fn decide(
             data: e.data.clone(),
         })
         .collect();
-    let after = guest.apply(state, &batch)?;
+    let versions: Vec<u32> = events.iter().map(|e| e.schema_version).collect();
+    let after = guest.apply(state, &batch, &versions)?;
     if after.len() > max_state_bytes {
         return Err(CommandError::StateTooLarge {
             module: label.to_string(),

@@ -62,13 +62,14 @@ async fn fold_commands(
     commands: &[Range<usize>],
 ) -> Result<Arc<Vec<u8>>, CommandError> {
     let span = commands[0].start..commands[commands.len() - 1].end;
-    let batch: Vec<StreamEvent> = events[span].iter().map(to_stream_event).collect();
+    let batch: Vec<StreamEvent> = events[span.clone()].iter().map(to_stream_event).collect();
+    let versions: Vec<u32> = events[span].iter().map(|e| e.schema_version).collect();
     let guest = aggregate_of(module)?.clone();
     let (before, units) = (state.clone(), commands.len());
     let folded = runtime
         .pool()
         .run(&module.record.name, move || {
-            guest.apply_scaled(&before, &batch, units)
+            guest.apply_scaled(&before, &batch, &versions, units)
         })
         .await;
     match folded {

@@ -186,17 +186,25 @@ impl Shared {
             now_ms,
         };
         let (record, guest_input) = input_record(&input, now_ms)?;
+        let versions = input_versions(&input);
         let guest = module.process().expect("a process module").clone();
         let state = instance.state.clone();
         let reaction = self
             .runtime
             .pool()
             .run(&self.name, move || {
-                guest.react(&state, &context, &guest_input)
+                guest.react(&state, &context, &guest_input, &versions)
             })
             .await?;
         let label = module.label();
-        let own = check_reaction(&reaction, instance)?;
+        let schema = module.process().expect("a process module").schema();
+        let own: Vec<NewEvent> = check_reaction(&reaction, instance)?
+            .into_iter()
+            .map(|e| {
+                let version = schema.of(&e.event_type);
+                e.at_schema_version(version)
+            })
+            .collect();
 
         // The append: the input, the process's events, the effects.
         let first = instance.version + 1;
@@ -247,6 +255,10 @@ impl Shared {
         } else {
             let guest = module.process().expect("a process module").clone();
             let state = instance.state.clone();
+            let versions: Vec<u32> = events[1..=own_events]
+                .iter()
+                .map(|e| e.schema_version)
+                .collect();
             let stream_events: Vec<StreamEvent> = events[1..=own_events]
                 .iter()
                 .enumerate()
@@ -260,7 +272,9 @@ impl Shared {
             Arc::new(
                 self.runtime
                     .pool()
-                    .run(&self.name, move || guest.apply(&state, &stream_events, 1))
+                    .run(&self.name, move || {
+                        guest.apply(&state, &stream_events, &versions, 1)
+                    })
                     .await?,
             )
         };
@@ -308,6 +322,7 @@ impl Shared {
                 data: event.data.clone(),
                 recorded_at_ms: 0,
                 metadata: EventMetadata::default(),
+                schema_version: 1,
                 chain: [0; 32],
             };
             instance.note(&recorded)?;
@@ -319,6 +334,17 @@ impl Shared {
 
 /// The runner record that goes first in the append, and the input as the
 /// guest sees it.
+/// The schema versions of the events an input gives the process.
+fn input_versions(input: &Input) -> Vec<u32> {
+    match input {
+        Input::Event(e) => vec![e.schema_version],
+        Input::Outcome(Outcome::Accepted { events, .. }) => {
+            events.iter().map(|e| e.schema_version).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
 fn input_record(input: &Input, now_ms: u64) -> Result<(NewEvent, ProcessInput), Stall> {
     Ok(match input {
         Input::Event(e) => (

@@ -212,19 +212,22 @@ pub fn fold(
         inputs: 0,
     };
     let mut batch: Vec<StreamEvent> = Vec::new();
+    let mut versions: Vec<u32> = Vec::new();
     let (mut bytes, mut reactions) = (0usize, 0usize);
     let flush = |instance: &mut Instance,
                  batch: &mut Vec<StreamEvent>,
+                 versions: &mut Vec<u32>,
                  bytes: &mut usize,
                  reactions: &mut usize|
      -> Result<(), String> {
         if !batch.is_empty() {
             let state = module
-                .apply(&instance.state, batch, *reactions)
+                .apply(&instance.state, batch, versions, *reactions)
                 .map_err(|e| format!("apply failed folding {}: {e}", instance.stream))?;
             instance.state = Arc::new(state);
         }
         batch.clear();
+        versions.clear();
         *bytes = 0;
         *reactions = 0;
         Ok(())
@@ -247,12 +250,25 @@ pub fn fold(
             }
             bytes += event.data.len();
             batch.push(crate::commands::to_stream_event(event));
+            versions.push(event.schema_version);
             if batch.len() >= FOLD_BATCH || bytes >= FOLD_BYTES {
-                flush(&mut instance, &mut batch, &mut bytes, &mut reactions)?;
+                flush(
+                    &mut instance,
+                    &mut batch,
+                    &mut versions,
+                    &mut bytes,
+                    &mut reactions,
+                )?;
             }
         }
     }
-    flush(&mut instance, &mut batch, &mut bytes, &mut reactions)?;
+    flush(
+        &mut instance,
+        &mut batch,
+        &mut versions,
+        &mut bytes,
+        &mut reactions,
+    )?;
     instance.status = module.status(&instance.state).map_err(|e| e.to_string())?;
     Ok(instance)
 }

@@ -372,10 +372,11 @@ impl Runner {
             Ok(module) => {
                 let guest = module.process().expect("a process module").clone();
                 let guest_event = crate::projections::to_guest(&event);
+                let version = event.schema_version;
                 self.shared
                     .runtime
                     .pool()
-                    .run(&self.shared.name, move || guest.route(&guest_event))
+                    .run(&self.shared.name, move || guest.route(&guest_event, version))
                     .await
                     .map_err(|e| e.to_string())
                     .and_then(|r| {

@@ -585,7 +585,8 @@ pub(super) fn apply(
     events: &[RecordedEvent],
 ) -> Result<DocumentChanges, GuestError> {
     let guest_events: Vec<GuestRecordedEvent> = events.iter().map(to_guest).collect();
-    module.apply(Arc::new(Documents(model.clone())), &guest_events)
+    let versions: Vec<u32> = events.iter().map(|e| e.schema_version).collect();
+    module.apply(Arc::new(Documents(model.clone())), &guest_events, &versions)
 }
 
 fn commit(

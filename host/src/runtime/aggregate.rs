@@ -14,6 +14,7 @@ use super::bindings::{
 };
 use super::error::{GuestError, RuntimeError};
 use super::sandbox::{CallSettings, HostState, Observed, REPLAY_DEADLINE_FACTOR};
+use super::schema::SchemaVersions;
 
 /// A compiled, checked aggregate component, ready to be called. Cheap to clone.
 #[derive(Clone)]
@@ -24,6 +25,7 @@ pub struct AggregateModule {
 struct Inner {
     pre: AggregatePre<HostState>,
     settings: CallSettings,
+    schema: SchemaVersions,
 }
 
 impl AggregateModule {
@@ -43,12 +45,20 @@ impl AggregateModule {
                     "does not implement refold:domain/aggregate: {e:#}"
                 ))
             })?;
+        let settings = CallSettings::new(engine, with_wasi, label, config);
+        let schema = SchemaVersions::read(engine, component, pre.instance_pre(), &settings)?;
         Ok(AggregateModule {
             inner: Arc::new(Inner {
                 pre,
-                settings: CallSettings::new(engine, with_wasi, label, config),
+                settings,
+                schema,
             }),
         })
+    }
+
+    /// The schema version the module emits each event type at.
+    pub fn schema(&self) -> &SchemaVersions {
+        &self.inner.schema
     }
 
     /// `name@version`, as it tags events and log lines.
@@ -77,6 +87,7 @@ impl AggregateModule {
         let observed = Observed {
             now_ms: context.received_at_ms,
             seed: context.command_id.clone(),
+            given_versions: Vec::new(),
         };
         self.call(&observed, |guest, store| {
             guest.call_handle(store, state, command, context)
@@ -84,8 +95,14 @@ impl AggregateModule {
     }
 
     /// `apply` as a command is decided: one call's fuel and deadline.
-    pub fn apply(&self, state: &[u8], events: &[StreamEvent]) -> Result<Vec<u8>, GuestError> {
-        self.call_scaled(&Observed::default(), 1, 1, |guest, store| {
+    /// `versions` are the events' schema versions, in order.
+    pub fn apply(
+        &self,
+        state: &[u8],
+        events: &[StreamEvent],
+        versions: &[u32],
+    ) -> Result<Vec<u8>, GuestError> {
+        self.call_scaled(&given(versions), 1, 1, |guest, store| {
             guest.call_apply(store, state, events)
         })?
         .map_err(GuestError::failed)
@@ -98,10 +115,11 @@ impl AggregateModule {
         &self,
         state: &[u8],
         events: &[StreamEvent],
+        versions: &[u32],
         commands: usize,
     ) -> Result<Vec<u8>, GuestError> {
         self.call_scaled(
-            &Observed::default(),
+            &given(versions),
             commands,
             REPLAY_DEADLINE_FACTOR,
             |guest, store| guest.call_apply(store, state, events),
@@ -142,5 +160,13 @@ impl AggregateModule {
                 f(&guest, store)
             })
             .map(|(value, _)| value)
+    }
+}
+
+/// What a call given events with these schema versions observes.
+pub(super) fn given(versions: &[u32]) -> Observed {
+    Observed {
+        given_versions: versions.to_vec(),
+        ..Observed::default()
     }
 }

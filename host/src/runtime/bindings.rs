@@ -14,6 +14,7 @@ mod projection_world {
         world: "projection",
         with: {
             "refold:domain/types": super::aggregate_world::refold::domain::types,
+            "refold:domain/event-schema": super::aggregate_world::refold::domain::event_schema,
         },
         // Read-model calls check their arguments and trap the guest on misuse.
         imports: { default: trappable },
@@ -26,6 +27,7 @@ mod process_world {
         world: "process",
         with: {
             "refold:domain/types": super::aggregate_world::refold::domain::types,
+            "refold:domain/event-schema": super::aggregate_world::refold::domain::event_schema,
         },
     });
 }
@@ -34,6 +36,7 @@ pub use aggregate_world::refold::domain::types::{
     CommandContext, CommandError, EventSelector, NewEvent, QueryError, RecordedEvent, Rejection,
     StreamEvent,
 };
+pub use aggregate_world::refold::domain::event_schema;
 pub use aggregate_world::{Aggregate, AggregatePre};
 pub use process_world::refold::domain::process_types;
 pub use process_world::{Process, ProcessPre};

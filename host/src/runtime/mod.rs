@@ -27,6 +27,7 @@ mod pool;
 mod process;
 mod projection;
 mod sandbox;
+mod schema;
 mod virtual_time;
 mod worker;
 
@@ -56,6 +57,7 @@ pub use projection::{
     MAX_DOC_LEN, MAX_SCAN_LIMIT, ProjectionModule, QueryFailure, Selector,
 };
 pub use sandbox::Observed;
+pub use schema::{MAX_VERSION as MAX_SCHEMA_VERSION, SchemaVersions};
 pub use worker::{WorkerArgs, run_compile_worker};
 
 use compile::Compiler;
@@ -177,14 +179,19 @@ impl Runtime {
             .and_then(|()| virtual_time::shadow_wasi(&mut wasi_linker))
             .map_err(|e| RuntimeError::Host(format!("linking WASI: {e:#}")))?;
         let mut plain_linker = Linker::new(&engine);
-        // The read model is the one host interface Refold offers; an aggregate's
-        // InstancePre does not import it, so linking it for everyone is harmless.
+        // The read model and event-schema are the host interfaces Refold offers;
+        // a component that does not import one is unaffected by its being linked.
         for linker in [&mut wasi_linker, &mut plain_linker] {
             bindings::read_model::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
                 linker,
                 |state| state,
             )
             .map_err(|e| RuntimeError::Host(format!("linking the read model: {e:#}")))?;
+            bindings::event_schema::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
+                linker,
+                |state| state,
+            )
+            .map_err(|e| RuntimeError::Host(format!("linking event-schema: {e:#}")))?;
         }
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
@@ -395,6 +402,10 @@ impl Runtime {
                 continue;
             }
             if name.starts_with("refold:domain/read-model@") && world == World::Projection {
+                continue;
+            }
+            // Answers only what the call's arguments already pin down.
+            if name.starts_with("refold:domain/event-schema@") {
                 continue;
             }
             if ALLOWED_WASI.iter().any(|prefix| name.starts_with(prefix)) {

@@ -13,7 +13,9 @@ use super::bindings::process_types::{ProcessContext, ProcessInput, ProcessStatus
 use super::bindings::{EventSelector, Process, ProcessPre, RecordedEvent, StreamEvent};
 use super::error::{GuestError, RuntimeError};
 use super::projection::Selector;
+use super::aggregate::given;
 use super::sandbox::{CallSettings, HostState, Observed, REPLAY_DEADLINE_FACTOR};
+use super::schema::SchemaVersions;
 
 /// A compiled process component, ready to call.
 #[derive(Clone)]
@@ -24,6 +26,7 @@ pub struct ProcessModule {
 struct Inner {
     pre: ProcessPre<HostState>,
     settings: CallSettings,
+    schema: SchemaVersions,
 }
 
 impl ProcessModule {
@@ -43,12 +46,20 @@ impl ProcessModule {
                     "does not implement refold:domain/process: {e:#}"
                 ))
             })?;
+        let settings = CallSettings::new(engine, with_wasi, label, config);
+        let schema = SchemaVersions::read(engine, component, pre.instance_pre(), &settings)?;
         Ok(ProcessModule {
             inner: Arc::new(Inner {
                 pre,
-                settings: CallSettings::new(engine, with_wasi, label, config),
+                settings,
+                schema,
             }),
         })
+    }
+
+    /// The schema version the process emits each of its event types at.
+    pub fn schema(&self) -> &SchemaVersions {
+        &self.inner.schema
     }
 
     pub fn label(&self) -> &str {
@@ -73,8 +84,11 @@ impl ProcessModule {
     pub fn route(
         &self,
         event: &RecordedEvent,
+        schema_version: u32,
     ) -> Result<Result<Option<String>, String>, GuestError> {
-        self.call(|guest, store| guest.call_route(store, event))
+        self.call_with(&given(&[schema_version]), 1, 1, |guest, store| {
+            guest.call_route(store, event)
+        })
     }
 
     pub fn initial_state(&self) -> Result<Vec<u8>, GuestError> {
@@ -84,15 +98,19 @@ impl ProcessModule {
     /// Decides one input. The guest sees the context's `now_ms` as its wall
     /// clock too, and randomness seeded from the instance and the time, so a
     /// reaction is a function of what is recorded with it.
+    /// `versions` are the schema versions of the input's events: the log
+    /// event's, or those of an accepted command's events.
     pub fn react(
         &self,
         state: &[u8],
         context: &ProcessContext,
         input: &ProcessInput,
+        versions: &[u32],
     ) -> Result<Reaction, GuestError> {
         let observed = Observed {
             now_ms: context.now_ms,
             seed: format!("{}@{}", context.process_id, context.now_ms),
+            given_versions: versions.to_vec(),
         };
         self.call_with(&observed, 1, 1, |guest, store| {
             guest.call_react(store, state, context, input)
@@ -107,10 +125,11 @@ impl ProcessModule {
         &self,
         state: &[u8],
         events: &[StreamEvent],
+        versions: &[u32],
         inputs: usize,
     ) -> Result<Vec<u8>, GuestError> {
         self.call_with(
-            &Observed::default(),
+            &given(versions),
             inputs.max(1),
             REPLAY_DEADLINE_FACTOR,
             |guest, store| guest.call_apply(store, state, events),

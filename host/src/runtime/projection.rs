@@ -324,6 +324,7 @@ impl ProjectionModule {
         &self,
         source: Arc<dyn DocumentSource>,
         events: &[RecordedEvent],
+        versions: &[u32],
     ) -> Result<DocumentChanges, GuestError> {
         let session = ReadModelSession {
             source,
@@ -333,7 +334,8 @@ impl ProjectionModule {
         };
         // Fuel scales with the batch: what one event may use live, each event may
         // use in a replay's batch of many.
-        let (result, session) = self.call_with(Some(session), events.len(), |guest, store| {
+        let observed = super::aggregate::given(versions);
+        let (result, session) = self.call_with(&observed, Some(session), events.len(), |guest, store| {
             guest.call_apply(store, events)
         })?;
         result.map_err(GuestError::failed)?;
@@ -353,7 +355,7 @@ impl ProjectionModule {
             change_bytes: 0,
             writable: false,
         };
-        let (result, _) = self.call_with(Some(session), 1, |guest, store| {
+        let (result, _) = self.call_with(&Observed::default(), Some(session), 1, |guest, store| {
             guest.call_query(store, name, args)
         })?;
         let answer = match result {
@@ -375,13 +377,15 @@ impl ProjectionModule {
         session: Option<ReadModelSession>,
         f: impl FnOnce(&Projection, &mut Store<HostState>) -> wasmtime::Result<T>,
     ) -> Result<T, GuestError> {
-        self.call_with(session, 1, f).map(|(value, _)| value)
+        self.call_with(&Observed::default(), session, 1, f)
+            .map(|(value, _)| value)
     }
 
     /// Projections observe nothing but their arguments and read model: no
     /// clock reading but zero, randomness seeded from nothing.
     fn call_with<T>(
         &self,
+        observed: &Observed,
         session: Option<ReadModelSession>,
         fuel_units: usize,
         f: impl FnOnce(&Projection, &mut Store<HostState>) -> wasmtime::Result<T>,
@@ -389,7 +393,7 @@ impl ProjectionModule {
         let pre = &self.inner.pre;
         self.inner
             .settings
-            .run(&Observed::default(), session, fuel_units, 1, |store| {
+            .run(observed, session, fuel_units, 1, |store| {
                 let guest = pre.instantiate(&mut *store)?;
                 f(&guest, store)
             })

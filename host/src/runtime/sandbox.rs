@@ -33,6 +33,9 @@ pub struct Observed {
     pub now_ms: u64,
     /// Seeds WASI's random sources.
     pub seed: String,
+    /// The schema version of each event the call is given, in order: what
+    /// `refold:domain/event-schema.given-versions` answers.
+    pub given_versions: Vec<u32>,
 }
 
 /// Everything a guest's store carries.
@@ -46,6 +49,16 @@ pub struct HostState {
     pub stderr: Option<CappedOutput>,
     /// Present only for projection calls.
     pub read_model: Option<ReadModelSession>,
+    /// The schema versions of the events the call was given.
+    given_versions: Vec<u32>,
+}
+
+/// `refold:domain/event-schema`: the one thing it tells a guest is already
+/// pinned down by the call's arguments.
+impl super::bindings::event_schema::Host for HostState {
+    fn given_versions(&mut self) -> Vec<u32> {
+        self.given_versions.clone()
+    }
 }
 
 impl HostState {
@@ -79,6 +92,7 @@ impl HostState {
             stdout,
             stderr,
             read_model: None,
+            given_versions: observed.given_versions.clone(),
         }
     }
 

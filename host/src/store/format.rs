@@ -200,14 +200,19 @@ pub struct EventRecordRef<'a> {
     pub data: &'a str,
     pub recorded_at_ms: u64,
     pub metadata: &'a EventMetadata,
+    pub schema_version: u32,
 }
 
 /// Bytes before the body in an event value: the format byte and the chain value.
 pub const EVENT_HEADER_LEN: usize = 1 + 32;
 
-/// `[FORMAT_V2][chain: 32][postcard(EventBody)]`, where
-/// `chain = sha256(previous chain || position BE || body)`. Returns the value
-/// and its chain value, the next event's `previous`.
+/// `[FORMAT_V2][chain: 32][postcard(EventBody)][schema version]`, where
+/// `chain = sha256(previous chain || position BE || body)` and the body is
+/// everything after the chain value. The schema version is a postcard varint
+/// written only when it is not 1, so an event at version 1 has exactly the
+/// bytes it had before versions existed (and the same chain value); a reader
+/// that knows nothing of versions reads the postcard part and stops there.
+/// Returns the value and its chain value, the next event's `previous`.
 pub fn encode_event(
     previous: &Digest,
     position: Position,
@@ -236,6 +241,10 @@ pub fn encode_event(
     out.push(FORMAT_V2);
     out.extend_from_slice(&[0; 32]);
     postcard::to_io(&body, &mut out).expect("writing postcard to a Vec cannot fail");
+    if event.schema_version != 1 {
+        postcard::to_io(&event.schema_version, &mut out)
+            .expect("writing postcard to a Vec cannot fail");
+    }
     let chain = integrity::chain_next(previous, position, &out[EVENT_HEADER_LEN..]);
     out[1..EVENT_HEADER_LEN].copy_from_slice(&chain);
     (out, chain)
@@ -271,8 +280,20 @@ pub fn decode_event_body(
     chain: Digest,
     body: &[u8],
 ) -> Result<RecordedEvent, StoreError> {
-    let r: EventBody<String> = postcard::from_bytes(body)
+    let (r, rest): (EventBody<String>, _) = postcard::take_from_bytes(body)
         .map_err(|e| corrupt(&event_key(position), &format!("postcard: {e}")))?;
+    let schema_version = match rest {
+        [] => 1,
+        rest => match postcard::take_from_bytes::<u32>(rest) {
+            Ok((v, [])) if v >= 2 => v,
+            _ => {
+                return Err(corrupt(
+                    &event_key(position),
+                    "bytes after the event body that are not one schema version of 2 or more",
+                ));
+            }
+        },
+    };
     Ok(RecordedEvent {
         position,
         // Built without re-validation: the writer validated it, and a read must not
@@ -290,6 +311,7 @@ pub fn decode_event_body(
             producer: r.producer,
             extra: r.extra.into_iter().collect(),
         },
+        schema_version,
         chain,
     })
 }

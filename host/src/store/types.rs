@@ -29,6 +29,8 @@ pub const MAX_METADATA_ID_LEN: usize = 128;
 pub const MAX_METADATA_ENTRIES: usize = 32;
 pub const MAX_METADATA_KEY_LEN: usize = 64;
 pub const MAX_METADATA_VALUE_LEN: usize = 1024;
+/// The highest event schema version (versions start at 1).
+pub const MAX_SCHEMA_VERSION: u32 = 65_535;
 /// The most events one append may carry.
 pub const MAX_EVENTS_PER_APPEND: usize = 1000;
 
@@ -175,6 +177,9 @@ pub struct NewEvent {
     /// and served as it is.
     pub data: String,
     pub metadata: EventMetadata,
+    /// The schema version of `data`'s shape for this event type, as its
+    /// producer declares it: 1 to [`MAX_SCHEMA_VERSION`], 1 by default.
+    pub schema_version: u32,
 }
 
 impl NewEvent {
@@ -185,12 +190,25 @@ impl NewEvent {
             event_type: event_type.into(),
             data: data.into(),
             metadata: EventMetadata::default(),
+            schema_version: 1,
         }
+    }
+
+    /// The same event at another schema version.
+    pub fn at_schema_version(mut self, schema_version: u32) -> Self {
+        self.schema_version = schema_version;
+        self
     }
 
     /// Checks everything about the event that does not depend on the store's state.
     pub(crate) fn validate(&self) -> Result<(), String> {
         check_event_type(&self.event_type)?;
+        if !(1..=MAX_SCHEMA_VERSION).contains(&self.schema_version) {
+            return Err(format!(
+                "schema version {} is out of range; versions are 1 to {MAX_SCHEMA_VERSION}",
+                self.schema_version
+            ));
+        }
         if self.data.len() > MAX_EVENT_DATA_LEN {
             return Err(format!(
                 "event data is {} bytes; the limit is {MAX_EVENT_DATA_LEN}",
@@ -241,6 +259,8 @@ pub struct RecordedEvent {
     /// When the store committed the event, in unix milliseconds. Never decreases along the log.
     pub recorded_at_ms: u64,
     pub metadata: EventMetadata,
+    /// The schema version its producer declared for its type (1 if none).
+    pub schema_version: u32,
     /// The hash chain at this event: `sha256(previous chain || position BE ||
     /// the record's canonical bytes)` (docs/store-format.md, "Hash chain").
     pub chain: [u8; 32],

@@ -343,6 +343,7 @@ impl Writer {
                     data: &event.data,
                     recorded_at_ms,
                     metadata: &event.metadata,
+                    schema_version: event.schema_version,
                 },
             );
             batch.insert(&format::event_key(position)[..], record);

@@ -4,6 +4,10 @@
 //! - `BANK_ACCOUNT`: `modules/bank-account` for `wasm32-wasip2` (imports WASI).
 //! - `BANK_ACCOUNT_NO_WASI`: the same crate for `wasm32-unknown-unknown`,
 //!   wrapped into a component with `wit-component`: no WASI imports at all.
+//! - `BANK_ACCOUNT_V2`: `modules/bank-account-v2` (bank-account 2.0.0: new
+//!   event shapes, with the upcasters from 1.x); `BANK_ACCOUNT_V2_NO_UPCASTERS`,
+//!   the same built without them; `ACCOUNT_BALANCES_V3`: account-balances
+//!   3.0.0 over its events (`modules/account-balances-v3`).
 //! - `HOSTILE`: `tests/guests/hostile` for `wasm32-wasip2`.
 //! - `ACCOUNT_BALANCES`, `ACCOUNT_BALANCES_V2`: the projections `modules/account-balances`
 //!   (1.0.0) and `modules/account-balances-v2` (2.0.0) for `wasm32-wasip2`.

@@ -244,7 +244,11 @@ mod tests {
                 )])
             })
             .upcast("Opened", 2, |data| {
-                let mut out = vec![Upcast::new("Opened", 3, json!({ "holder": data["holder"] }))];
+                let mut out = vec![Upcast::new(
+                    "Opened",
+                    3,
+                    json!({ "holder": data["holder"] }),
+                )];
                 if data["limit"].as_i64().unwrap_or(0) != 0 {
                     out.push(Upcast::new(
                         "OverdraftLimitSet",

@@ -540,10 +540,25 @@ where
 
     /// [`when_event`](ProcessTest::when_event) with the event as type and JSON data.
     pub fn when_raw_event(
+        self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        event_type: &str,
+        data: &str,
+    ) -> Self {
+        let version = P::schema().version_of(event_type);
+        self.when_recorded_event(aggregate_type, aggregate_id, event_type, version, data)
+    }
+
+    /// A log event as an older producer recorded it (its type, schema
+    /// version and data): the process's upcasters run on it before `route`
+    /// and `react`, as in the component.
+    pub fn when_recorded_event(
         mut self,
         aggregate_type: &str,
         aggregate_id: &str,
         event_type: &str,
+        schema_version: u32,
         data: &str,
     ) -> Self {
         let (position, version) = self.append(aggregate_type, aggregate_id);
@@ -558,7 +573,7 @@ where
                 event_type: event_type.into(),
                 data: data.into(),
                 recorded_at_ms: self.now_ms,
-                schema_version: P::schema().version_of(event_type),
+                schema_version,
             };
             let routed = codec::route_process::<P>(&raw);
             match routed {
@@ -1084,6 +1099,89 @@ mod tests {
 
     fn pinged(id: &str) -> Ping {
         Ping::Pinged { id: id.into() }
+    }
+
+    /// Counts pings, reading two older shapes of them through upcasters:
+    /// `Pinged` v1 `{who}` (renamed to `id`), and `Pings` v1 `{ids: [..]}`,
+    /// split into one `Pinged` per id.
+    #[derive(Default, Serialize, Deserialize)]
+    struct PingCounter {
+        pings: u32,
+    }
+
+    impl Process for PingCounter {
+        type LogEvent = Ping;
+        type Event = PingEvent;
+
+        fn subscription() -> Selector {
+            Selector::all()
+        }
+
+        fn route(_: &Envelope<Ping>) -> Option<String> {
+            Some("counter".into())
+        }
+
+        fn react(
+            &self,
+            _: &ProcessContext,
+            input: ProcessInput<Envelope<Ping>>,
+        ) -> Result<Reaction<PingEvent>, String> {
+            match input {
+                // Sees the state the reaction before it left, within a split.
+                ProcessInput::Event(_) if self.pings >= 3 => Err("too many pings".into()),
+                ProcessInput::Event(_) => Ok(Reaction::none().emit(PingEvent::Sent)),
+                _ => Ok(Reaction::none()),
+            }
+        }
+
+        fn apply(mut self, event: &PingEvent) -> Self {
+            if matches!(event, PingEvent::Sent) {
+                self.pings += 1;
+            }
+            self
+        }
+
+        fn status(&self) -> ProcessStatus {
+            ProcessStatus::Running
+        }
+
+        fn schema() -> crate::Schema {
+            crate::Schema::new()
+                .current("Pinged", 2)
+                .upcast("Pinged", 1, |d| {
+                    Ok(vec![crate::Upcast::new(
+                        "Pinged",
+                        2,
+                        json!({"id": d["who"]}),
+                    )])
+                })
+                .upcast("Pings", 1, |d| {
+                    Ok(d["ids"]
+                        .as_array()
+                        .ok_or("ids")?
+                        .iter()
+                        .map(|id| crate::Upcast::new("Pinged", 2, json!({"id": id})))
+                        .collect())
+                })
+        }
+    }
+
+    #[test]
+    fn a_process_reads_older_log_events_through_its_upcasters() {
+        ProcessTest::<PingCounter>::new()
+            .when_recorded_event("source", "s", "Pinged", 1, r#"{"who":"a"}"#)
+            .then_routed_to("counter")
+            .then_events(vec![PingEvent::Sent])
+            .when_recorded_event("source", "s", "Pinged", 2, r#"{"id":"b"}"#)
+            .then_events(vec![PingEvent::Sent])
+            // One v1 `Pings` of two ids: two reactions, folded one after the other.
+            .when_recorded_event("source", "s", "Pings", 1, r#"{"ids":["c","d"]}"#)
+            .then_fails("too many pings")
+            .then_state(|p| assert_eq!(p.pings, 2));
+        ProcessTest::<PingCounter>::new()
+            .when_recorded_event("source", "s", "Pings", 1, r#"{"ids":["c","d"]}"#)
+            .then_events(vec![PingEvent::Sent, PingEvent::Sent])
+            .then_state(|p| assert_eq!(p.pings, 2));
     }
 
     #[test]

@@ -376,7 +376,7 @@ async fn appends_beside_projection_commits(
                     events_applied: batches as u64,
                     events_skipped: 0,
                 };
-                model.commit(&changes, &checkpoint, None)?;
+                model.commit(&changes, &checkpoint, None, &[])?;
             }
             Ok(batches)
         })

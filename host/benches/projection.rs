@@ -530,6 +530,7 @@ fn raw_event(e: RecordedEvent) -> RawEvent {
         event_type: e.event_type,
         data: e.data,
         recorded_at_ms: e.recorded_at_ms,
+        schema_version: e.schema_version,
     }
 }
 
@@ -650,7 +651,11 @@ fn measure_steps(
         split(&mut steps.read);
         let guest: Vec<GuestRecordedEvent> = page.events.iter().map(to_guest).collect();
         split(&mut steps.convert);
-        let changes: DocumentChanges = module.apply(Arc::new(Documents(model.clone())), &guest)?;
+        let changes: DocumentChanges = module.apply(
+            Arc::new(Documents(model.clone())),
+            &guest,
+            &vec![1; guest.len()],
+        )?;
         split(&mut steps.apply);
         applied += guest.len() as u64;
         let checkpoint = ProjectionCheckpoint {
@@ -658,11 +663,15 @@ fn measure_steps(
             events_applied: applied,
             events_skipped: 0,
         };
-        model.commit(&changes, &checkpoint, None)?;
+        model.commit(&changes, &checkpoint, None, &[])?;
         split(&mut steps.commit);
         steps.documents += changes.len() as f64;
 
-        let in_memory = module.apply(Arc::new(InMemory(native.clone())), &guest)?;
+        let in_memory = module.apply(
+            Arc::new(InMemory(native.clone())),
+            &guest,
+            &vec![1; guest.len()],
+        )?;
         split(&mut steps.apply_in_memory);
         ensure!(
             in_memory == changes,
@@ -671,7 +680,11 @@ fn measure_steps(
         let mut refused = guest;
         refused[0].event_type = "NotABankEvent".to_string();
         split(&mut 0.0);
-        let outcome = module.apply(Arc::new(InMemory(native.clone())), &refused);
+        let outcome = module.apply(
+            Arc::new(InMemory(native.clone())),
+            &refused,
+            &vec![1; refused.len()],
+        );
         split(&mut steps.copy_in);
         ensure!(outcome.is_err(), "the guest applied an unknown event type");
 
@@ -691,7 +704,7 @@ fn measure_steps(
     let source: Arc<dyn DocumentSource> = Arc::new(Documents(model.clone()));
     split(&mut 0.0);
     for _ in 0..calls {
-        black_box(module.apply(source.clone(), &[])?);
+        black_box(module.apply(source.clone(), &[], &[])?);
     }
     split(&mut steps.empty_apply);
     steps.empty_apply /= calls as f64;

@@ -412,7 +412,7 @@ fn wasm_replay(
 ) -> Result<Vec<u8>> {
     let mut state = initial.to_vec();
     for batch in events.chunks(APPLY_BATCH) {
-        state = module.apply(&state, batch)?;
+        state = module.apply(&state, batch, &[1; APPLY_BATCH][..batch.len()])?;
     }
     Ok(state)
 }
@@ -772,7 +772,7 @@ async fn measure_steps(
             Ok(())
         })?;
         let apply = time_calls(sizes, || {
-            black_box(module.apply(&state, &event)?);
+            black_box(module.apply(&state, &event, &[1])?);
             Ok(())
         })?;
         Ok(vec![

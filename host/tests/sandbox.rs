@@ -198,7 +198,11 @@ async fn two_replays_of_a_stream_give_byte_identical_state() {
         .clone();
     let replay = || {
         module
-            .apply(&module.initial_state().unwrap(), &events)
+            .apply(
+                &module.initial_state().unwrap(),
+                &events,
+                &vec![1; events.len()],
+            )
             .unwrap()
     };
     let (first, second) = (replay(), replay());

@@ -525,3 +525,47 @@ async fn a_reopen_waits_for_a_lock_this_process_is_letting_go_of() {
     let second = second.expect("the reopen waited for the lock");
     second.close().await;
 }
+
+/// A schema version is kept with its event, across a reopen and through the
+/// chain's re-walk; version 1 is the default and versions are bounded.
+#[tokio::test]
+async fn schema_versions_are_recorded_bounded_and_chained() {
+    let dir = temp_dir();
+    let s = stream("versioned");
+    {
+        let store = open(&dir, Durability::Fsync);
+        store
+            .append(
+                &s,
+                ExpectedVersion::NoStream,
+                vec![
+                    event("Opened", 1),
+                    event("Opened", 2).at_schema_version(2),
+                    event("Deposited", 3).at_schema_version(65_535),
+                ],
+            )
+            .await
+            .unwrap();
+        for bad in [0, 65_536] {
+            let refused = store
+                .append(
+                    &s,
+                    ExpectedVersion::Any,
+                    vec![event("Opened", 4).at_schema_version(bad)],
+                )
+                .await;
+            assert!(
+                matches!(&refused, Err(StoreError::InvalidEvent { reason, .. }) if reason.contains("schema version")),
+                "{bad}: {refused:?}"
+            );
+        }
+        store.close().await;
+    }
+    let store = open(&dir, Durability::Fsync);
+    let events = store.read_stream(&s, 1, Direction::Forward, 10).unwrap();
+    let versions: Vec<u32> = events.iter().map(|e| e.schema_version).collect();
+    assert_eq!(versions, [1, 2, 65_535]);
+    let report = store.verify_log(1, None, None, &mut |_, _| true).unwrap();
+    assert!(report.failure.is_none(), "{report:?}");
+    assert_eq!(report.events, 3);
+}

@@ -178,7 +178,7 @@ async fn verify_reports_the_first_key_where_the_documents_differ_from_a_rebuild(
         ]
         .into_iter()
         .collect();
-        model.commit(&changes, &checkpoint, None).unwrap();
+        model.commit(&changes, &checkpoint, None, &[]).unwrap();
         store.close().await;
     }
     let s = TestServer::start_with(config(dir.path())).await;

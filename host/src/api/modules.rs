@@ -33,6 +33,10 @@ pub struct VersionView {
     pub uploaded_at_ms: u64,
     pub active: bool,
     pub compile: CompileView,
+    /// The schema versions it emits its event types at, those other than 1
+    /// (absent until it is compiled).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema_versions: Option<BTreeMap<String, u32>>,
 }
 
 /// Where a version's compilation stands: `ready`, `compiling` (after a start
@@ -135,6 +139,10 @@ fn summaries(app: &AppState) -> Vec<ModuleSummary> {
             uploaded_at_ms: r.uploaded_at_ms,
             active: summary.active_version.as_deref() == Some(r.version.as_str()),
             compile: CompileView::of(&module.state),
+            schema_versions: match &module.state {
+                CompileState::Ready(loaded) => Some(loaded.schema_versions()),
+                _ => None,
+            },
         });
     }
     by_name.into_values().collect()

@@ -73,6 +73,16 @@ impl LoadedModule {
         }
     }
 
+    /// The schema versions it declares for the event types it emits (those
+    /// other than 1); empty for a projection, which emits none.
+    pub fn schema_versions(&self) -> std::collections::BTreeMap<String, u32> {
+        match &self.guest {
+            Guest::Aggregate(m) => m.schema().declared().clone(),
+            Guest::Process(m) => m.schema().declared().clone(),
+            Guest::Projection(_) => Default::default(),
+        }
+    }
+
     /// `name@version`.
     pub fn label(&self) -> String {
         format!("{}@{}", self.record.name, self.record.version)

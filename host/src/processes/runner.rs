@@ -376,7 +376,9 @@ impl Runner {
                 self.shared
                     .runtime
                     .pool()
-                    .run(&self.shared.name, move || guest.route(&guest_event, version))
+                    .run(&self.shared.name, move || {
+                        guest.route(&guest_event, version)
+                    })
                     .await
                     .map_err(|e| e.to_string())
                     .and_then(|r| {

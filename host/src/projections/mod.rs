@@ -242,6 +242,9 @@ pub struct VersionView {
     pub verify: Option<VerifyProgress>,
     /// How the last verify since the server started ended (null: none yet).
     pub last_verify: Option<VerifyOutcome>,
+    /// The schema versions of the events its read model was built from, by
+    /// event type (`{"Opened": [1, 2]}`).
+    pub schema_versions: crate::store::SchemaVersionsSeen,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -562,6 +565,9 @@ impl ProjectionService {
             uploaded_at_ms: handle.module.record.uploaded_at_ms,
             verify: handle.verify_progress(),
             last_verify: handle.last_verify(),
+            // For people: an unreadable record shows as none rather than
+            // failing the whole status.
+            schema_versions: handle.read_model().schema_versions().unwrap_or_default(),
         }
     }
 

@@ -356,7 +356,7 @@ impl Runner {
                         events_skipped: before.events_skipped + 1,
                         ..before
                     };
-                    model.commit(&DocumentChanges::new(), &checkpoint, Some(&record))?;
+                    model.commit(&DocumentChanges::new(), &checkpoint, Some(&record), &[])?;
                     Ok(checkpoint)
                 },
             )
@@ -399,9 +399,10 @@ fn step(
         let end = events
             .first()
             .map_or(page.next_position - 1, |e| e.position - 1);
-        let mut commit_span = |changes: &DocumentChanges, end: Position, applied: u64| {
-            commit(handle, &model, changes, end, applied)
-        };
+        let mut commit_span =
+            |changes: &DocumentChanges, end: Position, applied: &[RecordedEvent]| {
+                commit(handle, &model, changes, end, applied)
+            };
         match apply_span(module, &model, chunk, end, &mut clock, &mut commit_span)? {
             Span::Done => done = end,
             other => {
@@ -417,7 +418,7 @@ fn step(
             &model,
             &DocumentChanges::new(),
             page.next_position - 1,
-            0,
+            &[],
         )?;
     }
     let next = clock.next_span(span, &Span::Done, limits.events);
@@ -532,7 +533,7 @@ pub(super) fn apply_span(
     events: &[RecordedEvent],
     end: Position,
     clock: &mut JobClock,
-    commit: &mut impl FnMut(&DocumentChanges, Position, u64) -> Result<(), StoreError>,
+    commit: &mut impl FnMut(&DocumentChanges, Position, &[RecordedEvent]) -> Result<(), StoreError>,
 ) -> Result<Span, StoreError> {
     if !clock.may_call() {
         return Ok(Span::Yield {
@@ -541,7 +542,7 @@ pub(super) fn apply_span(
     }
     match apply(module, model, events) {
         Ok(changes) => {
-            commit(&changes, end, events.len() as u64)?;
+            commit(&changes, end, events)?;
             Ok(Span::Done)
         }
         Err(err) if events.len() == 1 => Ok(Span::Failed(Failure::from_guest(
@@ -594,7 +595,7 @@ fn commit(
     model: &ReadModel,
     changes: &DocumentChanges,
     position: Position,
-    applied: u64,
+    applied: &[RecordedEvent],
 ) -> Result<(), StoreError> {
     let _committing = handle.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
     let (applied_before, skipped) = {
@@ -603,14 +604,14 @@ fn commit(
     };
     let checkpoint = ProjectionCheckpoint {
         position,
-        events_applied: applied_before + applied,
+        events_applied: applied_before + applied.len() as u64,
         events_skipped: skipped,
     };
-    model.commit(changes, &checkpoint, None)?;
+    model.commit(changes, &checkpoint, None, applied)?;
     handle.status.send_modify(|s| {
         s.position = position;
         s.events_applied = checkpoint.events_applied;
-        if applied > 0 {
+        if !applied.is_empty() {
             s.retrying = None;
         }
     });

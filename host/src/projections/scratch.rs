@@ -140,9 +140,10 @@ fn replay(
         let chunk = runner::take_chunk(rest, span, limits.bytes);
         rest = &rest[chunk.len()..];
         let chunk_end = rest.first().map_or(end, |e| e.position - 1);
-        let mut commit_span = |changes: &DocumentChanges, end: Position, applied: u64| {
-            commit(model, &mut checkpoint, skipped, changes, end, applied)
-        };
+        let mut commit_span =
+            |changes: &DocumentChanges, end: Position, applied: &[RecordedEvent]| {
+                commit(model, &mut checkpoint, skipped, changes, end, applied)
+            };
         match runner::apply_span(
             module,
             model,
@@ -165,7 +166,7 @@ fn replay(
             skipped,
             &DocumentChanges::new(),
             end,
-            0,
+            &[],
         )?;
     }
     let next = clock.next_span(span, &Span::Done, limits.events);
@@ -178,7 +179,7 @@ fn commit(
     skipped: &[Position],
     changes: &DocumentChanges,
     position: Position,
-    applied: u64,
+    applied: &[RecordedEvent],
 ) -> Result<(), StoreError> {
     let passed = skipped
         .iter()
@@ -186,10 +187,10 @@ fn commit(
         .count() as u64;
     let next = ProjectionCheckpoint {
         position,
-        events_applied: checkpoint.events_applied + applied,
+        events_applied: checkpoint.events_applied + applied.len() as u64,
         events_skipped: checkpoint.events_skipped + passed,
     };
-    model.commit(changes, &next, None)?;
+    model.commit(changes, &next, None, applied)?;
     *checkpoint = next;
     Ok(())
 }

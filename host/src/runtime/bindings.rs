@@ -32,11 +32,11 @@ mod process_world {
     });
 }
 
+pub use aggregate_world::refold::domain::event_schema;
 pub use aggregate_world::refold::domain::types::{
     CommandContext, CommandError, EventSelector, NewEvent, QueryError, RecordedEvent, Rejection,
     StreamEvent,
 };
-pub use aggregate_world::refold::domain::event_schema;
 pub use aggregate_world::{Aggregate, AggregatePre};
 pub use process_world::refold::domain::process_types;
 pub use process_world::{Process, ProcessPre};

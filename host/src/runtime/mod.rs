@@ -187,10 +187,10 @@ impl Runtime {
                 |state| state,
             )
             .map_err(|e| RuntimeError::Host(format!("linking the read model: {e:#}")))?;
-            bindings::event_schema::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
-                linker,
-                |state| state,
-            )
+            bindings::event_schema::add_to_linker::<
+                HostState,
+                wasmtime::component::HasSelf<HostState>,
+            >(linker, |state| state)
             .map_err(|e| RuntimeError::Host(format!("linking event-schema: {e:#}")))?;
         }
 

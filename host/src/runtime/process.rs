@@ -9,11 +9,11 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store};
 
 use super::RuntimeConfig;
+use super::aggregate::given;
 use super::bindings::process_types::{ProcessContext, ProcessInput, ProcessStatus, Reaction};
 use super::bindings::{EventSelector, Process, ProcessPre, RecordedEvent, StreamEvent};
 use super::error::{GuestError, RuntimeError};
 use super::projection::Selector;
-use super::aggregate::given;
 use super::sandbox::{CallSettings, HostState, Observed, REPLAY_DEADLINE_FACTOR};
 use super::schema::SchemaVersions;
 

@@ -335,9 +335,10 @@ impl ProjectionModule {
         // Fuel scales with the batch: what one event may use live, each event may
         // use in a replay's batch of many.
         let observed = super::aggregate::given(versions);
-        let (result, session) = self.call_with(&observed, Some(session), events.len(), |guest, store| {
-            guest.call_apply(store, events)
-        })?;
+        let (result, session) =
+            self.call_with(&observed, Some(session), events.len(), |guest, store| {
+                guest.call_apply(store, events)
+            })?;
         result.map_err(GuestError::failed)?;
         Ok(session.map(|s| s.changes).unwrap_or_default())
     }
@@ -355,9 +356,10 @@ impl ProjectionModule {
             change_bytes: 0,
             writable: false,
         };
-        let (result, _) = self.call_with(&Observed::default(), Some(session), 1, |guest, store| {
-            guest.call_query(store, name, args)
-        })?;
+        let (result, _) =
+            self.call_with(&Observed::default(), Some(session), 1, |guest, store| {
+                guest.call_query(store, name, args)
+            })?;
         let answer = match result {
             Ok(answer) => Ok(super::error::bounded_answer(
                 "the query",

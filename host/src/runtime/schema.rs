@@ -51,8 +51,8 @@ impl SchemaVersions {
         let (list, _) = settings
             .run(&Observed::default(), None, 1, 1, |store| {
                 let instance = pre.instantiate(&mut *store)?;
-                let func = instance
-                    .get_typed_func::<(), (Vec<(String, u32)>,)>(&mut *store, EXPORT)?;
+                let func =
+                    instance.get_typed_func::<(), (Vec<(String, u32)>,)>(&mut *store, EXPORT)?;
                 let (list,) = func.call(&mut *store, ())?;
                 Ok(list)
             })

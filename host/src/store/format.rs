@@ -473,6 +473,61 @@ mod tests {
     }
 
     #[test]
+    fn an_event_at_schema_version_1_keeps_the_old_bytes_and_others_trail() {
+        let stream = StreamId::new("bank-account", "acc-1").unwrap();
+        let id = Uuid::from_bytes([7; 16]);
+        let metadata = EventMetadata::default();
+        let at = |schema_version| EventRecordRef {
+            stream: &stream,
+            version: 1,
+            event_id: &id,
+            event_type: "Opened",
+            data: "{}",
+            recorded_at_ms: 5,
+            metadata: &metadata,
+            schema_version,
+        };
+        let (v1, chain1) = encode_event(&[0; 32], 1, &at(1));
+        // What releases before versions wrote: the postcard body alone.
+        let mut old = vec![FORMAT_V2];
+        old.extend_from_slice(&chain1);
+        postcard::to_io(
+            &EventBody::<&str> {
+                aggregate_type: "bank-account",
+                aggregate_id: "acc-1",
+                version: 1,
+                event_id: [7; 16],
+                event_type: "Opened",
+                data: "{}",
+                recorded_at_ms: 5,
+                correlation_id: None,
+                causation_id: None,
+                command_id: None,
+                producer: None,
+                extra: Vec::new(),
+            },
+            &mut old,
+        )
+        .unwrap();
+        assert_eq!(v1, old);
+        assert_eq!(decode_event(1, &v1).unwrap().schema_version, 1);
+        let (v300, chain300) = encode_event(&[0; 32], 1, &at(300));
+        assert_eq!(&v300[EVENT_HEADER_LEN..v1.len()], &v1[EVENT_HEADER_LEN..]);
+        assert_eq!(
+            &v300[v1.len()..],
+            &[0xac, 0x02],
+            "300 as a varint, trailing"
+        );
+        assert_ne!(chain1, chain300, "the chain covers the version");
+        assert_eq!(decode_event(1, &v300).unwrap().schema_version, 300);
+        for trailing in [&[1u8][..], &[0], &[2, 2], &[0x80]] {
+            let mut bad = v1.clone();
+            bad.extend_from_slice(trailing);
+            assert!(decode_event(1, &bad).is_err(), "{trailing:?}");
+        }
+    }
+
+    #[test]
     fn a_command_record_without_a_fingerprint_keeps_the_old_bytes() {
         // What releases before fingerprints wrote, byte for byte.
         let old = encode_v1(&CommandRecordV1::<&str> {

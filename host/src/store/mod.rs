@@ -42,7 +42,9 @@ pub use chain::{EventProof, IntegrityStatus, VerifyFailure, VerifyReport};
 pub use error::StoreError;
 pub use format::decode_event_body;
 pub use integrity::{Seal, SealSigner};
-pub use projection::{ProjectionCheckpoint, ReadModel, SCRATCH_GENERATION, SkipRecord};
+pub use projection::{
+    ProjectionCheckpoint, ReadModel, SCRATCH_GENERATION, SchemaVersionsSeen, SkipRecord,
+};
 pub use types::*;
 
 use writer::{AppendRequest, Appended, Writer, WriterMessage};

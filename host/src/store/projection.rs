@@ -10,6 +10,8 @@
 //!   - `c` -> [`ProjectionCheckpoint`]
 //!   - `d` key -> `[1]` + the document's JSON text
 //!   - `s` u64 position -> [`SkipRecord`]
+//!   - `v` -> [`SchemaVersionsSeen`]: the schema versions of the events
+//!     applied, by event type, written with the batch that first applied one
 //!
 //! A rebuild moves to a new generation in one write, then deletes the old one:
 //! a crash part-way leaves only unreachable keys, which the next open removes.
@@ -25,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use super::Store;
 use super::error::StoreError;
 use super::format::{self, FORMAT_V1};
-use super::types::Position;
+use super::types::{Position, RecordedEvent};
 
 pub const SPACE_READ_MODEL: u8 = b'P';
 pub const SPACE_READ_MODEL_META: u8 = b'Q';
@@ -33,6 +35,15 @@ pub const SPACE_READ_MODEL_META: u8 = b'Q';
 const CHECKPOINT: u8 = b'c';
 const DOCUMENT: u8 = b'd';
 const SKIP: u8 = b's';
+const SCHEMAS: u8 = b'v';
+/// The most event types a read model records schema versions for; the
+/// types after these are not recorded (a projection of the whole log may
+/// see many; the record is for people, not for correctness).
+pub const MAX_SCHEMA_TYPES: usize = 1024;
+
+/// The schema versions of the events a read model was built from, by event
+/// type: a version built over 1.x and 2.0.0 history says so.
+pub type SchemaVersionsSeen = BTreeMap<String, std::collections::BTreeSet<u32>>;
 
 /// Keys removed per sled batch when a read model is deleted.
 const DELETE_BATCH: usize = 10_000;
@@ -363,13 +374,46 @@ impl ReadModel {
 
     /// Writes a batch's document changes, the checkpoint that covers them and,
     /// for a skip, its record, in one atomic batch.
+    /// The schema versions of the events applied so far, by event type.
+    pub fn schema_versions(&self) -> Result<SchemaVersionsSeen, StoreError> {
+        let key = self.key(SCHEMAS, &[]);
+        match self
+            .db
+            .get(&key)
+            .map_err(|e| StoreError::storage("reading a read model's schema versions", e))?
+        {
+            Some(v) => format::decode_v1(&key, &v),
+            None => Ok(SchemaVersionsSeen::new()),
+        }
+    }
+
+    /// Commits a batch: its document writes, the checkpoint, a skip record,
+    /// and (when `applied`, the events the batch applied, bring a schema
+    /// version not seen before) the schema versions record, in one write.
     pub fn commit(
         &self,
         changes: &BTreeMap<String, Option<String>>,
         checkpoint: &ProjectionCheckpoint,
         skip: Option<&SkipRecord>,
+        applied: &[RecordedEvent],
     ) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
+        if !applied.is_empty() {
+            let mut seen = self.schema_versions()?;
+            let mut changed = false;
+            for event in applied {
+                if !seen.contains_key(&event.event_type) && seen.len() >= MAX_SCHEMA_TYPES {
+                    continue;
+                }
+                changed |= seen
+                    .entry(event.event_type.clone())
+                    .or_default()
+                    .insert(event.schema_version);
+            }
+            if changed {
+                batch.insert(self.key(SCHEMAS, &[]), format::encode_v1(&seen));
+            }
+        }
         for (doc_key, doc) in changes {
             let key = self.key(DOCUMENT, doc_key.as_bytes());
             match doc {

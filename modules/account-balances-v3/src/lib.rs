@@ -121,7 +121,13 @@ mod tests {
                 r#"{"amount":100,"balance":100}"#,
             );
         let current = ProjectionTest::<AccountBalances>::new()
-            .given(AGGREGATE_TYPE, "a", Event::Opened { holder: "Ada".into() })
+            .given(
+                AGGREGATE_TYPE,
+                "a",
+                Event::Opened {
+                    holder: "Ada".into(),
+                },
+            )
             .given(AGGREGATE_TYPE, "a", Event::OverdraftLimitSet { limit: 50 })
             .given(
                 AGGREGATE_TYPE,

@@ -69,10 +69,20 @@ pub enum Command {
 #[serde(tag = "type")]
 pub enum Event {
     /// Schema version 2 (1.x: `{ owner, overdraft_limit }`).
-    Opened { holder: String },
-    OverdraftLimitSet { limit: i64 },
-    Deposited { amount: i64, balance: i64 },
-    Withdrawn { amount: i64, balance: i64 },
+    Opened {
+        holder: String,
+    },
+    OverdraftLimitSet {
+        limit: i64,
+    },
+    Deposited {
+        amount: i64,
+        balance: i64,
+    },
+    Withdrawn {
+        amount: i64,
+        balance: i64,
+    },
     Closed,
 }
 
@@ -171,10 +181,7 @@ impl Aggregate for BankAccount {
                 if self.balance < -limit {
                     return Err(Rejection::new(
                         "insufficient-funds",
-                        format!(
-                            "the balance of {} is already below -{limit}",
-                            self.balance
-                        ),
+                        format!("the balance of {} is already below -{limit}", self.balance),
                     ));
                 }
                 Ok(vec![Event::OverdraftLimitSet { limit }])
@@ -327,13 +334,9 @@ mod tests {
 
     #[test]
     fn version_2_openings_and_the_new_command() {
-        AggregateTest::<BankAccount>::given_recorded([(
-            "Opened",
-            2,
-            json!({"holder": "Bo"}),
-        )])
-        .when(Command::SetOverdraftLimit { limit: 10 })
-        .then_expect_events(vec![Event::OverdraftLimitSet { limit: 10 }]);
+        AggregateTest::<BankAccount>::given_recorded([("Opened", 2, json!({"holder": "Bo"}))])
+            .when(Command::SetOverdraftLimit { limit: 10 })
+            .then_expect_events(vec![Event::OverdraftLimitSet { limit: 10 }]);
         assert!(
             AggregateTest::<BankAccount>::upcast("Opened", 1, json!({"holder": "Bo"}))
                 .unwrap_err()

@@ -71,6 +71,11 @@ mod component {
     }
 
     impl Guest for Entropy {
+        /// Declares no schema versions: every event type at version 1.
+        fn schema_versions() -> Vec<(String, u32)> {
+            Vec::new()
+        }
+
         fn initial_state() -> Vec<u8> {
             initial_state().to_string().into_bytes()
         }

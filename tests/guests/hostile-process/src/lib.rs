@@ -323,6 +323,11 @@ mod component {
     struct HostileProcess;
 
     impl Guest for HostileProcess {
+        /// Declares no schema versions: every event type at version 1.
+        fn schema_versions() -> Vec<(String, u32)> {
+            Vec::new()
+        }
+
         fn subscription() -> t::EventSelector {
             t::EventSelector {
                 event_types: vec![super::REQUESTED.into()],

@@ -64,6 +64,11 @@ mod component {
     }
 
     impl Guest for Hostile {
+        /// Declares no schema versions: every event type at version 1.
+        fn schema_versions() -> Vec<(String, u32)> {
+            Vec::new()
+        }
+
         fn initial_state() -> Vec<u8> {
             Vec::new()
         }

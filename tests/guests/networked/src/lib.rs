@@ -11,6 +11,11 @@ mod component {
     struct Networked;
 
     impl Guest for Networked {
+        /// Declares no schema versions: every event type at version 1.
+        fn schema_versions() -> Vec<(String, u32)> {
+            Vec::new()
+        }
+
         fn initial_state() -> Vec<u8> {
             Vec::new()
         }

@@ -203,6 +203,11 @@ struct ServeArgs {
     /// Keep a snapshot each time an aggregate crosses this many events (0: never)
     #[arg(long, env = "REFOLD_SNAPSHOT_EVERY", default_value_t = 100)]
     snapshot_every: u64,
+    /// Days the command journal (every decided command, for `module whatif`)
+    /// keeps an entry; 0 turns the journal off and deletes what it holds
+    #[arg(long, env = "REFOLD_JOURNAL_DAYS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(0..=36_500))]
+    journal_days: u64,
     /// Wall-clock budget for compiling one component, in seconds; a component
     /// that takes longer is refused (422 compile_budget_exceeded)
     #[arg(long, env = "REFOLD_COMPILE_TIMEOUT", default_value_t = 60,
@@ -357,6 +362,9 @@ async fn serve(args: ServeArgs) -> i32 {
         }
     };
     config.commands.snapshot_every = args.snapshot_every;
+    config.commands.journal = args.journal_days > 0;
+    config.commands.journal_retention =
+        std::time::Duration::from_secs(args.journal_days * 24 * 3600);
     config.commands.cache_bytes = args.state_cache_mib << 20;
     config.commands.max_state_bytes = args.max_state_kib << 10;
     config.projections.batch.events = args.projection_batch as usize;

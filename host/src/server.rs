@@ -11,6 +11,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use sha2::Digest;
@@ -129,6 +130,27 @@ pub enum ExampleLoaded {
     Differs(Arc<LoadedModule>),
 }
 
+/// Deletes command-journal entries older than `retention`, at start and then
+/// every minute, until the server shuts down.
+fn spawn_journal_pruning(store: Store, retention: Duration, mut stop: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        loop {
+            let cutoff = crate::clock::now_ms().saturating_sub(retention.as_millis() as u64);
+            let store = store.clone();
+            match tokio::task::spawn_blocking(move || store.prune_journal(cutoff)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::info!(deleted = n, "pruned the command journal"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "could not prune the command journal"),
+                Err(e) => tracing::warn!(error = %e, "pruning the command journal panicked"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    });
+}
+
 pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     if let Err(problem) = config.tokens.check() {
         bail!("refusing to start: {problem}");
@@ -180,6 +202,11 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     let processes =
         crate::processes::ProcessService::start(store.clone(), commands.clone(), modules.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    spawn_journal_pruning(
+        store.clone(),
+        config.commands.journal_retention,
+        shutdown_rx.clone(),
+    );
     let app = AppState {
         store: store.clone(),
         modules,

@@ -75,6 +75,16 @@ fn main() {
         &["bank-account-v2"],
         &["bank-account-v2/no-upcasters"],
     );
+    // bank-account with its tighter overdraft rule: the candidate of the
+    // what-if tests (a feature, so a directory of its own).
+    let strict_dir = root.join("target/guest-bank-strict");
+    cargo_build_with(
+        &root,
+        &strict_dir,
+        WASIP2,
+        &["bank-account"],
+        &["bank-account/strict-overdraft"],
+    );
     // The ledger uses `transfers` for its types; built beside `transfers`
     // itself, cargo would unify features and link the process's exports into it.
     let ledger_dir = root.join("target/guest-ledger");
@@ -101,6 +111,7 @@ fn main() {
         ("BANK_ACCOUNT", p2("bank_account")),
         ("BANK_ACCOUNT_NO_WASI", wrapped_path),
         ("BANK_ACCOUNT_V2", p2("bank_account_v2")),
+        ("BANK_ACCOUNT_STRICT", p2_in(&strict_dir, "bank_account")),
         (
             "BANK_ACCOUNT_V2_NO_UPCASTERS",
             p2_in(&no_upcasters_dir, "bank_account_v2"),

@@ -84,6 +84,7 @@ pub fn router(app: AppState, tokens: Tokens) -> Router {
     let admin = Router::new()
         .route("/v1/modules/{name}/{version}", put(modules::put))
         .route("/v1/modules/{name}/activate", post(modules::activate))
+        .route("/v1/modules/{name}/{version}/whatif", post(modules::whatif))
         .route("/v1/admin/backup", post(admin::backup))
         .route("/v1/integrity/seal", post(integrity::seal))
         .route("/v1/integrity/verify", get(integrity::verify))

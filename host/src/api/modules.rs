@@ -206,3 +206,44 @@ pub async fn activate(
     let module = app.modules.activate(&name, &body.version)?;
     Ok(Json(view(&app, &module)))
 }
+
+/// `POST /v1/modules/{name}/{version}/whatif?since=&limit=`: decides the
+/// journaled commands of `name` again with `name@version` and reports what
+/// would change (`commands::whatif`). `since` is unix ms, or the `next_since`
+/// of an earlier answer; `limit` is 1 to `MAX_WHATIF_LIMIT` commands.
+pub async fn whatif(
+    State(app): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<crate::commands::WhatIfReport>, ApiError> {
+    use crate::commands::{DEFAULT_WHATIF_LIMIT, MAX_WHATIF_LIMIT};
+    let Path((name, version)) = path.map_err(request::path_error)?;
+    let query = QueryPairs::parse(query.as_deref())?;
+    query.only(&["since", "limit"])?;
+    let (since_ms, after) = match query.get("since") {
+        None | Some("") => (0, None),
+        Some(since) => crate::store::JournalCursor::parse(since)
+            .map_err(|e| ApiError::bad_request("invalid_request", e))?,
+    };
+    if after.as_ref().is_some_and(|id| id.len() > 256) {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "the command id in since is over 256 bytes",
+        ));
+    }
+    let limit = match query.number("limit")? {
+        None => DEFAULT_WHATIF_LIMIT,
+        Some(n) if (1..=MAX_WHATIF_LIMIT as u64).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                format!("limit is 1 to {MAX_WHATIF_LIMIT}, not {n}"),
+            ));
+        }
+    };
+    let report = app
+        .commands
+        .what_if(&name, &version, since_ms, after.as_deref(), limit)
+        .await?;
+    Ok(Json(report))
+}

@@ -81,6 +81,18 @@ pub enum ModuleCommand {
     List,
     /// Make an uploaded version the one that handles new commands
     Activate { name: String, version: String },
+    /// Decide the journaled commands of NAME again with NAME@VERSION, each
+    /// from the state it was decided on, and report what would change
+    Whatif {
+        name: String,
+        version: String,
+        /// Start at this time (unix ms), or at an earlier answer's next_since
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many commands (1 to 10000; default 1000)
+        #[arg(long)]
+        limit: Option<u64>,
+    },
 }
 
 /// Runs one `module` subcommand; returns the process exit code.
@@ -179,6 +191,23 @@ async fn run_module(opts: &ClientOptions, cmd: ModuleCommand) -> Result<(), Fail
             let url = client.url(&["v1", "modules"], &[])?;
             let reply = client.call(client.request(Method::GET, &url)).await?;
             emit(opts, &reply.body, output::module_list)
+        }
+        ModuleCommand::Whatif {
+            name,
+            version,
+            since,
+            limit,
+        } => {
+            let mut query = Vec::new();
+            if let Some(since) = since {
+                query.push(("since", since));
+            }
+            if let Some(limit) = limit {
+                query.push(("limit", limit.to_string()));
+            }
+            let url = client.url(&["v1", "modules", &name, &version, "whatif"], &query)?;
+            let reply = client.call(client.request(Method::POST, &url)).await?;
+            emit(opts, &reply.body, output::module_whatif)
         }
         ModuleCommand::Activate { name, version } => {
             let url = client.url(&["v1", "modules", &name, "activate"], &[])?;

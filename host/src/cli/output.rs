@@ -221,6 +221,72 @@ pub(crate) fn module_activated(out: &mut dyn Write, v: &Value) -> io::Result<()>
     )
 }
 
+/// A what-if report: totals, a row per command type, then the samples with
+/// the recorded outcome and the candidate's side by side.
+pub(crate) fn module_whatif(out: &mut dyn Write, v: &Value) -> io::Result<()> {
+    const KINDS: [&str; 6] = [
+        "unchanged",
+        "accepted_to_rejected",
+        "rejected_to_accepted",
+        "different_events",
+        "different_rejection",
+        "failed",
+    ];
+    writeln!(
+        out,
+        "{} decided {} journaled commands of {} again:",
+        text(&v["candidate"]),
+        v["commands"].as_u64().unwrap_or(0),
+        text(&v["module"])
+    )?;
+    let count = |counts: &Value, kind: &str| counts[kind].as_u64().unwrap_or(0);
+    for kind in KINDS {
+        writeln!(out, "  {:<22}{}", kind, count(&v["totals"], kind))?;
+    }
+    if let Some(types) = v["by_command_type"].as_object() {
+        writeln!(out, "by command type:")?;
+        for (name, counts) in types {
+            let parts: Vec<String> = KINDS
+                .iter()
+                .filter(|k| count(counts, k) > 0)
+                .map(|k| format!("{k} {}", count(counts, k)))
+                .collect();
+            writeln!(out, "  {name}: {}", parts.join(", "))?;
+        }
+    }
+    let show = |o: &Value| match o["outcome"].as_str() {
+        Some("accepted") => {
+            let events: Vec<String> = o["events"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| format!("{} {}", text(&e["event_type"]), text(&e["data"])))
+                .collect();
+            format!("accepted [{}]", events.join(", "))
+        }
+        Some("rejected") => format!("rejected {}", text(&o["code"])),
+        Some("malformed") => format!("malformed: {}", text(&o["reason"])),
+        _ => format!("failed: {}", text(&o["error"])),
+    };
+    for s in v["samples"].as_array().into_iter().flatten() {
+        writeln!(
+            out,
+            "{} {}/{} at version {}: {}",
+            text(&s["change"]),
+            text(&s["aggregate_id"]),
+            text(&s["command_id"]),
+            s["decided_at"].as_u64().unwrap_or(0),
+            text(&s["command"])
+        )?;
+        writeln!(out, "    was  {}", show(&s["recorded"]))?;
+        writeln!(out, "    now  {}", show(&s["candidate"]))?;
+    }
+    if let Some(next) = v["next_since"].as_str() {
+        writeln!(out, "more: --since {next}")?;
+    }
+    Ok(())
+}
+
 /// One row per version; `*` marks the active one.
 pub(crate) fn module_list(out: &mut dyn Write, v: &Value) -> io::Result<()> {
     let mut rows = vec![

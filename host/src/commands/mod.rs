@@ -25,6 +25,7 @@ mod guest_output;
 mod locks;
 mod state;
 mod verify;
+mod whatif;
 
 use std::sync::Arc;
 
@@ -38,12 +39,16 @@ pub use state::{AggregateState, STATE_DIGEST_KEY, state_digest, to_stream_event}
 pub use verify::{
     Batching, DigestMismatch, MAX_CONCURRENT_VERIFIES, MAX_REPORTED_DIVERGENCES, VerifyReport,
 };
+pub use whatif::{
+    Change, DEFAULT_WHATIF_LIMIT, MAX_WHATIF_LIMIT, WhatIfCounts, WhatIfEvent, WhatIfOutcome,
+    WhatIfReport, WhatIfSample,
+};
 
 use crate::modules::{LoadedModule, ModuleRegistry, NotReady};
 use crate::runtime::{CommandContext, GuestError, Runtime};
 use crate::store::{
-    Direction, EventFilter, ExpectedVersion, ModuleKind, RecordedEvent, RequestFingerprint, Store,
-    StoreError, StreamId, StreamVersion, check_name,
+    Direction, EventFilter, ExpectedVersion, JournalEntry, JournalOutcome, ModuleKind,
+    RecordedEvent, RequestFingerprint, Store, StoreError, StreamId, StreamVersion, check_name,
 };
 use cache::StateCache;
 use locks::AggregateLocks;
@@ -64,7 +69,16 @@ pub struct CommandConfig {
     pub max_state_bytes: usize,
     /// The largest command JSON accepted.
     pub max_command_bytes: usize,
+    /// Journal every decided command, accepted or refused, for what-if
+    /// (`docs/store-format.md`, "Command journal").
+    pub journal: bool,
+    /// How long journal entries are kept (by the time they were received).
+    pub journal_retention: std::time::Duration,
 }
+
+/// Journal entries are kept this long by default: 30 days.
+pub const DEFAULT_JOURNAL_RETENTION: std::time::Duration =
+    std::time::Duration::from_secs(30 * 24 * 3600);
 
 impl Default for CommandConfig {
     fn default() -> Self {
@@ -75,6 +89,8 @@ impl Default for CommandConfig {
             cache_bytes: 256 << 20,
             max_state_bytes: 8 << 20,
             max_command_bytes: 64 * 1024,
+            journal: true,
+            journal_retention: DEFAULT_JOURNAL_RETENTION,
         }
     }
 }
@@ -429,11 +445,50 @@ impl CommandService {
                     max_state_bytes,
                 )
             })
-            .await?;
+            .await;
+        let journal = |outcome| {
+            self.config.journal.then(|| JournalEntry {
+                received_at_ms: context.received_at_ms,
+                command_id: context.command_id.clone(),
+                aggregate_type: context.aggregate_type.clone(),
+                aggregate_id: context.aggregate_id.clone(),
+                command: request.command.clone(),
+                expected_version: match &request.precondition {
+                    Precondition::None => None,
+                    other => Some(other.to_string()),
+                },
+                client_command_id: request.command_id.is_some(),
+                correlation_id: context.correlation_id.clone(),
+                causation_id: request.causation_id.clone(),
+                decided_at: state.version,
+                module: label.clone(),
+                outcome,
+            })
+        };
+        let refused = match &decision {
+            Err(CommandError::Rejected { code, message }) => Some(JournalOutcome::Rejected {
+                code: code.clone(),
+                message: message.clone(),
+            }),
+            Err(CommandError::InvalidCommand(reason)) => Some(JournalOutcome::Malformed {
+                reason: reason.clone(),
+            }),
+            Ok(None) => Some(JournalOutcome::Accepted {
+                first_position: None,
+                last_position: None,
+            }),
+            _ => None,
+        };
+        if let Some(entry) = refused.and_then(journal) {
+            // Diagnostic: a journal that cannot be written does not refuse the command.
+            if let Err(e) = self.store.journal_refused(&entry) {
+                tracing::warn!(%stream, error = %e, "could not journal a command");
+            }
+        }
         let Some(decide::Decision {
             events,
             state_after: after,
-        }) = decision
+        }) = decision?
         else {
             return Ok(CommandOutcome {
                 stream: stream.clone(),
@@ -453,6 +508,10 @@ impl CommandService {
                 events,
                 &context.command_id,
                 Some(*fingerprint),
+                journal(JournalOutcome::Accepted {
+                    first_position: None,
+                    last_position: None,
+                }),
             )
             .await?;
         if appended.repeated {

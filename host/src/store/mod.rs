@@ -23,6 +23,7 @@ mod error;
 mod format;
 mod health;
 pub mod integrity;
+mod journal;
 mod lock;
 mod projection;
 mod read;
@@ -42,6 +43,7 @@ pub use chain::{EventProof, IntegrityStatus, VerifyFailure, VerifyReport};
 pub use error::StoreError;
 pub use format::decode_event_body;
 pub use integrity::{Seal, SealSigner};
+pub use journal::{JournalCursor, JournalEntry, JournalOutcome, JournalPage};
 pub use projection::{
     ProjectionCheckpoint, ReadModel, SCRATCH_GENERATION, SchemaVersionsSeen, SkipRecord,
 };
@@ -262,7 +264,7 @@ impl Store {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
         Ok(self
-            .send_append(stream, expected, events, None)
+            .send_append(stream, expected, events, None, None)
             .await?
             .result)
     }
@@ -279,6 +281,7 @@ impl Store {
         events: Vec<NewEvent>,
         command_id: &str,
         fingerprint: Option<RequestFingerprint>,
+        journal: Option<JournalEntry>,
     ) -> Result<CommandAppend, StoreError> {
         check_name("command id", command_id, MAX_METADATA_ID_LEN)
             .map_err(|reason| StoreError::InvalidEvent { index: 0, reason })?;
@@ -288,6 +291,7 @@ impl Store {
                 expected,
                 events,
                 Some((command_id.to_string(), fingerprint)),
+                journal,
             )
             .await?;
         Ok(CommandAppend {
@@ -302,6 +306,7 @@ impl Store {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
         command: Option<(String, Option<RequestFingerprint>)>,
+        journal: Option<JournalEntry>,
     ) -> Result<Appended, StoreError> {
         validate_append(&events)?;
         if self.inner.health.failed() {
@@ -314,6 +319,7 @@ impl Store {
                 expected,
                 events,
                 command,
+                journal,
                 reply,
             })
         })

@@ -40,6 +40,9 @@ pub(crate) struct AppendRequest {
     /// fingerprint) is recorded with it, atomically, and a later append of the
     /// same request under the same id returns this one's result.
     pub command: Option<(String, Option<RequestFingerprint>)>,
+    /// When set, the command's journal entry, written in the same batch with
+    /// the positions its events got.
+    pub journal: Option<super::journal::JournalEntry>,
     pub reply: oneshot::Sender<Result<Appended, StoreError>>,
 }
 
@@ -375,6 +378,19 @@ impl Writer {
                 format::encode_command(&record),
             );
             pending.commands.insert(command_id.clone(), record);
+        }
+        if let Some(entry) = &req.journal {
+            let entry = super::journal::JournalEntry {
+                outcome: super::journal::JournalOutcome::Accepted {
+                    first_position: Some(result.first_position),
+                    last_position: Some(result.last_position),
+                },
+                ..entry.clone()
+            };
+            batch.insert(
+                super::journal::journal_key(entry.received_at_ms, &entry.command_id),
+                super::journal::encode_entry(&entry),
+            );
         }
         Ok(Appended {
             result,

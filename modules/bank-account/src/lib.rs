@@ -98,12 +98,16 @@ impl Aggregate for BankAccount {
             (Status::Open, Command::Withdraw { amount }) => {
                 let amount = positive(amount)?;
                 let balance = self.balance.checked_sub(amount).ok_or_else(too_large)?;
-                if balance < -self.overdraft_limit {
+                let limit = if cfg!(feature = "strict-overdraft") {
+                    self.overdraft_limit / 2
+                } else {
+                    self.overdraft_limit
+                };
+                if balance < -limit {
                     return Err(Rejection::new(
                         "insufficient-funds",
                         format!(
-                            "withdrawing {amount} would leave a balance of {balance}, below the overdraft limit of {}",
-                            self.overdraft_limit
+                            "withdrawing {amount} would leave a balance of {balance}, below the overdraft limit of {limit}"
                         ),
                     ));
                 }

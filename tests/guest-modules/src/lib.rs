@@ -8,6 +8,8 @@
 //!   event shapes, with the upcasters from 1.x); `BANK_ACCOUNT_V2_NO_UPCASTERS`,
 //!   the same built without them; `ACCOUNT_BALANCES_V3`: account-balances
 //!   3.0.0 over its events (`modules/account-balances-v3`).
+//! - `BANK_ACCOUNT_STRICT`: `modules/bank-account` built with its
+//!   `strict-overdraft` feature (half the overdraft limit): the what-if candidate.
 //! - `HOSTILE`: `tests/guests/hostile` for `wasm32-wasip2`.
 //! - `ACCOUNT_BALANCES`, `ACCOUNT_BALANCES_V2`: the projections `modules/account-balances`
 //!   (1.0.0) and `modules/account-balances-v2` (2.0.0) for `wasm32-wasip2`.

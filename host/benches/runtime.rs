@@ -217,16 +217,26 @@ enum Work {
     Appends,
     /// Raw `store.append_command`: the same, plus the command record the service writes.
     AppendCommands,
+    /// Deposit commands through a `CommandService` that journals nothing
+    /// (`--journal-days 0`), on the other half of the accounts: what the
+    /// command journal costs.
+    CommandsNoJournal,
 }
 
 impl Work {
-    const ALL: [Work; 3] = [Work::Commands, Work::Appends, Work::AppendCommands];
+    const ALL: [Work; 4] = [
+        Work::Commands,
+        Work::Appends,
+        Work::AppendCommands,
+        Work::CommandsNoJournal,
+    ];
 
     fn short(self) -> &'static str {
         match self {
             Work::Commands => "command",
             Work::Appends => "append",
             Work::AppendCommands => "app_cmd",
+            Work::CommandsNoJournal => "no_jrnl",
         }
     }
 }
@@ -441,6 +451,10 @@ struct CommandBench {
     _dir: TempDir,
     store: Store,
     service: Arc<CommandService>,
+    /// The same service without the command journal; it takes the odd
+    /// accounts, `service` the even ones, so neither's state cache is
+    /// invalidated by the other's appends.
+    service_no_journal: Arc<CommandService>,
     module: AggregateModule,
     runtime: Arc<Runtime>,
     accounts: Arc<Vec<String>>,
@@ -490,15 +504,22 @@ async fn measure_commands(
 
     let accounts = thousands(bench.accounts.len() as f64);
     let [
-        [seq, seq_raw, seq_raw_command],
-        [conc, conc_raw, conc_raw_command],
+        [seq, seq_raw, seq_raw_command, seq_no_journal],
+        [conc, conc_raw, conc_raw_command, conc_no_journal],
     ] = runs;
     Ok(vec![
         Row {
             name: format!("deposit commands, fsync, 1 caller, {accounts} accounts (vs raw append)"),
             unit: Unit::CommandsPerSec,
-            runs: seq,
+            runs: seq.clone(),
             baseline: Some(seq_raw),
+            goal: Goal::Informational,
+        },
+        Row {
+            name: "deposit commands journaled, 1 caller (vs journal off)".to_string(),
+            unit: Unit::CommandsPerSec,
+            runs: seq,
+            baseline: Some(seq_no_journal),
             goal: Goal::Informational,
         },
         Row {
@@ -513,9 +534,16 @@ async fn measure_commands(
                 "deposit commands, fsync, {callers} callers, {accounts} accounts (vs raw append)"
             ),
             unit: Unit::CommandsPerSec,
-            runs: conc,
+            runs: conc.clone(),
             baseline: Some(conc_raw),
             goal: Goal::RateAtLeast(10_000.0),
+        },
+        Row {
+            name: format!("deposit commands journaled, {callers} callers (vs journal off)"),
+            unit: Unit::CommandsPerSec,
+            runs: conc,
+            baseline: Some(conc_no_journal),
+            goal: Goal::Informational,
         },
         Row {
             name: format!("  raw append_command (with command record), {callers} callers"),
@@ -537,7 +565,10 @@ async fn run_work(
     cpu: &mut GroupCpu,
 ) -> Result<f64> {
     match work {
-        Work::Commands => run_commands(bench, callers, total, cpu).await,
+        Work::Commands => run_commands(bench, &bench.service, 0, callers, total, cpu).await,
+        Work::CommandsNoJournal => {
+            run_commands(bench, &bench.service_no_journal, 1, callers, total, cpu).await
+        }
         Work::Appends => run_raw_appends(bench, callers, total, false, cpu).await,
         Work::AppendCommands => run_raw_appends(bench, callers, total, true, cpu).await,
     }
@@ -565,8 +596,16 @@ async fn open_command_bench(
         .clone();
     let service = Arc::new(CommandService::new(
         store.clone(),
-        registry,
+        registry.clone(),
         CommandConfig::default(),
+    ));
+    let service_no_journal = Arc::new(CommandService::new(
+        store.clone(),
+        registry,
+        CommandConfig {
+            journal: false,
+            ..CommandConfig::default()
+        },
     ));
     let accounts: Arc<Vec<String>> = Arc::new(
         (0..sizes.aggregates)
@@ -618,6 +657,7 @@ async fn open_command_bench(
         _dir: dir,
         store,
         service,
+        service_no_journal,
         module,
         runtime,
         accounts,
@@ -626,23 +666,23 @@ async fn open_command_bench(
     })
 }
 
-/// `total` deposits from `callers` concurrent tasks, each on the next account
-/// round-robin.
+/// `total` deposits from `callers` concurrent tasks through `service`, round-robin over the accounts whose
+/// index has the parity `half` (0 or 1).
 async fn run_commands(
     bench: &CommandBench,
+    service: &Arc<CommandService>,
+    half: usize,
     callers: usize,
     total: usize,
     cpu: &mut GroupCpu,
 ) -> Result<f64> {
     let tasks = split(total, callers).into_iter().map(|count| {
-        let (service, accounts, next) = (
-            bench.service.clone(),
-            bench.accounts.clone(),
-            bench.next.clone(),
-        );
+        let (service, accounts, next) =
+            (service.clone(), bench.accounts.clone(), bench.next.clone());
         async move {
             for _ in 0..count {
-                let i = next.fetch_add(1, Ordering::Relaxed) % accounts.len();
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                let i = (n * 2 + half) % accounts.len();
                 let outcome = service
                     .execute(CommandRequest {
                         aggregate_type: AGGREGATE_TYPE.to_string(),
@@ -699,6 +739,7 @@ async fn run_raw_appends(
                             vec![event],
                             &command_id,
                             Some([7; 32]),
+                            None,
                         )
                         .await?;
                 } else {

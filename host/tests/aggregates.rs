@@ -234,6 +234,7 @@ async fn a_command_id_recorded_without_a_fingerprint_is_matched_by_its_stream_al
             vec![event],
             "legacy-1",
             None,
+            None,
         )
         .await
         .unwrap();

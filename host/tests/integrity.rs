@@ -673,6 +673,10 @@ fn proof_edits(proof: &Value) -> Vec<Edit> {
         Box::new(|p| p["event"]["event_type"] = json!("Reversed")),
     );
     add(
+        "event.schema_version 2",
+        Box::new(|p| p["event"]["schema_version"] = json!(2)),
+    );
+    add(
         "event.aggregate_id",
         Box::new(|p| p["event"]["aggregate_id"] = json!("l9")),
     );

@@ -112,9 +112,16 @@ struct EventShown {
     version: u64,
     event_id: String,
     event_type: String,
+    /// Absent in proofs served before schema versions existed: 1.
+    #[serde(default = "schema_version_one")]
+    schema_version: u32,
     data: Box<serde_json::value::RawValue>,
     metadata: MetadataShown,
     chain: String,
+}
+
+fn schema_version_one() -> u32 {
+    1
 }
 
 #[derive(Deserialize, PartialEq)]
@@ -137,6 +144,7 @@ impl EventShown {
             && self.version == other.version
             && self.event_id == other.event_id
             && self.event_type == other.event_type
+            && self.schema_version == other.schema_version
             && canonical_json(self.data.get()).is_some()
             && canonical_json(self.data.get()) == canonical_json(other.data.get())
             && self.metadata == other.metadata

@@ -225,10 +225,10 @@ pub async fn whatif(
         Some(since) => crate::store::JournalCursor::parse(since)
             .map_err(|e| ApiError::bad_request("invalid_request", e))?,
     };
-    if after.as_ref().is_some_and(|id| id.len() > 256) {
+    if after.as_ref().is_some_and(|id| id.len() > 1024) {
         return Err(ApiError::bad_request(
             "invalid_request",
-            "the command id in since is over 256 bytes",
+            "the command id in since is over 1024 bytes",
         ));
     }
     let limit = match query.number("limit")? {

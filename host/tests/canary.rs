@@ -606,7 +606,7 @@ async fn a_rollback_under_load_loses_no_command() {
                 let id = &ids[((c * 7 + n * 3) % ids.len() as u64) as usize];
                 let key = format!("k-c{c}-{n}");
                 // Every 5th command is sent twice under its key: one event, two acks.
-                let sends = if n % 5 == 0 { 2 } else { 1 };
+                let sends = if n.is_multiple_of(5) { 2 } else { 1 };
                 for _ in 0..sends {
                     let r = s
                         .request(

@@ -743,3 +743,76 @@ async fn a_rollback_under_load_loses_no_command() {
     );
     Arc::into_inner(s).expect("clients done").stop().await;
 }
+
+/// `refold module activate --canary` and `refold module rollback [--force]`, the real binary.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_starts_promotes_and_rolls_back_a_canary() {
+    let dir = temp_dir();
+    let s = TestServer::start(dir.path()).await;
+    two_versions(&s).await;
+    let base = s.base.clone();
+    let run = move |args: &'static [&'static str]| {
+        let base = base.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let out = std::process::Command::new(support::process::BIN)
+                    .env("REFOLD_SERVER", &base)
+                    .args(args)
+                    .output()
+                    .expect("refold runs");
+                (
+                    out.status.code(),
+                    String::from_utf8_lossy(&out.stdout).into_owned(),
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                )
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let (code, out, err) = run(&[
+        "module",
+        "activate",
+        "bank-account",
+        "2.0.0",
+        "--canary",
+        "25",
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("canary for 25%"), "{out}");
+    let (_, module) = s.get_json("/v1/modules/bank-account").await;
+    assert_eq!(module["canary"]["percent"], 25, "{module}");
+
+    let (code, _, err) = run(&[
+        "module",
+        "activate",
+        "bank-account",
+        "2.0.0",
+        "--canary",
+        "0",
+    ])
+    .await;
+    assert_eq!(code, Some(2), "a usage error: {err}");
+
+    let (code, out, err) = run(&["module", "rollback", "bank-account"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("canary 2.0.0 rolled back"), "{out}");
+    let (code, _, err) = run(&["module", "rollback", "bank-account", "--force"]).await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("nothing_to_roll_back"), "{err}");
+
+    let (code, out, err) = run(&["module", "activate", "bank-account", "2.0.0"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("is now active"), "{out}");
+    let (code, out, err) = run(&["module", "rollback", "bank-account", "--force"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("rolled back from 2.0.0 to 1.0.0") && out.contains("retired"),
+        "{out}"
+    );
+    let (_, module) = s.get_json("/v1/modules/bank-account").await;
+    assert_eq!(module["active_version"], "1.0.0");
+    assert_eq!(module["retired_versions"], json!(["2.0.0"]));
+    s.stop().await;
+}

@@ -1,9 +1,11 @@
-//! The command pipeline: a command for an aggregate goes through its active
-//! module and, if accepted, into the store.
+//! The command pipeline: a command for an aggregate goes through the module
+//! version that decides for its id and, if accepted, into the store.
 //!
 //! execute: check the command id (a repeat of the same request returns the
 //! original result; the same id for another request is refused) ->
-//! lock the aggregate -> load its state -> `handle` in the guest -> check the
+//! lock the aggregate -> pick the version (`ModuleRegistry::for_aggregate`:
+//! the active one, or the canary for its share of the ids, or a newer version
+//! that wrote the stream's last event) -> load its state -> `handle` in the guest -> check the
 //! guest's output -> `apply` the new events to get the new state and its digest
 //! -> append with the loaded version as expected version and the command id ->
 //! on a concurrency conflict start over from fresh state (bounded), unless the
@@ -182,7 +184,8 @@ pub struct CommandOutcome {
 pub struct StateView {
     pub version: StreamVersion,
     /// The module that folded the events into this state and rendered it,
-    /// `name@version`: the active one, whatever produced the events.
+    /// `name@version`: the one that decides the aggregate's next command
+    /// (`ModuleRegistry::for_aggregate`), whatever produced the events.
     pub folded_by: String,
     /// The module that produced the event at `version` (its `producer`), which at
     /// a past version, or after a hot swap, may be another version than `folded_by`.
@@ -608,7 +611,7 @@ impl CommandService {
         }
     }
 
-    /// The aggregate's state as its active module renders it, now or as of `at_version`.
+    /// The aggregate's state as the version that decides for it renders it, now or as of `at_version`.
     pub async fn read_state(
         &self,
         aggregate_type: &str,

@@ -316,6 +316,13 @@ async fn an_aggregate_stays_on_the_newer_version_after_a_rollback_unless_forced(
     let (_, module) = s.get_json("/v1/modules/bank-account").await;
     let v2 = version_entry(&module, "2.0.0");
     assert_eq!(v2["role"], "sticky", "{module}");
+    assert!(
+        v2["note"]
+            .as_str()
+            .unwrap()
+            .contains("last event it produced"),
+        "{module}"
+    );
     assert_eq!(v2["outcomes"]["sticky"], 1, "{module}");
     assert_eq!(module["canary"], Value::Null);
     // Nothing before 1.0.0 to go back to.
@@ -338,6 +345,7 @@ async fn an_aggregate_stays_on_the_newer_version_after_a_rollback_unless_forced(
     .await;
     let forced = ok_json(rollback(&s, "bank-account", Some(json!({"force": true}))).await).await;
     assert_eq!(forced["forced"], true);
+    assert_eq!(forced["retired"], json!(["2.0.0"]), "{forced}");
     assert_eq!(decided_by(&s, a, deposit).await, V1, "forced back");
     assert_eq!(decided_by(&s, a, deposit).await, V1);
     let (_, module) = s.get_json("/v1/modules/bank-account").await;
@@ -505,6 +513,16 @@ async fn bad_canaries_and_rollbacks_are_clear_refusals() {
         "canary_in_progress",
     )
     .await;
+    let whole = ok_json(
+        activate(
+            &s,
+            "bank-account",
+            json!({"version": "2.0.0", "canary": 40.0}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(whole["canary_percent"], 40, "40.0 is a whole number");
     let reweighed = ok_json(
         activate(
             &s,

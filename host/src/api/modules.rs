@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::problem::ApiError;
 use super::request::{self, QueryPairs};
-use crate::modules::{CompileState, LoadedModule, OutcomeCounts, Uploaded, hex};
+use crate::modules::{CompileState, LoadedModule, OutcomeCounts, Uploaded, VersionRole, hex};
 
 #[derive(Serialize)]
 pub struct ModuleView {
@@ -39,6 +39,9 @@ pub struct VersionView {
     /// the split: still decides for the aggregates whose last event it
     /// produced), `retired` (a forced rollback retired it) or `inactive`.
     pub role: &'static str,
+    /// What the role means for commands, for `sticky` and `retired`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     pub compile: CompileView,
     /// Commands this version decided since the server started.
     pub outcomes: OutcomeCounts,
@@ -99,6 +102,18 @@ pub struct CanaryJson {
     pub version: String,
     pub percent: u8,
     pub since_ms: u64,
+}
+
+fn role_note(role: VersionRole, name: &str) -> Option<String> {
+    match role {
+        VersionRole::Sticky => Some(format!(
+            "newer than the stable version and out of the split: it still decides for the aggregates whose last event it produced (an aggregate never moves back to an older version), and stays loaded for them; outcomes.sticky counts those commands. A forced rollback (POST /v1/modules/{name}/rollback with {{\"force\": true}}) to an older version retires it"
+        )),
+        VersionRole::Retired => Some(
+            "retired by a forced rollback: it decides for no aggregate, not even those whose last event it produced; activating it again takes it back".to_string(),
+        ),
+        VersionRole::Stable | VersionRole::Canary | VersionRole::Inactive => None,
+    }
 }
 
 fn activation_views(history: Vec<crate::store::Activation>) -> Vec<ActivationView> {
@@ -163,6 +178,7 @@ fn summaries(app: &AppState) -> Vec<ModuleSummary> {
                 activations: None,
             }
         });
+        let role = app.modules.role(&r.name, &r.version);
         summary.versions.push(VersionView {
             version: r.version.clone(),
             kind: r.kind.as_str(),
@@ -170,7 +186,8 @@ fn summaries(app: &AppState) -> Vec<ModuleSummary> {
             size: r.size,
             uploaded_at_ms: r.uploaded_at_ms,
             active: summary.active_version.as_deref() == Some(r.version.as_str()),
-            role: app.modules.role(&r.name, &r.version).as_str(),
+            role: role.as_str(),
+            note: role_note(role, &r.name),
             compile: CompileView::of(&module.state),
             outcomes: app.modules.outcomes_of(&r.name, &r.version),
         });
@@ -238,7 +255,12 @@ fn canary_percent(value: &serde_json::Value) -> Result<Option<u8>, ApiError> {
     };
     let percent = match value {
         serde_json::Value::Null => return Ok(None),
-        serde_json::Value::Number(n) => n.as_u64().ok_or_else(bad)?,
+        // 26.0 is the integer 26 to JSON (and to JSON Schema).
+        serde_json::Value::Number(n) => match (n.as_u64(), n.as_f64()) {
+            (Some(whole), _) => whole,
+            (None, Some(f)) if f.fract() == 0.0 && (0.0..=100.0).contains(&f) => f as u64,
+            _ => return Err(bad()),
+        },
         serde_json::Value::String(text) => {
             let digits = text.strip_suffix('%').unwrap_or(text);
             if digits.is_empty() || digits.len() > 3 || !digits.bytes().all(|b| b.is_ascii_digit())
@@ -306,6 +328,8 @@ pub struct RollbackView {
     pub to: String,
     pub canary_dropped: bool,
     pub forced: bool,
+    /// Versions a forced rollback retired (every version newer than `to`).
+    pub retired: Vec<String>,
 }
 
 pub async fn rollback(
@@ -333,5 +357,6 @@ pub async fn rollback(
         to: done.to,
         canary_dropped: done.canary_dropped,
         forced: done.forced,
+        retired: done.retired,
     }))
 }

@@ -248,7 +248,17 @@ pub(crate) fn module_rolled_back(out: &mut dyn Write, v: &Value) -> io::Result<(
         )?;
     }
     if v["forced"].as_bool() == Some(true) {
-        writeln!(out, " (forced: {} is retired)", text(&v["from"]))
+        let retired: Vec<String> = v["retired"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(text)
+            .collect();
+        writeln!(
+            out,
+            " (forced: retired {}; every aggregate goes back)",
+            retired.join(", ")
+        )
     } else {
         writeln!(
             out,

@@ -8,8 +8,9 @@
 //! - Sticky forward: an aggregate never moves back mid-stream. If the stream's
 //!   last event was produced by a registered version of the same name that is
 //!   newer (semver) than the split's pick and not retired, that version decides.
-//! - A forced rollback retires the version it rolls back from: stickiness no
-//!   longer leads to it. Activating it again takes it off the retired list.
+//! - A forced rollback retires every version newer than the one it goes back
+//!   to: stickiness no longer leads to them, so every aggregate goes back.
+//!   Activating one again takes it off the retired list.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -175,8 +176,11 @@ pub struct RollbackOutcome {
     pub to: String,
     /// True when a canary was dropped (the stable version did not change).
     pub canary_dropped: bool,
-    /// True when `from` was retired: no aggregate is decided by it any more.
+    /// True when the rollback was forced.
     pub forced: bool,
+    /// What a forced rollback retired: every registered version newer than
+    /// `to` (`from` among them), which decides for no aggregate any more.
+    pub retired: Vec<String>,
 }
 
 fn newer(a: &str, b: &str) -> bool {
@@ -310,8 +314,9 @@ impl ModuleRegistry {
 
     /// Goes back one step in one call: while a canary runs, drops it (the
     /// stable version stays); otherwise re-activates the version that was
-    /// active before the current one. `force` also retires the version rolled
-    /// back from, so even aggregates whose last event it produced go back.
+    /// active before the current one. `force` also retires every version newer
+    /// than the one it goes back to, so even aggregates whose last event such a
+    /// version produced go back.
     pub fn rollback(&self, name: &str, force: bool) -> Result<RollbackOutcome, ModuleError> {
         let _in_step = self.activation.lock().unwrap_or_else(|e| e.into_inner());
         let Some(stable) = self.active_entry(name) else {
@@ -327,9 +332,11 @@ impl ModuleRegistry {
         }
         let mut routing = self.store.routing(name)?;
         if let Some(canary) = routing.canary.take() {
-            if force && !routing.retired.contains(&canary.version) {
-                routing.retired.push(canary.version.clone());
-            }
+            let retired = if force {
+                self.retire_newer_than(name, &stable.record.version, &mut routing)
+            } else {
+                Vec::new()
+            };
             self.store.set_routing(name, None, &routing)?;
             if let Some(state) = self.active_mut().get_mut(name) {
                 state.canary = None;
@@ -342,6 +349,7 @@ impl ModuleRegistry {
                 to: stable.record.version.clone(),
                 canary_dropped: true,
                 forced: force,
+                retired,
             });
         }
         let current = stable.record.version.clone();
@@ -350,16 +358,20 @@ impl ModuleRegistry {
             [.., before, last] if last.version == current => before.version.clone(),
             _ => {
                 return Err(ModuleError::NothingToRollBack(format!(
-                    "{name}@{current} is the first version activated since activations were recorded"
+                    "{name}@{current} is the first version activated since activations were recorded \
+                     (to move aggregates off a newer version that wrote them last, start it as a canary \
+                     again and roll that back with force)"
                 )));
             }
         };
         let entry = self.entry(name, &previous)?;
         entry.now(self.request_wait())?;
-        if force && !routing.retired.contains(&current) {
-            routing.retired.push(current.clone());
-        }
         routing.retired.retain(|v| *v != previous);
+        let retired = if force {
+            self.retire_newer_than(name, &previous, &mut routing)
+        } else {
+            Vec::new()
+        };
         self.store.set_routing(name, Some(&previous), &routing)?;
         let state = Active {
             stable: entry,
@@ -374,7 +386,26 @@ impl ModuleRegistry {
             to: previous,
             canary_dropped: false,
             forced: force,
+            retired,
         })
+    }
+
+    /// Adds every registered version of `name` newer than `target` to the
+    /// retired list; returns them, oldest first.
+    fn retire_newer_than(&self, name: &str, target: &str, routing: &mut Routing) -> Vec<String> {
+        let mut newer_versions: Vec<String> = self
+            .versions_map()
+            .keys()
+            .filter(|(n, v)| n == name && newer(v, target))
+            .map(|(_, v)| v.clone())
+            .collect();
+        newer_versions.sort_by_key(|v| semver_key(v));
+        for v in &newer_versions {
+            if !routing.retired.contains(v) {
+                routing.retired.push(v.clone());
+            }
+        }
+        newer_versions
     }
 
     /// `name`'s routing, if it has an active version.

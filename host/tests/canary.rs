@@ -283,7 +283,15 @@ async fn an_aggregate_stays_on_the_newer_version_after_a_rollback_unless_forced(
         V1
     );
 
-    let rolled = ok_json(rollback(&s, "bank-account", None).await).await;
+    // A rollback that names the version it goes back from: a retry cannot take a second step.
+    let rolled = ok_json(rollback(&s, "bank-account", Some(json!({"from": "2.0.0"}))).await).await;
+    let retry = expect_problem(
+        rollback(&s, "bank-account", Some(json!({"from": "2.0.0"}))).await,
+        409,
+        "rollback_from_mismatch",
+    )
+    .await;
+    assert_eq!(retry["rollback_from"], "1.0.0", "{retry}");
     assert_eq!(
         (
             &rolled["from"],
@@ -435,17 +443,18 @@ async fn bad_canaries_and_rollbacks_are_clear_refusals() {
             "{body}"
         );
     }
-    expect_problem(
-        activate(
-            &s,
-            "bank-account",
-            json!({"version": "2.0.0", "canary": 5, "extra": 1}),
+    for bad in [
+        json!({"version": "2.0.0", "canary": 5, "extra": 1}),
+        json!(["2.0.0", 5]),
+        json!("2.0.0"),
+    ] {
+        expect_problem(
+            activate(&s, "bank-account", bad).await,
+            400,
+            "invalid_request",
         )
-        .await,
-        400,
-        "invalid_request",
-    )
-    .await;
+        .await;
+    }
     // Nothing changed.
     let (_, module) = s.get_json("/v1/modules/bank-account").await;
     assert_eq!(module["canary"], Value::Null);
@@ -456,12 +465,19 @@ async fn bad_canaries_and_rollbacks_are_clear_refusals() {
     )
     .await;
     expect_problem(rollback(&s, "no-such-module", None).await, 404, "not_found").await;
-    expect_problem(
-        rollback(&s, "bank-account", Some(json!({"force": "yes"}))).await,
-        400,
-        "invalid_request",
-    )
-    .await;
+    for bad in [
+        json!({"force": "yes"}),
+        json!({"from": "not-semver"}),
+        json!({"to": "1.0.0"}),
+        json!([]),
+    ] {
+        expect_problem(
+            rollback(&s, "bank-account", Some(bad)).await,
+            400,
+            "invalid_request",
+        )
+        .await;
+    }
     expect_problem(
         activate(
             &s,

@@ -278,6 +278,15 @@ fn canary_percent(value: &serde_json::Value) -> Result<Option<u8>, ApiError> {
     }
 }
 
+/// A JSON object into `T`: serde would also take an array for a struct.
+fn object<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    if !value.is_object() {
+        return Err("the body is not a JSON object".into());
+    }
+    serde_json::from_value(value).map_err(|e| e.to_string())
+}
+
 /// A client's value in an error, cut short.
 fn shown(value: &serde_json::Value) -> String {
     let text = value.to_string();
@@ -294,7 +303,7 @@ pub async fn activate(
 ) -> Result<Json<ModuleView>, ApiError> {
     let Path(name) = path.map_err(request::path_error)?;
     let bytes = request::body(body, 4096, app.limits.body_timeout).await?;
-    let body: ActivateBody = serde_json::from_slice(&bytes).map_err(|e| {
+    let body: ActivateBody = object(&bytes).map_err(|e| {
         ApiError::bad_request(
             "invalid_request",
             format!("expected {{\"version\": \"...\"}} and optionally \"canary\": 1 to 100: {e}"),
@@ -311,12 +320,15 @@ pub async fn activate(
     Ok(Json(view(&app, &module)))
 }
 
-/// `{}` or `{"force": true}`; an empty body is `{}`.
+/// `{}`, `{"force": true}`, `{"from": "2.0.0"}`; an empty body is `{}`.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RollbackBody {
     #[serde(default)]
     force: bool,
+    /// The version the caller means to roll back from: makes a retry safe.
+    #[serde(default)]
+    from: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -342,15 +354,22 @@ pub async fn rollback(
     let body: RollbackBody = if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         RollbackBody::default()
     } else {
-        serde_json::from_slice(&bytes).map_err(|e| {
+        object(&bytes).map_err(|e| {
             ApiError::bad_request(
                 "invalid_request",
-                format!("expected no body, {{}} or {{\"force\": true}}: {e}"),
+                format!(
+                    "expected no body, or {{\"force\": true|false, \"from\": \"VERSION\"}} (both optional): {e}"
+                ),
             )
         })?
     };
     crate::modules::validate_name(&name)?;
-    let done = app.modules.rollback(&name, body.force)?;
+    if let Some(from) = &body.from {
+        crate::modules::validate_version(from)?;
+    }
+    let done = app
+        .modules
+        .rollback(&name, body.force, body.from.as_deref())?;
     Ok(Json(RollbackView {
         name,
         from: done.from,

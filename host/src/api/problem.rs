@@ -266,6 +266,11 @@ impl From<ModuleError> for ApiError {
                     .with("canary_version", canary)
                     .with("canary_percent", percent)
             }
+            ModuleError::RollbackFromMismatch { ref actual, .. } => {
+                let actual = actual.clone();
+                ApiError::new(StatusCode::CONFLICT, code, err.to_string())
+                    .with("rollback_from", actual)
+            }
             ModuleError::CanaryNotNewer { ref stable, .. } => {
                 let stable = stable.clone();
                 ApiError::new(StatusCode::CONFLICT, code, err.to_string())

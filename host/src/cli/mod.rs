@@ -97,6 +97,10 @@ pub enum ModuleCommand {
         /// back (it is retired: it decides for no aggregate)
         #[arg(long)]
         force: bool,
+        /// Only if the version it would roll back from is this one (a retry
+        /// then never takes a second step)
+        #[arg(long)]
+        from: Option<String>,
     },
 }
 
@@ -211,11 +215,13 @@ async fn run_module(opts: &ClientOptions, cmd: ModuleCommand) -> Result<(), Fail
             let reply = client.call(request).await?;
             emit(opts, &reply.body, output::module_activated)
         }
-        ModuleCommand::Rollback { name, force } => {
+        ModuleCommand::Rollback { name, force, from } => {
             let url = client.url(&["v1", "modules", &name, "rollback"], &[])?;
-            let request = client
-                .request(Method::POST, &url)
-                .json(&serde_json::json!({ "force": force }));
+            let mut body = serde_json::json!({ "force": force });
+            if let Some(from) = from {
+                body["from"] = serde_json::Value::String(from);
+            }
+            let request = client.request(Method::POST, &url).json(&body);
             let reply = client.call(request).await?;
             emit(opts, &reply.body, output::module_rolled_back)
         }

@@ -80,6 +80,14 @@ pub enum ModuleError {
     },
     #[error("nothing to roll back to: {0}")]
     NothingToRollBack(String),
+    #[error(
+        "a rollback of {name} from {expected} was asked for, but a rollback now would go back from {actual} (an earlier rollback, or another activation, came first); nothing changed"
+    )]
+    RollbackFromMismatch {
+        name: String,
+        expected: String,
+        actual: String,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("module host failure: {0}")]
@@ -107,6 +115,7 @@ impl ModuleError {
             ModuleError::CanaryNotNewer { .. } => "canary_not_newer",
             ModuleError::CanaryInProgress { .. } => "canary_in_progress",
             ModuleError::NothingToRollBack(_) => "nothing_to_roll_back",
+            ModuleError::RollbackFromMismatch { .. } => "rollback_from_mismatch",
             ModuleError::Store(store) => store.code(),
             ModuleError::Host(_) => "internal",
         }

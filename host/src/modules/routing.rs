@@ -316,8 +316,16 @@ impl ModuleRegistry {
     /// stable version stays); otherwise re-activates the version that was
     /// active before the current one. `force` also retires every version newer
     /// than the one it goes back to, so even aggregates whose last event such a
-    /// version produced go back.
-    pub fn rollback(&self, name: &str, force: bool) -> Result<RollbackOutcome, ModuleError> {
+    /// version produced go back. `from`, if given, must be the version it
+    /// would roll back from (the canary, else the stable version): a retry of a
+    /// rollback whose answer was lost is then refused (`rollback_from_mismatch`)
+    /// instead of taking a second step.
+    pub fn rollback(
+        &self,
+        name: &str,
+        force: bool,
+        from: Option<&str>,
+    ) -> Result<RollbackOutcome, ModuleError> {
         let _in_step = self.activation.lock().unwrap_or_else(|e| e.into_inner());
         let Some(stable) = self.active_entry(name) else {
             return match self.list().iter().any(|v| v.record.name == name) {
@@ -331,6 +339,19 @@ impl ModuleRegistry {
             return Err(ModuleError::PromoteProjection(name.to_string()));
         }
         let mut routing = self.store.routing(name)?;
+        let current_from = match &routing.canary {
+            Some(canary) => canary.version.clone(),
+            None => stable.record.version.clone(),
+        };
+        if let Some(expected) = from
+            && expected != current_from
+        {
+            return Err(ModuleError::RollbackFromMismatch {
+                name: name.to_string(),
+                expected: expected.to_string(),
+                actual: current_from,
+            });
+        }
         if let Some(canary) = routing.canary.take() {
             let retired = if force {
                 self.retire_newer_than(name, &stable.record.version, &mut routing)

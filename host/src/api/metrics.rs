@@ -53,6 +53,14 @@ pub struct ModuleLabels {
     pub module: String,
 }
 
+/// One module version and one outcome of the commands it decided.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModuleOutcomeLabels {
+    pub module: String,
+    pub version: String,
+    pub outcome: String,
+}
+
 type U64Gauges<L> = Family<L, Gauge<u64, AtomicU64>>;
 
 pub struct Metrics {
@@ -86,6 +94,7 @@ pub struct Metrics {
     process_stalled: U64Gauges<ProcessLabels>,
     process_failing: U64Gauges<ProcessLabels>,
     process_commands: Family<ProcessKindLabels, Counter>,
+    module_commands: Family<ModuleOutcomeLabels, Counter>,
     /// Scrapes one at a time: counters are caught up to totals read elsewhere.
     rendering: std::sync::Mutex<()>,
 }
@@ -99,6 +108,8 @@ pub struct Readings {
     pub store_writable: bool,
     pub projections: Vec<ProjectionView>,
     pub processes: Vec<crate::processes::ProcessView>,
+    /// Commands per (module, version) since the start, by outcome.
+    pub module_outcomes: Vec<((String, String), crate::modules::OutcomeCounts)>,
 }
 
 impl Metrics {
@@ -259,6 +270,12 @@ impl Metrics {
             "Commands a process sent, by outcome (kind: sent, accepted, rejected, retried)",
             process_commands.clone(),
         );
+        let module_commands = Family::<ModuleOutcomeLabels, Counter>::default();
+        registry.register(
+            "module_commands",
+            "Commands each aggregate module version decided since the start, by outcome (accepted, rejected, failed, refused; sticky: decided by this version because the aggregate's last event was its)",
+            module_commands.clone(),
+        );
         Metrics {
             registry,
             commands,
@@ -290,6 +307,7 @@ impl Metrics {
             process_stalled,
             process_failing,
             process_commands,
+            module_commands,
             rendering: std::sync::Mutex::new(()),
         }
     }
@@ -426,6 +444,22 @@ impl Metrics {
                 ("retried", p.command_retries),
             ] {
                 let counter = self.process_commands.get_or_create(&kind(outcome));
+                counter.inc_by(total.saturating_sub(counter.get()));
+            }
+        }
+        for ((module, version), counts) in &readings.module_outcomes {
+            for (outcome, total) in [
+                ("accepted", counts.accepted),
+                ("rejected", counts.rejected),
+                ("failed", counts.failed),
+                ("refused", counts.refused),
+                ("sticky", counts.sticky),
+            ] {
+                let counter = self.module_commands.get_or_create(&ModuleOutcomeLabels {
+                    module: module.clone(),
+                    version: version.clone(),
+                    outcome: outcome.to_string(),
+                });
                 counter.inc_by(total.saturating_sub(counter.get()));
             }
         }

@@ -85,6 +85,7 @@ pub fn router(app: AppState, tokens: Tokens) -> Router {
         .route("/v1/modules/{name}/{version}", put(modules::put))
         .route("/v1/modules/{name}/activate", post(modules::activate))
         .route("/v1/modules/{name}/{version}/whatif", post(modules::whatif))
+        .route("/v1/modules/{name}/rollback", post(modules::rollback))
         .route("/v1/admin/backup", post(admin::backup))
         .route("/v1/integrity/seal", post(integrity::seal))
         .route("/v1/integrity/verify", get(integrity::verify))
@@ -247,6 +248,7 @@ async fn metrics_text(State(app): State<AppState>) -> impl IntoResponse {
             store_writable: app.store.write_failure().is_none(),
             projections: app.projections.list(),
             processes: app.processes.list(),
+            module_outcomes: app.modules.outcomes(),
         }),
     )
 }

@@ -253,7 +253,34 @@ impl From<ModuleError> for ApiError {
                     .with("existing_digest", digest)
             }
             ModuleError::NotFound(_) => ApiError::not_found(err.to_string()),
-            ModuleError::PromoteProjection(_) | ModuleError::KindMismatch { .. } => {
+            ModuleError::InvalidCanary(_) | ModuleError::CanaryNotSupported(_) => {
+                ApiError::bad_request(code, err.to_string())
+            }
+            ModuleError::CanaryInProgress {
+                ref canary,
+                percent,
+                ..
+            } => {
+                let canary = canary.clone();
+                ApiError::new(StatusCode::CONFLICT, code, err.to_string())
+                    .with("canary_version", canary)
+                    .with("canary_percent", percent)
+            }
+            ModuleError::RollbackFromMismatch { ref actual, .. } => {
+                let actual = actual.clone();
+                ApiError::new(StatusCode::CONFLICT, code, err.to_string())
+                    .with("rollback_from", actual)
+            }
+            ModuleError::CanaryNotNewer { ref stable, .. } => {
+                let stable = stable.clone();
+                ApiError::new(StatusCode::CONFLICT, code, err.to_string())
+                    .with("stable_version", stable)
+            }
+            ModuleError::PromoteProjection(_)
+            | ModuleError::KindMismatch { .. }
+            | ModuleError::NoActiveVersion(_)
+            | ModuleError::CanaryIsStable(_)
+            | ModuleError::NothingToRollBack(_) => {
                 ApiError::new(StatusCode::CONFLICT, code, err.to_string())
             }
             ModuleError::Store(store) => store.into(),

@@ -79,8 +79,29 @@ pub enum ModuleCommand {
     },
     /// List the modules and their versions
     List,
-    /// Make an uploaded version the one that handles new commands
-    Activate { name: String, version: String },
+    /// Make an uploaded version the one that handles new commands (or, with
+    /// --canary, a share of the aggregate ids)
+    Activate {
+        name: String,
+        version: String,
+        /// Percent of aggregate ids (1 to 99, chosen by a hash of the id) that
+        /// go to VERSION; the others stay on the stable version. 100 promotes.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=100))]
+        canary: Option<u8>,
+    },
+    /// Go back one step: drop the running canary, or re-activate the version
+    /// active before the current one
+    Rollback {
+        name: String,
+        /// Also move aggregates whose last event the newer version produced
+        /// back (it is retired: it decides for no aggregate)
+        #[arg(long)]
+        force: bool,
+        /// Only if the version it would roll back from is this one (a retry
+        /// then never takes a second step)
+        #[arg(long)]
+        from: Option<String>,
+    },
     /// Decide the journaled commands of NAME again with NAME@VERSION, each
     /// from the state it was decided on, and report what would change
     Whatif {
@@ -209,13 +230,29 @@ async fn run_module(opts: &ClientOptions, cmd: ModuleCommand) -> Result<(), Fail
             let reply = client.call(client.request(Method::POST, &url)).await?;
             emit(opts, &reply.body, output::module_whatif)
         }
-        ModuleCommand::Activate { name, version } => {
+        ModuleCommand::Activate {
+            name,
+            version,
+            canary,
+        } => {
             let url = client.url(&["v1", "modules", &name, "activate"], &[])?;
-            let request = client
-                .request(Method::POST, &url)
-                .json(&serde_json::json!({ "version": version }));
+            let body = match canary {
+                Some(percent) => serde_json::json!({ "version": version, "canary": percent }),
+                None => serde_json::json!({ "version": version }),
+            };
+            let request = client.request(Method::POST, &url).json(&body);
             let reply = client.call(request).await?;
             emit(opts, &reply.body, output::module_activated)
+        }
+        ModuleCommand::Rollback { name, force, from } => {
+            let url = client.url(&["v1", "modules", &name, "rollback"], &[])?;
+            let mut body = serde_json::json!({ "force": force });
+            if let Some(from) = from {
+                body["from"] = serde_json::Value::String(from);
+            }
+            let request = client.request(Method::POST, &url).json(&body);
+            let reply = client.call(request).await?;
+            emit(opts, &reply.body, output::module_rolled_back)
         }
     }
 }

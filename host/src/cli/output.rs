@@ -212,13 +212,60 @@ pub(crate) fn module_pushed(out: &mut dyn Write, created: bool, v: &Value) -> io
 }
 
 pub(crate) fn module_activated(out: &mut dyn Write, v: &Value) -> io::Result<()> {
-    writeln!(
-        out,
-        "{}@{} is now active ({})",
-        text(&v["name"]),
-        text(&v["version"]),
-        text(&v["digest"])
-    )
+    match v["canary_percent"].as_u64() {
+        Some(percent) => writeln!(
+            out,
+            "{}@{} is a canary for {percent}% of the aggregate ids ({})",
+            text(&v["name"]),
+            text(&v["version"]),
+            text(&v["digest"])
+        ),
+        None => writeln!(
+            out,
+            "{}@{} is now active ({})",
+            text(&v["name"]),
+            text(&v["version"]),
+            text(&v["digest"])
+        ),
+    }
+}
+
+pub(crate) fn module_rolled_back(out: &mut dyn Write, v: &Value) -> io::Result<()> {
+    let name = text(&v["name"]);
+    if v["canary_dropped"].as_bool() == Some(true) {
+        write!(
+            out,
+            "{name}: canary {} rolled back; {} decides",
+            text(&v["from"]),
+            text(&v["to"])
+        )?;
+    } else {
+        write!(
+            out,
+            "{name}: rolled back from {} to {}",
+            text(&v["from"]),
+            text(&v["to"])
+        )?;
+    }
+    if v["forced"].as_bool() == Some(true) {
+        let retired: Vec<String> = v["retired"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(text)
+            .collect();
+        writeln!(
+            out,
+            " (forced: retired {}; every aggregate goes back)",
+            retired.join(", ")
+        )
+    } else {
+        writeln!(
+            out,
+            " (aggregates whose last event {} produced stay on it; --force moves them back too)",
+            text(&v["from"])
+        )
+    }
 }
 
 /// A what-if report: totals, a row per command type, then the samples with

@@ -1,9 +1,11 @@
-//! The command pipeline: a command for an aggregate goes through its active
-//! module and, if accepted, into the store.
+//! The command pipeline: a command for an aggregate goes through the module
+//! version that decides for its id and, if accepted, into the store.
 //!
 //! execute: check the command id (a repeat of the same request returns the
 //! original result; the same id for another request is refused) ->
-//! lock the aggregate -> load its state -> `handle` in the guest -> check the
+//! lock the aggregate -> pick the version (`ModuleRegistry::for_aggregate`:
+//! the active one, or the canary for its share of the ids, or a newer version
+//! that wrote the stream's last event) -> load its state -> `handle` in the guest -> check the
 //! guest's output -> `apply` the new events to get the new state and its digest
 //! -> append with the loaded version as expected version and the command id ->
 //! on a concurrency conflict start over from fresh state (bounded), unless the
@@ -44,11 +46,11 @@ pub use whatif::{
     WhatIfReport, WhatIfSample,
 };
 
-use crate::modules::{LoadedModule, ModuleRegistry, NotReady};
+use crate::modules::{CommandOutcomeKind, LoadedModule, ModuleRegistry, NotReady};
 use crate::runtime::{CommandContext, GuestError, Runtime};
 use crate::store::{
-    Direction, EventFilter, ExpectedVersion, JournalEntry, JournalOutcome, ModuleKind,
-    RecordedEvent, RequestFingerprint, Store, StoreError, StreamId, StreamVersion, check_name,
+    Direction, EventFilter, ExpectedVersion, JournalEntry, JournalOutcome, RecordedEvent,
+    RequestFingerprint, Store, StoreError, StreamId, StreamVersion, check_name,
 };
 use cache::StateCache;
 use locks::AggregateLocks;
@@ -198,7 +200,8 @@ pub struct CommandOutcome {
 pub struct StateView {
     pub version: StreamVersion,
     /// The module that folded the events into this state and rendered it,
-    /// `name@version`: the active one, whatever produced the events.
+    /// `name@version`: the one that decides the aggregate's next command
+    /// (`ModuleRegistry::for_aggregate`), whatever produced the events.
     pub folded_by: String,
     /// The module that produced the event at `version` (its `producer`), which at
     /// a past version, or after a hot swap, may be another version than `folded_by`.
@@ -356,26 +359,57 @@ impl CommandService {
         if let Some(outcome) = self.repeat_of(&command_id, &stream, &fingerprint)? {
             return Ok(outcome);
         }
-        // The version that takes this command is fixed here: a hot swap during the
-        // command does not change it.
-        let module = self
-            .modules
-            .active_ready(&request.aggregate_type, ModuleKind::Aggregate)
-            .await?
-            .ok_or_else(|| CommandError::UnknownAggregateType(request.aggregate_type.clone()))?;
         let _guard = self.locks.lock(&stream).await;
         // A retry that raced the original: the original has landed by the time we hold the lock.
         if let Some(outcome) = self.repeat_of(&command_id, &stream, &fingerprint)? {
             return Ok(outcome);
         }
+        // The version that takes this command is fixed here, under the
+        // aggregate's lock (so the stream's last producer cannot change under
+        // the choice): a hot swap, canary or rollback during the command does
+        // not change it.
+        let routed = self
+            .modules
+            .for_aggregate(&request.aggregate_type, &request.aggregate_id, || {
+                self.last_producer(&stream)
+            })
+            .await?
+            .ok_or_else(|| CommandError::UnknownAggregateType(request.aggregate_type.clone()))?;
+        let result = self
+            .decide_and_append(
+                &routed.module,
+                &stream,
+                &request,
+                &command_id,
+                received_at_ms,
+                &fingerprint,
+            )
+            .await;
+        if let Some(kind) = outcome_kind(&result) {
+            self.modules
+                .count_outcome(&routed.module, routed.sticky, kind);
+        }
+        result
+    }
+
+    /// The attempts of one command on `module`, under the aggregate's lock.
+    async fn decide_and_append(
+        &self,
+        module: &Arc<LoadedModule>,
+        stream: &StreamId,
+        request: &CommandRequest,
+        command_id: &str,
+        received_at_ms: u64,
+        fingerprint: &RequestFingerprint,
+    ) -> Result<CommandOutcome, CommandError> {
         let context = CommandContext {
             aggregate_type: request.aggregate_type.clone(),
             aggregate_id: request.aggregate_id.clone(),
-            command_id: command_id.clone(),
+            command_id: command_id.to_string(),
             correlation_id: request
                 .correlation_id
                 .clone()
-                .unwrap_or_else(|| command_id.clone()),
+                .unwrap_or_else(|| command_id.to_string()),
             received_at_ms,
         };
         let attempts = if request.precondition.retries() {
@@ -385,11 +419,11 @@ impl CommandService {
         };
         for attempt in 1..=attempts {
             match self
-                .attempt(&module, &stream, &request, &context, &fingerprint)
+                .attempt(module, stream, request, &context, fingerprint)
                 .await
             {
                 Err(CommandError::Store(StoreError::WrongExpectedVersion { actual, .. })) => {
-                    self.forget(&module, &stream);
+                    self.forget(module, stream);
                     if !request.precondition.retries() {
                         return Err(CommandError::WrongExpectedVersion {
                             expected: request.precondition.clone(),
@@ -407,6 +441,20 @@ impl CommandService {
             }
         }
         Err(CommandError::Conflict { attempts })
+    }
+
+    /// The producer (`name@version`) of the stream's last event, if it has one.
+    fn last_producer(&self, stream: &StreamId) -> Result<Option<String>, CommandError> {
+        let version = self.store.stream_version(stream)?;
+        if version == 0 {
+            return Ok(None);
+        }
+        Ok(self
+            .store
+            .read_stream(stream, version, Direction::Forward, 1)?
+            .into_iter()
+            .next()
+            .and_then(|event| event.metadata.producer))
     }
 
     async fn attempt(
@@ -622,7 +670,7 @@ impl CommandService {
         }
     }
 
-    /// The aggregate's state as its active module renders it, now or as of `at_version`.
+    /// The aggregate's state as the version that decides for it renders it, now or as of `at_version`.
     pub async fn read_state(
         &self,
         aggregate_type: &str,
@@ -631,11 +679,13 @@ impl CommandService {
     ) -> Result<StateView, CommandError> {
         let stream = StreamId::new(aggregate_type, aggregate_id)
             .map_err(|e| CommandError::InvalidRequest(e.to_string()))?;
+        // Rendered by the version that decides this aggregate's next command.
         let module = self
             .modules
-            .active_ready(aggregate_type, ModuleKind::Aggregate)
+            .for_aggregate(aggregate_type, aggregate_id, || self.last_producer(&stream))
             .await?
-            .ok_or_else(|| CommandError::UnknownAggregateType(aggregate_type.to_string()))?;
+            .ok_or_else(|| CommandError::UnknownAggregateType(aggregate_type.to_string()))?
+            .module;
         let current = self.store.stream_version(&stream)?;
         if current == 0 {
             return Err(CommandError::NotFound(format!(
@@ -676,6 +726,25 @@ impl CommandService {
             state: rendered,
         })
     }
+}
+
+/// How a command a version decided ended, for its counters; None for a
+/// repeat (decided before, by whichever version it was).
+fn outcome_kind(result: &Result<CommandOutcome, CommandError>) -> Option<CommandOutcomeKind> {
+    Some(match result {
+        Ok(outcome) if outcome.repeated => return None,
+        Ok(_) => CommandOutcomeKind::Accepted,
+        Err(CommandError::Rejected { .. } | CommandError::InvalidCommand(_)) => {
+            CommandOutcomeKind::Rejected
+        }
+        Err(
+            CommandError::Guest(_)
+            | CommandError::InvalidGuestOutput { .. }
+            | CommandError::StateTooLarge { .. }
+            | CommandError::ReplayTimedOut { .. },
+        ) => CommandOutcomeKind::Failed,
+        Err(_) => CommandOutcomeKind::Refused,
+    })
 }
 
 /// The aggregate a module implements; a projection's name is no aggregate type.

@@ -52,6 +52,42 @@ pub enum ModuleError {
         existing: &'static str,
         uploaded: &'static str,
     },
+    #[error("invalid canary: {0}")]
+    InvalidCanary(String),
+    #[error(
+        "{0} is a process: a process has one active version (a canary would split its instances' inputs); activate a version in full"
+    )]
+    CanaryNotSupported(String),
+    #[error("{0} has no active version to split against; activate a first version in full")]
+    NoActiveVersion(String),
+    #[error("{0} is the stable version already; a canary tries a newer one")]
+    CanaryIsStable(String),
+    #[error(
+        "{name}@{version} is not newer than the stable version {stable}; a canary tries a newer version (to go back, use POST /v1/modules/{name}/rollback)"
+    )]
+    CanaryNotNewer {
+        name: String,
+        version: String,
+        stable: String,
+    },
+    #[error(
+        "{name}@{canary} is a canary at {percent}% already; promote it (activate {canary} without a canary), change its share (activate {canary} with another canary), or roll it back (POST /v1/modules/{name}/rollback) first"
+    )]
+    CanaryInProgress {
+        name: String,
+        canary: String,
+        percent: u8,
+    },
+    #[error("nothing to roll back to: {0}")]
+    NothingToRollBack(String),
+    #[error(
+        "a rollback of {name} from {expected} was asked for, but a rollback now would go back from {actual} (an earlier rollback, or another activation, came first); nothing changed"
+    )]
+    RollbackFromMismatch {
+        name: String,
+        expected: String,
+        actual: String,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("module host failure: {0}")]
@@ -72,6 +108,14 @@ impl ModuleError {
             ModuleError::NotFound(_) => "not_found",
             ModuleError::PromoteProjection(_) => "use_promote",
             ModuleError::KindMismatch { .. } => "module_kind_mismatch",
+            ModuleError::InvalidCanary(_) => "invalid_canary",
+            ModuleError::CanaryNotSupported(_) => "canary_not_supported",
+            ModuleError::NoActiveVersion(_) => "no_active_version",
+            ModuleError::CanaryIsStable(_) => "canary_is_stable",
+            ModuleError::CanaryNotNewer { .. } => "canary_not_newer",
+            ModuleError::CanaryInProgress { .. } => "canary_in_progress",
+            ModuleError::NothingToRollBack(_) => "nothing_to_roll_back",
+            ModuleError::RollbackFromMismatch { .. } => "rollback_from_mismatch",
             ModuleError::Store(store) => store.code(),
             ModuleError::Host(_) => "internal",
         }

@@ -13,6 +13,7 @@
 mod boot;
 mod error;
 mod names;
+mod routing;
 mod upload;
 mod version;
 
@@ -29,6 +30,11 @@ use crate::store::{ModuleKind, ModuleRecord, Store};
 pub use error::{CompileBudget, ModuleError};
 use names::semver_key;
 pub use names::{MAX_MODULE_NAME_LEN, MAX_MODULE_VERSION_LEN, validate_name, validate_version};
+use routing::Active;
+pub use routing::{
+    CanaryView, CommandOutcomeKind, OutcomeCounts, RollbackOutcome, Routed, RoutingView,
+    VersionRole, canary_bucket,
+};
 use version::Registered;
 pub use version::{CompileState, ModuleVersion, NotReady};
 
@@ -107,7 +113,12 @@ pub struct ModuleRegistry {
     dir: PathBuf,
     /// Every registered version, compiled or not.
     versions: RwLock<HashMap<(String, String), Arc<Registered>>>,
-    active: RwLock<HashMap<String, Arc<Registered>>>,
+    /// Per name: the active (stable) version, and for an aggregate its canary
+    /// and retired versions (`routing`). One map, so a command's routing reads
+    /// one consistent picture.
+    active: RwLock<HashMap<String, Active>>,
+    /// Command outcomes per (name, version) since this process started.
+    outcomes: routing::Outcomes,
     /// Held while a compiled upload is checked, filed and recorded (never while
     /// compiling): it keeps the record, the version map and the first-version
     /// activation in step.
@@ -133,10 +144,14 @@ impl ModuleRegistry {
         std::fs::create_dir_all(&dir)
             .map_err(|e| ModuleError::Host(format!("creating {}: {e}", dir.display())))?;
         let booted = boot::load_registered(&runtime, &dir, store.modules()?);
+        let mut routings: HashMap<String, crate::store::Routing> =
+            store.routings()?.into_iter().collect();
         let mut active = HashMap::new();
         for (name, version) in store.active_modules()? {
             if let Some(entry) = booted.versions.get(&(name.clone(), version)) {
-                active.insert(name, entry.clone());
+                let routing = routings.remove(&name).unwrap_or_default();
+                let state = Active::restore(entry.clone(), routing, &name, &booted.versions);
+                active.insert(name, state);
             }
         }
         let registry = ModuleRegistry {
@@ -145,6 +160,7 @@ impl ModuleRegistry {
             dir,
             versions: RwLock::new(booted.versions),
             active: RwLock::new(active),
+            outcomes: routing::Outcomes::default(),
             uploads: tokio::sync::Mutex::new(()),
             activation: std::sync::Mutex::new(()),
             projection_listener: Arc::new(RwLock::new(None)),
@@ -190,7 +206,8 @@ impl ModuleRegistry {
             self.store.set_process_checkpoint(name, self.store.head())?;
         }
         self.store.set_active_module(name, version)?;
-        self.active_mut().insert(name.to_string(), entry);
+        self.active_mut()
+            .insert(name.to_string(), Active::stable(entry));
         tracing::info!(module = %module.label(), "projection version is live");
         Ok(module)
     }
@@ -211,7 +228,10 @@ impl ModuleRegistry {
         Ok(())
     }
 
-    /// Makes `version` the one that takes `name`'s next command.
+    /// Makes `version` the one that takes `name`'s next command. While a
+    /// canary runs, activating the canary's version promotes it (it becomes
+    /// the stable version, for every aggregate id); any other version is
+    /// refused (`canary_in_progress`): promote or roll back first.
     pub fn activate(&self, name: &str, version: &str) -> Result<Arc<LoadedModule>, ModuleError> {
         let entry = self.entry(name, version)?;
         match entry.record.kind {
@@ -222,6 +242,16 @@ impl ModuleRegistry {
         }
         let module = entry.now(self.request_wait())?;
         let _in_step = self.activation.lock().unwrap_or_else(|e| e.into_inner());
+        let mut routing = self.store.routing(name)?;
+        if let Some(canary) = &routing.canary
+            && canary.version != version
+        {
+            return Err(ModuleError::CanaryInProgress {
+                name: name.to_string(),
+                canary: canary.version.clone(),
+                percent: canary.percent,
+            });
+        }
         if entry.record.kind == ModuleKind::Process && self.store.active_module(name)?.is_none() {
             // A process starts with the events after its first activation:
             // replaying the history before it would carry out every past
@@ -229,10 +259,21 @@ impl ModuleRegistry {
             // twice). Made durable with the activation below.
             self.store.set_process_checkpoint(name, self.store.head())?;
         }
-        self.store.set_active_module(name, version)?;
-        self.active_mut().insert(name.to_string(), entry);
+        let promoted = routing.canary.take().is_some();
+        routing.retired.retain(|v| v != version);
+        self.store.set_routing(name, Some(version), &routing)?;
+        let state = Active {
+            stable: entry,
+            canary: None,
+            retired: routing.retired,
+        };
+        self.active_mut().insert(name.to_string(), state);
         self.activations.send_modify(|n| *n += 1);
-        tracing::info!(module = %module.label(), "activated");
+        if promoted {
+            tracing::info!(module = %module.label(), "canary promoted: it decides for every aggregate id");
+        } else {
+            tracing::info!(module = %module.label(), "activated");
+        }
         Ok(module)
     }
 
@@ -247,7 +288,7 @@ impl ModuleRegistry {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .filter(|(_, entry)| entry.record.kind == ModuleKind::Process)
+            .filter(|(_, active)| active.stable.record.kind == ModuleKind::Process)
             .map(|(name, _)| name.clone())
             .collect()
     }
@@ -341,12 +382,19 @@ impl ModuleRegistry {
             .ok_or_else(|| ModuleError::NotFound(format!("{name}@{version}")))
     }
 
+    /// The active (stable) version of `name`.
     fn active_entry(&self, name: &str) -> Option<Arc<Registered>> {
         self.active
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
-            .cloned()
+            .map(|a| a.stable.clone())
+    }
+
+    fn versions_map(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, HashMap<(String, String), Arc<Registered>>> {
+        self.versions.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Copies the component files of `records` into `dir` (for a backup): each
@@ -384,7 +432,7 @@ impl ModuleRegistry {
         self.versions.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn active_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Registered>>> {
+    fn active_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Active>> {
         self.active.write().unwrap_or_else(|e| e.into_inner())
     }
 }

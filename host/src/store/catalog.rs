@@ -61,6 +61,7 @@ const VERSIONS: u8 = b'm';
 const ACTIVE: u8 = b'a';
 const HISTORY: u8 = b'h';
 const PROCESS_CHECKPOINT: u8 = b'p';
+const ROUTING: u8 = b'r';
 
 /// One activation: from `at_ms`, `version` was the active (or live) one,
 /// until the next activation of the same name.
@@ -68,6 +69,27 @@ const PROCESS_CHECKPOINT: u8 = b'p';
 pub struct Activation {
     pub version: String,
     pub at_ms: u64,
+}
+
+/// How an aggregate type's commands are split beside its active (stable)
+/// version: a canary, and the versions a forced rollback retired. Absent (the
+/// default) for almost every name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Routing {
+    pub canary: Option<CanaryRecord>,
+    /// Versions a forced rollback retired: no aggregate is decided by them,
+    /// not even one whose last event they produced. Activating one again
+    /// (full or canary) takes it off this list.
+    pub retired: Vec<String>,
+}
+
+/// A version that decides for a share of the aggregate ids.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CanaryRecord {
+    pub version: String,
+    /// 1..=99: ids whose bucket (0..=99) is below it go to this version.
+    pub percent: u8,
+    pub since_ms: u64,
 }
 
 fn registry_key(sub: u8, name: &str, version: Option<&str>) -> Vec<u8> {
@@ -245,6 +267,78 @@ impl Store {
             return Err(err);
         }
         self.sync("activating a module")
+    }
+
+    /// `name`'s routing (canary, retired versions); the default when none is kept.
+    pub fn routing(&self, name: &str) -> Result<Routing, StoreError> {
+        let key = registry_key(ROUTING, name, None);
+        Ok(self
+            .inner
+            .db
+            .get(&key)
+            .map_err(|e| StoreError::storage("reading the module registry", e))?
+            .map(|v| format::decode_v1::<Routing>(&key, &v))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    /// Every name's routing that is not the default.
+    pub fn routings(&self) -> Result<Vec<(String, Routing)>, StoreError> {
+        self.inner
+            .db
+            .scan_prefix([SPACE_REGISTRY, ROUTING])
+            .map(|item| {
+                let (key, value) =
+                    item.map_err(|e| StoreError::storage("reading the module registry", e))?;
+                let name = String::from_utf8_lossy(&key[3..]).into_owned();
+                Ok((name, format::decode_v1(&key, &value)?))
+            })
+            .collect()
+    }
+
+    /// Sets `name`'s routing and, if `active` is given and differs from the
+    /// active version, points `name` at it and appends that to the activation
+    /// history: all in one batch, durable on return. A promotion, a rollback
+    /// and a canary's start or end each change both or one of them at once.
+    /// The caller serializes changes of one name (the registry's activation lock).
+    pub fn set_routing(
+        &self,
+        name: &str,
+        active: Option<&str>,
+        routing: &Routing,
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        if let Some(version) = active
+            && self.active_module(name)?.as_deref() != Some(version)
+        {
+            let history = self.activations(name)?;
+            batch.insert(
+                registry_key(ACTIVE, name, None),
+                format::encode_v1(&version),
+            );
+            let mut key = registry_key(HISTORY, name, None);
+            key.extend_from_slice(&(history.len() as u32).to_be_bytes());
+            let at_ms = crate::clock::now_ms().max(history.last().map_or(0, |a| a.at_ms));
+            batch.insert(
+                key,
+                format::encode_v1(&Activation {
+                    version: version.to_string(),
+                    at_ms,
+                }),
+            );
+        }
+        let key = registry_key(ROUTING, name, None);
+        if *routing == Routing::default() {
+            batch.remove(key);
+        } else {
+            batch.insert(key, format::encode_v1(routing));
+        }
+        if let Err(e) = self.inner.db.apply_batch(batch) {
+            let err = StoreError::storage("changing a module's routing", e);
+            self.inner.health.record_failure(err.to_string());
+            return Err(err);
+        }
+        self.sync("changing a module's routing")
     }
 
     /// Where process `name`'s runner has read the log up to (0: nowhere yet).

@@ -38,7 +38,9 @@ use futures::stream::BoxStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use backup::BackupReport;
-pub use catalog::{Activation, MAX_SNAPSHOT_LEN, ModuleKind, ModulePut, ModuleRecord};
+pub use catalog::{
+    Activation, CanaryRecord, MAX_SNAPSHOT_LEN, ModuleKind, ModulePut, ModuleRecord, Routing,
+};
 pub use chain::{EventProof, IntegrityStatus, VerifyFailure, VerifyReport};
 pub use error::StoreError;
 pub use format::decode_event_body;

@@ -522,17 +522,26 @@ pub fn react_process<P: Process>(
 ) -> Result<RawReaction, String> {
     let mut state: P = decode_process_state(state)?;
     let inputs = match input {
-        ProcessInput::Event(raw) => raw
-            .upcast(&P::schema())?
-            .into_iter()
-            .map(|raw| raw.into_envelope().map(ProcessInput::Event))
-            .collect::<Result<Vec<_>, _>>()?,
+        // Of an event upcast into several, the parts `route` gives this
+        // instance (`route` gives one instance per recorded event: the first
+        // part that routes decides which; parts for other instances are not
+        // delivered to them).
+        ProcessInput::Event(raw) => {
+            let mut parts = Vec::new();
+            for part in raw.upcast(&P::schema())? {
+                let envelope = part.into_envelope::<P::LogEvent>()?;
+                if P::route(&envelope).as_deref() == Some(context.process_id.as_str()) {
+                    parts.push(ProcessInput::Event(envelope));
+                }
+            }
+            parts
+        }
         ProcessInput::Accepted(a) => vec![ProcessInput::Accepted(a)],
         ProcessInput::Rejected(r) => vec![ProcessInput::Rejected(r)],
         ProcessInput::Deadline(d) => vec![ProcessInput::Deadline(d)],
     };
-    // An event upcast into several is reacted to one by one, each against the
-    // state the reactions before it left, as if they had been recorded apart.
+    // The parts of an event upcast into several are reacted to one by one,
+    // each against the state the reactions before it left.
     let mut combined = Reaction::<EventParts>::default();
     let count = inputs.len();
     for (i, input) in inputs.into_iter().enumerate() {

@@ -36,9 +36,12 @@ use std::fmt;
 
 use serde_json::Value;
 
-/// The most upcasting steps one recorded event may take (a guard against
-/// upcasters that lead back to where they started).
+/// The most upcasting steps one chain may take, from a recorded event to
+/// one of the events it becomes (a guard against upcasters that lead back to
+/// where they started).
 pub const MAX_UPCAST_STEPS: usize = 64;
+/// The most events one recorded event may become.
+pub const MAX_UPCAST_EVENTS: usize = 10_000;
 
 type Step = Box<dyn Fn(Value) -> Result<Vec<Upcast>, String>>;
 
@@ -153,21 +156,27 @@ impl Schema {
         let value: Value = serde_json::from_str(data)
             .map_err(|e| format!("event {event_type} v{version} is not JSON: {e}"))?;
         let mut out = Vec::new();
-        // Depth first, so the events keep their order.
-        let mut pending = vec![Upcast::new(event_type, version, value)];
-        let mut steps = 0;
-        while let Some(event) = pending.pop() {
+        // Depth first, so the events keep their order; each with the number
+        // of steps its chain has taken.
+        let mut pending = vec![(Upcast::new(event_type, version, value), 0usize)];
+        while let Some((event, depth)) = pending.pop() {
             let key = (event.event_type.clone(), event.version);
             match self.steps.get(&key) {
-                None => out.push(Current {
-                    event_type: event.event_type,
-                    data: serde_json::to_string(&event.data).expect("a JSON value serializes"),
-                }),
-                Some(step) => {
-                    steps += 1;
-                    if steps > MAX_UPCAST_STEPS {
+                None => {
+                    if out.len() >= MAX_UPCAST_EVENTS {
                         return Err(format!(
-                            "upcasting {event_type} v{version} took more than {MAX_UPCAST_STEPS} steps (do two upcasters lead back to each other?)"
+                            "upcasting {event_type} v{version} made more than {MAX_UPCAST_EVENTS} events"
+                        ));
+                    }
+                    out.push(Current {
+                        event_type: event.event_type,
+                        data: serde_json::to_string(&event.data).expect("a JSON value serializes"),
+                    })
+                }
+                Some(step) => {
+                    if depth >= MAX_UPCAST_STEPS {
+                        return Err(format!(
+                            "upcasting {event_type} v{version} took more than {MAX_UPCAST_STEPS} steps in a row (do two upcasters lead back to each other?)"
                         ));
                     }
                     let next = step(event.data).map_err(|e| {
@@ -180,7 +189,7 @@ impl Schema {
                                 key.0, key.1, produced.event_type
                             ));
                         }
-                        pending.push(produced);
+                        pending.push((produced, depth + 1));
                     }
                 }
             }
@@ -326,6 +335,20 @@ mod tests {
             .for_each_current([("Deposited", "{}")], &[], |_, _| Ok(()))
             .unwrap_err();
         assert!(err.contains("schema versions"), "{err}");
+    }
+
+    #[test]
+    fn a_wide_split_is_not_a_loop() {
+        let schema = Schema::new()
+            .upcast("Order", 1, |_| {
+                Ok((0..100)
+                    .map(|i| Upcast::new("Line", 1, json!({ "n": i })))
+                    .collect())
+            })
+            .upcast("Line", 1, |d| Ok(vec![Upcast::new("Line", 2, d)]));
+        let out = schema.upcast_event("Order", 1, "{}").unwrap();
+        assert_eq!(out.len(), 100);
+        assert_eq!(out[99].data, r#"{"n":99}"#);
     }
 
     #[test]

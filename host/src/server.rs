@@ -104,7 +104,9 @@ impl RunningServer {
             let (_, module) = self
                 .app
                 .modules
-                .upload(&example.name, &example.version, example.bytes, true)
+                // The operator's own examples: a newer example version is
+                // activated without a replay check (as `--force`).
+                .upload(&example.name, &example.version, example.bytes, true, true)
                 .await?;
             loaded.push(ExampleLoaded::Uploaded(module));
         }

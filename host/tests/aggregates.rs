@@ -341,7 +341,7 @@ async fn a_hot_swap_under_concurrent_commands_loses_nothing_and_stamps_each_even
     // Version 1.1.0 is the same logic built without WASI: other bytes, same behaviour.
     let v2 = std::fs::read(BANK_ACCOUNT_NO_WASI).unwrap();
     host.modules
-        .upload("bank-account", "1.1.0", v2, false)
+        .upload("bank-account", "1.1.0", v2, false, false)
         .await
         .unwrap();
     assert_eq!(
@@ -364,7 +364,9 @@ async fn a_hot_swap_under_concurrent_commands_loses_nothing_and_stamps_each_even
     };
     let (before, swap) = tokio::join!(send_all(0), async {
         tokio::task::yield_now().await;
-        host.modules.activate("bank-account", "1.1.0").unwrap()
+        host.modules
+            .activate("bank-account", "1.1.0", true)
+            .unwrap()
     });
     assert_eq!(swap.record.version, "1.1.0");
     let after: Vec<_> = send_all(1)
@@ -488,7 +490,7 @@ async fn uploads_are_checked_immutable_and_idempotent() {
     assert!(
         invalid(
             host.modules
-                .upload("x", "1.0.0", b"hello".to_vec(), false)
+                .upload("x", "1.0.0", b"hello".to_vec(), false, false)
                 .await
         )
         .contains("not WebAssembly")
@@ -496,7 +498,13 @@ async fn uploads_are_checked_immutable_and_idempotent() {
     assert!(
         invalid(
             host.modules
-                .upload("x", "1.0.0", bytes[..bytes.len() / 2].to_vec(), false)
+                .upload(
+                    "x",
+                    "1.0.0",
+                    bytes[..bytes.len() / 2].to_vec(),
+                    false,
+                    false
+                )
                 .await
         )
         .len()
@@ -504,17 +512,23 @@ async fn uploads_are_checked_immutable_and_idempotent() {
     );
     let core_module = b"\0asm\x01\0\0\0".to_vec();
     assert!(
-        invalid(host.modules.upload("x", "1.0.0", core_module, false).await)
-            .contains("core Wasm module")
+        invalid(
+            host.modules
+                .upload("x", "1.0.0", core_module, false, false)
+                .await
+        )
+        .contains("core Wasm module")
     );
     assert!(matches!(
         host.modules
-            .upload("Bad Name", "1.0.0", bytes.clone(), false)
+            .upload("Bad Name", "1.0.0", bytes.clone(), false, false)
             .await,
         Err(ModuleError::InvalidName { .. })
     ));
     assert!(matches!(
-        host.modules.upload("x", "one", bytes.clone(), false).await,
+        host.modules
+            .upload("x", "one", bytes.clone(), false, false)
+            .await,
         Err(ModuleError::InvalidVersion { .. })
     ));
     assert!(
@@ -524,12 +538,12 @@ async fn uploads_are_checked_immutable_and_idempotent() {
 
     let (first, _) = host
         .modules
-        .upload("bank-account", "1.0.0", bytes.clone(), false)
+        .upload("bank-account", "1.0.0", bytes.clone(), false, false)
         .await
         .unwrap();
     let (again, _) = host
         .modules
-        .upload("bank-account", "1.0.0", bytes.clone(), false)
+        .upload("bank-account", "1.0.0", bytes.clone(), false, false)
         .await
         .unwrap();
     assert_eq!(
@@ -542,7 +556,7 @@ async fn uploads_are_checked_immutable_and_idempotent() {
     let other = std::fs::read(BANK_ACCOUNT_NO_WASI).unwrap();
     assert!(matches!(
         host.modules
-            .upload("bank-account", "1.0.0", other, false)
+            .upload("bank-account", "1.0.0", other, false, false)
             .await,
         Err(ModuleError::Conflict { .. })
     ));

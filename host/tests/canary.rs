@@ -67,7 +67,15 @@ async fn two_versions(s: &TestServer) {
     .await;
 }
 
-async fn activate(s: &TestServer, name: &str, body: Value) -> reqwest::Response {
+/// Activates with `force`: these tests are about routing; the replay check
+/// that gates activation has its own tests (schema_evolution.rs). A body
+/// that is not an object goes as it is (the refusal tests).
+async fn activate(s: &TestServer, name: &str, mut body: Value) -> reqwest::Response {
+    if let Some(fields) = body.as_object_mut()
+        && !fields.contains_key("extra")
+    {
+        fields.entry("force").or_insert(Value::Bool(true));
+    }
     s.request(Method::POST, &format!("/v1/modules/{name}/activate"))
         .json(&body)
         .send()
@@ -811,6 +819,7 @@ async fn the_cli_starts_promotes_and_rolls_back_a_canary() {
         "2.0.0",
         "--canary",
         "25",
+        "--force",
     ])
     .await;
     assert_eq!(code, Some(0), "{err}");
@@ -836,7 +845,7 @@ async fn the_cli_starts_promotes_and_rolls_back_a_canary() {
     assert_eq!(code, Some(1));
     assert!(err.contains("nothing_to_roll_back"), "{err}");
 
-    let (code, out, err) = run(&["module", "activate", "bank-account", "2.0.0"]).await;
+    let (code, out, err) = run(&["module", "activate", "bank-account", "2.0.0", "--force"]).await;
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("is now active"), "{out}");
     let (code, out, err) = run(&["module", "rollback", "bank-account", "--force"]).await;

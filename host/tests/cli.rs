@@ -56,6 +56,18 @@ fn the_cli_uploads_sends_reads_and_reports_errors_with_their_codes() {
         "1.1.0",
     ]);
     assert!(push2.status.success());
+    // A swap needs a replay check first.
+    let refused = run(&["module", "activate", "bank-account", "1.1.0"]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("check_required"),
+        "{}",
+        stderr(&refused)
+    );
+    let check = run(&["module", "check", "bank-account", "1.1.0"]);
+    assert!(check.status.success(), "{}", stderr(&check));
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(report.contains("bank-account@1.1.0 passed"), "{report}");
     let activate = run(&["module", "activate", "bank-account", "1.1.0"]);
     assert!(activate.status.success(), "{}", stderr(&activate));
     let list = run(&["--json", "module", "list"]);

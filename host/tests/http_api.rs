@@ -89,9 +89,17 @@ async fn modules_upload_list_activate_and_their_errors() {
     );
     assert_eq!(bank["versions"].as_array().unwrap().len(), 2);
 
-    let activate = s
+    // A swap needs a replay check of the new version; `force` skips it.
+    let unchecked = s
         .request(Method::POST, "/v1/modules/bank-account/activate")
         .body(r#"{"version":"2.0.0"}"#)
+        .send()
+        .await
+        .unwrap();
+    expect_problem(unchecked, 409, "check_required").await;
+    let activate = s
+        .request(Method::POST, "/v1/modules/bank-account/activate")
+        .body(r#"{"version":"2.0.0","force":true}"#)
         .send()
         .await
         .unwrap();
@@ -671,7 +679,10 @@ async fn a_state_names_the_module_that_folded_it_and_the_producer_of_its_last_ev
     s.send("bank-account", "acc-1", r#"{"type":"Open","owner":"Ada"}"#)
         .await;
     let v11 = s
-        .request(Method::PUT, "/v1/modules/bank-account/1.1.0?activate=true")
+        .request(
+            Method::PUT,
+            "/v1/modules/bank-account/1.1.0?activate=true&force=true",
+        )
         .body(std::fs::read(refold_test_guests::BANK_ACCOUNT_NO_WASI).unwrap())
         .send()
         .await

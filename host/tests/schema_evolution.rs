@@ -64,6 +64,49 @@ async fn balances(s: &TestServer) -> (Value, Value) {
     (page["documents"].clone(), view)
 }
 
+/// Uploads without activating.
+async fn put(s: &TestServer, name: &str, version: &str, path: &str) {
+    let r = s
+        .request(Method::PUT, &format!("/v1/modules/{name}/{version}"))
+        .header("content-type", "application/wasm")
+        .body(std::fs::read(path).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+}
+
+/// Runs the replay check of `name@version` and waits for its verdict.
+async fn check(s: &TestServer, name: &str, version: &str, body: Value) -> Value {
+    let r = s
+        .request(Method::POST, &format!("/v1/modules/{name}/{version}/check"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202, "{}", r.text().await.unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, view) = s
+            .get_json(&format!("/v1/modules/{name}/{version}/check"))
+            .await;
+        assert_eq!(status, 200, "{view}");
+        if view["state"] != "running" {
+            return view;
+        }
+        assert!(std::time::Instant::now() < deadline, "{view}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn activate(s: &TestServer, name: &str, version: &str, force: bool) -> reqwest::Response {
+    s.request(Method::POST, &format!("/v1/modules/{name}/activate"))
+        .json(&json!({"version": version, "force": force}))
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn upload(s: &TestServer, name: &str, version: &str, path: &str) {
     let r = s.upload(name, version, path).await;
     let status = r.status().as_u16();
@@ -87,7 +130,23 @@ async fn mixed_history_reads_as_if_2_0_0_had_written_it_all() {
     let mut outcomes = (Vec::new(), Vec::new());
     for (i, (id, command)) in script().iter().enumerate() {
         if i == SWAP_AT {
-            upload(&mixed, "bank-account", "2.0.0", guests::BANK_ACCOUNT_V2).await;
+            // Refused until a replay check of 2.0.0 has passed.
+            put(&mixed, "bank-account", "2.0.0", guests::BANK_ACCOUNT_V2).await;
+            support::http::expect_problem(
+                activate(&mixed, "bank-account", "2.0.0", false).await,
+                409,
+                "check_required",
+            )
+            .await;
+            let verdict = check(&mixed, "bank-account", "2.0.0", json!({})).await;
+            assert_eq!(verdict["state"], "passed", "{verdict}");
+            assert_eq!(verdict["streams_checked"], 2, "{verdict}");
+            assert_eq!(verdict["streams_failed"], 0, "{verdict}");
+            // 2.0.0's state has another shape (holder, not owner): it differs.
+            assert_eq!(verdict["streams_differing"], 2, "{verdict}");
+            assert_eq!(verdict["compared_with"], "bank-account@1.0.0");
+            let r = activate(&mixed, "bank-account", "2.0.0", false).await;
+            assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
         }
         outcomes.0.push(send(&mixed, id, command).await.0);
         outcomes.1.push(send(&only_v2, id, command).await.0);
@@ -192,28 +251,123 @@ async fn mixed_history_reads_as_if_2_0_0_had_written_it_all() {
 }
 
 /// 2.0.0 built without its upcaster cannot read a stream 1.0.0 opened: the
-/// command on it fails naming the event, other streams are unaffected, and
-/// nothing is written.
+/// replay check names the streams, activation is refused, and (forced) a
+/// command on such a stream fails naming the event while others are served
+/// and nothing is written. Commands keep flowing while a check runs, and its
+/// verdict survives a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_upcasters_old_streams_do_not_load() {
+async fn without_upcasters_the_check_fails_and_activation_is_refused() {
     let dir = support::temp_dir();
     let s = TestServer::start(dir.path()).await;
     upload(&s, "bank-account", "1.0.0", guests::BANK_ACCOUNT).await;
-    assert_eq!(
-        send(&s, "old", &json!({"type": "Open", "owner": "Ada"}))
-            .await
-            .0,
-        200
+    for id in ["old-1", "old-2", "old-3"] {
+        let open = json!({"type": "Open", "owner": "Ada"});
+        assert_eq!(send(&s, id, &open).await.0, 200);
+    }
+    put(
+        &s,
+        "bank-account",
+        "2.0.0",
+        guests::BANK_ACCOUNT_V2_NO_UPCASTERS,
+    )
+    .await;
+    put(&s, "bank-account", "2.0.1", guests::BANK_ACCOUNT_V2).await;
+
+    // Checks and commands at once: the commands are served.
+    let deposits = async {
+        for i in 0..30 {
+            let (status, body) = send(&s, "old-3", &json!({"type": "Deposit", "amount": 1})).await;
+            assert_eq!(status, 200, "deposit {i}: {body}");
+        }
+    };
+    let (verdict, ()) = tokio::join!(check(&s, "bank-account", "2.0.0", json!({})), deposits);
+    assert_eq!(verdict["state"], "failed", "{verdict}");
+    assert_eq!(verdict["streams_checked"], 3);
+    assert_eq!(verdict["streams_failed"], 3);
+    let failure = &verdict["failures"][0];
+    assert_eq!(failure["from_version"], 1, "{failure}");
+    assert_eq!(failure["kind"], "guest_failed", "{failure}");
+    assert!(
+        failure["error"]
+            .as_str()
+            .unwrap()
+            .contains("missing field `holder`"),
+        "{failure}"
     );
+    let named: std::collections::BTreeSet<&str> = verdict["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["aggregate_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(named, ["old-1", "old-2", "old-3"].into());
+    support::http::expect_problem(
+        activate(&s, "bank-account", "2.0.0", false).await,
+        409,
+        "check_failed",
+    )
+    .await;
+    // A canary needs the check too; an upload that activates as well.
     let r = s
-        .request(Method::PUT, "/v1/modules/bank-account/2.0.0?activate=true")
-        .header("content-type", "application/wasm")
-        .body(std::fs::read(guests::BANK_ACCOUNT_V2_NO_UPCASTERS).unwrap())
+        .request(Method::POST, "/v1/modules/bank-account/activate")
+        .json(&json!({"version": "2.0.0", "canary": 10}))
         .send()
         .await
         .unwrap();
-    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
-    let (status, body) = send(&s, "old", &json!({"type": "Deposit", "amount": 1})).await;
+    support::http::expect_problem(r, 409, "check_failed").await;
+    let r = s
+        .request(Method::PUT, "/v1/modules/bank-account/2.0.1?activate=true")
+        .header("content-type", "application/wasm")
+        .body(std::fs::read(guests::BANK_ACCOUNT_V2).unwrap())
+        .send()
+        .await
+        .unwrap();
+    support::http::expect_problem(r, 409, "check_required").await;
+    // A sample checks only the ids it names.
+    let sampled = check(&s, "bank-account", "2.0.1", json!({"sample": ["old-2"]})).await;
+    assert_eq!(sampled["state"], "passed", "{sampled}");
+    assert_eq!(
+        (
+            sampled["streams_checked"].as_u64(),
+            sampled["sampled"].as_bool()
+        ),
+        (Some(1), Some(true))
+    );
+    for bad in [
+        json!({"sample": []}),
+        json!({"sample": ["a\u{0}"]}),
+        json!({"samples": ["a"]}),
+        json!([1]),
+    ] {
+        let r = s
+            .request(Method::POST, "/v1/modules/bank-account/2.0.1/check")
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        support::http::expect_problem(r, 400, "invalid_request").await;
+    }
+    let (status, _) = s.get_json("/v1/modules/bank-account/9.0.0/check").await;
+    assert_eq!(status, 404);
+
+    // The verdicts survive a restart.
+    s.stop().await;
+    let s = TestServer::start(dir.path()).await;
+    let (_, after) = s.get_json("/v1/modules/bank-account/2.0.0/check").await;
+    assert_eq!(after["state"], "failed", "{after}");
+    support::http::expect_problem(
+        activate(&s, "bank-account", "2.0.0", false).await,
+        409,
+        "check_failed",
+    )
+    .await;
+
+    // Forced, it goes live and cannot read the old streams.
+    assert_eq!(
+        activate(&s, "bank-account", "2.0.0", true).await.status(),
+        200
+    );
+    let (status, body) = send(&s, "old-1", &json!({"type": "Deposit", "amount": 1})).await;
     assert_eq!(
         (status, body["code"].as_str()),
         (422, Some("guest_failed")),
@@ -223,14 +377,12 @@ async fn without_upcasters_old_streams_do_not_load() {
         body.to_string().contains("Opened") && body.to_string().contains("holder"),
         "names the event and the field: {body}"
     );
-    assert_eq!(events(&s, "old").await.len(), 1, "nothing written");
-    // A stream 2.0.0 opens itself works.
+    assert_eq!(events(&s, "old-1").await.len(), 1, "nothing written");
     assert_eq!(
         send(&s, "new", &json!({"type": "Open", "holder": "Bo"}))
             .await
             .0,
         200
     );
-    tokio::time::sleep(Duration::from_millis(10)).await;
     s.stop().await;
 }

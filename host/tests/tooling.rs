@@ -693,6 +693,7 @@ fn deploy_uploads_the_version_the_crate_says_and_how_to_activate_it() {
     assert!(!text.contains(", active"), "{text}");
     let hint = "`refold module activate tool-versioned 0.2.0`";
     assert!(text.contains(hint), "{text}");
+    assert_ok(&run(&["module", "check", "tool-versioned", "0.2.0"]));
     let out = run(&["module", "activate", "tool-versioned", "0.2.0"]);
     assert_ok(&out);
     assert!(

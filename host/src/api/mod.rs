@@ -86,6 +86,10 @@ pub fn router(app: AppState, tokens: Tokens) -> Router {
         .route("/v1/modules/{name}/activate", post(modules::activate))
         .route("/v1/modules/{name}/{version}/whatif", post(modules::whatif))
         .route("/v1/modules/{name}/rollback", post(modules::rollback))
+        .route(
+            "/v1/modules/{name}/{version}/check",
+            post(modules::start_check),
+        )
         .route("/v1/admin/backup", post(admin::backup))
         .route("/v1/integrity/seal", post(integrity::seal))
         .route("/v1/integrity/verify", get(integrity::verify))
@@ -120,6 +124,7 @@ pub fn router(app: AppState, tokens: Tokens) -> Router {
     let reader = Router::new()
         .route("/v1/modules", get(modules::list))
         .route("/v1/modules/{name}", get(modules::get))
+        .route("/v1/modules/{name}/{version}/check", get(modules::check))
         .route(
             "/v1/aggregates/{aggregate_type}/{id}",
             get(aggregates::state),

@@ -210,11 +210,12 @@ pub async fn put(
     body: Body,
 ) -> Result<(StatusCode, Json<ModuleView>), ApiError> {
     let Path((name, version)) = path.map_err(request::path_error)?;
-    let activate = QueryPairs::parse(query.as_deref())?.flag("activate")?;
+    let query = QueryPairs::parse(query.as_deref())?;
+    let (activate, force) = (query.flag("activate")?, query.flag("force")?);
     let bytes = request::body(body, app.limits.max_module_bytes, app.limits.body_timeout).await?;
     let (uploaded, module) = app
         .modules
-        .upload(&name, &version, bytes.to_vec(), activate)
+        .upload(&name, &version, bytes.to_vec(), activate, force)
         .await?;
     let status = match uploaded {
         Uploaded::Created => StatusCode::CREATED,
@@ -240,13 +241,16 @@ pub async fn get(
     Ok(Json(summary))
 }
 
-/// `{"version": "2.0.0"}`, optionally with `"canary": 10` (or `"10%"`).
+/// `{"version": "2.0.0"}`, optionally with `"canary": 10` (or `"10%"`) and
+/// `"force": true` (without a passing replay check).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ActivateBody {
     version: String,
     #[serde(default)]
     canary: Option<serde_json::Value>,
+    #[serde(default)]
+    force: bool,
 }
 
 /// A canary share: an integer 1..=100 or the same as a string with an
@@ -322,8 +326,10 @@ pub async fn activate(
         None => None,
     };
     let module = match percent {
-        Some(percent) => app.modules.activate_canary(&name, &body.version, percent)?,
-        None => app.modules.activate(&name, &body.version)?,
+        Some(percent) => app
+            .modules
+            .activate_canary(&name, &body.version, percent, body.force)?,
+        None => app.modules.activate(&name, &body.version, body.force)?,
     };
     Ok(Json(view(&app, &module)))
 }
@@ -427,4 +433,52 @@ pub async fn rollback(
         forced: done.forced,
         retired: done.retired,
     }))
+}
+
+/// `{}` (every stream) or `{"sample": ["id", ...]}`; an empty body is `{}`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CheckBody {
+    #[serde(default)]
+    sample: Option<Vec<String>>,
+}
+
+/// `POST /v1/modules/{name}/{version}/check`: starts the replay check of a
+/// candidate aggregate version in the background (`commands::check`); 202
+/// with its status, or the status of the one already running.
+pub async fn start_check(
+    State(app): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Body,
+) -> Result<(StatusCode, Json<crate::commands::CheckStatus>), ApiError> {
+    let Path((name, version)) = path.map_err(request::path_error)?;
+    let bytes = request::body(body, 300 << 10, app.limits.body_timeout).await?;
+    let body: CheckBody = if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        CheckBody::default()
+    } else {
+        object(&bytes).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_request",
+                format!("expected no body, or {{\"sample\": [\"aggregate id\", ...]}}: {e}"),
+            )
+        })?
+    };
+    crate::modules::validate_name(&name)?;
+    crate::modules::validate_version(&version)?;
+    let status = app
+        .commands
+        .start_check(&name, &version, body.sample)
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(status)))
+}
+
+/// `GET /v1/modules/{name}/{version}/check`: the latest check of the version.
+pub async fn check(
+    State(app): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<crate::commands::CheckStatus>, ApiError> {
+    let Path((name, version)) = path.map_err(request::path_error)?;
+    crate::modules::validate_name(&name)?;
+    crate::modules::validate_version(&version)?;
+    Ok(Json(app.commands.check_status(&name, &version)?))
 }

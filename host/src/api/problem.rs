@@ -280,7 +280,9 @@ impl From<ModuleError> for ApiError {
             | ModuleError::KindMismatch { .. }
             | ModuleError::NoActiveVersion(_)
             | ModuleError::CanaryIsStable(_)
-            | ModuleError::NothingToRollBack(_) => {
+            | ModuleError::NothingToRollBack(_)
+            | ModuleError::CheckRequired { .. }
+            | ModuleError::CheckFailed { .. } => {
                 ApiError::new(StatusCode::CONFLICT, code, err.to_string())
             }
             ModuleError::Store(store) => store.into(),

@@ -17,6 +17,7 @@
 //! - `tooling`: `refold new`, `build` and `deploy` (crates, cargo, the world
 //!   check), and the example builds of `refold serve --examples`.
 
+mod check;
 mod client;
 mod follow;
 mod integrity;
@@ -88,6 +89,19 @@ pub enum ModuleCommand {
         /// go to VERSION; the others stay on the stable version. 100 promotes.
         #[arg(long, value_parser = clap::value_parser!(u8).range(1..=100))]
         canary: Option<u8>,
+        /// Activate even though VERSION has not passed a replay check
+        #[arg(long)]
+        force: bool,
+    },
+    /// Fold every stream of NAME (or the --sample ids) with VERSION's apply,
+    /// following the check with a progress bar; exit 3 when a stream fails.
+    /// `activate` refuses an aggregate version that has not passed one
+    Check {
+        name: String,
+        version: String,
+        /// Check only this aggregate id (repeatable)
+        #[arg(long)]
+        sample: Vec<String>,
     },
     /// Go back one step: drop the running canary, or re-activate the version
     /// active before the current one
@@ -230,16 +244,25 @@ async fn run_module(opts: &ClientOptions, cmd: ModuleCommand) -> Result<(), Fail
             let reply = client.call(client.request(Method::POST, &url)).await?;
             emit(opts, &reply.body, output::module_whatif)
         }
+        ModuleCommand::Check {
+            name,
+            version,
+            sample,
+        } => check::run(&client, opts, &name, &version, sample).await,
         ModuleCommand::Activate {
             name,
             version,
             canary,
+            force,
         } => {
             let url = client.url(&["v1", "modules", &name, "activate"], &[])?;
-            let body = match canary {
+            let mut body = match canary {
                 Some(percent) => serde_json::json!({ "version": version, "canary": percent }),
                 None => serde_json::json!({ "version": version }),
             };
+            if force {
+                body["force"] = serde_json::Value::Bool(true);
+            }
             let request = client.request(Method::POST, &url).json(&body);
             let reply = client.call(request).await?;
             emit(opts, &reply.body, output::module_activated)

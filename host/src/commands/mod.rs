@@ -21,6 +21,7 @@
 //! - `locks`: one in-process lock per aggregate.
 
 mod cache;
+mod check;
 mod decide;
 mod fold;
 mod guest_output;
@@ -35,6 +36,9 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 pub use cache::CacheStats;
+pub use check::{
+    CHECK_SAMPLES, CheckDifference, CheckFailure, CheckState, CheckStatus, MAX_CHECK_SAMPLE,
+};
 pub use fold::{APPLY_BATCH, REPLAY_BATCH_BYTES};
 pub use guest_output::{MAX_GUEST_MESSAGE_LEN, MAX_REJECTION_CODE_LEN, REJECTION_CODE_SEPARATORS};
 pub use state::{AggregateState, STATE_DIGEST_KEY, state_digest, to_stream_event};
@@ -301,6 +305,8 @@ pub struct CommandService {
     cache: StateCache,
     /// One permit per running `verify`: each costs a replay of a whole stream.
     verifies: tokio::sync::Semaphore,
+    /// Replay checks of candidate versions, running or finished.
+    checks: check::Checks,
     config: CommandConfig,
 }
 
@@ -318,6 +324,7 @@ impl CommandService {
             locks: AggregateLocks::default(),
             cache: StateCache::new(config.cache_entries, config.cache_bytes),
             verifies: tokio::sync::Semaphore::new(MAX_CONCURRENT_VERIFIES),
+            checks: check::Checks::default(),
             config,
         }
     }

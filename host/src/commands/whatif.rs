@@ -21,8 +21,10 @@ pub const DEFAULT_WHATIF_LIMIT: usize = 1_000;
 pub const MAX_WHATIF_SCAN: u64 = 200_000;
 /// Samples kept per kind of change.
 pub const SAMPLES_PER_KIND: usize = 10;
-/// Streams whose folded candidate state is kept between entries.
+/// Streams whose folded candidate state is kept between entries, and the
+/// bytes of state kept at most.
 const STATES_KEPT: usize = 1024;
+const STATE_BYTES_KEPT: usize = 64 << 20;
 
 /// How a recorded command fares under the candidate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -171,7 +173,18 @@ impl CommandService {
         };
         let mut states: HashMap<StreamId, (StreamVersion, Arc<Vec<u8>>)> = HashMap::new();
         let mut sampled: BTreeMap<Change, usize> = BTreeMap::new();
+        let durable = self.store.head();
         for entry in page.entries {
+            // Journaled in its append's batch, which may not be durable yet:
+            // its events are not readable until it is.
+            if let JournalOutcome::Accepted {
+                last_position: Some(last),
+                ..
+            } = &entry.outcome
+                && *last > durable
+            {
+                continue;
+            }
             let recorded = self.recorded_outcome(&entry)?;
             let candidate_outcome =
                 match self.candidate_state(&candidate, &entry, &mut states).await {
@@ -271,7 +284,8 @@ impl CommandService {
                 .await
                 .map_err(|e| format!("apply failed folding {stream} up to {version}: {e}"))?;
         }
-        if states.len() >= STATES_KEPT {
+        let kept: usize = states.values().map(|(_, s)| s.len()).sum();
+        if states.len() >= STATES_KEPT || kept + state.len() > STATE_BYTES_KEPT {
             states.clear();
         }
         states.insert(stream, (version, state.clone()));

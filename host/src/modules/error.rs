@@ -78,6 +78,24 @@ pub enum ModuleError {
         canary: String,
         percent: u8,
     },
+    #[error(
+        "{label} has never passed a replay check of its bytes; run `refold module check {name} {version}` (POST /v1/modules/{name}/{version}/check), or activate with force"
+    )]
+    CheckRequired {
+        label: String,
+        name: String,
+        version: String,
+    },
+    #[error(
+        "{label}'s latest replay check failed: {failed} of {streams} streams did not fold; see GET /v1/modules/{name}/{version}/check, or activate with force"
+    )]
+    CheckFailed {
+        label: String,
+        name: String,
+        version: String,
+        failed: u64,
+        streams: u64,
+    },
     #[error("nothing to roll back to: {0}")]
     NothingToRollBack(String),
     #[error(
@@ -114,6 +132,8 @@ impl ModuleError {
             ModuleError::CanaryIsStable(_) => "canary_is_stable",
             ModuleError::CanaryNotNewer { .. } => "canary_not_newer",
             ModuleError::CanaryInProgress { .. } => "canary_in_progress",
+            ModuleError::CheckRequired { .. } => "check_required",
+            ModuleError::CheckFailed { .. } => "check_failed",
             ModuleError::NothingToRollBack(_) => "nothing_to_roll_back",
             ModuleError::RollbackFromMismatch { .. } => "rollback_from_mismatch",
             ModuleError::Store(store) => store.code(),

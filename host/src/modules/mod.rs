@@ -232,13 +232,24 @@ impl ModuleRegistry {
     /// canary runs, activating the canary's version promotes it (it becomes
     /// the stable version, for every aggregate id); any other version is
     /// refused (`canary_in_progress`): promote or roll back first.
-    pub fn activate(&self, name: &str, version: &str) -> Result<Arc<LoadedModule>, ModuleError> {
+    ///
+    /// Swapping an aggregate's stable version needs a passing replay check of
+    /// the new version's bytes ([`ModuleRegistry::require_check`]) unless `force`.
+    pub fn activate(
+        &self,
+        name: &str,
+        version: &str,
+        force: bool,
+    ) -> Result<Arc<LoadedModule>, ModuleError> {
         let entry = self.entry(name, version)?;
         match entry.record.kind {
             ModuleKind::Aggregate | ModuleKind::Process => {}
             ModuleKind::Projection => {
                 return Err(ModuleError::PromoteProjection(name.to_string()));
             }
+        }
+        if !force {
+            self.require_check(&entry.record)?;
         }
         let module = entry.now(self.request_wait())?;
         let _in_step = self.activation.lock().unwrap_or_else(|e| e.into_inner());
@@ -275,6 +286,39 @@ impl ModuleRegistry {
             tracing::info!(module = %module.label(), "activated");
         }
         Ok(module)
+    }
+
+    /// An aggregate version that would take commands from a stable version
+    /// (a swap or a canary) must have passed a replay check of its bytes: its
+    /// `apply` has folded every stream (or the sample asked for) of the
+    /// type. The first version of a name (no history of its own to fold) and
+    /// the stable version itself need none; nor do processes and projections
+    /// (a projection replays beside the live one before it can go live).
+    pub fn require_check(&self, record: &ModuleRecord) -> Result<(), ModuleError> {
+        if record.kind != ModuleKind::Aggregate {
+            return Ok(());
+        }
+        match self.active_version(&record.name) {
+            None => return Ok(()),
+            Some(stable) if stable == record.version => return Ok(()),
+            Some(_) => {}
+        }
+        let label = format!("{}@{}", record.name, record.version);
+        match self.store.check_record(&record.name, &record.version)? {
+            Some(check) if check.digest == record.digest && check.passed => Ok(()),
+            Some(check) if check.digest == record.digest => Err(ModuleError::CheckFailed {
+                label,
+                name: record.name.clone(),
+                version: record.version.clone(),
+                failed: check.failed,
+                streams: check.streams,
+            }),
+            _ => Err(ModuleError::CheckRequired {
+                label,
+                name: record.name.clone(),
+                version: record.version.clone(),
+            }),
+        }
     }
 
     /// Changes whenever a version is activated.

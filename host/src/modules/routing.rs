@@ -248,6 +248,7 @@ impl ModuleRegistry {
         name: &str,
         version: &str,
         percent: u8,
+        force: bool,
     ) -> Result<Arc<LoadedModule>, ModuleError> {
         if !CANARY_PERCENT.contains(&percent) {
             return Err(ModuleError::InvalidCanary(format!(
@@ -263,6 +264,9 @@ impl ModuleRegistry {
             ModuleKind::Process => {
                 return Err(ModuleError::CanaryNotSupported(name.to_string()));
             }
+        }
+        if !force {
+            self.require_check(&entry.record)?;
         }
         let module = entry.now(self.request_wait())?;
         let _in_step = self.activation.lock().unwrap_or_else(|e| e.into_inner());

@@ -18,13 +18,15 @@ use crate::store::{ModuleKind, ModulePut, ModuleRecord, check_event_type};
 
 impl ModuleRegistry {
     /// Registers `bytes` as `name@version`. The first version of an aggregate
-    /// or a process becomes active; later ones only when `activate` is set.
+    /// or a process becomes active; later ones only when `activate` is set
+    /// (and, for an aggregate, once a replay check passed, unless `force`).
     pub async fn upload(
         &self,
         name: &str,
         version: &str,
         bytes: Vec<u8>,
         activate: bool,
+        force: bool,
     ) -> Result<(Uploaded, Arc<LoadedModule>), ModuleError> {
         validate_name(name)?;
         validate_version(version)?;
@@ -52,7 +54,7 @@ impl ModuleRegistry {
             // exactly one becomes active.
             let _one_at_a_time = self.uploads.lock().await;
             if activate || self.active_version(name).is_none() {
-                self.activate(name, version)?;
+                self.activate(name, version, force)?;
             }
         }
         Ok((outcome, module))

@@ -62,6 +62,22 @@ const ACTIVE: u8 = b'a';
 const HISTORY: u8 = b'h';
 const PROCESS_CHECKPOINT: u8 = b'p';
 const ROUTING: u8 = b'r';
+const CHECK: u8 = b'k';
+
+/// The latest replay check of a module version (`refold module check`): what
+/// activation consults. Kept with the digest it checked, so a check counts
+/// only for the bytes it folded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckRecord {
+    pub digest: [u8; 32],
+    pub passed: bool,
+    pub streams: u64,
+    pub failed: u64,
+    pub differing: u64,
+    /// A sample of aggregate ids, not every stream.
+    pub sampled: bool,
+    pub finished_at_ms: u64,
+}
 
 /// One activation: from `at_ms`, `version` was the active (or live) one,
 /// until the next activation of the same name.
@@ -339,6 +355,39 @@ impl Store {
             return Err(err);
         }
         self.sync("changing a module's routing")
+    }
+
+    /// The latest finished replay check of `name@version`, if any.
+    pub fn check_record(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<CheckRecord>, StoreError> {
+        let key = registry_key(CHECK, name, Some(version));
+        self.inner
+            .db
+            .get(&key)
+            .map_err(|e| StoreError::storage("reading a check record", e))?
+            .map(|v| format::decode_v1::<CheckRecord>(&key, &v))
+            .transpose()
+    }
+
+    /// Records a finished check of `name@version`, flushed: activation
+    /// decides on it after a restart too.
+    pub fn set_check_record(
+        &self,
+        name: &str,
+        version: &str,
+        record: &CheckRecord,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .db
+            .insert(
+                registry_key(CHECK, name, Some(version)),
+                format::encode_v1(record),
+            )
+            .map_err(|e| StoreError::storage("saving a check record", e))?;
+        self.sync("saving a check record")
     }
 
     /// Where process `name`'s runner has read the log up to (0: nowhere yet).

@@ -284,8 +284,14 @@ pub fn decode_event_body(
         .map_err(|e| corrupt(&event_key(position), &format!("postcard: {e}")))?;
     let schema_version = match rest {
         [] => 1,
+        // One canonical varint of 2 to 65535: what `encode_event` writes.
         rest => match postcard::take_from_bytes::<u32>(rest) {
-            Ok((v, [])) if v >= 2 => v,
+            Ok((v, []))
+                if (2..=crate::store::MAX_SCHEMA_VERSION).contains(&v)
+                    && postcard::to_allocvec(&v).is_ok_and(|b| b == rest) =>
+            {
+                v
+            }
             _ => {
                 return Err(corrupt(
                     &event_key(position),
@@ -520,7 +526,16 @@ mod tests {
         );
         assert_ne!(chain1, chain300, "the chain covers the version");
         assert_eq!(decode_event(1, &v300).unwrap().schema_version, 300);
-        for trailing in [&[1u8][..], &[0], &[2, 2], &[0x80]] {
+        // 1 (never written), 0, two varints, a cut varint, 2 written in two
+        // bytes, 65536.
+        for trailing in [
+            &[1u8][..],
+            &[0],
+            &[2, 2],
+            &[0x80],
+            &[0x82, 0x00],
+            &[0x80, 0x80, 0x04],
+        ] {
             let mut bad = v1.clone();
             bad.extend_from_slice(trailing);
             assert!(decode_event(1, &bad).is_err(), "{trailing:?}");

@@ -115,6 +115,10 @@ impl JournalCursor {
 impl Store {
     /// Journals a refused command (an accepted one is journaled by its append).
     pub fn journal_refused(&self, entry: &JournalEntry) -> Result<(), StoreError> {
+        // After a failed write the store writes nothing more.
+        if self.inner.health.failed() {
+            return Err(super::writer::failed_error());
+        }
         self.inner
             .db
             .insert(
@@ -183,6 +187,9 @@ impl Store {
 
     /// Deletes the entries received before `before_ms`; returns how many.
     pub fn prune_journal(&self, before_ms: u64) -> Result<u64, StoreError> {
+        if self.inner.health.failed() {
+            return Err(super::writer::failed_error());
+        }
         let end = journal_key(before_ms, "");
         let mut deleted = 0;
         loop {

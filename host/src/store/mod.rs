@@ -39,7 +39,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use backup::BackupReport;
 pub use catalog::{
-    Activation, CanaryRecord, MAX_SNAPSHOT_LEN, ModuleKind, ModulePut, ModuleRecord, Routing,
+    Activation, CanaryRecord, CheckRecord, MAX_SNAPSHOT_LEN, ModuleKind, ModulePut, ModuleRecord,
+    Routing,
 };
 pub use chain::{EventProof, IntegrityStatus, VerifyFailure, VerifyReport};
 pub use error::StoreError;

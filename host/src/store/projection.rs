@@ -399,7 +399,9 @@ impl ReadModel {
     ) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         if !applied.is_empty() {
-            let mut seen = self.schema_versions()?;
+            // Diagnostic: a record that does not read is started afresh,
+            // never a reason to stop the projection.
+            let mut seen = self.schema_versions().unwrap_or_default();
             let mut changed = false;
             for event in applied {
                 if !seen.contains_key(&event.event_type) && seen.len() >= MAX_SCHEMA_TYPES {

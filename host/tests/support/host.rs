@@ -54,7 +54,7 @@ impl Host {
     pub async fn upload(&self, name: &str, version: &str, path: &str) {
         let bytes = std::fs::read(path).expect("guest component built");
         self.modules
-            .upload(name, version, bytes, true)
+            .upload(name, version, bytes, true, true)
             .await
             .expect("module uploads");
     }

@@ -230,9 +230,9 @@ impl RawEvent {
         Ok(current
             .into_iter()
             .map(|c| RawEvent {
+                schema_version: schema.version_of(&c.event_type),
                 event_type: c.event_type,
                 data: c.data,
-                schema_version: schema.version_of(&self.event_type),
                 ..self.clone()
             })
             .collect())

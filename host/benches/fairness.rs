@@ -240,7 +240,7 @@ async fn open(dir: &std::path::Path, mode: Mode) -> Result<(Arc<CommandService>,
         ("hostile", refold_test_guests::HOSTILE),
     ] {
         modules
-            .upload(name, "1.0.0", std::fs::read(path)?, true)
+            .upload(name, "1.0.0", std::fs::read(path)?, true, false)
             .await?;
     }
     let commands = Arc::new(CommandService::new(

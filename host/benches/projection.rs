@@ -206,7 +206,9 @@ fn main() -> Result<()> {
         );
         let service = ProjectionService::start(store.clone(), registry.clone(), config);
         let start = Instant::now();
-        registry.upload(PROJECTION, VERSION, bytes, false).await?;
+        registry
+            .upload(PROJECTION, VERSION, bytes, false, false)
+            .await?;
         caught_up(&service, start).await?;
         anyhow::Ok((registry, service, start.elapsed()))
     })?;

@@ -588,7 +588,7 @@ async fn open_command_bench(
         ModuleRegistry::open(store.clone(), runtime.clone(), dir.path().join("modules")).await?,
     );
     let (_, loaded) = registry
-        .upload(AGGREGATE_TYPE, MODULE_VERSION, module_bytes, true)
+        .upload(AGGREGATE_TYPE, MODULE_VERSION, module_bytes, true, false)
         .await?;
     let module = loaded
         .aggregate()

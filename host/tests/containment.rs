@@ -195,7 +195,11 @@ async fn a_component_that_imports_sockets_is_refused_at_upload() {
     let dir = temp_dir();
     let host = Host::start(dir.path()).await;
     let bytes = std::fs::read(refold_test_guests::NETWORKED).unwrap();
-    match host.modules.upload("networked", "1.0.0", bytes, true).await {
+    match host
+        .modules
+        .upload("networked", "1.0.0", bytes, true, false)
+        .await
+    {
         Err(e) => {
             let text = e.to_string();
             assert!(

@@ -142,8 +142,10 @@ async fn mixed_history_reads_as_if_2_0_0_had_written_it_all() {
             assert_eq!(verdict["state"], "passed", "{verdict}");
             assert_eq!(verdict["streams_checked"], 2, "{verdict}");
             assert_eq!(verdict["streams_failed"], 0, "{verdict}");
-            // 2.0.0's state has another shape (holder, not owner): it differs.
-            assert_eq!(verdict["streams_differing"], 2, "{verdict}");
+            // The same state bytes: the states hold the same values in the
+            // same order (postcard keeps no field names; `owner` became
+            // `holder`), so the upcast history folds to exactly 1.0.0's.
+            assert_eq!(verdict["streams_differing"], 0, "{verdict}");
             assert_eq!(verdict["compared_with"], "bank-account@1.0.0");
             let r = activate(&mixed, "bank-account", "2.0.0", false).await;
             assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
@@ -349,6 +351,46 @@ async fn without_upcasters_the_check_fails_and_activation_is_refused() {
     }
     let (status, _) = s.get_json("/v1/modules/bank-account/9.0.0/check").await;
     assert_eq!(status, 404);
+    // A sample, even of ids without a stream, never unlocks activation.
+    let ghost = check(
+        &s,
+        "bank-account",
+        "2.0.0",
+        json!({"sample": ["ghost", "ghost"]}),
+    )
+    .await;
+    assert_eq!(
+        (ghost["state"].as_str(), ghost["streams_checked"].as_u64()),
+        (Some("passed"), Some(1))
+    );
+    support::http::expect_problem(
+        activate(&s, "bank-account", "2.0.0", false).await,
+        409,
+        "check_required",
+    )
+    .await;
+    // A full pass speaks for the history it folded: a stream opened since
+    // makes it stale.
+    let full = check(&s, "bank-account", "2.0.1", json!({})).await;
+    assert_eq!(full["state"], "passed", "{full}");
+    assert_eq!(
+        send(&s, "old-4", &json!({"type": "Open", "owner": "Cy"}))
+            .await
+            .0,
+        200
+    );
+    support::http::expect_problem(
+        activate(&s, "bank-account", "2.0.1", false).await,
+        409,
+        "check_stale",
+    )
+    .await;
+    // Again, failing, so what follows starts from a failed verdict.
+    let again = check(&s, "bank-account", "2.0.0", json!({})).await;
+    assert_eq!(
+        (again["state"].as_str(), again["streams_failed"].as_u64()),
+        (Some("failed"), Some(4))
+    );
 
     // The verdicts survive a restart.
     s.stop().await;
@@ -380,6 +422,28 @@ async fn without_upcasters_the_check_fails_and_activation_is_refused() {
     assert_eq!(events(&s, "old-1").await.len(), 1, "nothing written");
     assert_eq!(
         send(&s, "new", &json!({"type": "Open", "holder": "Bo"}))
+            .await
+            .0,
+        200
+    );
+    // Its repair passes a check even though the broken active version
+    // cannot fold the old streams (a difference, not a failure), and goes live.
+    let repair = check(&s, "bank-account", "2.0.1", json!({})).await;
+    assert_eq!(repair["state"], "passed", "{repair}");
+    assert_eq!(repair["streams_checked"], 5, "{repair}");
+    assert!(
+        repair["differences"][0]["active_digest"]
+            .as_str()
+            .unwrap()
+            .contains("cannot fold"),
+        "{repair}"
+    );
+    assert_eq!(
+        activate(&s, "bank-account", "2.0.1", false).await.status(),
+        200
+    );
+    assert_eq!(
+        send(&s, "old-1", &json!({"type": "Deposit", "amount": 1}))
             .await
             .0,
         200

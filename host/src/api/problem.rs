@@ -282,7 +282,8 @@ impl From<ModuleError> for ApiError {
             | ModuleError::CanaryIsStable(_)
             | ModuleError::NothingToRollBack(_)
             | ModuleError::CheckRequired { .. }
-            | ModuleError::CheckFailed { .. } => {
+            | ModuleError::CheckFailed { .. }
+            | ModuleError::CheckStale { .. } => {
                 ApiError::new(StatusCode::CONFLICT, code, err.to_string())
             }
             ModuleError::Store(store) => store.into(),

@@ -286,6 +286,12 @@ pub(crate) fn module_whatif(out: &mut dyn Write, v: &Value) -> io::Result<()> {
         v["commands"].as_u64().unwrap_or(0),
         text(&v["module"])
     )?;
+    if v["journal_enabled"] == false {
+        writeln!(
+            out,
+            "warning: this server journals no commands (--journal-days 0): nothing to decide again"
+        )?;
+    }
     let count = |counts: &Value, kind: &str| counts[kind].as_u64().unwrap_or(0);
     for kind in KINDS {
         writeln!(out, "  {:<22}{}", kind, count(&v["totals"], kind))?;

@@ -112,8 +112,11 @@ impl CommandService {
                     ids.len()
                 )));
             }
+            // Each id once: a repeated id would fold its stream again.
             Some(ids) => Some(
                 ids.iter()
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
                     .map(|id| StreamId::new(name, id.as_str()))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| CommandError::InvalidRequest(e.to_string()))?,
@@ -164,6 +167,7 @@ impl CommandService {
             status
         };
         let service = self.clone();
+        let stable_at_start = self.modules.active_version(name);
         tokio::spawn(async move {
             let key = (
                 candidate.record.name.clone(),
@@ -191,6 +195,7 @@ impl CommandService {
                 differing: done.streams_differing,
                 sampled: done.sampled,
                 finished_at_ms: done.finished_at_ms.unwrap_or_default(),
+                stable: stable_at_start,
             };
             if let Err(e) = service.store.set_check_record(&key.0, &key.1, &record) {
                 tracing::error!(module = %candidate.label(), error = %e, "could not record a replay check");
@@ -288,9 +293,15 @@ impl CommandService {
                 .fold_for_check(candidate, &stream, end, initial.clone())
                 .await;
             let difference = match (&outcome, &active) {
+                // Best effort: an active version that cannot fold the
+                // stream (a broken one being repaired) is a difference, not
+                // a reason to stop checking the candidate.
                 (Ok((state, _)), Some(active)) if end > 0 => {
-                    let theirs = self.state_at(active, &stream, end).await?;
-                    let (mine, theirs) = (state_digest(state), state_digest(&theirs.bytes));
+                    let mine = state_digest(state);
+                    let theirs = match self.state_at(active, &stream, end).await {
+                        Ok(theirs) => state_digest(&theirs.bytes),
+                        Err(e) => format!("({} cannot fold it: {e})", active.label()),
+                    };
                     (mine != theirs).then(|| CheckDifference {
                         aggregate_id: stream.aggregate_id().to_string(),
                         version: end,

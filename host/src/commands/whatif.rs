@@ -117,6 +117,9 @@ pub struct WhatIfReport {
     pub samples: Vec<WhatIfSample>,
     /// Pass as `since` for the next page; none when the journal was read to its end.
     pub next_since: Option<String>,
+    /// False when this server journals no commands (`--journal-days 0`):
+    /// then no count here says anything about the candidate.
+    pub journal_enabled: bool,
 }
 
 impl CommandService {
@@ -170,6 +173,7 @@ impl CommandService {
             totals: WhatIfCounts::default(),
             samples: Vec::new(),
             next_since: page.next.as_ref().map(|c| c.render()),
+            journal_enabled: self.config.journal,
         };
         let mut states: HashMap<StreamId, (StreamVersion, Arc<Vec<u8>>)> = HashMap::new();
         let mut sampled: BTreeMap<Change, usize> = BTreeMap::new();

@@ -79,7 +79,7 @@ pub enum ModuleError {
         percent: u8,
     },
     #[error(
-        "{label} has never passed a replay check of its bytes; run `refold module check {name} {version}` (POST /v1/modules/{name}/{version}/check), or activate with force"
+        "{label} has never passed a full replay check of its bytes (a sample does not count); run `refold module check {name} {version}` (POST /v1/modules/{name}/{version}/check), or activate with force"
     )]
     CheckRequired {
         label: String,
@@ -95,6 +95,15 @@ pub enum ModuleError {
         version: String,
         failed: u64,
         streams: u64,
+    },
+    #[error(
+        "{label}'s replay check passed, but the history moved since: {reason}; check it again, or activate with force"
+    )]
+    CheckStale {
+        label: String,
+        name: String,
+        version: String,
+        reason: String,
     },
     #[error("nothing to roll back to: {0}")]
     NothingToRollBack(String),
@@ -134,6 +143,7 @@ impl ModuleError {
             ModuleError::CanaryInProgress { .. } => "canary_in_progress",
             ModuleError::CheckRequired { .. } => "check_required",
             ModuleError::CheckFailed { .. } => "check_failed",
+            ModuleError::CheckStale { .. } => "check_stale",
             ModuleError::NothingToRollBack(_) => "nothing_to_roll_back",
             ModuleError::RollbackFromMismatch { .. } => "rollback_from_mismatch",
             ModuleError::Store(store) => store.code(),

@@ -305,14 +305,41 @@ impl ModuleRegistry {
         }
         let label = format!("{}@{}", record.name, record.version);
         match self.store.check_record(&record.name, &record.version)? {
-            Some(check) if check.digest == record.digest && check.passed => Ok(()),
-            Some(check) if check.digest == record.digest => Err(ModuleError::CheckFailed {
-                label,
-                name: record.name.clone(),
-                version: record.version.clone(),
-                failed: check.failed,
-                streams: check.streams,
-            }),
+            Some(check) if check.digest == record.digest && check.passed && !check.sampled => {
+                // A check speaks for the history as it was: the same stable
+                // version, and no stream it did not fold.
+                let stable = self.active_version(&record.name);
+                let stale = |reason: String| ModuleError::CheckStale {
+                    label: label.clone(),
+                    name: record.name.clone(),
+                    version: record.version.clone(),
+                    reason,
+                };
+                if check.stable != stable {
+                    return Err(stale(format!(
+                        "it was checked against {} and the stable version is {}",
+                        check.stable.as_deref().unwrap_or("none"),
+                        stable.as_deref().unwrap_or("none")
+                    )));
+                }
+                let streams = self.store.count_streams(&record.name)?;
+                if streams > check.streams {
+                    return Err(stale(format!(
+                        "it folded {} streams and there are {streams} now",
+                        check.streams
+                    )));
+                }
+                Ok(())
+            }
+            Some(check) if check.digest == record.digest && !check.passed => {
+                Err(ModuleError::CheckFailed {
+                    label,
+                    name: record.name.clone(),
+                    version: record.version.clone(),
+                    failed: check.failed,
+                    streams: check.streams,
+                })
+            }
             _ => Err(ModuleError::CheckRequired {
                 label,
                 name: record.name.clone(),

@@ -198,16 +198,30 @@ impl CallSettings {
         deadline_factor: u32,
         f: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<T>,
     ) -> Result<(T, HostState), GuestError> {
+        let fuel = self.fuel.saturating_mul(fuel_units.max(1) as u64);
+        let deadline = self.deadline.saturating_mul(deadline_factor.max(1));
+        self.run_within(observed, read_model, fuel, deadline, f)
+    }
+
+    /// [`CallSettings::run`] with this fuel and deadline, for a call that
+    /// should take far less than a module's usual budget (one that runs
+    /// where guest code usually does not, such as `schema-versions` at load).
+    pub fn run_within<T>(
+        &self,
+        observed: &Observed,
+        read_model: Option<ReadModelSession>,
+        fuel: u64,
+        deadline: Duration,
+        f: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<T>,
+    ) -> Result<(T, HostState), GuestError> {
         let mut state = HostState::new(self.memory_bytes, self.with_wasi, observed);
         state.read_model = read_model;
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         store.set_max_component_handles(MAX_HOST_RESOURCES);
-        let fuel = self.fuel.saturating_mul(fuel_units.max(1) as u64);
         store
             .set_fuel(fuel)
             .map_err(|e| GuestError::Trap(format!("setting fuel: {e}")))?;
-        let deadline = self.deadline.saturating_mul(deadline_factor.max(1));
         let ticks = (deadline.as_millis() / super::EPOCH_TICK.as_millis()).max(1) as u64;
         store.set_epoch_deadline(ticks);
         let result = f(&mut store);

@@ -19,6 +19,14 @@ pub const EXPORT: &str = "schema-versions";
 pub const MAX_DECLARED: usize = 1024;
 /// The highest schema version (the store's bound too).
 pub const MAX_VERSION: u32 = 65_535;
+/// The fuel of the one `schema-versions` call, far below a module's usual
+/// budget: returning a list takes little, and the call runs where guest code
+/// usually does not (while a module loads, at boot and on upload), so a
+/// hostile one holds that up for a few tens of milliseconds at most, and
+/// fails the same way every time (fuel is deterministic).
+pub const DECLARATION_FUEL: u64 = 50_000_000;
+/// Its deadline: a safety net only, fuel ends a busy guest first.
+pub const DECLARATION_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The schema version of each event type a module emits: 1 unless declared.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -49,13 +57,19 @@ impl SchemaVersions {
             return Ok(SchemaVersions::default());
         }
         let (list, _) = settings
-            .run(&Observed::default(), None, 1, 1, |store| {
-                let instance = pre.instantiate(&mut *store)?;
-                let func =
-                    instance.get_typed_func::<(), (Vec<(String, u32)>,)>(&mut *store, EXPORT)?;
-                let (list,) = func.call(&mut *store, ())?;
-                Ok(list)
-            })
+            .run_within(
+                &Observed::default(),
+                None,
+                DECLARATION_FUEL,
+                DECLARATION_DEADLINE,
+                |store| {
+                    let instance = pre.instantiate(&mut *store)?;
+                    let func = instance
+                        .get_typed_func::<(), (Vec<(String, u32)>,)>(&mut *store, EXPORT)?;
+                    let (list,) = func.call(&mut *store, ())?;
+                    Ok(list)
+                },
+            )
             .map_err(|e| RuntimeError::InvalidModule(format!("{EXPORT} failed: {e}")))?;
         Self::check(list).map_err(|e| RuntimeError::InvalidModule(format!("{EXPORT}: {e}")))
     }

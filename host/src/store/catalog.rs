@@ -74,9 +74,12 @@ pub struct CheckRecord {
     pub streams: u64,
     pub failed: u64,
     pub differing: u64,
-    /// A sample of aggregate ids, not every stream.
+    /// A sample of aggregate ids, not every stream: never enough to activate.
     pub sampled: bool,
     pub finished_at_ms: u64,
+    /// The stable version when the check began: a check speaks for the
+    /// history that version had written, not for another's.
+    pub stable: Option<String>,
 }
 
 /// One activation: from `at_ms`, `version` was the active (or live) one,

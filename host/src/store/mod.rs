@@ -322,7 +322,7 @@ impl Store {
                 expected,
                 events,
                 command,
-                journal,
+                journal: journal.map(Box::new),
                 reply,
             })
         })

@@ -116,6 +116,20 @@ impl Store {
         Ok(page)
     }
 
+    /// How many streams of `aggregate_type` have a durable event.
+    pub fn count_streams(&self, aggregate_type: &str) -> Result<u64, StoreError> {
+        let mut count = 0;
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.stream_ids(aggregate_type, after.as_deref(), 1000)?;
+            count += page.len() as u64;
+            match page.last() {
+                Some(last) if page.len() == 1000 => after = Some(last.clone()),
+                _ => return Ok(count),
+            }
+        }
+    }
+
     /// The ids of the streams of `aggregate_type` that have a durable event,
     /// in key order (shorter ids first, then by bytes), starting after
     /// `after`: up to `limit`. One seek per

@@ -42,7 +42,7 @@ pub(crate) struct AppendRequest {
     pub command: Option<(String, Option<RequestFingerprint>)>,
     /// When set, the command's journal entry, written in the same batch with
     /// the positions its events got.
-    pub journal: Option<super::journal::JournalEntry>,
+    pub journal: Option<Box<super::journal::JournalEntry>>,
     pub reply: oneshot::Sender<Result<Appended, StoreError>>,
 }
 
@@ -385,7 +385,7 @@ impl Writer {
                     first_position: Some(result.first_position),
                     last_position: Some(result.last_position),
                 },
-                ..entry.clone()
+                ..(**entry).clone()
             };
             batch.insert(
                 super::journal::journal_key(entry.received_at_ms, &entry.command_id),

@@ -135,7 +135,7 @@ impl CommandService {
     }
 
     /// Applies the stream's events after `state.version`, up to `limit` if given.
-    async fn replay(
+    pub(super) async fn replay(
         &self,
         module: &Arc<LoadedModule>,
         stream: &StreamId,

@@ -9,10 +9,13 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{CommandError, CommandRequest, CommandService, Precondition, aggregate_of, decide};
+use super::{
+    AggregateState, CommandError, CommandRequest, CommandService, Precondition, aggregate_of,
+    decide,
+};
 use crate::modules::LoadedModule;
 use crate::runtime::CommandContext;
-use crate::store::{Direction, JournalEntry, JournalOutcome, ModuleKind, StreamId, StreamVersion};
+use crate::store::{JournalEntry, JournalOutcome, ModuleKind, StreamId, StreamVersion};
 
 /// The most journal entries one what-if decides again.
 pub const MAX_WHATIF_LIMIT: usize = 10_000;
@@ -261,32 +264,29 @@ impl CommandService {
     ) -> Result<Arc<Vec<u8>>, String> {
         let stream = entry.stream();
         let target = entry.decided_at;
-        let (mut version, mut state) = match states.get(&stream) {
-            Some((v, s)) if *v <= target => (*v, s.clone()),
-            _ => (
-                0,
-                Arc::new(
+        let start = match states.get(&stream) {
+            Some((v, s)) if *v <= target => AggregateState {
+                version: *v,
+                bytes: s.clone(),
+            },
+            _ => AggregateState {
+                version: 0,
+                bytes: Arc::new(
                     self.initial_state(candidate)
                         .await
                         .map_err(|e| format!("initial-state: {e}"))?,
                 ),
-            ),
+            },
         };
-        while version < target {
-            let want = ((target - version) as usize).min(super::APPLY_BATCH);
-            let events = self
-                .store
-                .read_stream(&stream, version + 1, Direction::Forward, want)
-                .map_err(|e| e.to_string())?;
-            if events.is_empty() {
-                return Err(format!(
-                    "the stream ends at {version}, before the version {target} the command was decided on"
-                ));
-            }
-            version = events.last().map_or(version, |e| e.version);
-            state = super::fold::fold(&self.runtime, candidate, state, &events)
-                .await
-                .map_err(|e| format!("apply failed folding {stream} up to {version}: {e}"))?;
+        let folded = self
+            .replay(candidate, &stream, start, Some(target))
+            .await
+            .map_err(|e| format!("apply failed folding {stream} up to {target}: {e}"))?;
+        let (version, state) = (folded.version, folded.bytes);
+        if version < target {
+            return Err(format!(
+                "the stream ends at {version}, before the version {target} the command was decided on"
+            ));
         }
         let kept: usize = states.values().map(|(_, s)| s.len()).sum();
         if states.len() >= STATES_KEPT || kept + state.len() > STATE_BYTES_KEPT {

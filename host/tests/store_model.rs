@@ -13,8 +13,8 @@ use std::collections::HashMap;
 
 use proptest::prelude::*;
 use refold::store::{
-    AppendResult, Direction, Durability, EventFilter, ExpectedVersion, NewEvent, StoreError,
-    StreamId,
+    AppendResult, Direction, Durability, EventFilter, EventStore, ExpectedVersion, NewEvent,
+    StoreError, StreamId,
 };
 use support::{open, temp_dir};
 use uuid::Uuid;
@@ -108,15 +108,46 @@ fn resolve(expect: &Expect, current: u64) -> ExpectedVersion {
     }
 }
 
-fn run_case(rounds: Vec<Vec<Op>>, durability: Durability) -> Result<(), TestCaseError> {
+fn run_case(rounds: Vec<Vec<Op>>, backend: Backend) -> Result<(), TestCaseError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async move {
-        let dir = temp_dir();
-        let store = open(&dir, durability);
+        match backend {
+            Backend::Sled(durability) => {
+                let dir = temp_dir();
+                let store = open(&dir, durability);
+                model_rounds(std::slice::from_ref(&store), rounds).await?;
+                store.close().await;
+            }
+            Backend::Postgres => {
+                // Two hosts on one database: the round's appends alternate between them.
+                let url = support::pg::database();
+                let a = refold::store::pg::PgStore::open(&url).await.unwrap();
+                let b = refold::store::pg::PgStore::open(&url).await.unwrap();
+                model_rounds(&[a.clone(), b.clone()], rounds).await?;
+                a.close().await;
+                b.close().await;
+            }
+        }
+        Ok(())
+    })
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Sled(Durability),
+    Postgres,
+}
+
+async fn model_rounds<S: EventStore>(
+    stores: &[S],
+    rounds: Vec<Vec<Op>>,
+) -> Result<(), TestCaseError> {
+    {
+        let store = &stores[0];
         let mut model = Model::default();
         let mut accepted: Vec<(Sent, AppendResult)> = Vec::new();
 
@@ -161,8 +192,9 @@ fn run_case(rounds: Vec<Vec<Op>>, durability: Durability) -> Result<(), TestCase
             }
             let tasks: Vec<_> = requests
                 .iter()
-                .map(|(sent, _)| {
-                    let (store, sent) = (store.clone(), sent.clone());
+                .enumerate()
+                .map(|(i, (sent, _))| {
+                    let (store, sent) = (stores[i % stores.len()].clone(), sent.clone());
                     tokio::spawn(async move {
                         let stream = stream_id(sent.stream);
                         let result = store
@@ -172,6 +204,7 @@ fn run_case(rounds: Vec<Vec<Op>>, durability: Durability) -> Result<(), TestCase
                         if let Ok(r) = &result {
                             let read = store
                                 .read_stream(&stream, r.stream_version, Direction::Forward, 1)
+                                .await
                                 .unwrap();
                             assert_eq!(
                                 read[0].event_id,
@@ -315,10 +348,16 @@ fn run_case(rounds: Vec<Vec<Op>>, durability: Durability) -> Result<(), TestCase
             }
 
             // The store's reads equal the model after every round.
-            prop_assert_eq!(store.head(), model.log.len() as u64);
+            let head = store
+                .read_all(1, 0, &EventFilter::all())
+                .await
+                .unwrap()
+                .head;
+            prop_assert_eq!(head, model.log.len() as u64);
             for s in 0..STREAMS {
                 let read: Vec<Uuid> = store
                     .read_stream(&stream_id(s), 1, Direction::Forward, usize::MAX)
+                    .await
                     .unwrap()
                     .iter()
                     .map(|e| e.event_id)
@@ -326,13 +365,14 @@ fn run_case(rounds: Vec<Vec<Op>>, durability: Durability) -> Result<(), TestCase
                 let want = model.streams.get(&s).cloned().unwrap_or_default();
                 prop_assert_eq!(read, want);
                 prop_assert_eq!(
-                    store.stream_version(&stream_id(s)).unwrap(),
+                    store.stream_version(&stream_id(s)).await.unwrap(),
                     model.version(s)
                 );
             }
         }
         let log: Vec<(String, Uuid)> = store
             .read_all(1, usize::MAX, &EventFilter::all())
+            .await
             .unwrap()
             .events
             .into_iter()
@@ -344,9 +384,8 @@ fn run_case(rounds: Vec<Vec<Op>>, durability: Durability) -> Result<(), TestCase
             .map(|(s, id)| (format!("s{s}"), *id))
             .collect();
         prop_assert_eq!(log, want, "the global log is the model's log");
-        store.close().await;
         Ok(())
-    })
+    }
 }
 
 proptest! {
@@ -357,6 +396,19 @@ proptest! {
         rounds in prop::collection::vec(prop::collection::vec(op_strategy(), 1..8), 1..10),
         fsync in any::<bool>(),
     ) {
-        run_case(rounds, if fsync { Durability::Fsync } else { Durability::None })?;
+        run_case(rounds, Backend::Sled(if fsync { Durability::Fsync } else { Durability::None }))?;
+    }
+}
+
+proptest! {
+    // Each case creates a database and two hosts on it: fewer cases.
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// The same model, with two PostgreSQL hosts sharing one database.
+    #[test]
+    fn concurrent_appends_through_two_postgres_hosts_agree_with_the_model(
+        rounds in prop::collection::vec(prop::collection::vec(op_strategy(), 1..8), 1..10),
+    ) {
+        run_case(rounds, Backend::Postgres)?;
     }
 }

@@ -218,6 +218,39 @@ pub fn encode_event(
     position: Position,
     event: &EventRecordRef<'_>,
 ) -> (Vec<u8>, Digest) {
+    let mut out = Vec::with_capacity(EVENT_HEADER_LEN + 64 + event.data.len());
+    out.push(FORMAT_V2);
+    out.extend_from_slice(&[0; 32]);
+    write_event_body(&mut out, event);
+    let chain = integrity::chain_next(previous, position, &out[EVENT_HEADER_LEN..]);
+    out[1..EVENT_HEADER_LEN].copy_from_slice(&chain);
+    (out, chain)
+}
+
+/// An event's canonical body alone (what follows the chain value), for a
+/// backend that computes the chain where the position is assigned (PostgreSQL).
+pub fn encode_event_body(event: &EventRecordRef<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + event.data.len());
+    write_event_body(&mut out, event);
+    out
+}
+
+/// The canonical body of a recorded event: the bytes its chain value hashes
+/// (`chain = sha256(previous chain || position BE || body)`), on any backend.
+pub fn canonical_body(event: &RecordedEvent) -> Vec<u8> {
+    encode_event_body(&EventRecordRef {
+        stream: &event.stream,
+        version: event.version,
+        event_id: &event.event_id,
+        event_type: &event.event_type,
+        data: &event.data,
+        recorded_at_ms: event.recorded_at_ms,
+        metadata: &event.metadata,
+        schema_version: event.schema_version,
+    })
+}
+
+fn write_event_body(out: &mut Vec<u8>, event: &EventRecordRef<'_>) {
     let m = event.metadata;
     let body = EventBody::<&str> {
         aggregate_type: event.stream.aggregate_type(),
@@ -237,17 +270,11 @@ pub fn encode_event(
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect(),
     };
-    let mut out = Vec::with_capacity(EVENT_HEADER_LEN + 64 + event.data.len());
-    out.push(FORMAT_V2);
-    out.extend_from_slice(&[0; 32]);
-    postcard::to_io(&body, &mut out).expect("writing postcard to a Vec cannot fail");
+    postcard::to_io(&body, &mut *out).expect("writing postcard to a Vec cannot fail");
     if event.schema_version != 1 {
-        postcard::to_io(&event.schema_version, &mut out)
+        postcard::to_io(&event.schema_version, &mut *out)
             .expect("writing postcard to a Vec cannot fail");
     }
-    let chain = integrity::chain_next(previous, position, &out[EVENT_HEADER_LEN..]);
-    out[1..EVENT_HEADER_LEN].copy_from_slice(&chain);
-    (out, chain)
 }
 
 /// An event value's stored chain value and body, unchecked.

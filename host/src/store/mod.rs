@@ -25,6 +25,7 @@ mod health;
 pub mod integrity;
 mod journal;
 mod lock;
+pub mod pg;
 mod projection;
 mod read;
 mod subscribe;
@@ -44,7 +45,7 @@ pub use catalog::{
 };
 pub use chain::{EventProof, IntegrityStatus, VerifyFailure, VerifyReport};
 pub use error::StoreError;
-pub use format::decode_event_body;
+pub use format::{canonical_body, decode_event_body};
 pub use integrity::{Seal, SealSigner};
 pub use journal::{JournalCursor, JournalEntry, JournalOutcome, JournalPage};
 pub use projection::{
@@ -87,9 +88,16 @@ impl StoreConfig {
     }
 }
 
-/// The operations every event-store backend offers. sled is the one backend
-/// today; the API is kept this small so that another (PostgreSQL, say) can follow.
-pub trait EventStore: Send + Sync {
+/// The event log every backend offers: the embedded sled [`Store`] and the
+/// shared PostgreSQL [`pg::PgStore`]. The contract tests (`store_contract`,
+/// `store_model`) run the same scenarios through this trait against both.
+///
+/// Semantics every backend keeps: positions are gapless and assigned in
+/// commit order, so a reader that has seen position N+1 has seen N; an append
+/// is all or nothing; an acknowledged append is durable; a command id records
+/// its append atomically with it (`CommandRecord`); reads show only committed
+/// (acknowledged) events.
+pub trait EventStore: Clone + Send + Sync + 'static {
     /// Appends `events` to `stream` if its version satisfies `expected`; all or nothing.
     fn append(
         &self,
@@ -97,31 +105,59 @@ pub trait EventStore: Send + Sync {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> impl Future<Output = Result<AppendResult, StoreError>> + Send;
-    /// Up to `limit` events of a stream, from version `from` (inclusive) in `direction`.
+    /// Appends a command's events and records its id with them (see [`Store::append_command`]).
+    fn append_command(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        command_id: &str,
+        fingerprint: Option<RequestFingerprint>,
+    ) -> impl Future<Output = Result<CommandAppend, StoreError>> + Send;
+    /// Up to `limit` events of a stream, from version `from` (inclusive) in
+    /// `direction`; backward from `u64::MAX` reads the newest first.
     fn read_stream(
         &self,
         stream: &StreamId,
         from: StreamVersion,
         direction: Direction,
         limit: usize,
-    ) -> Result<Vec<RecordedEvent>, StoreError>;
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
     /// A page of the global log from position `from` (inclusive).
     fn read_all(
         &self,
         from: Position,
         limit: usize,
         filter: &EventFilter,
-    ) -> Result<LogPage, StoreError>;
+    ) -> impl Future<Output = Result<LogPage, StoreError>> + Send;
+    /// One event by position, if it is committed.
+    fn read_event(
+        &self,
+        position: Position,
+    ) -> impl Future<Output = Result<Option<RecordedEvent>, StoreError>> + Send;
     /// A stream's current version (0: no such stream).
-    fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion, StoreError>;
-    /// The position of the last durable event (0: the log is empty).
+    fn stream_version(
+        &self,
+        stream: &StreamId,
+    ) -> impl Future<Output = Result<StreamVersion, StoreError>> + Send;
+    /// The append a command id recorded, once it is committed.
+    fn command_record(
+        &self,
+        command_id: &str,
+    ) -> impl Future<Output = Result<Option<CommandRecord>, StoreError>> + Send;
+    /// The position of the last committed event this process knows of (0: the
+    /// log is empty). Another host's commits reach it within moments.
     fn head(&self) -> Position;
+    /// Follows [`EventStore::head`]: changes whenever it moves.
+    fn watch_head(&self) -> watch::Receiver<Position>;
     /// Every matching event from `from` on, exactly once, in order; catches up, then follows.
     fn subscribe(
         &self,
         from: Position,
         filter: EventFilter,
-    ) -> BoxStream<'static, Result<RecordedEvent, StoreError>>;
+    ) -> BoxStream<'static, Result<RecordedEvent, StoreError>> {
+        Box::pin(subscribe::follow(self.clone(), from, filter))
+    }
 }
 
 /// The sled-backed store. Cheap to clone; all clones share one writer.
@@ -440,7 +476,7 @@ fn open_sled(path: &std::path::Path, cache_bytes: u64) -> Result<sled::Db, Store
     }
 }
 
-fn validate_append(events: &[NewEvent]) -> Result<(), StoreError> {
+pub(crate) fn validate_append(events: &[NewEvent]) -> Result<(), StoreError> {
     if events.is_empty() {
         return Err(StoreError::InvalidEvent {
             index: 0,
@@ -526,7 +562,26 @@ impl EventStore for Store {
         Store::append(self, stream, expected, events)
     }
 
-    fn read_stream(
+    fn append_command(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        command_id: &str,
+        fingerprint: Option<RequestFingerprint>,
+    ) -> impl Future<Output = Result<CommandAppend, StoreError>> + Send {
+        Store::append_command(
+            self,
+            stream,
+            expected,
+            events,
+            command_id,
+            fingerprint,
+            None,
+        )
+    }
+
+    async fn read_stream(
         &self,
         stream: &StreamId,
         from: StreamVersion,
@@ -536,7 +591,7 @@ impl EventStore for Store {
         Store::read_stream(self, stream, from, direction, limit)
     }
 
-    fn read_all(
+    async fn read_all(
         &self,
         from: Position,
         limit: usize,
@@ -545,19 +600,23 @@ impl EventStore for Store {
         Store::read_all(self, from, limit, filter)
     }
 
-    fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion, StoreError> {
+    async fn read_event(&self, position: Position) -> Result<Option<RecordedEvent>, StoreError> {
+        Store::read_event(self, position)
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion, StoreError> {
         Store::stream_version(self, stream)
+    }
+
+    async fn command_record(&self, command_id: &str) -> Result<Option<CommandRecord>, StoreError> {
+        Store::command_record(self, command_id)
     }
 
     fn head(&self) -> Position {
         Store::head(self)
     }
 
-    fn subscribe(
-        &self,
-        from: Position,
-        filter: EventFilter,
-    ) -> BoxStream<'static, Result<RecordedEvent, StoreError>> {
-        Box::pin(Store::subscribe(self, from, filter))
+    fn watch_head(&self) -> watch::Receiver<Position> {
+        Store::watch_head(self)
     }
 }

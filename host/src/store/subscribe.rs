@@ -12,15 +12,15 @@ use std::collections::VecDeque;
 use futures::Stream;
 use tokio::sync::watch;
 
-use super::Store;
 use super::error::StoreError;
 use super::types::{EventFilter, Position, RecordedEvent};
+use super::{EventStore, Store};
 
 /// Events read from disk per page.
 const PAGE: usize = 512;
 
-struct Cursor {
-    store: Store,
+struct Cursor<S> {
+    store: S,
     filter: EventFilter,
     next: Position,
     buffer: VecDeque<RecordedEvent>,
@@ -37,42 +37,56 @@ impl Store {
         from: Position,
         filter: EventFilter,
     ) -> impl Stream<Item = Result<RecordedEvent, StoreError>> + Send + 'static + use<> {
-        let cursor = Cursor {
-            store: self.clone(),
-            filter,
-            next: from.max(1),
-            buffer: VecDeque::new(),
-            head: self.watch_head(),
-            failed: false,
-        };
-        futures::stream::unfold(cursor, |mut cursor| async move {
-            loop {
-                if let Some(event) = cursor.buffer.pop_front() {
-                    return Some((Ok(event), cursor));
-                }
-                if cursor.failed {
-                    return None;
-                }
-                // Mark the current head as seen *before* reading, so an append that
-                // lands after this line wakes `changed()` below.
-                let head = *cursor.head.borrow_and_update();
-                if cursor.next <= head {
-                    match cursor.store.read_all(cursor.next, PAGE, &cursor.filter) {
-                        Ok(page) => {
-                            cursor.next = page.next_position;
-                            cursor.buffer.extend(page.events);
-                            continue;
-                        }
-                        Err(err) => {
-                            cursor.failed = true;
-                            return Some((Err(err), cursor));
-                        }
+        follow(self.clone(), from, filter)
+    }
+}
+
+/// The subscription of any backend: a cursor over `read_all` pages that waits
+/// on the backend's head when it has caught up.
+pub(crate) fn follow<S: EventStore>(
+    store: S,
+    from: Position,
+    filter: EventFilter,
+) -> impl Stream<Item = Result<RecordedEvent, StoreError>> + Send + 'static {
+    let cursor = Cursor {
+        head: store.watch_head(),
+        store,
+        filter,
+        next: from.max(1),
+        buffer: VecDeque::new(),
+        failed: false,
+    };
+    futures::stream::unfold(cursor, |mut cursor| async move {
+        loop {
+            if let Some(event) = cursor.buffer.pop_front() {
+                return Some((Ok(event), cursor));
+            }
+            if cursor.failed {
+                return None;
+            }
+            // Mark the current head as seen *before* reading, so an append that
+            // lands after this line wakes `changed()` below.
+            let head = *cursor.head.borrow_and_update();
+            if cursor.next <= head {
+                match cursor
+                    .store
+                    .read_all(cursor.next, PAGE, &cursor.filter)
+                    .await
+                {
+                    Ok(page) => {
+                        cursor.next = page.next_position;
+                        cursor.buffer.extend(page.events);
+                        continue;
+                    }
+                    Err(err) => {
+                        cursor.failed = true;
+                        return Some((Err(err), cursor));
                     }
                 }
-                if cursor.head.changed().await.is_err() {
-                    return None; // the writer is gone: the store closed
-                }
             }
-        })
-    }
+            if cursor.head.changed().await.is_err() {
+                return None; // the writer is gone: the store closed
+            }
+        }
+    })
 }

@@ -7,6 +7,7 @@ use tempfile::TempDir;
 pub mod components;
 pub mod host;
 pub mod http;
+pub mod pg;
 pub mod process;
 pub mod projection;
 

@@ -1,0 +1,474 @@
+//! The event log on PostgreSQL: the backend for several stateless hosts over
+//! one database (`refold serve --store postgres://...`).
+//!
+//! - `migrate`: the schema, created and migrated by the host on start
+//!   (`migrations/*.sql`, applied in order under an advisory lock).
+//! - `writer`: this host's group commit: one task, one connection, one
+//!   statement (`refold_append`) per batch.
+//! - here: opening, reads, and the head: a LISTEN connection wakes followers
+//!   when any host commits, and a poll every [`HEAD_POLL`] covers a lost
+//!   notification or connection.
+//!
+//! Events keep the sled backend's bytes (chain value and canonical body), so
+//! both backends decode, prove and verify them with the same code (`format`).
+
+mod migrate;
+mod writer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use super::error::StoreError;
+use super::format;
+use super::types::*;
+use super::{EventStore, check_name, validate_append};
+use writer::{PgAppend, PgWriter};
+
+/// How often a host re-reads the head when no notification came.
+pub const HEAD_POLL: Duration = Duration::from_millis(500);
+
+/// Connections in the read pool.
+const POOL_SIZE: usize = 16;
+
+/// The PostgreSQL-backed event log. Cheap to clone; all clones share one
+/// writer task and one read pool.
+#[derive(Clone)]
+pub struct PgStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    writer: mpsc::Sender<PgAppend>,
+    head_tx: Arc<watch::Sender<Position>>,
+    head: watch::Receiver<Position>,
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for task in self.tasks.get_mut().map(std::mem::take).unwrap_or_default() {
+            task.abort();
+        }
+    }
+}
+
+/// `postgres://...` connection text in a form safe to log (no password).
+pub fn redacted(url: &str) -> String {
+    match url.parse::<tokio_postgres::Config>() {
+        Ok(config) => {
+            let hosts: Vec<String> = config
+                .get_hosts()
+                .iter()
+                .map(|h| match h {
+                    tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                    tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+                })
+                .collect();
+            format!(
+                "postgres://{}@{}/{}",
+                config.get_user().unwrap_or(""),
+                hosts.join(","),
+                config.get_dbname().unwrap_or("")
+            )
+        }
+        Err(_) => "postgres://(unparsable)".into(),
+    }
+}
+
+pub(crate) fn pg_error(context: &'static str, err: tokio_postgres::Error) -> StoreError {
+    let message = match err.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => err.to_string(),
+    };
+    StoreError::Storage { context, message }
+}
+
+fn pool_error(err: deadpool_postgres::PoolError) -> StoreError {
+    StoreError::Unavailable(format!("no PostgreSQL connection: {err}"))
+}
+
+/// Connects one client and drives its connection on a task; notifications
+/// (if any) go to `notices`.
+pub(crate) async fn connect(
+    config: &tokio_postgres::Config,
+    notices: Option<mpsc::UnboundedSender<String>>,
+) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), StoreError> {
+    let (client, mut connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|e| pg_error("connecting to PostgreSQL", e))?;
+    let task = tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(n)) => {
+                    if let Some(tx) = &notices {
+                        let _ = tx.send(n.payload().to_string());
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "PostgreSQL connection ended");
+                    break;
+                }
+            }
+        }
+    });
+    Ok((client, task))
+}
+
+impl PgStore {
+    /// Connects, creates or migrates the schema, and starts this host's
+    /// writer and head follower.
+    pub async fn open(url: &str) -> Result<PgStore, StoreError> {
+        let config: tokio_postgres::Config = url.parse().map_err(|e| {
+            StoreError::Unavailable(format!("not a PostgreSQL connection string: {e}"))
+        })?;
+        {
+            let (mut client, task) = connect(&config, None).await?;
+            migrate::migrate(&mut client).await?;
+            drop(client);
+            let _ = task.await;
+        }
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("building the connection pool: {e}")))?;
+        let head = read_head(&pool).await?;
+        let (head_tx, head_rx) = watch::channel(head);
+        let head_tx = Arc::new(head_tx);
+        let (writer_client, writer_conn) = connect(&config, None).await?;
+        let (tx, rx) = mpsc::channel(8192);
+        let writer = PgWriter::new(writer_client, head_tx.clone()).await?;
+        let writer_task = tokio::spawn(writer.run(rx));
+        let follower = tokio::spawn(follow_head(config, pool.clone(), head_tx.clone()));
+        tracing::info!(store = %redacted(url), head, "event store open (PostgreSQL)");
+        Ok(PgStore {
+            inner: Arc::new(Inner {
+                pool,
+                writer: tx,
+                head_tx,
+                head: head_rx,
+                tasks: std::sync::Mutex::new(vec![writer_conn, writer_task, follower]),
+            }),
+        })
+    }
+
+    /// Stops this host's writer (appends after this fail with `Unavailable`)
+    /// and its head follower. Committed events are the database's.
+    pub async fn close(&self) {
+        let tasks = self
+            .inner
+            .tasks
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default();
+        for task in tasks {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.inner.pool.get().await.map_err(pool_error)
+    }
+
+    async fn send(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        command: Option<(String, Option<RequestFingerprint>)>,
+    ) -> Result<CommandAppend, StoreError> {
+        validate_append(&events)?;
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .writer
+            .send(PgAppend {
+                stream: stream.clone(),
+                expected,
+                events,
+                command,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer stopped before answering".into()))?
+    }
+}
+
+async fn read_head(pool: &Pool) -> Result<Position, StoreError> {
+    let client = pool.get().await.map_err(pool_error)?;
+    let row = client
+        .query_one("SELECT position FROM refold_head WHERE id = 1", &[])
+        .await
+        .map_err(|e| pg_error("reading the head", e))?;
+    Ok(row.get::<_, i64>(0) as Position)
+}
+
+/// Keeps `head` at the newest committed position of any host: woken by
+/// `refold_log` notifications, and polling every [`HEAD_POLL`] regardless (a
+/// notification can be lost with its connection). Reconnects after a failure.
+async fn follow_head(
+    config: tokio_postgres::Config,
+    pool: Pool,
+    head: Arc<watch::Sender<Position>>,
+) {
+    loop {
+        let (tx, mut notices) = mpsc::unbounded_channel();
+        let listener = match connect(&config, Some(tx)).await {
+            Ok((client, task)) => match client.batch_execute("LISTEN refold_log").await {
+                Ok(()) => Some((client, task)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "LISTEN refold_log failed; polling only");
+                    task.abort();
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "no LISTEN connection; polling only");
+                None
+            }
+        };
+        let mut poll = tokio::time::interval(HEAD_POLL);
+        loop {
+            tokio::select! {
+                notice = notices.recv(), if listener.is_some() => match notice {
+                    Some(payload) => {
+                        if let Ok(p) = payload.parse::<Position>() {
+                            head.send_if_modified(|h| if p > *h { *h = p; true } else { false });
+                        }
+                    }
+                    None => break, // the listening connection ended: reconnect
+                },
+                _ = poll.tick() => {
+                    if let Ok(p) = read_head(&pool).await {
+                        head.send_if_modified(|h| if p > *h { *h = p; true } else { false });
+                    }
+                    if listener.is_none() {
+                        break; // try to LISTEN again
+                    }
+                }
+            }
+        }
+        if let Some((_, task)) = listener {
+            task.abort();
+        }
+        tokio::time::sleep(HEAD_POLL).await;
+    }
+}
+
+fn decode_row(row: &tokio_postgres::Row) -> Result<RecordedEvent, StoreError> {
+    let position = row.get::<_, i64>("position") as Position;
+    let chain: &[u8] = row.get("chain");
+    let body: &[u8] = row.get("body");
+    let chain: [u8; 32] = chain.try_into().map_err(|_| {
+        format::corrupt(
+            &format::event_key(position),
+            "the chain value is not 32 bytes",
+        )
+    })?;
+    format::decode_event_body(position, chain, body)
+}
+
+/// u64 versions and positions as PostgreSQL bigints (values above i64::MAX
+/// cannot exist in the log, so they clamp).
+fn big(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl EventStore for PgStore {
+    fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> impl Future<Output = Result<AppendResult, StoreError>> + Send {
+        let store = self.clone();
+        let stream = stream.clone();
+        async move { Ok(store.send(&stream, expected, events, None).await?.result) }
+    }
+
+    fn append_command(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        command_id: &str,
+        fingerprint: Option<RequestFingerprint>,
+    ) -> impl Future<Output = Result<CommandAppend, StoreError>> + Send {
+        let store = self.clone();
+        let stream = stream.clone();
+        let command_id = command_id.to_string();
+        async move {
+            check_name("command id", &command_id, MAX_METADATA_ID_LEN)
+                .map_err(|reason| StoreError::InvalidEvent { index: 0, reason })?;
+            store
+                .send(&stream, expected, events, Some((command_id, fingerprint)))
+                .await
+        }
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from: StreamVersion,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        if limit == 0 || (direction == Direction::Backward && from == 0) {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let sql = match direction {
+            Direction::Forward => {
+                "SELECT position, chain, body FROM refold_events \
+                 WHERE stream_type = $1 AND stream_id = $2 AND version >= $3 \
+                 ORDER BY version LIMIT $4"
+            }
+            Direction::Backward => {
+                "SELECT position, chain, body FROM refold_events \
+                 WHERE stream_type = $1 AND stream_id = $2 AND version <= $3 \
+                 ORDER BY version DESC LIMIT $4"
+            }
+        };
+        let statement = client
+            .prepare_cached(sql)
+            .await
+            .map_err(|e| pg_error("preparing a stream read", e))?;
+        let rows = client
+            .query(
+                &statement,
+                &[
+                    &stream.aggregate_type(),
+                    &stream.aggregate_id(),
+                    &big(from),
+                    &big(limit as u64),
+                ],
+            )
+            .await
+            .map_err(|e| pg_error("reading a stream", e))?;
+        rows.iter().map(decode_row).collect()
+    }
+
+    async fn read_all(
+        &self,
+        from: Position,
+        limit: usize,
+        filter: &EventFilter,
+    ) -> Result<LogPage, StoreError> {
+        let from = from.max(1);
+        let client = self.client().await?;
+        // One statement, so the events and the head come from one snapshot.
+        // At most MAX_SCAN_PER_READ positions are examined, as on sled.
+        let statement = client
+            .prepare_cached(
+                "SELECT h.position AS head, e.position, e.chain, e.body \
+                 FROM refold_head h LEFT JOIN LATERAL ( \
+                   SELECT position, chain, body FROM refold_events \
+                   WHERE position >= $1 AND position < $5 \
+                     AND (cardinality($3::text[]) = 0 OR stream_type = ANY($3)) \
+                     AND (cardinality($4::text[]) = 0 OR event_type = ANY($4)) \
+                   ORDER BY position LIMIT $2) e ON true \
+                 WHERE h.id = 1",
+            )
+            .await
+            .map_err(|e| pg_error("preparing a log read", e))?;
+        let rows = client
+            .query(
+                &statement,
+                &[
+                    &big(from),
+                    &big(limit as u64),
+                    &filter.aggregate_types,
+                    &filter.event_types,
+                    &big(from.saturating_add(super::read::MAX_SCAN_PER_READ as u64)),
+                ],
+            )
+            .await
+            .map_err(|e| pg_error("reading the log", e))?;
+        let head = rows
+            .first()
+            .map(|r| r.get::<_, i64>("head") as Position)
+            .unwrap_or(0);
+        let mut page = LogPage {
+            events: Vec::with_capacity(rows.len()),
+            next_position: from,
+            head,
+        };
+        for row in &rows {
+            if row.get::<_, Option<i64>>("position").is_some() {
+                page.events.push(decode_row(row)?);
+            }
+        }
+        page.next_position = if limit > 0 && page.events.len() >= limit {
+            page.events.last().map_or(from, |e| e.position + 1)
+        } else {
+            // Everything up to the scan bound (or the head) was examined.
+            (from + super::read::MAX_SCAN_PER_READ as u64)
+                .min(head + 1)
+                .max(from)
+        };
+        if limit == 0 {
+            page.next_position = from;
+        }
+        self.inner.head_tx.send_if_modified(|h| {
+            if head > *h {
+                *h = head;
+                true
+            } else {
+                false
+            }
+        });
+        Ok(page)
+    }
+
+    async fn read_event(&self, position: Position) -> Result<Option<RecordedEvent>, StoreError> {
+        if position == 0 {
+            return Ok(None);
+        }
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached("SELECT position, chain, body FROM refold_events WHERE position = $1")
+            .await
+            .map_err(|e| pg_error("preparing an event read", e))?;
+        let row = client
+            .query_opt(&statement, &[&big(position)])
+            .await
+            .map_err(|e| pg_error("reading an event", e))?;
+        row.as_ref().map(decode_row).transpose()
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion, StoreError> {
+        let client = self.client().await?;
+        writer::stream_version(&client, stream).await
+    }
+
+    async fn command_record(&self, command_id: &str) -> Result<Option<CommandRecord>, StoreError> {
+        let client = self.client().await?;
+        writer::command_record(&client, command_id).await
+    }
+
+    fn head(&self) -> Position {
+        *self.inner.head.borrow()
+    }
+
+    fn watch_head(&self) -> watch::Receiver<Position> {
+        self.inner.head.clone()
+    }
+}

@@ -431,6 +431,49 @@ async fn command_ids_record_repeat_and_refuse<S: EventStore>(stores: &[S]) {
     assert_eq!(written, 1);
     assert_eq!(head(one).await, 2);
     assert!(one.command_record("nope").await.unwrap().is_none());
+
+    // A retried command whose expectation no longer holds (the stream moved on,
+    // through the other host) is still answered with its original append.
+    let c = stream("c");
+    let original = one
+        .append_command(
+            &c,
+            ExpectedVersion::NoStream,
+            vec![event("E", 1)],
+            "cmd-3",
+            fp,
+        )
+        .await
+        .unwrap();
+    two.append(&c, ExpectedVersion::Any, vec![event("E", 2)])
+        .await
+        .unwrap();
+    for host in [one, two] {
+        let retry = host
+            .append_command(
+                &c,
+                ExpectedVersion::NoStream,
+                vec![event("E", 1)],
+                "cmd-3",
+                fp,
+            )
+            .await
+            .unwrap();
+        assert!(retry.repeated);
+        assert_eq!(retry.result, original.result);
+        // The same id for another stream, whose expectation also fails: the id is named.
+        assert!(matches!(
+            host.append_command(
+                &a,
+                ExpectedVersion::Exact(99),
+                vec![event("E", 1)],
+                "cmd-3",
+                fp
+            )
+            .await,
+            Err(StoreError::CommandIdInUse { .. })
+        ));
+    }
 }
 
 async fn invalid_appends_are_refused_and_write_nothing<S: EventStore>(stores: &[S]) {
@@ -548,7 +591,9 @@ async fn the_hash_chain_links_every_event<S: EventStore>(stores: &[S]) {
     assert_eq!(page.events.len() as u64, page.head);
 }
 
-async fn subscriptions_catch_up_then_follow_other_hosts<S: EventStore>(stores: &[S]) {
+async fn subscriptions_catch_up_then_follow_other_hosts<S: EventStore + EventStoreClose>(
+    stores: &[S],
+) {
     let (reader, writer) = (&stores[0], &stores[stores.len() - 1]);
     for i in 0..5 {
         writer
@@ -586,6 +631,28 @@ async fn subscriptions_catch_up_then_follow_other_hosts<S: EventStore>(stores: &
         "followed within moments: {:?}",
         started.elapsed()
     );
+    // Closing the store ends its subscriptions (a server shutting down waits on them).
+    for s in stores {
+        EventStoreClose::close(s).await;
+    }
+    let end = tokio::time::timeout(Duration::from_secs(5), sub.next()).await;
+    assert!(matches!(end, Ok(None)), "the subscription ended: {end:?}");
+}
+
+/// `close` is not part of the contract (it is each backend's own); the
+/// subscription test needs it.
+trait EventStoreClose {
+    async fn close(&self);
+}
+impl EventStoreClose for refold::store::Store {
+    async fn close(&self) {
+        refold::store::Store::close(self).await
+    }
+}
+impl EventStoreClose for PgStore {
+    async fn close(&self) {
+        PgStore::close(self).await
+    }
 }
 
 /// In the style of the peers' own race tests: many appenders on several hosts,

@@ -157,8 +157,10 @@ impl Cluster {
             port.to_string(),
             "-k".into(),
             dir.to_str().unwrap().into(),
+            // Unix socket only, in the cluster's own directory: no port can
+            // collide with another test binary's cluster.
             "-c".into(),
-            "listen_addresses=127.0.0.1".into(),
+            "listen_addresses=".into(),
             "-c".into(),
             "max_connections=300".into(),
             "-c".into(),
@@ -202,9 +204,7 @@ impl Cluster {
     fn wait_ready(&self) {
         let started = Instant::now();
         loop {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-                && psql(self.port, "postgres", "SELECT 1").is_ok()
-            {
+            if psql(self, "postgres", "SELECT 1").is_ok() {
                 return;
             }
             assert!(
@@ -217,26 +217,30 @@ impl Cluster {
     }
 
     pub fn url(&self, database: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+        format!(
+            "host={} port={} user=postgres dbname={database}",
+            self.dir.display(),
+            self.port
+        )
     }
 
     /// A new, empty database on this cluster; returns its connection URL.
     pub fn database(&self) -> String {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let name = format!("t{}", SEQ.fetch_add(1, Ordering::Relaxed));
-        psql(self.port, "postgres", &format!("CREATE DATABASE {name}"))
+        psql(self, "postgres", &format!("CREATE DATABASE {name}"))
             .unwrap_or_else(|e| panic!("creating database {name}: {e}"));
         self.url(&name)
     }
 }
 
-fn psql(port: u16, db: &str, sql: &str) -> Result<String, String> {
+fn psql(cluster: &Cluster, db: &str, sql: &str) -> Result<String, String> {
     let out = Command::new(bin_dir().join("psql"))
         .args([
             "-h",
-            "127.0.0.1",
+            cluster.dir.to_str().unwrap(),
             "-p",
-            &port.to_string(),
+            &cluster.port.to_string(),
             "-U",
             "postgres",
             "-d",

@@ -45,7 +45,9 @@ pub struct PgStore {
 struct Inner {
     pool: Pool,
     writer: mpsc::Sender<PgAppend>,
-    head_tx: Arc<watch::Sender<Position>>,
+    /// Taken by `close`, so that subscriptions end when the writer and the
+    /// follower (the other holders) are gone.
+    head_tx: std::sync::Mutex<Option<Arc<watch::Sender<Position>>>>,
     head: watch::Receiver<Position>,
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -127,9 +129,15 @@ impl PgStore {
     /// Connects, creates or migrates the schema, and starts this host's
     /// writer and head follower.
     pub async fn open(url: &str) -> Result<PgStore, StoreError> {
-        let config: tokio_postgres::Config = url.parse().map_err(|e| {
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
             StoreError::Unavailable(format!("not a PostgreSQL connection string: {e}"))
         })?;
+        // A database that is gone must be an error, not a hang.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(30));
         {
             let (mut client, task) = connect(&config, None).await?;
             migrate::migrate(&mut client).await?;
@@ -145,14 +153,16 @@ impl PgStore {
         );
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(30)))
+            .create_timeout(Some(Duration::from_secs(10)))
             .build()
             .map_err(|e| StoreError::Unavailable(format!("building the connection pool: {e}")))?;
         let head = read_head(&pool).await?;
         let (head_tx, head_rx) = watch::channel(head);
         let head_tx = Arc::new(head_tx);
-        let (writer_client, writer_conn) = connect(&config, None).await?;
         let (tx, rx) = mpsc::channel(8192);
-        let writer = PgWriter::new(writer_client, head_tx.clone()).await?;
+        let writer = PgWriter::new(config.clone(), head_tx.clone()).await?;
         let writer_task = tokio::spawn(writer.run(rx));
         let follower = tokio::spawn(follow_head(config, pool.clone(), head_tx.clone()));
         tracing::info!(store = %redacted(url), head, "event store open (PostgreSQL)");
@@ -160,9 +170,9 @@ impl PgStore {
             inner: Arc::new(Inner {
                 pool,
                 writer: tx,
-                head_tx,
+                head_tx: std::sync::Mutex::new(Some(head_tx)),
                 head: head_rx,
-                tasks: std::sync::Mutex::new(vec![writer_conn, writer_task, follower]),
+                tasks: std::sync::Mutex::new(vec![writer_task, follower]),
             }),
         })
     }
@@ -179,6 +189,9 @@ impl PgStore {
         for task in tasks {
             task.abort();
             let _ = task.await;
+        }
+        if let Ok(mut tx) = self.inner.head_tx.lock() {
+            tx.take();
         }
     }
 
@@ -420,21 +433,23 @@ impl EventStore for PgStore {
             page.events.last().map_or(from, |e| e.position + 1)
         } else {
             // Everything up to the scan bound (or the head) was examined.
-            (from + super::read::MAX_SCAN_PER_READ as u64)
+            from.saturating_add(super::read::MAX_SCAN_PER_READ as u64)
                 .min(head + 1)
                 .max(from)
         };
         if limit == 0 {
             page.next_position = from;
         }
-        self.inner.head_tx.send_if_modified(|h| {
-            if head > *h {
-                *h = head;
-                true
-            } else {
-                false
-            }
-        });
+        if let Some(tx) = self.inner.head_tx.lock().ok().and_then(|t| t.clone()) {
+            tx.send_if_modified(|h| {
+                if head > *h {
+                    *h = head;
+                    true
+                } else {
+                    false
+                }
+            });
+        }
         Ok(page)
     }
 

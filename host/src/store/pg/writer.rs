@@ -46,9 +46,23 @@ pub(crate) struct PgAppend {
 pub(crate) struct PgWriter {
     client: Client,
     append: Statement,
-    versions: lru::LruCache<StreamId, StreamVersion>,
+    versions: lru::LruCache<StreamId, Belief>,
+    /// How far the newest commit's `recorded_at_ms` was ahead of this host's
+    /// clock when it last lost a race on it (RF003): added to the clock, so a
+    /// host whose clock is behind another's does not keep losing.
+    skew_ms: u64,
     last_recorded_at_ms: u64,
+    config: tokio_postgres::Config,
     head: Arc<watch::Sender<Position>>,
+}
+
+/// What this host believes about a stream: its version, and the first
+/// version and event id of its last append when this host wrote it (versions
+/// never change, so a different id there proves an append is no repeat).
+#[derive(Clone, Copy)]
+struct Belief {
+    version: StreamVersion,
+    tail: Option<(StreamVersion, Uuid)>,
 }
 
 /// A position in a plan: relative to the batch's base (1 = its first event)
@@ -60,7 +74,9 @@ struct PlannedResult {
 }
 
 enum Decision {
-    Refused(StoreError),
+    /// The flag: the refusal rests on an earlier append of the same batch, so it
+    /// stands only if the batch commits.
+    Refused(StoreError, bool),
     Repeat(PlannedResult),
     Write(PlannedResult),
 }
@@ -73,6 +89,8 @@ struct Plan {
     streams: Vec<(StreamId, StreamVersion, StreamVersion)>,
     events: EventColumns,
     commands: CommandColumns,
+    /// Per stream written: the first version and event id of its last append.
+    tails: HashMap<StreamId, (StreamVersion, Uuid)>,
 }
 
 #[derive(Default)]
@@ -99,19 +117,16 @@ struct CommandColumns {
 enum Retry {
     /// These streams' versions must be read before deciding.
     Refresh(Vec<StreamId>),
+    /// The batch's command records must be read before deciding.
+    Commands,
 }
 
 impl PgWriter {
     pub async fn new(
-        client: Client,
+        config: tokio_postgres::Config,
         head: Arc<watch::Sender<Position>>,
     ) -> Result<Self, StoreError> {
-        let append = client
-            .prepare(
-                "SELECT refold_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
-            )
-            .await
-            .map_err(|e| pg_error("preparing the append", e))?;
+        let (client, append) = Self::connect(&config).await?;
         let row = client
             .query_one("SELECT recorded_at_ms FROM refold_head WHERE id = 1", &[])
             .await
@@ -122,9 +137,51 @@ impl PgWriter {
             versions: lru::LruCache::new(
                 std::num::NonZeroUsize::new(VERSION_CACHE).expect("not zero"),
             ),
+            skew_ms: 0,
             last_recorded_at_ms: row.get::<_, i64>(0) as u64,
+            config,
             head,
         })
+    }
+
+    /// The writer's connection, driven by its own task (which ends with it).
+    async fn connect(config: &tokio_postgres::Config) -> Result<(Client, Statement), StoreError> {
+        let (client, _task) = super::connect(config, None).await?;
+        // A statement that hangs (a half-open connection, a stuck lock) fails
+        // instead of holding every append of this host.
+        client
+            .batch_execute("SET statement_timeout = '30s'")
+            .await
+            .map_err(|e| pg_error("configuring the writer's connection", e))?;
+        let append = client
+            .prepare(
+                "SELECT refold_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+            )
+            .await
+            .map_err(|e| pg_error("preparing the append", e))?;
+        Ok((client, append))
+    }
+
+    /// After the connection closed (PostgreSQL restarted, a network cut):
+    /// a new one, with backoff; every belief is dropped.
+    async fn reconnect(&mut self) -> Result<(), StoreError> {
+        self.versions.clear();
+        let mut wait = std::time::Duration::from_millis(50);
+        let mut last = None;
+        for _ in 0..5 {
+            match Self::connect(&self.config).await {
+                Ok((client, append)) => {
+                    self.client = client;
+                    self.append = append;
+                    tracing::info!("the PostgreSQL writer reconnected");
+                    return Ok(());
+                }
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(wait).await;
+            wait *= 2;
+        }
+        Err(last.expect("at least one attempt"))
     }
 
     pub async fn run(mut self, mut rx: mpsc::Receiver<PgAppend>) {
@@ -139,6 +196,12 @@ impl PgWriter {
                     }
                     Err(_) => break,
                 }
+            }
+            if self.client.is_closed()
+                && let Err(e) = self.reconnect().await
+            {
+                answer_all(batch, e);
+                continue;
             }
             self.commit(batch).await;
         }
@@ -155,12 +218,24 @@ impl PgWriter {
             if let Err(e) = self.refresh(&unknown, &mut fresh).await {
                 return answer_all(requests, e);
             }
-            let recorded_at_ms = crate::clock::now_ms().max(self.last_recorded_at_ms);
+            let recorded_at_ms =
+                (crate::clock::now_ms() + self.skew_ms).max(self.last_recorded_at_ms);
             let plan = match self
                 .decide(&requests, recorded_at_ms, &fresh, known_commands.as_ref())
                 .await
             {
                 Ok(Ok(plan)) => plan,
+                Ok(Err(Retry::Commands)) => {
+                    let ids: Vec<String> = requests
+                        .iter()
+                        .filter_map(|r| r.command.as_ref().map(|(id, _)| id.clone()))
+                        .collect();
+                    match command_records(&self.client, &ids).await {
+                        Ok(records) => known_commands = Some(records),
+                        Err(e) => return answer_all(requests, e),
+                    }
+                    continue;
+                }
                 Ok(Err(Retry::Refresh(streams))) => {
                     if let Err(e) = self.refresh(&streams, &mut fresh).await {
                         return answer_all(requests, e);
@@ -175,7 +250,14 @@ impl PgWriter {
             match self.execute(&plan, recorded_at_ms).await {
                 Ok(base) => {
                     for (stream, _, new_version) in &plan.streams {
-                        self.versions.put(stream.clone(), *new_version);
+                        let tail = plan.tails.get(stream).copied();
+                        self.versions.put(
+                            stream.clone(),
+                            Belief {
+                                version: *new_version,
+                                tail,
+                            },
+                        );
                     }
                     self.last_recorded_at_ms = recorded_at_ms;
                     let head = base + plan.events.bodies.len() as u64;
@@ -215,12 +297,15 @@ impl PgWriter {
                                 .and_then(|d| d.message().parse::<u64>().ok())
                                 .unwrap_or(recorded_at_ms + 1);
                             self.last_recorded_at_ms = self.last_recorded_at_ms.max(head_recorded);
+                            let now = crate::clock::now_ms();
+                            self.skew_ms = self.skew_ms.max(head_recorded.saturating_sub(now));
                         }
                         _ => {
                             // The outcome is unknown (the connection may have dropped after
                             // COMMIT): forget every belief and say so; a retry with the same
                             // command id or event ids is answered from what was committed.
                             self.versions.clear();
+                            self.skew_ms = 0;
                             let e = pg_error("committing a batch", err);
                             tracing::error!(error = %e, "PostgreSQL append failed");
                             return answer_writes(requests, plan, e);
@@ -270,7 +355,13 @@ impl PgWriter {
                 stream.aggregate_id().to_string(),
             );
             let version = found.get(&key).copied().unwrap_or(0);
-            self.versions.put((*stream).clone(), version);
+            self.versions.put(
+                (*stream).clone(),
+                Belief {
+                    version,
+                    tail: None,
+                },
+            );
             fresh.insert((*stream).clone());
         }
         Ok(())
@@ -316,20 +407,26 @@ impl PgWriter {
                                 relative,
                             })
                         } else {
-                            Decision::Refused(StoreError::CommandIdInUse {
-                                command_id: command_id.clone(),
-                                stream: record.stream,
-                            })
+                            Decision::Refused(
+                                StoreError::CommandIdInUse {
+                                    command_id: command_id.clone(),
+                                    stream: record.stream,
+                                },
+                                relative,
+                            )
                         },
                     );
                     continue;
                 }
             }
             // 2. The stream's version, as of this batch.
-            let base = self.versions.get(&req.stream).copied().unwrap_or(0);
-            let (version, checked) = match pending.get(&req.stream) {
-                Some((b, staged)) => (b + staged.len() as u64, true),
-                None => (base, fresh.contains(&req.stream)),
+            let belief = self.versions.get(&req.stream).copied().unwrap_or(Belief {
+                version: 0,
+                tail: None,
+            });
+            let (version, checked, in_batch) = match pending.get(&req.stream) {
+                Some((b, staged)) => (b + staged.len() as u64, true, true),
+                None => (belief.version, fresh.contains(&req.stream), false),
             };
             // 3. The idempotency rule (the same as the sled writer's).
             let n = req.events.len() as u64;
@@ -341,14 +438,23 @@ impl PgWriter {
                 }
             }
             .filter(|p| *p <= version);
+            // A different first id where this host last wrote settles it: no repeat.
+            let place = place.filter(|p| {
+                in_batch
+                    || !matches!(belief.tail, Some((v, id)) if v == *p && id != req.events[0].event_id)
+            });
             let refusing = place.is_some() || !req.expected.admits(version);
+            if refusing && req.command.is_some() && known_commands.is_none() {
+                // A command is refused or repeated only once its record is known.
+                return Ok(Err(Retry::Commands));
+            }
             if refusing && !checked {
                 // Never refuse or repeat on a belief: read the stream first.
                 stale.push(req.stream.clone());
-                plan.decisions
-                    .push(Decision::Refused(StoreError::Unavailable(
-                        "undecided".into(),
-                    )));
+                plan.decisions.push(Decision::Refused(
+                    StoreError::Unavailable("undecided".into()),
+                    false,
+                ));
                 continue;
             }
             if let Some(place) = place {
@@ -362,22 +468,26 @@ impl PgWriter {
                         continue;
                     }
                     RepeatCheck::Duplicate(e) => {
-                        plan.decisions.push(Decision::Refused(e));
+                        plan.decisions.push(Decision::Refused(e, in_batch));
                         continue;
                     }
                 }
             }
             if !req.expected.admits(version) {
-                plan.decisions
-                    .push(Decision::Refused(StoreError::WrongExpectedVersion {
+                plan.decisions.push(Decision::Refused(
+                    StoreError::WrongExpectedVersion {
                         stream: req.stream.clone(),
                         expected: req.expected,
                         actual: version,
-                    }));
+                    },
+                    in_batch,
+                ));
                 continue;
             }
             // 4. A write: encode the events at their versions.
             let first_offset = plan.events.bodies.len() as u64 + 1;
+            plan.tails
+                .insert(req.stream.clone(), (version + 1, req.events[0].event_id));
             let entry = pending
                 .entry(req.stream.clone())
                 .or_insert_with(|| (version, Vec::new()));
@@ -576,7 +686,7 @@ fn absolute(planned: PlannedResult, base: u64) -> AppendResult {
 fn reply(requests: Vec<PgAppend>, plan: Plan, base: u64) {
     for (req, decision) in requests.into_iter().zip(plan.decisions) {
         let answer = match decision {
-            Decision::Refused(e) => Err(e),
+            Decision::Refused(e, _) => Err(e),
             Decision::Repeat(p) => Ok(CommandAppend {
                 result: absolute(p, base),
                 repeated: true,
@@ -603,7 +713,7 @@ fn answer_writes(requests: Vec<PgAppend>, plan: Plan, err: StoreError) {
     let message = err.to_string();
     for (req, decision) in requests.into_iter().zip(plan.decisions) {
         let answer = match decision {
-            Decision::Refused(e) => Err(e),
+            Decision::Refused(e, false) => Err(e),
             Decision::Repeat(p) if !p.relative => Ok(CommandAppend {
                 result: p.result,
                 repeated: true,

@@ -110,6 +110,16 @@ enum Command {
         /// An absolute directory that does not exist yet or is empty
         path: std::path::PathBuf,
     },
+    /// Copy a stopped data directory's event log into an empty PostgreSQL
+    /// database and verify the copy (exit 1 if anything differs)
+    Migrate {
+        /// The stopped server's data directory
+        #[arg(long, env = "REFOLD_DATA_DIR", default_value = "./refold-data")]
+        data_dir: PathBuf,
+        /// The target database: `postgres://user@host/db` or `host=... dbname=...`
+        #[arg(long, hide_env_values = true)]
+        to: String,
+    },
     /// The compile worker the server runs for each compilation: a component on
     /// stdin, its artifact to --output. Not for people.
     #[command(name = "__compile", hide = true)]
@@ -308,6 +318,7 @@ fn main() -> ExitCode {
                 follow,
             } => cli::events(opts, from, from_end, limit, follow).await,
             Command::Backup { path } => cli::backup(opts, &path).await,
+            Command::Migrate { data_dir, to } => cli::migrate(opts, &data_dir, &to).await,
             Command::CompileWorker { .. } => 2,
         }
     });

@@ -21,6 +21,7 @@ mod check;
 mod client;
 mod follow;
 mod integrity;
+mod migrate;
 mod output;
 mod process;
 mod projection;
@@ -29,6 +30,7 @@ pub mod tooling;
 mod verify;
 
 pub use integrity::{proof, verify_proof};
+pub use migrate::migrate;
 pub use process::{ProcessCommand, process};
 pub use projection::{ProjectionCommand, projection};
 pub use verify::{VerifyArgs, VerifyCommand, verify};

@@ -216,6 +216,22 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Every command record, in id order (for `refold migrate`).
+    pub fn command_records(&self) -> Result<Vec<(String, CommandRecord)>, StoreError> {
+        let prefix = format::command_key("");
+        let mut out = Vec::new();
+        for item in self.inner.db.scan_prefix(&prefix) {
+            let (key, value) =
+                item.map_err(|e| StoreError::storage("reading command records", e))?;
+            let id = String::from_utf8(key[prefix.len()..].to_vec())
+                .map_err(|_| format::corrupt(&key, "a command id that is not UTF-8"))?;
+            out.push((id, format::decode_command(&key, &value)?));
+        }
+        Ok(out)
+    }
+}
+
 pub(crate) fn command_record(
     db: &sled::Db,
     command_id: &str,

@@ -69,10 +69,10 @@ fn command(program: &Path, die_with_parent: bool) -> Command {
     let ids = run_as();
     unsafe {
         cmd.pre_exec(move || {
-            if let Some((uid, gid)) = ids {
-                if libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+            if let Some((uid, gid)) = ids
+                && (libc::setgid(gid) != 0 || libc::setuid(uid) != 0)
+            {
+                return Err(std::io::Error::last_os_error());
             }
             // After setuid, which clears it: the server dies with this process.
             if die_with_parent && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
@@ -182,17 +182,16 @@ impl Cluster {
         std::thread::Builder::new()
             .name("pg-cluster-parent".into())
             .spawn(move || {
-                let child = command(&postgres, true)
+                let mut child = command(&postgres, true)
                     .args(&args)
                     .stdout(Stdio::null())
                     .stderr(log)
                     .spawn()
                     .expect("starting postgres");
                 tx.send(child.id()).unwrap();
-                // Parked for the life of the process: the server dies with this thread.
-                loop {
-                    std::thread::park();
-                }
+                // This thread waits as long as the server runs: the server
+                // dies with this thread, so with the process.
+                let _ = child.wait();
             })
             .unwrap();
         let pid = rx.recv().unwrap();
@@ -222,6 +221,13 @@ impl Cluster {
             self.dir.display(),
             self.port
         )
+    }
+
+    /// Runs `sql` on the database of `db_url` (from [`Cluster::database`]) and
+    /// returns psql's unaligned output: for tests that look inside.
+    pub fn query(&self, db_url: &str, sql: &str) -> String {
+        let db = db_url.rsplit("dbname=").next().unwrap();
+        psql(self, db, sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
     /// A new, empty database on this cluster; returns its connection URL.

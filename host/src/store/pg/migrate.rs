@@ -10,11 +10,18 @@ use super::super::error::StoreError;
 use super::pg_error;
 
 /// `(version, name, sql)`, in order. Never edit a released one: add the next.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "event_log",
-    include_str!("migrations/0001_event_log.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "event_log",
+        include_str!("migrations/0001_event_log.sql"),
+    ),
+    (
+        2,
+        "read_models",
+        include_str!("migrations/0002_read_models.sql"),
+    ),
+];
 
 /// Arbitrary, fixed: the advisory lock key migrations hold ("refold" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7265_666f_6c64;

@@ -3,6 +3,9 @@
 //!
 //! - `migrate`: the schema, created and migrated by the host on start
 //!   (`migrations/*.sql`, applied in order under an advisory lock).
+//! - `import`: `refold migrate --to postgres://`, a verified copy of a sled log.
+//! - `leases`: leases with fencing tokens, and read-model commits fenced by
+//!   them (one runner per projection version across hosts).
 //! - `writer`: this host's group commit: one task, one connection, one
 //!   statement (`refold_append`) per batch.
 //! - here: opening, reads, and the head: a LISTEN connection wakes followers
@@ -12,6 +15,8 @@
 //! Events keep the sled backend's bytes (chain value and canonical body), so
 //! both backends decode, prove and verify them with the same code (`format`).
 
+mod import;
+mod leases;
 mod migrate;
 mod writer;
 
@@ -27,6 +32,8 @@ use super::error::StoreError;
 use super::format;
 use super::types::*;
 use super::{EventStore, check_name, validate_append};
+pub use import::{ImportReport, import_from_sled};
+pub use leases::{Lease, ReadModels, Refused};
 use writer::{PgAppend, PgWriter};
 
 /// How often a host re-reads the head when no notification came.
@@ -193,6 +200,11 @@ impl PgStore {
         if let Ok(mut tx) = self.inner.head_tx.lock() {
             tx.take();
         }
+    }
+
+    /// Leases and fenced read-model commits on this database.
+    pub fn read_models(&self) -> ReadModels {
+        ReadModels::new(self.inner.pool.clone())
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {

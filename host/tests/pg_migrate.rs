@@ -1,0 +1,235 @@
+//! `refold migrate --to postgres://...`: a stopped sled data directory's log
+//! copied into PostgreSQL, verified, and then extended there: the copy reads
+//! back event for event (every field and chain value), stream versions and
+//! command records carry over, a PostgreSQL host appends after it with the
+//! chain continuing, and a second migration into the same database is refused.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use refold::store::integrity::{ZERO, chain_next};
+use refold::store::pg::PgStore;
+use refold::store::{
+    Direction, Durability, EventFilter, EventMetadata, EventStore, ExpectedVersion, NewEvent,
+    StreamId, canonical_body,
+};
+use support::{event, stream, temp_dir};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sled_log_moves_to_postgres_byte_for_byte_and_goes_on_there() {
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    let store = refold::store::Store::open(
+        refold::store::StoreConfig::new(data.join("events")).durability(Durability::None),
+    )
+    .unwrap();
+    for i in 0..300u64 {
+        let s = stream(&format!("a{}", i % 17));
+        let mut e = event(if i % 3 == 0 { "Deposited" } else { "Withdrawn" }, i);
+        if i % 5 == 0 {
+            e = e.at_schema_version(2);
+        }
+        if i % 7 == 0 {
+            e.metadata = EventMetadata {
+                correlation_id: Some(format!("corr-{i}")),
+                causation_id: None,
+                command_id: Some(format!("cmd-{i}")),
+                producer: Some("bank-account@1.0.0".into()),
+                extra: BTreeMap::from([("k".to_string(), format!("v{i}"))]),
+            };
+            store
+                .append_command(
+                    &s,
+                    ExpectedVersion::Any,
+                    vec![e],
+                    &format!("cmd-{i}"),
+                    Some([i as u8; 32]),
+                    None,
+                )
+                .await
+                .unwrap();
+        } else {
+            store
+                .append(&s, ExpectedVersion::Any, vec![e, event("Noted", i)])
+                .await
+                .unwrap();
+        }
+    }
+    let source = store
+        .read_all(1, usize::MAX, &EventFilter::all())
+        .unwrap()
+        .events;
+    let head = store.head();
+    store.close().await;
+    drop(store);
+
+    let url = support::pg::database();
+    let out = Command::new(env!("CARGO_BIN_EXE_refold"))
+        .args([
+            "migrate",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--to",
+            &url,
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "migrate failed: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["events"], head);
+    assert_eq!(report["streams"], 17);
+    assert_eq!(report["command_records"], 43);
+    assert_eq!(report["verified"], true);
+
+    // Event for event, every field and chain value.
+    let pg = PgStore::open(&url).await.unwrap();
+    assert_eq!(pg.head(), head);
+    let copied = pg
+        .read_all(1, usize::MAX, &EventFilter::all())
+        .await
+        .unwrap()
+        .events;
+    assert_eq!(copied, source);
+    assert_eq!(
+        pg.stream_version(&stream("a3")).await.unwrap(),
+        store_version(&source, "a3")
+    );
+    let record = pg
+        .command_record("cmd-14")
+        .await
+        .unwrap()
+        .expect("carried over");
+    assert_eq!(record.fingerprint, Some([14u8; 32]));
+    // A retry of a migrated command is answered from its record.
+    let retry = pg
+        .append_command(
+            &record.stream,
+            ExpectedVersion::Any,
+            vec![event("E", 1)],
+            "cmd-14",
+            Some([14u8; 32]),
+        )
+        .await
+        .unwrap();
+    assert!(retry.repeated);
+    assert_eq!(retry.result, record.result);
+
+    // The log goes on in PostgreSQL: positions and the chain continue.
+    let r = pg
+        .append(
+            &stream("a3"),
+            ExpectedVersion::Exact(store_version(&source, "a3")),
+            vec![event("After", 1)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.first_position, head + 1);
+    let all = pg
+        .read_all(1, usize::MAX, &EventFilter::all())
+        .await
+        .unwrap()
+        .events;
+    let mut previous = ZERO;
+    for e in &all {
+        assert_eq!(
+            e.chain,
+            chain_next(&previous, e.position, &canonical_body(e))
+        );
+        previous = e.chain;
+    }
+    let tail = pg
+        .read_stream(&stream("a3"), u64::MAX, Direction::Backward, 1)
+        .await
+        .unwrap();
+    assert_eq!(tail[0].event_type, "After");
+    pg.close().await;
+
+    // A second migration into a database that holds a log is refused, and changes nothing.
+    let again = Command::new(env!("CARGO_BIN_EXE_refold"))
+        .args([
+            "migrate",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--to",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a log"));
+    let pg = PgStore::open(&url).await.unwrap();
+    assert_eq!(
+        pg.read_all(1, 0, &EventFilter::all()).await.unwrap().head,
+        head + 1
+    );
+    pg.close().await;
+
+    // Not a data directory: a clear error.
+    let wrong = Command::new(env!("CARGO_BIN_EXE_refold"))
+        .args([
+            "migrate",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--to",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("not a Refold data directory"));
+}
+
+fn store_version(events: &[refold::store::RecordedEvent], id: &str) -> u64 {
+    let s = StreamId::new("account", id).unwrap();
+    events
+        .iter()
+        .filter(|e| e.stream == s)
+        .map(|e| e.version)
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_servers_directory_is_not_migrated() {
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    let store = refold::store::Store::open(
+        refold::store::StoreConfig::new(data.join("events")).durability(Durability::None),
+    )
+    .unwrap();
+    store
+        .append(
+            &stream("x"),
+            ExpectedVersion::Any,
+            vec![NewEvent::new("E", "{}")],
+        )
+        .await
+        .unwrap();
+    // The store is open (as a server holds it): the lock refuses the copy.
+    let url = support::pg::database();
+    let out = Command::new(env!("CARGO_BIN_EXE_refold"))
+        .args([
+            "migrate",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--to",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("in use"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    store.close().await;
+}

@@ -21,7 +21,8 @@ pub struct Cluster {
     pub port: u16,
     pub dir: PathBuf,
     /// The server's pid, for tests that kill it.
-    pub pid: u32,
+    pub pid: std::sync::atomic::AtomicU32,
+    args: Vec<String>,
 }
 
 /// How a cluster is tuned: tests skip fsync (they test semantics, not power
@@ -176,9 +177,49 @@ impl Cluster {
                 args.push(setting.into());
             }
         }
-        let log = std::fs::File::create(dir.join("server.log")).unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let postgres = bin.join("postgres");
+        let pid = spawn_server(&dir, &args);
+        let cluster = Cluster {
+            port,
+            dir,
+            pid: AtomicU32::new(pid),
+            args,
+        };
+        cluster.wait_ready();
+        cluster
+    }
+
+    /// Stops the server at once (as a crash would: SIGQUIT, no checkpoint),
+    /// waits until it is gone, and starts it again on the same directory.
+    pub fn restart(&self) {
+        let pid = self.pid.load(Ordering::SeqCst) as i32;
+        unsafe { libc::kill(pid, libc::SIGQUIT) };
+        let started = Instant::now();
+        while unsafe { libc::kill(pid, 0) } == 0 || self.dir.join("data/postmaster.pid").exists() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "postgres did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.pid
+            .store(spawn_server(&self.dir, &self.args), Ordering::SeqCst);
+        self.wait_ready();
+    }
+}
+
+/// Starts `postgres` from a thread that lives as long as the server: the
+/// parent-death signal follows the thread, so the server dies with this
+/// process. Returns its pid.
+fn spawn_server(dir: &Path, args: &[String]) -> u32 {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let postgres = bin_dir().join("postgres");
+    let args = args.to_vec();
+    {
         std::thread::Builder::new()
             .name("pg-cluster-parent".into())
             .spawn(move || {
@@ -194,12 +235,11 @@ impl Cluster {
                 let _ = child.wait();
             })
             .unwrap();
-        let pid = rx.recv().unwrap();
-        let cluster = Cluster { port, dir, pid };
-        cluster.wait_ready();
-        cluster
     }
+    rx.recv().unwrap()
+}
 
+impl Cluster {
     fn wait_ready(&self) {
         let started = Instant::now();
         loop {

@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "read_models",
         include_str!("migrations/0002_read_models.sql"),
     ),
+    (3, "catalog", include_str!("migrations/0003_catalog.sql")),
 ];
 
 /// Arbitrary, fixed: the advisory lock key migrations hold ("refold" in ASCII).

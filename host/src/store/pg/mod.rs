@@ -15,6 +15,7 @@
 //! Events keep the sled backend's bytes (chain value and canonical body), so
 //! both backends decode, prove and verify them with the same code (`format`).
 
+mod catalog;
 mod import;
 mod leases;
 mod migrate;
@@ -56,6 +57,8 @@ struct Inner {
     /// follower (the other holders) are gone.
     head_tx: std::sync::Mutex<Option<Arc<watch::Sender<Position>>>>,
     head: watch::Receiver<Position>,
+    /// The catalog's version as last seen (`refold_catalog_version`).
+    catalog: watch::Receiver<i64>,
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -106,7 +109,7 @@ fn pool_error(err: deadpool_postgres::PoolError) -> StoreError {
 /// (if any) go to `notices`.
 pub(crate) async fn connect(
     config: &tokio_postgres::Config,
-    notices: Option<mpsc::UnboundedSender<String>>,
+    notices: Option<mpsc::UnboundedSender<(String, String)>>,
 ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), StoreError> {
     let (client, mut connection) = config
         .connect(NoTls)
@@ -118,7 +121,7 @@ pub(crate) async fn connect(
             match message {
                 Ok(AsyncMessage::Notification(n)) => {
                     if let Some(tx) = &notices {
-                        let _ = tx.send(n.payload().to_string());
+                        let _ = tx.send((n.channel().to_string(), n.payload().to_string()));
                     }
                 }
                 Ok(_) => {}
@@ -171,7 +174,27 @@ impl PgStore {
         let (tx, rx) = mpsc::channel(8192);
         let writer = PgWriter::new(config.clone(), head_tx.clone()).await?;
         let writer_task = tokio::spawn(writer.run(rx));
-        let follower = tokio::spawn(follow_head(config, pool.clone(), head_tx.clone()));
+        let catalog_version: i64 = pool
+            .get()
+            .await
+            .map_err(pool_error)?
+            .query_one(
+                "SELECT version FROM refold_catalog_version WHERE id = 1",
+                &[],
+            )
+            .await
+            .map_err(|e| pg_error("reading the catalog version", e))?
+            .get(0);
+        let (catalog_tx, catalog_rx) = watch::channel(catalog_version);
+        let catalog_tx = Arc::new(catalog_tx);
+        let follower = tokio::spawn(follow_head(
+            config,
+            pool.clone(),
+            Watched {
+                head: head_tx.clone(),
+                catalog: catalog_tx.clone(),
+            },
+        ));
         tracing::info!(store = %redacted(url), head, "event store open (PostgreSQL)");
         Ok(PgStore {
             inner: Arc::new(Inner {
@@ -179,6 +202,7 @@ impl PgStore {
                 writer: tx,
                 head_tx: std::sync::Mutex::new(Some(head_tx)),
                 head: head_rx,
+                catalog: catalog_rx,
                 tasks: std::sync::Mutex::new(vec![writer_task, follower]),
             }),
         })
@@ -200,6 +224,13 @@ impl PgStore {
         if let Ok(mut tx) = self.inner.head_tx.lock() {
             tx.take();
         }
+    }
+
+    /// Changes whenever any host changes what runs (an upload, an
+    /// activation, a routing change, a deletion): within moments of the
+    /// commit, by notification, else by the next poll ([`HEAD_POLL`]).
+    pub fn watch_catalog(&self) -> watch::Receiver<i64> {
+        self.inner.catalog.clone()
     }
 
     /// Leases and fenced read-model commits on this database.
@@ -249,18 +280,52 @@ async fn read_head(pool: &Pool) -> Result<Position, StoreError> {
 /// Keeps `head` at the newest committed position of any host: woken by
 /// `refold_log` notifications, and polling every [`HEAD_POLL`] regardless (a
 /// notification can be lost with its connection). Reconnects after a failure.
-async fn follow_head(
-    config: tokio_postgres::Config,
-    pool: Pool,
+/// Both watched values, and where their notifications come from.
+struct Watched {
     head: Arc<watch::Sender<Position>>,
-) {
+    catalog: Arc<watch::Sender<i64>>,
+}
+
+fn raise<T: PartialOrd + Copy>(tx: &watch::Sender<T>, value: T) {
+    tx.send_if_modified(|v| {
+        if value > *v {
+            *v = value;
+            true
+        } else {
+            false
+        }
+    });
+}
+
+async fn poll_once(pool: &Pool, watched: &Watched) {
+    let Ok(client) = pool.get().await else { return };
+    if let Ok(row) = client
+        .query_one(
+            "SELECT (SELECT position FROM refold_head WHERE id = 1),                     (SELECT version FROM refold_catalog_version WHERE id = 1)",
+            &[],
+        )
+        .await
+    {
+        raise(&watched.head, row.get::<_, i64>(0) as Position);
+        raise(&watched.catalog, row.get::<_, i64>(1));
+    }
+}
+
+/// Keeps the head (and the catalog's version) at the newest any host
+/// committed: woken by `refold_log` and `refold_catalog` notifications, and
+/// polling every [`HEAD_POLL`] regardless (a notification can be lost with its
+/// connection). Reconnects after a failure.
+async fn follow_head(config: tokio_postgres::Config, pool: Pool, watched: Watched) {
     loop {
         let (tx, mut notices) = mpsc::unbounded_channel();
         let listener = match connect(&config, Some(tx)).await {
-            Ok((client, task)) => match client.batch_execute("LISTEN refold_log").await {
+            Ok((client, task)) => match client
+                .batch_execute("LISTEN refold_log; LISTEN refold_catalog")
+                .await
+            {
                 Ok(()) => Some((client, task)),
                 Err(e) => {
-                    tracing::warn!(error = %e, "LISTEN refold_log failed; polling only");
+                    tracing::warn!(error = %e, "LISTEN failed; polling only");
                     task.abort();
                     None
                 }
@@ -274,17 +339,15 @@ async fn follow_head(
         loop {
             tokio::select! {
                 notice = notices.recv(), if listener.is_some() => match notice {
-                    Some(payload) => {
-                        if let Ok(p) = payload.parse::<Position>() {
-                            head.send_if_modified(|h| if p > *h { *h = p; true } else { false });
-                        }
-                    }
+                    Some((channel, payload)) => match (channel.as_str(), payload.parse::<i64>()) {
+                        ("refold_log", Ok(p)) => raise(&watched.head, p as Position),
+                        ("refold_catalog", Ok(v)) => raise(&watched.catalog, v),
+                        _ => {}
+                    },
                     None => break, // the listening connection ended: reconnect
                 },
                 _ = poll.tick() => {
-                    if let Ok(p) = read_head(&pool).await {
-                        head.send_if_modified(|h| if p > *h { *h = p; true } else { false });
-                    }
+                    poll_once(&pool, &watched).await;
                     if listener.is_none() {
                         break; // try to LISTEN again
                     }

@@ -1,8 +1,9 @@
 //! The event store: streams per aggregate, one gapless global log, optimistic
 //! concurrency, durable group commit, catch-up subscriptions.
 //!
-//! Architecture Invariant: this module is the only one that knows about sled.
-//! Everything above it speaks [`StreamId`], [`ExpectedVersion`], [`RecordedEvent`].
+//! Architecture Invariant: this module is the only one that knows about sled
+//! and PostgreSQL. Everything above it speaks [`StreamId`], [`ExpectedVersion`],
+//! [`RecordedEvent`]; [`EventStore`] is the event log's contract both backends keep.
 //!
 //! - `types`: the vocabulary; `error`: [`StoreError`].
 //! - `format`: key spaces and record layouts (docs/store-format.md).
@@ -15,6 +16,8 @@
 //! - `backup`: a consistent copy at one durable position, while appends continue.
 //! - `integrity`: hash chain, Merkle trees and seal signatures (pure functions);
 //!   `chain`: seals on demand, inclusion proofs and the verifying re-walk.
+//! - `pg`: the PostgreSQL backend (event log, module registry, leased read
+//!   models, `refold migrate`), for several hosts over one database.
 
 mod backup;
 mod catalog;

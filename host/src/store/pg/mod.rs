@@ -4,8 +4,10 @@
 //! - `migrate`: the schema, created and migrated by the host on start
 //!   (`migrations/*.sql`, applied in order under an advisory lock).
 //! - `import`: `refold migrate --to postgres://`, a verified copy of a sled log.
-//! - `leases`: leases with fencing tokens, and read-model commits fenced by
-//!   them (one runner per projection version across hosts).
+//! - `leases`: leases with fencing tokens (one runner per projection version
+//!   across hosts); `read_model`: read models (documents, checkpoint, skips,
+//!   schema versions, generations) whose commits are fenced by them.
+//! - `catalog`: the module registry with module bytes, shared by hosts.
 //! - `writer`: this host's group commit: one task, one connection, one
 //!   statement (`refold_append`) per batch.
 //! - here: opening, reads, and the head: a LISTEN connection wakes followers
@@ -19,6 +21,7 @@ mod catalog;
 mod import;
 mod leases;
 mod migrate;
+mod read_model;
 mod writer;
 
 use std::sync::Arc;
@@ -34,7 +37,8 @@ use super::format;
 use super::types::*;
 use super::{EventStore, check_name, validate_append};
 pub use import::{ImportReport, import_from_sled};
-pub use leases::{Lease, ReadModels, Refused};
+pub use leases::{Lease, Leases, Refused};
+pub use read_model::PgReadModel;
 use writer::{PgAppend, PgWriter};
 
 /// How often a host re-reads the head when no notification came.
@@ -233,9 +237,9 @@ impl PgStore {
         self.inner.catalog.clone()
     }
 
-    /// Leases and fenced read-model commits on this database.
-    pub fn read_models(&self) -> ReadModels {
-        ReadModels::new(self.inner.pool.clone())
+    /// The leases of this database (one projection runner per version across hosts).
+    pub fn leases(&self) -> Leases {
+        Leases::new(self.inner.pool.clone())
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {

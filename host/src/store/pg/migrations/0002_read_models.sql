@@ -2,7 +2,7 @@
 --
 -- One runner per projection version across all hosts: it holds the lease
 -- named after the version. Every takeover bumps the fencing token, and a
--- commit carries the token it was made under: a runner that lost its lease
+-- commit is made under the token it holds: a runner that lost its lease
 -- (paused, partitioned, its host presumed dead) can never commit again, even
 -- if it wakes up still believing it holds it.
 
@@ -15,18 +15,43 @@ CREATE TABLE refold_leases (
     expires_at timestamptz NOT NULL
 );
 
--- A read model's documents and checkpoint, per projection version.
+-- A projection version's current generation (a rebuild moves to the next;
+-- the scratch generation of a verify is never current).
 CREATE TABLE refold_read_models (
-    name text PRIMARY KEY,
-    -- The last log position folded in (0: none yet).
-    checkpoint bigint NOT NULL,
-    -- The token of the lease the last commit was made under.
-    token bigint NOT NULL
+    name text NOT NULL,
+    version text NOT NULL,
+    generation bigint NOT NULL,
+    PRIMARY KEY (name, version)
+);
+
+-- One row per generation: its checkpoint (sled's encoding), the position in
+-- it (for the compare-and-set), the schema versions seen, and the lease
+-- token of the last commit.
+CREATE TABLE refold_read_model_state (
+    name text NOT NULL,
+    version text NOT NULL,
+    generation bigint NOT NULL,
+    position bigint NOT NULL,
+    checkpoint bytea NOT NULL,
+    schema_versions bytea,
+    token bigint NOT NULL,
+    PRIMARY KEY (name, version, generation)
 );
 
 CREATE TABLE refold_documents (
-    name text NOT NULL REFERENCES refold_read_models (name) ON DELETE CASCADE,
-    key text NOT NULL,
+    name text NOT NULL,
+    version text NOT NULL,
+    generation bigint NOT NULL,
+    key text COLLATE "C" NOT NULL,
     doc text NOT NULL,
-    PRIMARY KEY (name, key)
+    PRIMARY KEY (name, version, generation, key)
+);
+
+CREATE TABLE refold_skips (
+    name text NOT NULL,
+    version text NOT NULL,
+    generation bigint NOT NULL,
+    position bigint NOT NULL,
+    record bytea NOT NULL,
+    PRIMARY KEY (name, version, generation, position)
 );

@@ -14,6 +14,7 @@
 //! registry in sled. These are the operations it will call.
 
 use deadpool_postgres::{Object, Transaction};
+use sha2::Digest as _;
 
 use super::super::catalog::{Activation, CheckRecord, ModulePut, ModuleRecord, Routing};
 use super::super::error::StoreError;
@@ -42,6 +43,15 @@ impl PgStore {
             return Err(StoreError::InvalidStream(format!(
                 "module name {:?} must be 1 to 64 bytes",
                 record.name
+            )));
+        }
+        // The record must describe these bytes: a record claiming another
+        // component's digest would otherwise squat that digest's bytes.
+        let actual: [u8; 32] = sha2::Sha256::digest(bytes).into();
+        if actual != record.digest || bytes.len() as u64 != record.size {
+            return Err(StoreError::InvalidStream(format!(
+                "module {}@{}: the record's digest and size are not those of its bytes",
+                record.name, record.version
             )));
         }
         let mut client = self.catalog_client().await?;
@@ -102,11 +112,7 @@ impl PgStore {
             .map_err(|e| pg_error("reading module bytes", e))?;
         let Some(row) = row else { return Ok(None) };
         let bytes: Vec<u8> = row.get(0);
-        let actual: [u8; 32] = sha2::Digest::finalize(sha2::Digest::chain_update(
-            <sha2::Sha256 as sha2::Digest>::new(),
-            &bytes,
-        ))
-        .into();
+        let actual: [u8; 32] = sha2::Sha256::digest(&bytes).into();
         if actual != *digest {
             return Err(StoreError::Corrupt {
                 key: format!(

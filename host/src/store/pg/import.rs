@@ -65,15 +65,20 @@ pub async fn import_from_sled(
         .await
         .map_err(|e| pg_error("locking the head", e))?;
     let target_head = row.get::<_, i64>(0);
-    let target_commands: i64 = tx
-        .query_one("SELECT count(*) FROM refold_commands", &[])
+    let held: i64 = tx
+        .query_one(
+            "SELECT (SELECT count(*) FROM (SELECT 1 FROM refold_events LIMIT 1) e) \
+                  + (SELECT count(*) FROM (SELECT 1 FROM refold_streams LIMIT 1) s) \
+                  + (SELECT count(*) FROM (SELECT 1 FROM refold_commands LIMIT 1) c)",
+            &[],
+        )
         .await
         .map_err(|e| pg_error("reading the target", e))?
         .get(0);
-    if target_head != 0 || target_commands != 0 {
+    if target_head != 0 || held != 0 {
         return Err(StoreError::Unavailable(format!(
-            "the target database already holds a log (head {target_head}, {target_commands} command records); \
-             migrate into an empty database"
+            "the target database already holds a log (head {target_head}, or events, streams or \
+             command records); migrate into an empty database"
         )));
     }
 

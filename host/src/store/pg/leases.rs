@@ -39,6 +39,8 @@ pub enum Refused {
         expected: Position,
         actual: Position,
     },
+    /// The commit would move the checkpoint back (events would be applied twice).
+    CheckpointBackwards { from: Position, to: Position },
 }
 
 /// The leases of one database.

@@ -34,6 +34,7 @@ use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::error::StoreError;
 use super::format;
+use super::journal::{JournalCursor, JournalEntry, JournalOutcome, JournalPage, encode_entry};
 use super::types::*;
 use super::{EventStore, check_name, validate_append};
 pub use import::{ImportReport, import_from_sled};
@@ -237,6 +238,126 @@ impl PgStore {
         self.inner.catalog.clone()
     }
 
+    /// [`EventStore::append_command`], with the command's journal entry
+    /// committed in the same transaction as its events (with their positions),
+    /// as sled's `Store::append_command` does.
+    pub async fn append_command_journaled(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        command_id: &str,
+        fingerprint: Option<RequestFingerprint>,
+        journal: JournalEntry,
+    ) -> Result<CommandAppend, StoreError> {
+        check_name("command id", command_id, MAX_METADATA_ID_LEN)
+            .map_err(|reason| StoreError::InvalidEvent { index: 0, reason })?;
+        self.send(
+            stream,
+            expected,
+            events,
+            Some((command_id.to_string(), fingerprint)),
+            Some(journal),
+        )
+        .await
+    }
+
+    /// Journals a refused command (an accepted one is journaled by its append).
+    pub async fn journal_refused(&self, entry: &JournalEntry) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO refold_journal (received_at_ms, command_id, aggregate_type, entry) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (received_at_ms, command_id) DO UPDATE \
+                 SET aggregate_type = EXCLUDED.aggregate_type, first_position = NULL, \
+                     last_position = NULL, entry = EXCLUDED.entry",
+                &[
+                    &big(entry.received_at_ms),
+                    &entry.command_id,
+                    &entry.aggregate_type,
+                    &encode_entry(entry),
+                ],
+            )
+            .await
+            .map_err(|e| pg_error("journaling a command", e))?;
+        Ok(())
+    }
+
+    /// Up to `limit` entries of `aggregate_type`, in the order received, from
+    /// `since_ms` (after `after_id` at that time, when given), reading at most
+    /// `max_scan` entries in all: sled's `Store::journal_page`.
+    pub async fn journal_page(
+        &self,
+        aggregate_type: &str,
+        since_ms: u64,
+        after_id: Option<&str>,
+        limit: usize,
+        max_scan: u64,
+    ) -> Result<JournalPage, StoreError> {
+        let client = self.client().await?;
+        // Rows past what can be read tell whether a next page exists.
+        let rows = client
+            .query(
+                "SELECT received_at_ms, command_id, aggregate_type, first_position, last_position, entry \
+                 FROM refold_journal \
+                 WHERE ($2::text IS NULL AND received_at_ms >= $1) \
+                    OR ($2::text IS NOT NULL AND (received_at_ms, command_id) > ($1, $2::text COLLATE \"C\")) \
+                 ORDER BY received_at_ms, command_id LIMIT $3",
+                &[
+                    &big(since_ms),
+                    &after_id,
+                    &big(max_scan.saturating_add(1)),
+                ],
+            )
+            .await
+            .map_err(|e| pg_error("reading the journal", e))?;
+        let mut page = JournalPage {
+            entries: Vec::new(),
+            next: None,
+            scanned: 0,
+        };
+        let mut read = 0usize;
+        for row in &rows {
+            if page.entries.len() >= limit || page.scanned >= max_scan {
+                break;
+            }
+            read += 1;
+            page.scanned += 1;
+            let mut entry: JournalEntry = format::decode_v1(b"refold_journal", row.get(5))?;
+            if let (Some(first), Some(last)) =
+                (row.get::<_, Option<i64>>(3), row.get::<_, Option<i64>>(4))
+            {
+                entry.outcome = JournalOutcome::Accepted {
+                    first_position: Some(first as u64),
+                    last_position: Some(last as u64),
+                };
+            }
+            page.next = Some(JournalCursor {
+                received_at_ms: row.get::<_, i64>(0) as u64,
+                command_id: row.get(1),
+            });
+            if row.get::<_, &str>(2) == aggregate_type {
+                page.entries.push(entry);
+            }
+        }
+        if read == rows.len() {
+            page.next = None; // the page stopped at the journal's end
+        }
+        Ok(page)
+    }
+
+    /// Deletes the journal entries received before `before_ms`; returns how many.
+    pub async fn prune_journal(&self, before_ms: u64) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "DELETE FROM refold_journal WHERE received_at_ms < $1",
+                &[&big(before_ms)],
+            )
+            .await
+            .map_err(|e| pg_error("pruning the journal", e))
+    }
+
     /// The leases of this database (one projection runner per version across hosts).
     pub fn leases(&self) -> Leases {
         Leases::new(self.inner.pool.clone())
@@ -252,6 +373,7 @@ impl PgStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
         command: Option<(String, Option<RequestFingerprint>)>,
+        journal: Option<JournalEntry>,
     ) -> Result<CommandAppend, StoreError> {
         validate_append(&events)?;
         let (reply, answer) = oneshot::channel();
@@ -262,6 +384,7 @@ impl PgStore {
                 expected,
                 events,
                 command,
+                journal: journal.map(Box::new),
                 reply,
             })
             .await
@@ -393,7 +516,12 @@ impl EventStore for PgStore {
     ) -> impl Future<Output = Result<AppendResult, StoreError>> + Send {
         let store = self.clone();
         let stream = stream.clone();
-        async move { Ok(store.send(&stream, expected, events, None).await?.result) }
+        async move {
+            Ok(store
+                .send(&stream, expected, events, None, None)
+                .await?
+                .result)
+        }
     }
 
     fn append_command(
@@ -411,7 +539,13 @@ impl EventStore for PgStore {
             check_name("command id", &command_id, MAX_METADATA_ID_LEN)
                 .map_err(|reason| StoreError::InvalidEvent { index: 0, reason })?;
             store
-                .send(&stream, expected, events, Some((command_id, fingerprint)))
+                .send(
+                    &stream,
+                    expected,
+                    events,
+                    Some((command_id, fingerprint)),
+                    None,
+                )
                 .await
         }
     }

@@ -332,6 +332,12 @@ impl PgReadModel {
         skip: Option<&SkipRecord>,
         applied: &[RecordedEvent],
     ) -> Result<Result<(), Refused>, StoreError> {
+        if checkpoint.position < from {
+            return Ok(Err(Refused::CheckpointBackwards {
+                from,
+                to: checkpoint.position,
+            }));
+        }
         let mut client = self.client().await?;
         let tx = client
             .transaction()

@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use super::super::error::StoreError;
 use super::super::format::{self, EventRecordRef};
+use super::super::journal::{JournalEntry, JournalOutcome, encode_entry};
 use super::super::types::*;
 use super::{big, pg_error};
 
@@ -40,6 +41,8 @@ pub(crate) struct PgAppend {
     pub expected: ExpectedVersion,
     pub events: Vec<NewEvent>,
     pub command: Option<(String, Option<RequestFingerprint>)>,
+    /// The command's journal entry, committed with its events when it writes.
+    pub journal: Option<Box<JournalEntry>>,
     pub reply: oneshot::Sender<Result<CommandAppend, StoreError>>,
 }
 
@@ -89,6 +92,7 @@ struct Plan {
     streams: Vec<(StreamId, StreamVersion, StreamVersion)>,
     events: EventColumns,
     commands: CommandColumns,
+    journal: JournalColumns,
     /// Per stream written: the first version and event id of its last append.
     tails: HashMap<StreamId, (StreamVersion, Uuid)>,
 }
@@ -111,6 +115,16 @@ struct CommandColumns {
     first: Vec<i32>,
     last: Vec<i32>,
     fingerprints: Vec<Option<Vec<u8>>>,
+}
+
+#[derive(Default)]
+struct JournalColumns {
+    received: Vec<i64>,
+    ids: Vec<String>,
+    types: Vec<String>,
+    first: Vec<i32>,
+    last: Vec<i32>,
+    entries: Vec<Vec<u8>>,
 }
 
 /// Why a batch must be decided again.
@@ -155,7 +169,8 @@ impl PgWriter {
             .map_err(|e| pg_error("configuring the writer's connection", e))?;
         let append = client
             .prepare(
-                "SELECT refold_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+                "SELECT refold_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+                 $17, $18, $19, $20, $21, $22, $23)",
             )
             .await
             .map_err(|e| pg_error("preparing the append", e))?;
@@ -274,8 +289,29 @@ impl PgWriter {
                 Err(err) => {
                     let code = err.as_db_error().map(|d| d.code().code().to_string());
                     match code.as_deref() {
+                        // The database does not match its own events: altered by hand. A
+                        // unique violation means the same (appends never reuse a position or
+                        // a stream version otherwise). Not a race: no retry.
+                        Some("RF004") | Some("23505") => {
+                            self.versions.clear();
+                            let reason = err
+                                .as_db_error()
+                                .map(|d| d.message().to_string())
+                                .unwrap_or_default();
+                            tracing::error!(%reason, "the PostgreSQL log does not match its head; refusing the batch");
+                            return answer_writes(
+                                requests,
+                                plan,
+                                StoreError::Corrupt {
+                                    key: "refold_head / refold_streams".into(),
+                                    reason: format!(
+                                        "{reason}: the database was changed outside Refold; nothing was written"
+                                    ),
+                                },
+                            );
+                        }
                         // A belief was stale: another host wrote to a stream of the batch.
-                        Some("RF001") | Some("23505") | Some("40P01") | Some("40001") => {
+                        Some("RF001") | Some("40P01") | Some("40001") => {
                             for (stream, _, _) in &plan.streams {
                                 self.versions.pop(stream);
                                 fresh.remove(stream);
@@ -534,6 +570,22 @@ impl PgWriter {
                     (req.stream.clone(), *fingerprint, planned),
                 );
             }
+            if let Some(entry) = &req.journal {
+                let j = &mut plan.journal;
+                j.received.push(big(entry.received_at_ms));
+                j.ids.push(entry.command_id.clone());
+                j.types.push(entry.aggregate_type.clone());
+                j.first.push(first_offset as i32);
+                j.last.push((first_offset + n - 1) as i32);
+                // The positions are the columns': the entry is stored without them.
+                j.entries.push(encode_entry(&JournalEntry {
+                    outcome: JournalOutcome::Accepted {
+                        first_position: None,
+                        last_position: None,
+                    },
+                    ..(**entry).clone()
+                }));
+            }
             plan.decisions.push(Decision::Write(planned));
         }
         if !stale.is_empty() {
@@ -636,7 +688,8 @@ impl PgWriter {
         let e = &plan.events;
         let c = &plan.commands;
         let recorded = big(recorded_at_ms);
-        let params: [&(dyn ToSql + Sync); 17] = [
+        let j = &plan.journal;
+        let params: [&(dyn ToSql + Sync); 23] = [
             &s_types,
             &s_ids,
             &s_assumed,
@@ -653,6 +706,12 @@ impl PgWriter {
             &c.first,
             &c.last,
             &c.fingerprints,
+            &j.received,
+            &j.ids,
+            &j.types,
+            &j.first,
+            &j.last,
+            &j.entries,
             &recorded,
         ];
         let row = self.client.query_one(&self.append, &params).await?;
@@ -701,16 +760,13 @@ fn reply(requests: Vec<PgAppend>, plan: Plan, base: u64) {
 }
 
 fn answer_all(requests: Vec<PgAppend>, err: StoreError) {
-    let message = err.to_string();
-    let code = err.code();
     for req in requests {
-        let _ = req.reply.send(Err(same_error(code, &message, &err)));
+        let _ = req.reply.send(Err(same_error(&err)));
     }
 }
 
 /// The batch's writes may or may not have committed; refusals stand.
 fn answer_writes(requests: Vec<PgAppend>, plan: Plan, err: StoreError) {
-    let message = err.to_string();
     for (req, decision) in requests.into_iter().zip(plan.decisions) {
         let answer = match decision {
             Decision::Refused(e, false) => Err(e),
@@ -718,20 +774,24 @@ fn answer_writes(requests: Vec<PgAppend>, plan: Plan, err: StoreError) {
                 result: p.result,
                 repeated: true,
             }),
-            _ => Err(same_error(err.code(), &message, &err)),
+            _ => Err(same_error(&err)),
         };
         let _ = req.reply.send(answer);
     }
 }
 
-fn same_error(code: &str, message: &str, err: &StoreError) -> StoreError {
+/// The same error again, for each waiter of a batch (`StoreError` is not `Clone`).
+fn same_error(err: &StoreError) -> StoreError {
     match err {
-        StoreError::Storage { context, .. } => StoreError::Storage {
+        StoreError::Storage { context, message } => StoreError::Storage {
             context,
-            message: message.to_string(),
+            message: message.clone(),
         },
-        _ if code == "store_unavailable" => StoreError::Unavailable(message.to_string()),
-        _ => StoreError::Unavailable(message.to_string()),
+        StoreError::Corrupt { key, reason } => StoreError::Corrupt {
+            key: key.clone(),
+            reason: reason.clone(),
+        },
+        other => StoreError::Unavailable(other.to_string()),
     }
 }
 

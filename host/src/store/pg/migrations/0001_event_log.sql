@@ -48,6 +48,21 @@ CREATE TABLE refold_commands (
     fingerprint bytea
 );
 
+-- The command journal (what-if replays it): every decided command. An
+-- accepted command's entry commits with its events (refold_append), with the
+-- positions they got; a refused one is a plain insert. Derived, diagnostic
+-- data: retention deletes it.
+CREATE TABLE refold_journal (
+    received_at_ms bigint NOT NULL,
+    command_id text COLLATE "C" NOT NULL,
+    aggregate_type text NOT NULL,
+    first_position bigint,
+    last_position bigint,
+    -- sled's encoding of the entry; an accepted one's positions are the columns.
+    entry bytea NOT NULL,
+    PRIMARY KEY (received_at_ms, command_id)
+);
+
 -- One group commit of one host, in one statement (so one round trip).
 --
 -- The host decided every append against the stream versions it believes
@@ -57,6 +72,8 @@ CREATE TABLE refold_commands (
 --   RF001  a stream is not at the version the host assumed (another host wrote)
 --   RF002  a command id is already recorded
 --   RF003  p_recorded_at is below the head's (the message holds the head's)
+--   RF004  the head or a stream row does not match the events: the database
+--          was altered by hand; nothing is written until that is repaired
 -- The host then re-reads what it needs and decides again. Streams are locked
 -- in one order and the head last, so two hosts' batches never deadlock.
 CREATE FUNCTION refold_append(
@@ -64,6 +81,7 @@ CREATE FUNCTION refold_append(
     e_types text[], e_ids text[], e_versions bigint[], e_event_types text[], e_bodies bytea[],
     c_ids text[], c_types text[], c_sids text[], c_versions bigint[],
     c_first int[], c_last int[], c_fingerprints bytea[],
+    j_received bigint[], j_ids text[], j_types text[], j_first int[], j_last int[], j_entries bytea[],
     p_recorded_at bigint
 ) RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
@@ -81,6 +99,13 @@ BEGIN
         FROM unnest(s_types, s_ids, s_assumed, s_new) AS t(ty, id, assumed, nv)
         ORDER BY t.ty COLLATE "C", t.id COLLATE "C"
     LOOP
+        IF r.assumed > 0 AND NOT EXISTS (
+            SELECT 1 FROM refold_events
+            WHERE stream_type = r.ty AND stream_id = r.id AND version = r.assumed
+        ) THEN
+            RAISE EXCEPTION USING ERRCODE = 'RF004',
+                MESSAGE = format('stream %s/%s is at version %s, but it has no event there', r.ty, r.id, r.assumed);
+        END IF;
         IF r.assumed = 0 THEN
             INSERT INTO refold_streams VALUES (r.ty, r.id, r.nv) ON CONFLICT DO NOTHING;
         ELSE
@@ -97,6 +122,14 @@ BEGIN
     -- The head, last: its lock is held only for the rest of this statement.
     SELECT position, chain, recorded_at_ms INTO base, prev, head_recorded
     FROM refold_head WHERE id = 1 FOR UPDATE;
+    -- The head must be the last event, with its chain value: a head moved by
+    -- hand would leave a gap or break the chain.
+    IF base > 0 AND NOT EXISTS (
+        SELECT 1 FROM refold_events WHERE position = base AND chain = prev
+    ) THEN
+        RAISE EXCEPTION USING ERRCODE = 'RF004',
+            MESSAGE = format('the head (position %s) is not the last event with its chain value', base);
+    END IF;
     IF p_recorded_at < head_recorded THEN
         RAISE EXCEPTION USING ERRCODE = 'RF003', MESSAGE = head_recorded::text;
     END IF;
@@ -118,6 +151,12 @@ BEGIN
     IF touched <> coalesce(array_length(c_ids, 1), 0) THEN
         RAISE EXCEPTION USING ERRCODE = 'RF002', MESSAGE = 'a command id is already recorded';
     END IF;
+    INSERT INTO refold_journal
+    SELECT t.r, t.id, t.ty, base + t.f, base + t.l, t.e
+    FROM unnest(j_received, j_ids, j_types, j_first, j_last, j_entries) AS t(r, id, ty, f, l, e)
+    ON CONFLICT (received_at_ms, command_id) DO UPDATE
+        SET first_position = EXCLUDED.first_position, last_position = EXCLUDED.last_position,
+            entry = EXCLUDED.entry;
     UPDATE refold_head SET position = base + n, chain = prev, recorded_at_ms = p_recorded_at
     WHERE id = 1;
     PERFORM pg_notify('refold_log', (base + n)::text);

@@ -6,6 +6,7 @@
 //! - refold_head's position or chain, or a stream's version, altered by hand
 //!   and silently built upon (a gap in the log, a broken chain, a hole in a
 //!   stream): refused as `corrupt_record`, nothing written.
+//!
 //! The rest pins down what held: differential runs against sled, limits,
 //! races between hosts, paging under writers, closed stores, leases, the
 //! catalog, migrate, killed connections.
@@ -23,6 +24,9 @@ use refold::store::{
 };
 use sha2::Digest;
 use support::temp_dir;
+
+/// A command id and its fingerprint, as an append carried them.
+type Command = Option<(String, Option<[u8; 32]>)>;
 
 fn ev(n: u64) -> NewEvent {
     NewEvent::new("Happened", format!(r#"{{"n":{n}}}"#))
@@ -83,7 +87,7 @@ async fn differential(seed: u64, hosts: usize) {
         .collect();
     let mut rng = Rng(seed);
     // History of appended batches per stream, for repeats.
-    let mut history: Vec<(usize, Vec<NewEvent>, Option<(String, Option<[u8; 32]>)>)> = Vec::new();
+    let mut history: Vec<(usize, Vec<NewEvent>, Command)> = Vec::new();
     let mut mismatches = Vec::new();
     for step in 0..400u64 {
         let s = rng.below(streams.len() as u64) as usize;
@@ -231,7 +235,7 @@ async fn limits_and_unicode_round_trip_and_do_not_hurt_neighbours() {
     for (i, s) in ids.iter().enumerate() {
         let (pg, s, big) = (pg.clone(), s.clone(), big.clone());
         tasks.push(tokio::spawn(async move {
-            let mut events: Vec<NewEvent> = (0..1000).map(|n| ev(n)).collect();
+            let mut events: Vec<NewEvent> = (0..1000).map(ev).collect();
             if i == 0 {
                 events[0] = big;
             }
@@ -398,7 +402,11 @@ async fn filtered_paging_under_concurrent_writers_never_skips() {
         writers.push(tokio::spawn(async move {
             let mut n = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let ty = if n % 3 == 0 { "wanted" } else { "other" };
+                let ty = if n.is_multiple_of(3) {
+                    "wanted"
+                } else {
+                    "other"
+                };
                 let s = StreamId::new(ty, format!("h{h}-{}", n % 5)).unwrap();
                 let _ = host
                     .append(&s, ExpectedVersion::Any, vec![ev(n), ev(n + 1)])

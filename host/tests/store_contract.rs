@@ -337,7 +337,17 @@ async fn repeats_return_the_original_result_and_write_nothing<S: EventStore>(sto
         late.stream_version, 5,
         "with Any, a late retry is a new append"
     );
-    assert_eq!(head(two).await, 5);
+    // Idempotency is stream-local: an id may be used again in another stream.
+    let elsewhere = one
+        .append(
+            &stream("other"),
+            ExpectedVersion::Any,
+            vec![batch[0].clone()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.stream_version, 1);
+    assert_eq!(head(two).await, 6);
 }
 
 async fn concurrent_repeats_through_several_hosts_store_it_once<S: EventStore>(stores: &[S]) {

@@ -15,8 +15,7 @@ use crate::store::{Store, StoreConfig};
 
 /// What stays behind: the parts of a data directory the PostgreSQL backend
 /// does not store yet (docs/operations.md, "PostgreSQL").
-const NOT_COPIED: &str =
-    "modules, snapshots, read models, process state, the command journal and seals";
+const NOT_COPIED: &str = "modules, snapshots, read models, process state, the command journal and seals (the hosts seal the copied log afresh)";
 
 pub async fn migrate(opts: &ClientOptions, data_dir: &Path, to: &str) -> i32 {
     let result = run(opts, data_dir, to).await;

@@ -22,6 +22,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("migrations/0002_read_models.sql"),
     ),
     (3, "catalog", include_str!("migrations/0003_catalog.sql")),
+    (4, "seals", include_str!("migrations/0004_seals.sql")),
 ];
 
 /// Arbitrary, fixed: the advisory lock key migrations hold ("refold" in ASCII).

@@ -22,6 +22,7 @@ mod import;
 mod leases;
 mod migrate;
 mod read_model;
+mod seals;
 mod writer;
 
 use std::sync::Arc;
@@ -62,6 +63,8 @@ struct Inner {
     /// follower (the other holders) are gone.
     head_tx: std::sync::Mutex<Option<Arc<watch::Sender<Position>>>>,
     head: watch::Receiver<Position>,
+    /// Signs the seals this host makes.
+    signer: Option<Arc<super::SealSigner>>,
     /// The catalog's version as last seen (`refold_catalog_version`).
     catalog: watch::Receiver<i64>,
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -144,6 +147,14 @@ impl PgStore {
     /// Connects, creates or migrates the schema, and starts this host's
     /// writer and head follower.
     pub async fn open(url: &str) -> Result<PgStore, StoreError> {
+        Self::open_signed(url, None).await
+    }
+
+    /// [`PgStore::open`], with the key that signs the seals this host makes.
+    pub async fn open_signed(
+        url: &str,
+        signer: Option<Arc<super::SealSigner>>,
+    ) -> Result<PgStore, StoreError> {
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
             StoreError::Unavailable(format!("not a PostgreSQL connection string: {e}"))
         })?;
@@ -198,6 +209,7 @@ impl PgStore {
             Watched {
                 head: head_tx.clone(),
                 catalog: catalog_tx.clone(),
+                signer: signer.clone(),
             },
         ));
         tracing::info!(store = %redacted(url), head, "event store open (PostgreSQL)");
@@ -208,6 +220,7 @@ impl PgStore {
                 head_tx: std::sync::Mutex::new(Some(head_tx)),
                 head: head_rx,
                 catalog: catalog_rx,
+                signer,
                 tasks: std::sync::Mutex::new(vec![writer_task, follower]),
             }),
         })
@@ -411,6 +424,8 @@ async fn read_head(pool: &Pool) -> Result<Position, StoreError> {
 struct Watched {
     head: Arc<watch::Sender<Position>>,
     catalog: Arc<watch::Sender<i64>>,
+    /// The follower also seals full segments ([`super::integrity::SEAL_INTERVAL`]).
+    signer: Option<Arc<super::SealSigner>>,
 }
 
 fn raise<T: PartialOrd + Copy>(tx: &watch::Sender<T>, value: T) {
@@ -426,15 +441,31 @@ fn raise<T: PartialOrd + Copy>(tx: &watch::Sender<T>, value: T) {
 
 async fn poll_once(pool: &Pool, watched: &Watched) {
     let Ok(client) = pool.get().await else { return };
-    if let Ok(row) = client
+    let Ok(row) = client
         .query_one(
-            "SELECT (SELECT position FROM refold_head WHERE id = 1),                     (SELECT version FROM refold_catalog_version WHERE id = 1)",
+            "SELECT (SELECT position FROM refold_head WHERE id = 1), \
+                    (SELECT version FROM refold_catalog_version WHERE id = 1), \
+                    (SELECT sealed FROM refold_seal_head WHERE id = 1)",
             &[],
         )
         .await
+    else {
+        return;
+    };
+    drop(client);
+    let head = row.get::<_, i64>(0) as Position;
+    raise(&watched.head, head);
+    raise(&watched.catalog, row.get::<_, i64>(1));
+    let sealed = row.get::<_, i64>(2) as Position;
+    if head.saturating_sub(sealed) >= super::integrity::SEAL_INTERVAL
+        && let Err(e) = seals::seal_upto(
+            pool,
+            watched.signer.as_deref(),
+            super::integrity::SEAL_INTERVAL,
+        )
+        .await
     {
-        raise(&watched.head, row.get::<_, i64>(0) as Position);
-        raise(&watched.catalog, row.get::<_, i64>(1));
+        tracing::warn!(error = %e, "sealing failed; the next poll tries again");
     }
 }
 

@@ -13,14 +13,15 @@
 
 mod support;
 
+use support::pg::module_record as record;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use futures::StreamExt;
 use refold::store::pg::PgStore;
 use refold::store::{
-    Durability, EventFilter, EventStore, ExpectedVersion, ModuleKind, ModulePut, ModuleRecord,
-    NewEvent, StoreError, StreamId,
+    Durability, EventFilter, EventStore, ExpectedVersion, ModulePut, NewEvent, StoreError, StreamId,
 };
 use sha2::Digest;
 use support::temp_dir;
@@ -792,17 +793,6 @@ async fn same_holder_name_on_two_hosts_shares_a_token() {
 }
 
 // ---------------------------------------------------------------- catalog
-
-fn record(name: &str, version: &str, bytes: &[u8]) -> ModuleRecord {
-    ModuleRecord {
-        name: name.into(),
-        version: version.into(),
-        kind: ModuleKind::Aggregate,
-        digest: sha2::Sha256::digest(bytes).into(),
-        size: bytes.len() as u64,
-        uploaded_at_ms: 1,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catalog_names_and_racing_uploads() {

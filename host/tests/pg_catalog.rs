@@ -5,24 +5,12 @@
 
 mod support;
 
+use support::pg::module_record as record;
+
 use std::time::{Duration, Instant};
 
 use refold::store::pg::PgStore;
-use refold::store::{
-    CanaryRecord, CheckRecord, ModuleKind, ModulePut, ModuleRecord, Routing, StreamId,
-};
-use sha2::Digest;
-
-fn record(name: &str, version: &str, bytes: &[u8]) -> ModuleRecord {
-    ModuleRecord {
-        name: name.into(),
-        version: version.into(),
-        kind: ModuleKind::Aggregate,
-        digest: sha2::Sha256::digest(bytes).into(),
-        size: bytes.len() as u64,
-        uploaded_at_ms: 1,
-    }
-}
+use refold::store::{CanaryRecord, CheckRecord, ModulePut, Routing, StreamId};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_and_activations_are_shared_and_reach_every_host_within_a_second() {

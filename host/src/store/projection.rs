@@ -92,7 +92,7 @@ fn id_bytes(space: u8, name: &str, version: &str) -> Vec<u8> {
     key
 }
 
-fn check_id(name: &str, version: &str) -> Result<(), StoreError> {
+pub(crate) fn check_id(name: &str, version: &str) -> Result<(), StoreError> {
     if name.is_empty() || name.len() > 255 || version.is_empty() || version.len() > 255 {
         return Err(StoreError::InvalidStream(format!(
             "projection {name:?} version {version:?}: both must be 1 to 255 bytes"

@@ -144,6 +144,25 @@ impl ExpectedVersion {
     }
 }
 
+impl ExpectedVersion {
+    /// The idempotency rule's place (docs/store-format.md, "Idempotency"):
+    /// the version an append of `n` events with this expectation would have
+    /// put its first event at, if the stream (at `version`) already reaches
+    /// it. `NoStream`/`Exact(0)` name 1, `Exact(v)` v + 1, `Any` and
+    /// `StreamExists` the stream's last `n` events. None: no place to repeat.
+    /// Every backend's writer applies the rule from here.
+    pub(crate) fn repeat_place(self, version: StreamVersion, n: u64) -> Option<StreamVersion> {
+        match self {
+            ExpectedVersion::NoStream => Some(1),
+            ExpectedVersion::Exact(v) => v.checked_add(1),
+            ExpectedVersion::Any | ExpectedVersion::StreamExists => {
+                version.checked_sub(n).map(|v| v + 1)
+            }
+        }
+        .filter(|p| *p <= version)
+    }
+}
+
 impl fmt::Display for ExpectedVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -515,14 +515,7 @@ impl Writer {
         pending: &Pending,
     ) -> Result<Option<AppendResult>, StoreError> {
         let n = req.events.len() as u64;
-        let place = match req.expected {
-            ExpectedVersion::NoStream => Some(1),
-            ExpectedVersion::Exact(v) => v.checked_add(1),
-            ExpectedVersion::Any | ExpectedVersion::StreamExists => {
-                version.checked_sub(n).map(|v| v + 1)
-            }
-        };
-        let Some(place) = place.filter(|p| *p <= version) else {
+        let Some(place) = req.expected.repeat_place(version, n) else {
             return Ok(None);
         };
         let first_id = req.events[0].event_id;

@@ -313,3 +313,17 @@ pub fn shared() -> &'static Cluster {
 pub fn database() -> String {
     shared().database()
 }
+
+/// A module record that truly describes `bytes` (its digest and size), for
+/// the registry's tests.
+pub fn module_record(name: &str, version: &str, bytes: &[u8]) -> refold::store::ModuleRecord {
+    use sha2::Digest as _;
+    refold::store::ModuleRecord {
+        name: name.into(),
+        version: version.into(),
+        kind: refold::store::ModuleKind::Aggregate,
+        digest: sha2::Sha256::digest(bytes).into(),
+        size: bytes.len() as u64,
+        uploaded_at_ms: 1,
+    }
+}

@@ -13,14 +13,14 @@
 //! Not wired to the module registry service yet: the services still keep the
 //! registry in sled. These are the operations it will call.
 
-use deadpool_postgres::{Object, Transaction};
+use deadpool_postgres::Transaction;
 use sha2::Digest as _;
 
 use super::super::catalog::{Activation, CheckRecord, ModulePut, ModuleRecord, Routing};
 use super::super::error::StoreError;
 use super::super::format;
 use super::super::types::{StreamId, StreamVersion};
-use super::{PgStore, big, pg_error, pool_error};
+use super::{PgStore, big, pg_error};
 
 const LOCK_CLASS: i32 = 0x7266; // "rf": the advisory-lock namespace of catalog names
 
@@ -29,10 +29,6 @@ fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T,
 }
 
 impl PgStore {
-    async fn catalog_client(&self) -> Result<Object, StoreError> {
-        self.inner.pool.get().await.map_err(pool_error)
-    }
-
     /// Registers a module version and its bytes if that version is free.
     pub async fn put_module(
         &self,
@@ -54,7 +50,7 @@ impl PgStore {
                 record.name, record.version
             )));
         }
-        let mut client = self.catalog_client().await?;
+        let mut client = self.client().await?;
         let tx = client
             .transaction()
             .await
@@ -102,7 +98,7 @@ impl PgStore {
 
     /// A module's component bytes, by digest, checked against it.
     pub async fn module_bytes(&self, digest: &[u8; 32]) -> Result<Option<Vec<u8>>, StoreError> {
-        let client = self.catalog_client().await?;
+        let client = self.client().await?;
         let row = client
             .query_opt(
                 "SELECT bytes FROM refold_module_bytes WHERE digest = $1",
@@ -130,7 +126,7 @@ impl PgStore {
         name: &str,
         version: &str,
     ) -> Result<Option<ModuleRecord>, StoreError> {
-        let client = self.catalog_client().await?;
+        let client = self.client().await?;
         client
             .query_opt(
                 "SELECT record FROM refold_modules WHERE name = $1 AND version = $2",
@@ -143,7 +139,7 @@ impl PgStore {
     }
 
     pub async fn modules(&self) -> Result<Vec<ModuleRecord>, StoreError> {
-        let client = self.catalog_client().await?;
+        let client = self.client().await?;
         client
             .query(
                 "SELECT record FROM refold_modules ORDER BY name, version",
@@ -157,7 +153,7 @@ impl PgStore {
     }
 
     pub async fn active_module(&self, name: &str) -> Result<Option<String>, StoreError> {
-        let client = self.catalog_client().await?;
+        let client = self.client().await?;
         Ok(client
             .query_opt(
                 "SELECT version FROM refold_active WHERE name = $1",
@@ -169,7 +165,7 @@ impl PgStore {
     }
 
     pub async fn active_modules(&self) -> Result<Vec<(String, String)>, StoreError> {
-        let client = self.catalog_client().await?;
+        let client = self.client().await?;
         Ok(client
             .query("SELECT name, version FROM refold_active ORDER BY name", &[])
             .await
@@ -194,7 +190,7 @@ impl PgStore {
         active: Option<&str>,
         routing: Option<&Routing>,
     ) -> Result<(), StoreError> {
-        let mut client = self.catalog_client().await?;
+        let mut client = self.client().await?;
         let tx = client
             .transaction()
             .await
@@ -268,7 +264,7 @@ impl PgStore {
     }
 
     pub async fn routing(&self, name: &str) -> Result<Routing, StoreError> {
-        let client = self.catalog_client().await?;
+        let client = self.client().await?;
         Ok(client
             .query_opt(
                 "SELECT record FROM refold_routing WHERE name = $1",
@@ -282,7 +278,7 @@ impl PgStore {
     }
 
     pub async fn activations(&self, name: &str) -> Result<Vec<Activation>, StoreError> {
-        let client = self.catalog_client().await?;
+        let client = self.client().await?;
         Ok(client
             .query(
                 "SELECT version, at_ms FROM refold_activations WHERE name = $1 ORDER BY seq",
@@ -303,7 +299,7 @@ impl PgStore {
         name: &str,
         version: &str,
     ) -> Result<Option<CheckRecord>, StoreError> {
-        let client = self.catalog_client().await?;
+        let client = self.client().await?;
         client
             .query_opt(
                 "SELECT record FROM refold_checks WHERE name = $1 AND version = $2",
@@ -321,7 +317,7 @@ impl PgStore {
         version: &str,
         record: &CheckRecord,
     ) -> Result<(), StoreError> {
-        let client = self.catalog_client().await?;
+        let client = self.client().await?;
         client
             .execute(
                 "INSERT INTO refold_checks (name, version, record) VALUES ($1, $2, $3) \
@@ -334,7 +330,7 @@ impl PgStore {
     }
 
     pub async fn process_checkpoint(&self, name: &str) -> Result<u64, StoreError> {
-        let client = self.catalog_client().await?;
+        let client = self.client().await?;
         Ok(client
             .query_opt(
                 "SELECT position FROM refold_process_checkpoints WHERE name = $1",
@@ -352,7 +348,7 @@ impl PgStore {
         name: &str,
         position: u64,
     ) -> Result<(), StoreError> {
-        let client = self.catalog_client().await?;
+        let client = self.client().await?;
         client
             .execute(
                 "INSERT INTO refold_process_checkpoints (name, position) VALUES ($1, $2) \
@@ -366,7 +362,7 @@ impl PgStore {
 
     /// Forgets a module version (its bytes stay: another version may share them).
     pub async fn delete_module(&self, name: &str, version: &str) -> Result<(), StoreError> {
-        let mut client = self.catalog_client().await?;
+        let mut client = self.client().await?;
         let tx = client
             .transaction()
             .await
@@ -392,7 +388,7 @@ impl PgStore {
         version: StreamVersion,
         state: &[u8],
     ) -> Result<bool, StoreError> {
-        let client = self.catalog_client().await?;
+        let client = self.client().await?;
         client
             .execute(
                 "INSERT INTO refold_snapshots (stream_type, stream_id, module_digest, version, state) \
@@ -418,7 +414,7 @@ impl PgStore {
         stream: &StreamId,
         module_digest: &[u8; 32],
     ) -> Result<Option<(StreamVersion, Vec<u8>)>, StoreError> {
-        let client = self.catalog_client().await?;
+        let client = self.client().await?;
         Ok(client
             .query_opt(
                 "SELECT version, state FROM refold_snapshots \
@@ -436,7 +432,7 @@ impl PgStore {
 
     /// The catalog's version as the database has it (see [`PgStore::watch_catalog`]).
     pub async fn catalog_version(&self) -> Result<i64, StoreError> {
-        let client = self.catalog_client().await?;
+        let client = self.client().await?;
         Ok(client
             .query_one(
                 "SELECT version FROM refold_catalog_version WHERE id = 1",

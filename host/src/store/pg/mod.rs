@@ -428,7 +428,8 @@ struct Watched {
     signer: Option<Arc<super::SealSigner>>,
 }
 
-fn raise<T: PartialOrd + Copy>(tx: &watch::Sender<T>, value: T) {
+/// Moves a watched value forward (never back), waking its watchers only then.
+pub(crate) fn raise<T: PartialOrd + Copy>(tx: &watch::Sender<T>, value: T) {
     tx.send_if_modified(|v| {
         if value > *v {
             *v = value;
@@ -685,14 +686,7 @@ impl EventStore for PgStore {
             page.next_position = from;
         }
         if let Some(tx) = self.inner.head_tx.lock().ok().and_then(|t| t.clone()) {
-            tx.send_if_modified(|h| {
-                if head > *h {
-                    *h = head;
-                    true
-                } else {
-                    false
-                }
-            });
+            raise(&tx, head);
         }
         Ok(page)
     }

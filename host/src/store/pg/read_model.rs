@@ -19,6 +19,7 @@ use super::super::error::StoreError;
 use super::super::format;
 use super::super::projection::{
     MAX_SCHEMA_TYPES, ProjectionCheckpoint, SCRATCH_GENERATION, SchemaVersionsSeen, SkipRecord,
+    check_id,
 };
 use super::super::types::RecordedEvent;
 use super::leases::{Lease, Refused, hold};
@@ -34,15 +35,6 @@ pub struct PgReadModel {
     name: String,
     version: String,
     generation: i64,
-}
-
-fn check_id(name: &str, version: &str) -> Result<(), StoreError> {
-    if name.is_empty() || name.len() > 255 || version.is_empty() || version.len() > 255 {
-        return Err(StoreError::InvalidStream(format!(
-            "projection {name:?} version {version:?}: both must be 1 to 255 bytes"
-        )));
-    }
-    Ok(())
 }
 
 async fn delete_generations(

@@ -276,14 +276,7 @@ impl PgWriter {
                     }
                     self.last_recorded_at_ms = recorded_at_ms;
                     let head = base + plan.events.bodies.len() as u64;
-                    self.head.send_if_modified(|h| {
-                        if head > *h {
-                            *h = head;
-                            true
-                        } else {
-                            false
-                        }
-                    });
+                    super::raise(&self.head, head);
                     return reply(requests, plan, base);
                 }
                 Err(err) => {
@@ -466,14 +459,7 @@ impl PgWriter {
             };
             // 3. The idempotency rule (the same as the sled writer's).
             let n = req.events.len() as u64;
-            let place = match req.expected {
-                ExpectedVersion::NoStream => Some(1),
-                ExpectedVersion::Exact(v) => v.checked_add(1),
-                ExpectedVersion::Any | ExpectedVersion::StreamExists => {
-                    version.checked_sub(n).map(|v| v + 1)
-                }
-            }
-            .filter(|p| *p <= version);
+            let place = req.expected.repeat_place(version, n);
             // A different first id where this host last wrote settles it: no repeat.
             let place = place.filter(|p| {
                 in_batch

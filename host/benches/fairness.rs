@@ -36,7 +36,8 @@ use refold::runtime::{
     RuntimeConfig,
 };
 use refold::store::{
-    Durability, ExpectedVersion, NewEvent, ProjectionCheckpoint, Store, StoreConfig, StreamId,
+    Backend, Durability, ExpectedVersion, NewEvent, ProjectionCheckpoint, Store, StoreConfig,
+    StreamId,
 };
 
 use common::{Bench, Column, Line, Mode, Record, Table, median, tempdir};
@@ -220,6 +221,7 @@ fn lower_priority() {
 /// A host as `refold serve` builds it: default limits, fsync, a compiled-artifact cache.
 async fn open(dir: &std::path::Path, mode: Mode) -> Result<(Arc<CommandService>, Store)> {
     let store = Store::open(StoreConfig::new(dir.join("events")).durability(Durability::Fsync))?;
+    let backend = Backend::sled(store.clone(), dir.join("modules"))?;
     let runtime = Arc::new(Runtime::new(RuntimeConfig {
         cache_dir: Some(dir.join("cache")),
         compile: CompileConfig {
@@ -233,8 +235,7 @@ async fn open(dir: &std::path::Path, mode: Mode) -> Result<(Arc<CommandService>,
         },
         ..RuntimeConfig::default()
     })?);
-    let modules =
-        Arc::new(ModuleRegistry::open(store.clone(), runtime, dir.join("modules")).await?);
+    let modules = Arc::new(ModuleRegistry::open(backend.clone(), runtime).await?);
     for (name, path) in [
         ("bank-account", refold_test_guests::BANK_ACCOUNT),
         ("hostile", refold_test_guests::HOSTILE),
@@ -244,7 +245,7 @@ async fn open(dir: &std::path::Path, mode: Mode) -> Result<(Arc<CommandService>,
             .await?;
     }
     let commands = Arc::new(CommandService::new(
-        store.clone(),
+        backend.clone(),
         modules,
         CommandConfig::default(),
     ));

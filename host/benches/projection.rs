@@ -47,7 +47,7 @@ use refold::runtime::{
     RuntimeConfig,
 };
 use refold::store::{
-    Durability, EventFilter, ExpectedVersion, MAX_EVENTS_PER_APPEND, NewEvent,
+    Backend, Durability, EventFilter, ExpectedVersion, MAX_EVENTS_PER_APPEND, NewEvent,
     ProjectionCheckpoint, RecordedEvent, Store, StoreConfig, StreamId,
 };
 use refold_sdk::Projection;
@@ -167,6 +167,7 @@ fn main() -> Result<()> {
     let dir = tempdir(&bench.scratch)?;
     let store =
         Store::open(StoreConfig::new(dir.path().join("events")).durability(Durability::None))?;
+    let backend = Backend::sled(store.clone(), dir.path().join("modules"))?;
     let setup = Instant::now();
     let accounts = tokio.block_on(fill(&store, sizes.events))?;
     let events = store.head() as usize;
@@ -200,11 +201,8 @@ fn main() -> Result<()> {
 
     // The first replay: upload (compiles the component), then catch up.
     let (registry, service, first) = tokio.block_on(async {
-        let registry = Arc::new(
-            ModuleRegistry::open(store.clone(), runtime.clone(), dir.path().join("modules"))
-                .await?,
-        );
-        let service = ProjectionService::start(store.clone(), registry.clone(), config);
+        let registry = Arc::new(ModuleRegistry::open(backend.clone(), runtime.clone()).await?);
+        let service = ProjectionService::start(backend.clone(), registry.clone(), config);
         let start = Instant::now();
         registry
             .upload(PROJECTION, VERSION, bytes, false, false)
@@ -260,7 +258,7 @@ fn main() -> Result<()> {
         .get(PROJECTION, VERSION)
         .and_then(|m| m.projection().cloned())
         .context("account-balances is not a loaded projection")?;
-    let steps = measure_steps(&store, &module, &filter, batch)?;
+    let steps = measure_steps(&backend, &module, &filter, batch)?;
     tokio.block_on(service.shutdown());
     tokio.block_on(store.close());
 
@@ -630,16 +628,16 @@ struct Steps {
 /// were copied into it), and the batch against an in-memory copy of the
 /// documents instead of sled (which must decide the same changes).
 fn measure_steps(
-    store: &Store,
+    backend: &Backend,
     module: &ProjectionModule,
     filter: &EventFilter,
     batch: usize,
 ) -> Result<Steps> {
     let split_name = format!("{PROJECTION}-steps");
-    let model = store.read_model(&split_name, VERSION)?;
+    let model = backend.read_model(&split_name, VERSION)?;
     let native = Arc::new(RwLock::new(BTreeMap::new()));
     let mut steps = Steps::default();
-    let head = store.head();
+    let head = backend.head();
     let (mut from, mut applied) = (1, 0u64);
     let mut lap = Instant::now();
     let mut split = |into: &mut f64| {
@@ -649,7 +647,7 @@ fn measure_steps(
     };
     while from <= head {
         split(&mut 0.0);
-        let page = store.read_all(from, batch, filter)?;
+        let page = backend.read_all(from, batch, filter)?;
         split(&mut steps.read);
         let guest: Vec<GuestRecordedEvent> = page.events.iter().map(to_guest).collect();
         split(&mut steps.convert);
@@ -730,7 +728,7 @@ fn measure_steps(
         Some(&documents) == native.read().ok().as_deref(),
         "the step-by-step read model differs from the native one"
     );
-    store.delete_read_model(&split_name, VERSION)?;
+    backend.delete_read_model(&split_name, VERSION)?;
     Ok(steps)
 }
 

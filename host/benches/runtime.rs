@@ -39,7 +39,8 @@ use refold::runtime::{
     AggregateModule, CommandContext, CompileConfig, Guest, Runtime, RuntimeConfig, StreamEvent,
 };
 use refold::store::{
-    Direction, Durability, EventMetadata, ExpectedVersion, NewEvent, Store, StoreConfig, StreamId,
+    Backend, Direction, Durability, EventMetadata, ExpectedVersion, NewEvent, Store, StoreConfig,
+    StreamId,
 };
 use refold_sdk::codec;
 use sha2::{Digest, Sha256};
@@ -584,9 +585,8 @@ async fn open_command_bench(
     // The default durability, spelled out.
     let store =
         Store::open(StoreConfig::new(dir.path().join("store")).durability(Durability::Fsync))?;
-    let registry = Arc::new(
-        ModuleRegistry::open(store.clone(), runtime.clone(), dir.path().join("modules")).await?,
-    );
+    let backend = Backend::sled(store.clone(), dir.path().join("modules"))?;
+    let registry = Arc::new(ModuleRegistry::open(backend.clone(), runtime.clone()).await?);
     let (_, loaded) = registry
         .upload(AGGREGATE_TYPE, MODULE_VERSION, module_bytes, true, false)
         .await?;
@@ -595,12 +595,12 @@ async fn open_command_bench(
         .expect("bank-account is an aggregate")
         .clone();
     let service = Arc::new(CommandService::new(
-        store.clone(),
+        backend.clone(),
         registry.clone(),
         CommandConfig::default(),
     ));
     let service_no_journal = Arc::new(CommandService::new(
-        store.clone(),
+        backend.clone(),
         registry,
         CommandConfig {
             journal: false,

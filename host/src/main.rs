@@ -133,9 +133,15 @@ enum Command {
 
 #[derive(clap::Args, Debug)]
 struct ServeArgs {
-    /// Where events, modules and compiled artifacts live
+    /// Where events, modules and compiled artifacts live (with --store
+    /// postgres://..., only this host's compiled-artifact cache)
     #[arg(long, env = "REFOLD_DATA_DIR", default_value = "./refold-data")]
     data_dir: PathBuf,
+    /// Keep events, modules and read models in PostgreSQL
+    /// (`postgres://user@host/db`), shared by every host serving it; the
+    /// default is sled in --data-dir
+    #[arg(long, env = "REFOLD_STORE", hide_env_values = true)]
+    store: Option<String>,
     /// Address to listen on; without tokens it must be a loopback address
     #[arg(long, env = "REFOLD_LISTEN", default_value = "127.0.0.1:7700")]
     listen: SocketAddr,
@@ -346,6 +352,7 @@ async fn serve(args: ServeArgs) -> i32 {
         }
     };
     let mut config = ServeConfig::new(&args.data_dir, args.listen);
+    config.store_url = args.store.filter(|url| !url.is_empty());
     config.tokens = Tokens {
         admin: args.admin_token,
         writer: args.writer_token,

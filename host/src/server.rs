@@ -23,7 +23,8 @@ use crate::commands::{CommandConfig, CommandService};
 use crate::modules::{LoadedModule, ModuleError, ModuleRegistry};
 use crate::projections::{ProjectionConfig, ProjectionService};
 use crate::runtime::{Runtime, RuntimeConfig};
-use crate::store::{Durability, SealSigner, Store, StoreConfig};
+use crate::store::pg::PgStore;
+use crate::store::{Backend, Durability, SealSigner, Store, StoreConfig};
 
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
@@ -38,6 +39,11 @@ pub struct ServeConfig {
     pub durability: Durability,
     /// Signs every seal of the hash chain (`--signing-key`).
     pub signer: Option<Arc<SealSigner>>,
+    /// A PostgreSQL connection string (`--store postgres://...`): the events,
+    /// modules and read models live there, shared with other hosts, and
+    /// `data_dir` keeps only this host's compiled-artifact cache. None: sled
+    /// in `data_dir`.
+    pub store_url: Option<String>,
 }
 
 impl ServeConfig {
@@ -53,6 +59,7 @@ impl ServeConfig {
             projections: ProjectionConfig::default(),
             durability: Durability::Fsync,
             signer: None,
+            store_url: None,
         }
     }
 }
@@ -134,7 +141,7 @@ pub enum ExampleLoaded {
 
 /// Deletes command-journal entries older than `retention`, at start and then
 /// every minute, until the server shuts down.
-fn spawn_journal_pruning(store: Store, retention: Duration, mut stop: watch::Receiver<bool>) {
+fn spawn_journal_pruning(store: Backend, retention: Duration, mut stop: watch::Receiver<bool>) {
     tokio::spawn(async move {
         loop {
             let cutoff = crate::clock::now_ms().saturating_sub(retention.as_millis() as u64);
@@ -181,19 +188,24 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
-    let store = Store::open(
-        StoreConfig::new(config.data_dir.join("events"))
-            .durability(config.durability)
-            .signer(config.signer.clone()),
-    )?;
+    let store = match &config.store_url {
+        None => Backend::sled(
+            Store::open(
+                StoreConfig::new(config.data_dir.join("events"))
+                    .durability(config.durability)
+                    .signer(config.signer.clone()),
+            )?,
+            config.data_dir.join("modules"),
+        )?,
+        Some(url) => Backend::postgres(PgStore::open_signed(url, config.signer.clone()).await?),
+    };
     let runtime_config = RuntimeConfig {
         cache_dir: Some(config.data_dir.join("cache")),
         ..config.runtime.clone()
     };
     let runtime = Arc::new(Runtime::new(runtime_config)?);
-    let modules = Arc::new(
-        ModuleRegistry::open(store.clone(), runtime, config.data_dir.join("modules")).await?,
-    );
+    let modules = Arc::new(ModuleRegistry::open(store.clone(), runtime).await?);
+    modules.follow_catalog();
     let commands = Arc::new(CommandService::new(
         store.clone(),
         modules.clone(),
@@ -223,7 +235,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), head = store.head(), "refold is serving");
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), store = store.kind(), head = store.head(), "refold is serving");
     let router = api::router(app.clone(), config.tokens.clone());
     let stop = shutdown_rx;
     let task = tokio::spawn(async move {

@@ -716,7 +716,7 @@ async fn served_proofs_check_offline_and_fail_when_edited() {
     within(180, async {
         let dir = temp_dir();
         let s = signed_server(dir.path()).await;
-        let store = s.server.app.store.clone();
+        let store = s.server.app.store.as_sled().expect("a sled server").clone();
         let key = public_key();
         let key_hex = to_hex(&key);
         const EVENTS: u64 = 5_500;
@@ -1034,7 +1034,7 @@ async fn a_backup_keeps_the_seals_and_verifies_on_its_own() {
     within(120, async {
         let dir = temp_dir();
         let s = signed_server(dir.path()).await;
-        let store = s.server.app.store.clone();
+        let store = s.server.app.store.as_sled().expect("a sled server").clone();
         let key = public_key();
         append_events(&store, 4_500, 500).await;
         let r = s
@@ -1151,7 +1151,7 @@ async fn unsigned_seals_are_bound_by_a_trusted_digest() {
         let mut config = support::http::config(dir.path());
         config.durability = Durability::None;
         let s = TestServer::start_with(config).await;
-        let store = s.server.app.store.clone();
+        let store = s.server.app.store.as_sled().expect("a sled server").clone();
         append_events(&store, 40, 10).await;
         let mut event = NewEvent::new("Posted", r#"{"name":"Zoë","n":1}"#);
         event.metadata.extra.insert("tag".into(), "real".into());

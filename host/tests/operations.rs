@@ -208,7 +208,12 @@ async fn health_and_metrics_say_when_the_store_stopped_writing() {
 
     // The disk fails under the next write: that command is not acknowledged,
     // every later write is refused, and health says so until a restart.
-    s.server.app.store.inject_write_fault();
+    s.server
+        .app
+        .store
+        .as_sled()
+        .expect("a sled server")
+        .inject_write_fault();
     let failed = s
         .send("bank-account", "acc-1", r#"{"type":"Deposit","amount":5}"#)
         .await;
@@ -360,7 +365,7 @@ async fn a_subscriber_that_stops_reading_is_cut_off_and_cannot_hold_up_a_shutdow
     let mut head = [0u8; 256];
     assert!(stalled.read(&mut head).unwrap() > 0);
     // Enough event bytes to fill the socket buffers on both sides.
-    let store = s.server.app.store.clone();
+    let store = s.server.app.store.as_sled().expect("a sled server").clone();
     let data = format!(r#"{{"pad":"{}"}}"#, "x".repeat(60 << 10));
     for batch in 0..40 {
         let events = (0..10)

@@ -31,7 +31,7 @@ async fn projection_writes_are_bounded_per_call() {
     let mut config = support::http::config(dir.path());
     config.runtime.fuel_per_call = 4_000_000_000;
     let s = TestServer::start_with(config).await;
-    let store = s.server.app.store.clone();
+    let store = s.server.app.store.as_sled().expect("a sled server").clone();
     let thing = StreamId::new("thing", "t").unwrap();
     let scatter = |n: u64| NewEvent::new("Scatter", format!(r#"{{"docs":{n}}}"#));
     // Two events of 6,000 documents: together over the 10,000 limit, each within it.
@@ -102,7 +102,7 @@ async fn a_batch_that_times_out_is_halved_across_jobs_not_inside_one() {
     config.runtime.fuel_per_call = 1 << 50;
     config.runtime.deadline = Duration::from_millis(500);
     let s = TestServer::start_with(config).await;
-    let store = s.server.app.store.clone();
+    let store = s.server.app.store.as_sled().expect("a sled server").clone();
     let thing = StreamId::new("thing", "t").unwrap();
     let mut events: Vec<NewEvent> = (0..31).map(|_| NewEvent::new("Hello", "{}")).collect();
     events.push(NewEvent::new("Loop", "{}"));

@@ -431,7 +431,7 @@ fn thing(id: &str) -> StreamId {
 async fn a_failing_projection_stops_at_the_failing_event_until_retried_or_skipped() {
     let dir = temp_dir();
     let s = TestServer::start(dir.path()).await;
-    let store = s.server.app.store.clone();
+    let store = s.server.app.store.as_sled().expect("a sled server").clone();
     let events = |types: &[&str]| -> Vec<NewEvent> {
         types.iter().map(|t| NewEvent::new(*t, "{}")).collect()
     };

@@ -118,7 +118,7 @@ async fn verify_matches_a_deterministic_projection_while_it_keeps_serving() {
         "{quiet} {digest}"
     );
 
-    let store = &s.server.app.store;
+    let store = s.server.app.store.as_sled().expect("a sled server");
     assert_eq!(
         store
             .read_model_generations("account-balances", "1.0.0")
@@ -256,6 +256,8 @@ async fn a_second_verify_is_refused_while_one_runs_and_an_abandoned_one_cleans_u
         .server
         .app
         .store
+        .as_sled()
+        .expect("a sled server")
         .read_model_generations("picky", "1.0.0")
         .unwrap();
     assert_eq!(
@@ -275,6 +277,8 @@ async fn a_second_verify_is_refused_while_one_runs_and_an_abandoned_one_cleans_u
         .server
         .app
         .store
+        .as_sled()
+        .expect("a sled server")
         .read_model_generations("picky", "1.0.0")
         .unwrap()
         != vec![0]
@@ -285,7 +289,13 @@ async fn a_second_verify_is_refused_while_one_runs_and_an_abandoned_one_cleans_u
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    append(&s.server.app.store, "2", "Counted", 1).await;
+    append(
+        s.server.app.store.as_sled().expect("a sled server"),
+        "2",
+        "Counted",
+        1,
+    )
+    .await;
     let view = wait_for_version(&s, "picky", "1.0.0", |v| {
         caught_up(v) && v["position"] == 3001
     })
@@ -362,6 +372,8 @@ async fn a_version_stopped_at_a_failing_event_is_verified_up_to_it_and_not_retri
         s.server
             .app
             .store
+            .as_sled()
+            .expect("a sled server")
             .read_model_generations("picky", "1.0.0")
             .unwrap(),
         vec![0]

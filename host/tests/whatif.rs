@@ -256,7 +256,7 @@ async fn the_journal_can_be_off_and_is_pruned_by_age() {
     let (_, report) = whatif(&s, "bank-account", "1.0.0", "").await;
     assert_eq!(report["commands"], 0, "{report}");
 
-    let store = s.server.app.store.clone();
+    let store = s.server.app.store.as_sled().expect("a sled server").clone();
     let entry = |at: u64, id: &str| JournalEntry {
         received_at_ms: at,
         command_id: id.into(),

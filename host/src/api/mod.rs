@@ -42,7 +42,7 @@ pub use problem::ApiError;
 use crate::commands::CommandService;
 use crate::modules::ModuleRegistry;
 use crate::projections::ProjectionService;
-use crate::store::Store;
+use crate::store::Backend;
 
 /// Request body limits.
 #[derive(Clone, Copy, Debug)]
@@ -65,7 +65,7 @@ impl Default for Limits {
 
 #[derive(Clone)]
 pub struct AppState {
-    pub store: Store,
+    pub store: Backend,
     pub modules: Arc<ModuleRegistry>,
     pub commands: Arc<CommandService>,
     pub projections: Arc<ProjectionService>,

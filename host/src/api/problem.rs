@@ -95,7 +95,10 @@ impl From<StoreError> for ApiError {
                 StatusCode::CONFLICT
             }
             StoreError::NotSealedYet { .. } => StatusCode::CONFLICT,
-            StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            StoreError::Unavailable(_) | StoreError::LeaseLost(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            StoreError::Unsupported { .. } => StatusCode::NOT_IMPLEMENTED,
             StoreError::Locked { .. }
             | StoreError::Storage { .. }
             | StoreError::Corrupt { .. }

@@ -53,8 +53,8 @@ pub use whatif::{
 use crate::modules::{CommandOutcomeKind, LoadedModule, ModuleRegistry, NotReady};
 use crate::runtime::{CommandContext, GuestError, Runtime};
 use crate::store::{
-    Direction, EventFilter, ExpectedVersion, JournalEntry, JournalOutcome, RecordedEvent,
-    RequestFingerprint, Store, StoreError, StreamId, StreamVersion, check_name,
+    Backend, Direction, EventFilter, ExpectedVersion, JournalEntry, JournalOutcome, RecordedEvent,
+    RequestFingerprint, StoreError, StreamId, StreamVersion, check_name,
 };
 use cache::StateCache;
 use locks::AggregateLocks;
@@ -298,7 +298,7 @@ impl CommandError {
 }
 
 pub struct CommandService {
-    store: Store,
+    store: Backend,
     modules: Arc<ModuleRegistry>,
     runtime: Arc<Runtime>,
     locks: AggregateLocks,
@@ -312,7 +312,7 @@ pub struct CommandService {
 
 impl CommandService {
     pub fn new(
-        store: Store,
+        store: Backend,
         modules: Arc<ModuleRegistry>,
         config: CommandConfig,
     ) -> CommandService {

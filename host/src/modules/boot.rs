@@ -5,15 +5,12 @@
 //! in the module list and the log, and the others serve on.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use sha2::{Digest, Sha256};
-
 use super::version::{CompileState, Registered};
-use super::{ModuleError, ProjectionListener, hex, load_module};
+use super::{ModuleError, ProjectionListener, load_module};
 use crate::runtime::Runtime;
-use crate::store::{ModuleKind, ModuleRecord};
+use crate::store::{Backend, ModuleKind, ModuleRecord};
 
 /// The registered versions with their first state, and the ones left to compile.
 pub(super) struct Booted {
@@ -23,7 +20,11 @@ pub(super) struct Booted {
 
 /// Reads each version's component file and its cached artifact. Reads the
 /// registry keys and the files, never the event log.
-pub(super) fn load_registered(runtime: &Runtime, dir: &Path, records: Vec<ModuleRecord>) -> Booted {
+pub(super) fn load_registered(
+    runtime: &Runtime,
+    store: &Backend,
+    records: Vec<ModuleRecord>,
+) -> Booted {
     let mut booted = Booted {
         versions: HashMap::new(),
         to_compile: Vec::new(),
@@ -31,7 +32,7 @@ pub(super) fn load_registered(runtime: &Runtime, dir: &Path, records: Vec<Module
     for record in records {
         let key = (record.name.clone(), record.version.clone());
         let label = format!("{}@{}", record.name, record.version);
-        let state = match component_bytes(dir, &record) {
+        let state = match component_bytes(store, &record) {
             Err(failed) => failed,
             Ok(bytes) => match runtime.load_cached(&record.digest, &label) {
                 Ok(Some(guest)) => {
@@ -54,25 +55,15 @@ pub(super) fn load_registered(runtime: &Runtime, dir: &Path, records: Vec<Module
     booted
 }
 
-/// The component file of a version, checked against its digest.
-fn component_bytes(dir: &Path, record: &ModuleRecord) -> Result<Arc<[u8]>, CompileState> {
-    let path = dir.join(format!("{}.wasm", hex(&record.digest)));
-    let bytes = std::fs::read(&path).map_err(|e| CompileState::Failed {
-        code: "module_file_unreadable",
-        reason: format!("reading {}: {e}", path.display()),
-    })?;
-    let digest: [u8; 32] = Sha256::digest(&bytes).into();
-    if digest != record.digest {
-        return Err(CompileState::Failed {
-            code: "module_file_corrupt",
-            reason: format!(
-                "{} does not hold the registered bytes (its sha256 is {})",
-                path.display(),
-                hex(&digest)
-            ),
-        });
-    }
-    Ok(bytes.into())
+/// The component bytes of a version, checked against its digest.
+fn component_bytes(store: &Backend, record: &ModuleRecord) -> Result<Arc<[u8]>, CompileState> {
+    store
+        .module_bytes(&record.digest)
+        .map(Into::into)
+        .map_err(|e| CompileState::Failed {
+            code: e.code,
+            reason: e.reason,
+        })
 }
 
 pub(super) fn failed_state(err: &ModuleError) -> CompileState {

@@ -18,7 +18,6 @@ mod upload;
 mod version;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -26,7 +25,7 @@ use crate::fsutil;
 pub use crate::hex::hex;
 pub use crate::runtime::PoolStats;
 use crate::runtime::{AggregateModule, Guest, ProcessModule, ProjectionModule, Runtime, World};
-use crate::store::{ModuleKind, ModuleRecord, Store};
+use crate::store::{Backend, ModuleKind, ModuleRecord};
 pub use error::{CompileBudget, ModuleError};
 use names::semver_key;
 pub use names::{MAX_MODULE_NAME_LEN, MAX_MODULE_VERSION_LEN, validate_name, validate_version};
@@ -108,9 +107,8 @@ pub enum Uploaded {
 pub type ProjectionListener = Box<dyn Fn(Arc<LoadedModule>, bool) + Send + Sync>;
 
 pub struct ModuleRegistry {
-    store: Store,
+    store: Backend,
     runtime: Arc<Runtime>,
-    dir: PathBuf,
     /// Every registered version, compiled or not.
     versions: RwLock<HashMap<(String, String), Arc<Registered>>>,
     /// Per name: the active (stable) version, and for an aggregate its canary
@@ -137,13 +135,10 @@ impl ModuleRegistry {
     /// Knows every registered version at once: those with a cached artifact are
     /// ready, the others compile in the background (see [`boot`]).
     pub async fn open(
-        store: Store,
+        store: Backend,
         runtime: Arc<Runtime>,
-        dir: PathBuf,
     ) -> Result<ModuleRegistry, ModuleError> {
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| ModuleError::Host(format!("creating {}: {e}", dir.display())))?;
-        let booted = boot::load_registered(&runtime, &dir, store.modules()?);
+        let booted = boot::load_registered(&runtime, &store, store.modules()?);
         let mut routings: HashMap<String, crate::store::Routing> =
             store.routings()?.into_iter().collect();
         let mut active = HashMap::new();
@@ -157,7 +152,6 @@ impl ModuleRegistry {
         let registry = ModuleRegistry {
             store,
             runtime,
-            dir,
             versions: RwLock::new(booted.versions),
             active: RwLock::new(active),
             outcomes: routing::Outcomes::default(),
@@ -172,6 +166,111 @@ impl ModuleRegistry {
             &registry.projection_listener,
         );
         Ok(registry)
+    }
+
+    /// On a shared database (PostgreSQL), follows what other hosts change in
+    /// the catalog: their uploads compile here too (projection versions get
+    /// a runner, standing by while another host holds the lease), and their
+    /// activations, canaries and rollbacks route this host's next commands.
+    /// Woken by the database's notifications, and every half second.
+    pub fn follow_catalog(self: &Arc<Self>) {
+        let Some(mut changes) = self.store.watch_catalog() else {
+            return;
+        };
+        let registry = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                let Some(registry) = registry.upgrade() else {
+                    return;
+                };
+                if let Err(e) = registry.refresh() {
+                    tracing::warn!(error = %e, "could not read the shared module catalog; retrying at its next change");
+                }
+            }
+        });
+    }
+
+    /// Reads the catalog as the store has it now into this host's registry.
+    fn refresh(&self) -> Result<(), ModuleError> {
+        // Known before the catalog is read: a version this host registers
+        // meanwhile is in the store before it is in the map, so it is never
+        // taken for one another host removed.
+        let known: std::collections::HashSet<(String, String)> =
+            self.versions_map().keys().cloned().collect();
+        let records = self.store.modules()?;
+        let listed: std::collections::HashSet<(String, String)> = records
+            .iter()
+            .map(|r| (r.name.clone(), r.version.clone()))
+            .collect();
+        let new: Vec<ModuleRecord> = records
+            .into_iter()
+            .filter(|r| !known.contains(&(r.name.clone(), r.version.clone())))
+            .collect();
+        if !new.is_empty() {
+            let booted = boot::load_registered(&self.runtime, &self.store, new);
+            let mut ready = Vec::new();
+            {
+                let mut versions = self.versions_mut();
+                for (key, entry) in booted.versions {
+                    if let std::collections::hash_map::Entry::Vacant(slot) = versions.entry(key) {
+                        tracing::info!(module = %entry.label(), "registered on another host");
+                        if let Some(module) = entry.ready() {
+                            ready.push(module);
+                        }
+                        slot.insert(entry);
+                    }
+                }
+            }
+            boot::compile_in_background(
+                &self.runtime,
+                booted.to_compile,
+                &self.projection_listener,
+            );
+            if let Some(listener) = &*self
+                .projection_listener
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+            {
+                for module in ready {
+                    if module.record.kind == ModuleKind::Projection {
+                        listener(module, false);
+                    }
+                }
+            }
+        }
+        let _in_step = self.activation.lock().unwrap_or_else(|e| e.into_inner());
+        // Versions another host removed (a dropped projection version), unless active here.
+        self.versions_mut()
+            .retain(|key, _| listed.contains(key) || !known.contains(key));
+        let mut routings: HashMap<String, crate::store::Routing> =
+            self.store.routings()?.into_iter().collect();
+        let mut changed = false;
+        let versions = self.versions_map().clone();
+        let mut active = HashMap::new();
+        for (name, version) in self.store.active_modules()? {
+            if let Some(entry) = versions.get(&(name.clone(), version)) {
+                let routing = routings.remove(&name).unwrap_or_default();
+                active.insert(
+                    name.clone(),
+                    Active::restore(entry.clone(), routing, &name, &versions),
+                );
+            }
+        }
+        {
+            let mut current = self.active_mut();
+            for (name, state) in active {
+                let same = current.get(&name).is_some_and(|c| c.same_as(&state));
+                if !same {
+                    tracing::info!(module = %name, version = %state.stable.record.version, "routing changed on another host");
+                    current.insert(name, state);
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.activations.send_modify(|n| *n += 1);
+        }
+        Ok(())
     }
 
     /// Registers the projection service, and tells it about every projection
@@ -484,17 +583,15 @@ impl ModuleRegistry {
             if target.exists() {
                 continue;
             }
-            let bytes = std::fs::read(self.dir.join(&name))
-                .map_err(|e| ModuleError::Host(format!("reading {name}: {e}")))?;
+            let bytes = self
+                .store
+                .module_bytes(&record.digest)
+                .map_err(|e| ModuleError::Host(format!("reading {name}: {}", e.reason)))?;
             fsutil::write_atomically(&target, &bytes)
                 .map_err(|e| ModuleError::Host(format!("writing {}: {e}", target.display())))?;
             copied += 1;
         }
         Ok(copied)
-    }
-
-    fn path_of(&self, digest: &[u8; 32]) -> PathBuf {
-        self.dir.join(format!("{}.wasm", hex(digest)))
     }
 
     fn versions_mut(

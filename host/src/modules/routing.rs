@@ -46,6 +46,18 @@ impl Active {
 
     /// At startup: the kept routing over the registered versions (a canary
     /// whose version is not registered is dropped, with a warning).
+    /// The same versions in the same roles, with the same canary share.
+    pub fn same_as(&self, other: &Active) -> bool {
+        let canary = |a: &Active| {
+            a.canary
+                .as_ref()
+                .map(|(e, c)| (e.record.version.clone(), c.percent))
+        };
+        self.stable.record.version == other.stable.record.version
+            && canary(self) == canary(other)
+            && self.retired == other.retired
+    }
+
     pub fn restore(
         stable: Arc<Registered>,
         routing: Routing,

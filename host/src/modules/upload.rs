@@ -13,7 +13,6 @@ use super::{
     LoadedModule, ModuleError, ModuleRegistry, Uploaded, hex, load_module, validate_name,
     validate_version,
 };
-use crate::fsutil;
 use crate::store::{ModuleKind, ModulePut, ModuleRecord, check_event_type};
 
 impl ModuleRegistry {
@@ -93,8 +92,7 @@ impl ModuleRegistry {
                 uploaded: module.record.kind.as_str(),
             });
         }
-        self.write_file(&digest, &bytes)?;
-        let outcome = match self.store.put_module(&module.record)? {
+        let outcome = match self.store.put_module(&module.record, &bytes)? {
             ModulePut::Created => Uploaded::Created,
             // The same bytes, registered by an upload that raced this one.
             ModulePut::AlreadyPresent(_) => Uploaded::Unchanged,
@@ -136,7 +134,7 @@ impl ModuleRegistry {
             return Ok(module);
         }
         // Whatever went wrong with the file, these are the registered bytes.
-        self.write_file(&record.digest, &bytes)?;
+        self.store.keep_module_bytes(&record.digest, &bytes)?;
         match load_module(&self.runtime, bytes, record).await {
             Ok(module) => {
                 entry
@@ -150,15 +148,6 @@ impl ModuleRegistry {
                 Err(err)
             }
         }
-    }
-
-    fn write_file(&self, digest: &[u8; 32], bytes: &[u8]) -> Result<(), ModuleError> {
-        let path = self.path_of(digest);
-        if path.exists() && std::fs::read(&path).is_ok_and(|b| *b == *bytes) {
-            return Ok(());
-        }
-        fsutil::write_atomically(&path, bytes)
-            .map_err(|e| ModuleError::Host(format!("writing {}: {e}", path.display())))
     }
 }
 

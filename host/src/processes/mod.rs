@@ -34,13 +34,13 @@ use crate::modules::ModuleRegistry;
 use crate::runtime::process_types::ProcessStatus;
 use crate::runtime::{GuestError, Runtime};
 use crate::store::ModuleKind;
-use crate::store::{Direction, RecordedEvent, Store, StoreError, StreamId};
+use crate::store::{Backend, Direction, RecordedEvent, StoreError, StreamId};
 use dispatch::Outcome;
 
 /// What every part of one process's runner shares.
 pub(crate) struct Shared {
     name: String,
-    store: Store,
+    store: Backend,
     commands: Arc<CommandService>,
     modules: Arc<ModuleRegistry>,
     runtime: Arc<Runtime>,
@@ -287,19 +287,21 @@ pub struct PendingDeadline {
 pub const MAX_HISTORY: usize = 1000;
 
 pub struct ProcessService {
-    store: Store,
+    store: Backend,
     commands: Arc<CommandService>,
     modules: Arc<ModuleRegistry>,
     runners: Mutex<HashMap<String, Arc<RunnerHandle>>>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// This service's name as a lease holder (PostgreSQL).
+    holder: String,
 }
 
 impl ProcessService {
     /// Starts a runner for every active process, and for each process
     /// activated later.
     pub fn start(
-        store: Store,
+        store: Backend,
         commands: Arc<CommandService>,
         modules: Arc<ModuleRegistry>,
     ) -> Arc<ProcessService> {
@@ -310,6 +312,7 @@ impl ProcessService {
             runners: Mutex::new(HashMap::new()),
             stop: watch::Sender::new(false),
             tasks: Mutex::new(Vec::new()),
+            holder: crate::projections::tenure::holder_name(),
         });
         service.start_new_runners();
         let watcher = service.clone();
@@ -357,9 +360,13 @@ impl ProcessService {
                 runtime: self.modules.runtime().clone(),
                 counters,
             });
-            let runner = runner::Runner::new(shared, handle.clone(), self.stop.subscribe());
             tracing::info!(process = %name, "starting the process runner");
-            let task = tokio::spawn(runner.run());
+            let task = tokio::spawn(run_leased(
+                shared,
+                handle.clone(),
+                self.stop.subscribe(),
+                self.holder.clone(),
+            ));
             self.tasks
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -571,4 +578,65 @@ impl ProcessService {
             history,
         })
     }
+}
+
+/// Runs a process's runner: on sled at once; on PostgreSQL only while this
+/// host holds the process's lease (one runner per process across all hosts:
+/// `projections::tenure`). A runner whose lease moves to another host stops
+/// where it is (what it committed is in the instances' streams) and this
+/// host stands by again.
+async fn run_leased(
+    shared: Arc<Shared>,
+    handle: Arc<RunnerHandle>,
+    mut stop: watch::Receiver<bool>,
+    holder: String,
+) {
+    use crate::projections::tenure::{STANDBY_POLL, Tenure};
+    let lease = format!("process:{}", shared.name);
+    let Some(mut tenure) = Tenure::new(&shared.store, lease, &holder) else {
+        runner::Runner::new(shared, handle, stop).run().await;
+        return;
+    };
+    loop {
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            match tenure.try_take().await {
+                Ok(Some(_)) => break,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(process = %shared.name, error = %e, "cannot take the process lease")
+                }
+            }
+            tokio::select! {
+                () = stopped(&mut stop) => return,
+                _ = tokio::time::sleep(STANDBY_POLL) => {}
+            }
+        }
+        let (inner_stop, inner_stop_rx) = watch::channel(false);
+        let mut task =
+            tokio::spawn(runner::Runner::new(shared.clone(), handle.clone(), inner_stop_rx).run());
+        tokio::select! {
+            () = stopped(&mut stop) => {
+                inner_stop.send_replace(true);
+                let _ = task.await;
+                tenure.release().await;
+                return;
+            }
+            _ = tenure.until_lost() => {
+                inner_stop.send_replace(true);
+                let _ = task.await;
+                tenure.lost();
+            }
+            _ = &mut task => {
+                tenure.release().await;
+                return;
+            }
+        }
+    }
+}
+
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }

@@ -196,7 +196,7 @@ const FOLD_BYTES: usize = 1 << 20;
 pub fn fold(
     module: &ProcessModule,
     digest: [u8; 32],
-    store: &crate::store::Store,
+    store: &crate::store::Backend,
     stream: &StreamId,
 ) -> Result<Instance, String> {
     let mut instance = Instance {

@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use super::{ProjectionError, VersionHandle};
-use crate::store::{Position, ReadModel, StoreError};
+use crate::store::{BackendReadModel as ReadModel, Position, StoreError};
 
 /// What would change for readers if `to` replaced `from`.
 #[derive(Clone, Debug, Default, Serialize)]

@@ -11,6 +11,7 @@
 mod compare;
 mod runner;
 mod scratch;
+pub(crate) mod tenure;
 mod verify;
 
 use std::collections::HashMap;
@@ -30,7 +31,9 @@ pub use verify::{VerifyEnd, VerifyOutcome, VerifyPhase, VerifyProgress, VerifyRe
 
 use crate::modules::{LoadedModule, ModuleError, ModuleRegistry};
 use crate::runtime::{GuestError, QueryFailure, Runtime, clip_guest_text};
-use crate::store::{Position, ReadModel, RecordedEvent, SkipRecord, Store, StoreError};
+use crate::store::{
+    Backend, BackendReadModel as ReadModel, Position, RecordedEvent, SkipRecord, StoreError,
+};
 use runner::{Control, Runner};
 
 #[derive(Clone, Debug)]
@@ -61,6 +64,9 @@ impl Default for ProjectionConfig {
 pub enum RunState {
     /// Asking the guest which events it wants.
     Starting,
+    /// Another host holds the version's lease and runs it (PostgreSQL); this
+    /// host shows the checkpoint it commits and takes over if it stops.
+    Standby,
     /// Behind the head of the log, replaying.
     CatchingUp,
     /// At the head of the log, following appends. (Whether readers see this
@@ -71,8 +77,9 @@ pub enum RunState {
 }
 
 impl RunState {
-    pub const ALL: [RunState; 4] = [
+    pub const ALL: [RunState; 5] = [
         RunState::Starting,
+        RunState::Standby,
         RunState::CatchingUp,
         RunState::CaughtUp,
         RunState::Failed,
@@ -82,6 +89,7 @@ impl RunState {
     pub fn as_str(self) -> &'static str {
         match self {
             RunState::Starting => "starting",
+            RunState::Standby => "standby",
             RunState::CatchingUp => "catching_up",
             RunState::CaughtUp => "caught_up",
             RunState::Failed => "failed",
@@ -331,7 +339,7 @@ pub enum ProjectionError {
 }
 
 pub struct ProjectionService {
-    store: Store,
+    store: Backend,
     modules: Arc<ModuleRegistry>,
     runtime: Arc<Runtime>,
     config: ProjectionConfig,
@@ -341,13 +349,15 @@ pub struct ProjectionService {
     /// Serializes every change of which version is live.
     live: Arc<Mutex<()>>,
     closed: AtomicBool,
+    /// This service's name as a lease holder (PostgreSQL).
+    holder: String,
 }
 
 impl ProjectionService {
     /// Starts a runner for every projection version in the registry, and for
     /// every one uploaded later.
     pub fn start(
-        store: Store,
+        store: Backend,
         modules: Arc<ModuleRegistry>,
         config: ProjectionConfig,
     ) -> Arc<ProjectionService> {
@@ -360,6 +370,7 @@ impl ProjectionService {
             dropping: Mutex::new(std::collections::HashSet::new()),
             live: Arc::new(Mutex::new(())),
             closed: AtomicBool::new(false),
+            holder: tenure::holder_name(),
         });
         let weak = Arc::downgrade(&service);
         modules.set_projection_listener(Box::new(move |module, promote| {
@@ -446,6 +457,11 @@ impl ProjectionService {
             stop: stop_rx,
             control: control_rx,
             on_caught_up: Box::new(move |handle| go_live_if_due(&modules, &live, handle)),
+            tenure: tenure::Tenure::new(
+                &self.store,
+                format!("projection:{}", handle.label()),
+                &self.holder,
+            ),
         };
         let label = handle.label();
         let task = tokio::spawn(async move {

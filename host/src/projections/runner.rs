@@ -15,13 +15,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::tenure::{STANDBY_POLL, Tenure};
 use super::{Failure, ReplayStats, RunState, VersionHandle};
 use crate::runtime::{
     DocumentChanges, DocumentSource, GuestError, GuestRecordedEvent, ProjectionModule,
 };
 use crate::store::{
-    EventFilter, LogPage, Position, ProjectionCheckpoint, ReadModel, RecordedEvent, SkipRecord,
-    Store, StoreError,
+    Backend, BackendReadModel as ReadModel, EventFilter, LogPage, Position, ProjectionCheckpoint,
+    RecordedEvent, SkipRecord, StoreError,
 };
 
 /// What an operator asks a stopped version to do.
@@ -46,17 +47,27 @@ pub struct BatchLimits {
 
 pub(super) struct Runner {
     pub handle: Arc<VersionHandle>,
-    pub store: Store,
+    pub store: Backend,
     pub pool: Arc<crate::runtime::Runtime>,
     pub limits: BatchLimits,
     pub stop: watch::Receiver<bool>,
     pub control: mpsc::Receiver<Control>,
     /// Called when the version first catches up; may make it live.
     pub on_caught_up: Box<dyn Fn(&VersionHandle) + Send + Sync>,
+    /// PostgreSQL: the version's lease, which this runner must hold to apply
+    /// events (`tenure`); None on sled.
+    pub tenure: Option<Tenure>,
 }
 
 impl Runner {
     pub async fn run(mut self) {
+        self.run_until_stopped().await;
+        if let Some(tenure) = &mut self.tenure {
+            tenure.release().await;
+        }
+    }
+
+    async fn run_until_stopped(&mut self) {
         let module = self
             .handle
             .module
@@ -117,6 +128,15 @@ impl Runner {
             if *self.stop.borrow() {
                 return;
             }
+            if self.tenure.as_ref().is_some_and(|t| t.lease().is_none()) {
+                if !self.stand_by().await {
+                    return;
+                }
+                // Held now: what this host read ahead may be another holder's past.
+                prefetched = None;
+                replay = None;
+                continue;
+            }
             let failure = self.handle.status.borrow().failure.clone();
             if let Some(failure) = failure {
                 // Time spent failed is not replay time: a retry starts a new one.
@@ -129,6 +149,7 @@ impl Runner {
                         None => return,
                     },
                     () = sleep_or_never(retry_in) => self.on_control(Control::Retry).await,
+                    () = lease_lost(&mut self.tenure) => self.lose_lease(),
                 }
                 continue;
             }
@@ -171,6 +192,7 @@ impl Runner {
                         Some(control) => self.on_control(control).await,
                         None => return,
                     },
+                    () = lease_lost(&mut self.tenure) => self.lose_lease(),
                 }
                 continue;
             }
@@ -204,7 +226,7 @@ impl Runner {
                 );
                 prefetched = Some((
                     from,
-                    tokio::task::spawn_blocking(move || store.read_all(from, limit, &filter)),
+                    tokio::spawn(async move { store.read_all_async(from, limit, &filter).await }),
                 ));
             }
             let step = {
@@ -227,6 +249,12 @@ impl Runner {
                     .await
             };
             let failure = match step {
+                // Another host runs this version now; this batch wrote nothing.
+                Err(StoreError::LeaseLost(reason)) => {
+                    tracing::warn!(projection = %self.handle.label(), "{reason}");
+                    self.lose_lease();
+                    continue;
+                }
                 Ok((ended, next_span)) => {
                     span = next_span;
                     match ended {
@@ -251,11 +279,93 @@ impl Runner {
         }
     }
 
+    /// PostgreSQL, without the version's lease: shows the holder's progress
+    /// and tries to take the lease every [`STANDBY_POLL`]. True once it holds
+    /// it, having adopted the read model's checkpoint as the holder left it;
+    /// false when the runner is to stop.
+    async fn stand_by(&mut self) -> bool {
+        loop {
+            let Some(tenure) = self.tenure.as_mut() else {
+                return true;
+            };
+            match tenure.try_take().await {
+                Ok(Some(lease)) => {
+                    let lease = lease.clone();
+                    match self.adopt(Some(lease)) {
+                        Ok(()) => return true,
+                        Err(e) => {
+                            tracing::warn!(projection = %self.handle.label(), error = %e, "took the lease but cannot read the read model; standing by");
+                            if let Some(t) = self.tenure.as_mut() {
+                                t.lost();
+                            }
+                        }
+                    }
+                }
+                Ok(None) => {
+                    if let Err(e) = self.adopt(None) {
+                        tracing::warn!(projection = %self.handle.label(), error = %e, "cannot read the holder's checkpoint");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(projection = %self.handle.label(), error = %e, "cannot take the projection lease")
+                }
+            }
+            tokio::select! {
+                changed = self.stop.changed() => if changed.is_err() || *self.stop.borrow() { return false },
+                control = self.control.recv() => match control {
+                    Some(Control::Retry) => {}
+                    Some(Control::Skip { reply, .. }) => {
+                        let _ = reply.send(Err("another host runs this projection version now; a skip must go to it".into()));
+                    }
+                    None => return false,
+                },
+                () = tokio::time::sleep(STANDBY_POLL) => {}
+            }
+        }
+    }
+
+    /// Reads the version's read model as the database has it (its current
+    /// generation and checkpoint) into this host's handle; with `lease`,
+    /// fences its commits under it from that checkpoint.
+    fn adopt(&self, lease: Option<crate::store::pg::Lease>) -> Result<(), StoreError> {
+        let handle = &self.handle;
+        let _no_commits = handle.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let model = self.store.read_model(handle.name(), handle.version())?;
+        let checkpoint = model.checkpoint()?;
+        let holding = lease.is_some();
+        model.fence(lease.map(|lease| (lease, checkpoint.position)));
+        *handle.read_model.write().unwrap_or_else(|e| e.into_inner()) = model;
+        handle.status.send_modify(|s| {
+            s.position = checkpoint.position;
+            s.events_applied = checkpoint.events_applied;
+            s.events_skipped = checkpoint.events_skipped;
+            if holding {
+                s.state = RunState::CatchingUp;
+            } else {
+                // The holder's failure is the holder's to report.
+                s.state = RunState::Standby;
+                s.failure = None;
+                s.retrying = None;
+                s.events_per_second = 0.0;
+            }
+        });
+        Ok(())
+    }
+
+    fn lose_lease(&mut self) {
+        self.handle.read_model().fence(None);
+        if let Some(tenure) = self.tenure.as_mut() {
+            tenure.lost();
+        }
+        self.handle
+            .status
+            .send_modify(|s| s.state = RunState::Standby);
+    }
+
     async fn read_page(&self, from: Position, filter: &EventFilter) -> Result<LogPage, StoreError> {
-        let (store, filter, limit) = (self.store.clone(), filter.clone(), self.limits.events);
-        tokio::task::spawn_blocking(move || store.read_all(from, limit, &filter))
+        self.store
+            .read_all_async(from, self.limits.events, filter)
             .await
-            .map_err(|e| StoreError::storage("reading the log", e))?
     }
 
     fn fail(&self, failure: Failure) {
@@ -441,6 +551,14 @@ fn auto_retry_in(failure: &Failure) -> Option<Duration> {
         .min(AUTO_RETRY_MAX_DELAY);
     let waited = Duration::from_millis(crate::clock::now_ms().saturating_sub(failure.failed_at_ms));
     Some(delay.saturating_sub(waited))
+}
+
+/// Ends when the runner's lease is found lost; never without one.
+async fn lease_lost(tenure: &mut Option<Tenure>) {
+    match tenure {
+        Some(tenure) => tenure.until_lost().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_or_never(after: Option<Duration>) {

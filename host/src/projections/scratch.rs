@@ -11,7 +11,8 @@ use super::verify::VerifyPhase;
 use super::{Failure, ProjectionError, ProjectionService, VersionHandle};
 use crate::runtime::{DocumentChanges, ProjectionModule};
 use crate::store::{
-    EventFilter, LogPage, Position, ProjectionCheckpoint, ReadModel, RecordedEvent, StoreError,
+    BackendReadModel as ReadModel, EventFilter, LogPage, Position, ProjectionCheckpoint,
+    RecordedEvent, StoreError,
 };
 
 /// The scratch rebuild: its read model, how far it got, why it stopped.

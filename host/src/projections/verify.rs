@@ -33,7 +33,7 @@ use super::runner;
 use super::scratch::{Scratch, blocking};
 use super::{Failure, ProjectionError, ProjectionService, VersionHandle};
 use crate::runtime::ProjectionModule;
-use crate::store::{EventFilter, Position, ProjectionCheckpoint, ReadModel};
+use crate::store::{BackendReadModel as ReadModel, EventFilter, Position, ProjectionCheckpoint};
 
 /// What a running verify is doing, shown in the version's status.
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -75,6 +75,18 @@ pub enum StoreError {
     /// The store is closed, or stopped writing after a storage failure.
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
+
+    /// This backend does not offer the operation (see `store::backend`).
+    #[error("{what} is not available on the {backend} backend")]
+    Unsupported {
+        what: &'static str,
+        backend: &'static str,
+    },
+
+    /// A projection version's lease moved to another host (or its checkpoint
+    /// did): this host must stop running it; nothing was written.
+    #[error("the lease is lost: {0}")]
+    LeaseLost(String),
 }
 
 impl StoreError {
@@ -99,6 +111,8 @@ impl StoreError {
             StoreError::NotSealedYet { .. } => "not_sealed_yet",
             StoreError::IntegrityViolation { .. } => "integrity_violation",
             StoreError::Unavailable(_) => "store_unavailable",
+            StoreError::Unsupported { .. } => "not_supported_by_backend",
+            StoreError::LeaseLost(_) => "lease_lost",
         }
     }
 }

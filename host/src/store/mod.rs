@@ -19,6 +19,7 @@
 //! - `pg`: the PostgreSQL backend (event log, module registry, leased read
 //!   models, `refold migrate`), for several hosts over one database.
 
+mod backend;
 mod backup;
 mod catalog;
 mod chain;
@@ -41,6 +42,7 @@ use std::sync::Arc;
 use futures::stream::BoxStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use backend::{Backend, BackendReadModel, ModuleBytesError};
 pub use backup::BackupReport;
 pub use catalog::{
     Activation, CanaryRecord, CheckRecord, MAX_SNAPSHOT_LEN, ModuleKind, ModulePut, ModuleRecord,

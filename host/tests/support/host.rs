@@ -8,7 +8,7 @@ use std::time::Duration;
 use refold::commands::{CommandConfig, CommandOutcome, CommandRequest, CommandService};
 use refold::modules::ModuleRegistry;
 use refold::runtime::{Runtime, RuntimeConfig};
-use refold::store::{Durability, Store, StoreConfig};
+use refold::store::{Backend, Durability, Store, StoreConfig};
 
 pub struct Host {
     pub store: Store,
@@ -37,12 +37,13 @@ impl Host {
         let store = Store::open(StoreConfig::new(dir.join("events")).durability(Durability::Fsync))
             .expect("store opens");
         let runtime = Arc::new(Runtime::new(runtime).expect("runtime starts"));
+        let backend = Backend::sled(store.clone(), dir.join("modules")).expect("modules directory");
         let modules = Arc::new(
-            ModuleRegistry::open(store.clone(), runtime.clone(), dir.join("modules"))
+            ModuleRegistry::open(backend.clone(), runtime.clone())
                 .await
                 .expect("registry opens"),
         );
-        let commands = CommandService::new(store.clone(), modules.clone(), commands);
+        let commands = CommandService::new(backend, modules.clone(), commands);
         Host {
             store,
             runtime,

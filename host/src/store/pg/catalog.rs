@@ -277,6 +277,61 @@ impl PgStore {
             .unwrap_or_default())
     }
 
+    /// Every name's routing that has one, by name.
+    pub async fn routings(&self) -> Result<Vec<(String, Routing)>, StoreError> {
+        let client = self.client().await?;
+        client
+            .query(
+                "SELECT name, record FROM refold_routing ORDER BY name COLLATE \"C\"",
+                &[],
+            )
+            .await
+            .map_err(|e| pg_error("reading the module registry", e))?
+            .iter()
+            .map(|r| Ok((r.get(0), decode::<Routing>("refold_routing", r.get(1))?)))
+            .collect()
+    }
+
+    /// How many streams of `aggregate_type` have events.
+    pub async fn count_streams(&self, aggregate_type: &str) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let n: i64 = client
+            .query_one(
+                "SELECT count(*) FROM refold_streams WHERE stream_type = $1",
+                &[&aggregate_type],
+            )
+            .await
+            .map_err(|e| pg_error("counting streams", e))?
+            .get(0);
+        Ok(n as u64)
+    }
+
+    /// Up to `limit` ids of `aggregate_type`'s streams after `after`, in byte order.
+    pub async fn stream_ids(
+        &self,
+        aggregate_type: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let client = self.client().await?;
+        Ok(client
+            .query(
+                "SELECT stream_id FROM refold_streams WHERE stream_type = $1 \
+                 AND ($2::text IS NULL OR stream_id COLLATE \"C\" > $2::text COLLATE \"C\") \
+                 ORDER BY stream_id COLLATE \"C\" LIMIT $3",
+                &[
+                    &aggregate_type,
+                    &after,
+                    &(limit.min(i64::MAX as usize) as i64),
+                ],
+            )
+            .await
+            .map_err(|e| pg_error("listing streams", e))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
     pub async fn activations(&self, name: &str) -> Result<Vec<Activation>, StoreError> {
         let client = self.client().await?;
         Ok(client

@@ -9,8 +9,7 @@
 //! with a new token; from then on the old holder's renewals and commits fail
 //! with [`Refused::LeaseLost`], so no batch is ever applied twice.
 //!
-//! Not wired to the projection runner yet: the services still keep read
-//! models in sled. These are the primitives that runner will use.
+//! The projection runner takes them through `projections::tenure`.
 
 use std::time::Duration;
 
@@ -116,6 +115,23 @@ impl Leases {
                 token: lease.token,
             })
         })
+    }
+}
+
+impl Leases {
+    /// Gives a held lease up (at a clean stop), so another host takes over at
+    /// once rather than after its time; nothing if it moved on already.
+    pub async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        client
+            .execute(
+                "UPDATE refold_leases SET expires_at = clock_timestamp() - interval '1 millisecond' \
+                 WHERE name = $1 AND token = $2",
+                &[&lease.name, &lease.token],
+            )
+            .await
+            .map_err(|e| pg_error("releasing a lease", e))?;
+        Ok(())
     }
 }
 

@@ -8,8 +8,6 @@
 //! the checkpoint's position: after a crash or a takeover the next runner
 //! resumes from a checkpoint that matches the documents exactly, and a runner
 //! whose lease moved on cannot write at all.
-//!
-//! Not wired to the projection runner yet (see `leases.rs`).
 
 use std::collections::BTreeMap;
 

@@ -1,0 +1,500 @@
+//! Several `refold serve --store postgres://...` hosts over one database, as
+//! real processes over HTTP: modules uploaded and activated on one host run
+//! on all; commands on the same aggregates through different hosts lose no
+//! write and get 412s exactly where a precondition is stale; a host killed
+//! under load loses nothing it acknowledged, and its projection lease moves to
+//! a survivor, which applies every event exactly once.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use reqwest::Client;
+use serde_json::Value;
+use support::process::{Served, serve};
+
+const BANK: &str = refold_test_guests::BANK_ACCOUNT;
+const BANK_STRICT: &str = refold_test_guests::BANK_ACCOUNT_STRICT;
+const BALANCES: &str = refold_test_guests::ACCOUNT_BALANCES;
+
+fn host(dir: &Path, name: &str, url: &str) -> Served {
+    serve(&dir.join(name), &["--store", url])
+}
+
+async fn get(client: &Client, base: &str, path: &str) -> (u16, Value) {
+    let r = client
+        .get(format!("{base}{path}"))
+        .send()
+        .await
+        .expect("the host answers");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn upload(client: &Client, base: &str, name: &str, version: &str, path: &str, query: &str) {
+    let r = client
+        .put(format!("{base}/v1/modules/{name}/{version}?{query}"))
+        .header("content-type", "application/wasm")
+        .body(std::fs::read(path).expect("guest built"))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    assert!(
+        status == 201 || status == 200,
+        "upload of {name}@{version}: {status} {}",
+        r.text().await.unwrap_or_default()
+    );
+}
+
+/// Sends `command` to an account through `base`: (status, body).
+async fn command(
+    client: &Client,
+    base: &str,
+    id: &str,
+    command: &str,
+    if_match: Option<u64>,
+) -> (u16, Value) {
+    let mut request = client
+        .post(format!("{base}/v1/aggregates/bank-account/{id}/commands"))
+        .header("content-type", "application/json")
+        .body(command.to_string());
+    if let Some(v) = if_match {
+        request = request.header("if-match", format!("\"{v}\""));
+    }
+    match request.send().await {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            (status, r.json().await.unwrap_or(Value::Null))
+        }
+        Err(_) => (0, Value::Null),
+    }
+}
+
+/// Waits (at most `limit`) until `check` holds on what `path` answers.
+async fn until(
+    client: &Client,
+    base: &str,
+    path: &str,
+    limit: Duration,
+    check: impl Fn(&Value) -> bool,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let (status, body) = get(client, base, path).await;
+        if status == 200 && check(&body) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{base}{path} did not get there within {limit:?}: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every event of the log, read through `base`.
+async fn whole_log(client: &Client, base: &str) -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut from = 1;
+    loop {
+        let (status, page) = get(client, base, &format!("/v1/events?from={from}&limit=1000")).await;
+        assert_eq!(status, 200, "{page}");
+        let batch = page["events"].as_array().unwrap().clone();
+        if batch.is_empty() {
+            return events;
+        }
+        from = page["next_position"].as_u64().unwrap();
+        events.extend(batch);
+    }
+}
+
+fn version_state<'a>(view: &'a Value, version: &str) -> Option<&'a Value> {
+    view["versions"]
+        .as_array()?
+        .iter()
+        .find(|v| v["version"] == version)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hosts_share_modules_and_commands_with_no_lost_write_and_exact_412s() {
+    let url = support::pg::database();
+    let dir = support::temp_dir();
+    let hosts: Vec<Served> = ["a", "b", "c"]
+        .iter()
+        .map(|name| host(dir.path(), name, &url))
+        .collect();
+    let urls: Vec<String> = hosts.iter().map(|h| h.url.clone()).collect();
+    let client = Client::new();
+
+    // Uploaded and activated on a: every host runs it, within moments.
+    upload(
+        &client,
+        &urls[0],
+        "bank-account",
+        "1.0.0",
+        BANK,
+        "activate=true",
+    )
+    .await;
+    for base in &urls[1..] {
+        let took = until(
+            &client,
+            base,
+            "/v1/modules/bank-account",
+            Duration::from_secs(10),
+            |m| m["active_version"] == "1.0.0",
+        )
+        .await;
+        println!("{base} runs bank-account@1.0.0 {took:?} after the upload on another host");
+    }
+
+    // Concurrent commands on the same accounts through all three hosts.
+    const ACCOUNTS: usize = 4;
+    const PER_TASK: usize = 25;
+    const TASKS_PER_HOST: usize = 4;
+    for i in 0..ACCOUNTS {
+        let (status, body) = command(
+            &client,
+            &urls[i % 3],
+            &format!("acct-{i}"),
+            r#"{"type":"Open","owner":"o"}"#,
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let mut tasks = Vec::new();
+    for (h, base) in urls.iter().enumerate() {
+        for t in 0..TASKS_PER_HOST {
+            let (client, base) = (client.clone(), base.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut accepted = Vec::new();
+                for k in 0..PER_TASK {
+                    let account = format!("acct-{}", (h + t + k) % ACCOUNTS);
+                    let (status, body) = command(
+                        &client,
+                        &base,
+                        &account,
+                        r#"{"type":"Deposit","amount":1}"#,
+                        None,
+                    )
+                    .await;
+                    assert_eq!(status, 200, "a deposit through {base}: {body}");
+                    accepted.push((account, body["version"].as_u64().unwrap()));
+                }
+                accepted
+            }));
+        }
+    }
+    let mut versions: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for task in tasks {
+        for (account, version) in task.await.unwrap() {
+            versions.entry(account).or_default().push(version);
+        }
+    }
+    // No lost write: each account's versions are exactly 2..=n+1, one per deposit.
+    let mut total = 0;
+    for (account, mut got) in versions {
+        got.sort_unstable();
+        let expected: Vec<u64> = (2..2 + got.len() as u64).collect();
+        assert_eq!(got, expected, "{account}: one version per accepted deposit");
+        total += got.len();
+        for base in &urls {
+            let (_, state) = get(
+                &client,
+                base,
+                &format!("/v1/aggregates/bank-account/{account}"),
+            )
+            .await;
+            assert_eq!(state["version"], got.len() as u64 + 1, "{base}: {state}");
+        }
+    }
+    assert_eq!(total, 3 * TASKS_PER_HOST * PER_TASK);
+
+    // A stale If-Match is a 412 whichever host took the write that made it stale.
+    for round in 0..10 {
+        let (_, state) = get(
+            &client,
+            &urls[round % 3],
+            "/v1/aggregates/bank-account/acct-0",
+        )
+        .await;
+        let version = state["version"].as_u64().unwrap();
+        let racers: Vec<_> = urls
+            .iter()
+            .map(|base| {
+                let (client, base) = (client.clone(), base.clone());
+                tokio::spawn(async move {
+                    command(
+                        &client,
+                        &base,
+                        "acct-0",
+                        r#"{"type":"Deposit","amount":5}"#,
+                        Some(version),
+                    )
+                    .await
+                })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for racer in racers {
+            outcomes.push(racer.await.unwrap());
+        }
+        let won = outcomes.iter().filter(|(s, _)| *s == 200).count();
+        assert_eq!(
+            won, 1,
+            "exactly one of three racers on version {version} wins: {outcomes:?}"
+        );
+        for (status, body) in outcomes.iter().filter(|(s, _)| *s != 200) {
+            assert_eq!(*status, 412, "{body}");
+            assert_eq!(body["code"], "wrong_expected_version", "{body}");
+            assert_eq!(body["actual_version"], version + 1, "{body}");
+        }
+    }
+
+    // A new version activated on b decides on a and c within moments.
+    upload(&client, &urls[1], "bank-account", "1.1.0", BANK_STRICT, "").await;
+    let r = client
+        .post(format!("{}/v1/modules/bank-account/activate", urls[1]))
+        .json(&serde_json::json!({"version": "1.1.0", "force": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    for base in [&urls[0], &urls[2]] {
+        let took = until(
+            &client,
+            base,
+            "/v1/modules/bank-account",
+            Duration::from_secs(10),
+            |m| m["active_version"] == "1.1.0",
+        )
+        .await;
+        println!(
+            "{base} routes to bank-account@1.1.0 {took:?} after its activation on another host"
+        );
+        let (status, body) = command(
+            &client,
+            base,
+            "acct-1",
+            r#"{"type":"Deposit","amount":1}"#,
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["module"], "bank-account@1.1.0", "{body}");
+    }
+    // Every host serves the same log.
+    let logs: Vec<Vec<Value>> =
+        futures::future::join_all(urls.iter().map(|b| whole_log(&client, b))).await;
+    assert!(
+        logs.windows(2).all(|w| w[0] == w[1]),
+        "every host reads the same log"
+    );
+    let positions: Vec<u64> = logs[0]
+        .iter()
+        .map(|e| e["position"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        positions,
+        (1..=positions.len() as u64).collect::<Vec<_>>(),
+        "gapless"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_host_loses_nothing_acknowledged_and_its_projection_moves_to_a_survivor() {
+    let url = support::pg::database();
+    let dir = support::temp_dir();
+    let mut hosts: Vec<Served> = ["a", "b"]
+        .iter()
+        .map(|name| host(dir.path(), name, &url))
+        .collect();
+    let urls: Vec<String> = hosts.iter().map(|h| h.url.clone()).collect();
+    let client = Client::new();
+    upload(
+        &client,
+        &urls[0],
+        "bank-account",
+        "1.0.0",
+        BANK,
+        "activate=true",
+    )
+    .await;
+    upload(
+        &client,
+        &urls[0],
+        "account-balances",
+        "1.0.0",
+        BALANCES,
+        "activate=true",
+    )
+    .await;
+    for base in &urls {
+        until(
+            &client,
+            base,
+            "/v1/modules/bank-account",
+            Duration::from_secs(10),
+            |m| m["active_version"] == "1.0.0",
+        )
+        .await;
+    }
+    const ACCOUNTS: usize = 4;
+    for i in 0..ACCOUNTS {
+        let (status, body) = command(
+            &client,
+            &urls[i % 2],
+            &format!("acct-{i}"),
+            r#"{"type":"Open","owner":"o"}"#,
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // One host runs the projection, the other stands by.
+    let mut states = Vec::new();
+    for base in &urls {
+        until(
+            &client,
+            base,
+            "/v1/projections/account-balances",
+            Duration::from_secs(20),
+            |p| {
+                version_state(p, "1.0.0")
+                    .is_some_and(|v| v["state"] == "caught_up" || v["state"] == "standby")
+            },
+        )
+        .await;
+        let (_, view) = get(&client, base, "/v1/projections/account-balances").await;
+        states.push(version_state(&view, "1.0.0").unwrap()["state"].clone());
+    }
+    let holder = states
+        .iter()
+        .position(|s| s != "standby")
+        .expect("one host runs the projection");
+    assert_eq!(
+        states[1 - holder],
+        "standby",
+        "only one host runs it: {states:?}"
+    );
+    let survivor = urls[1 - holder].clone();
+
+    // Deposits through both hosts; the holder is killed in the middle.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for (h, base) in urls.iter().enumerate() {
+        for t in 0..4 {
+            let (client, base, stop) = (client.clone(), base.clone(), stop.clone());
+            load.push(tokio::spawn(async move {
+                let mut acked: Vec<(u64, String)> = Vec::new();
+                let mut k = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    k += 1;
+                    let account = format!("acct-{}", (h + t + k) % ACCOUNTS);
+                    let (status, body) = command(
+                        &client,
+                        &base,
+                        &account,
+                        r#"{"type":"Deposit","amount":1}"#,
+                        None,
+                    )
+                    .await;
+                    match status {
+                        200 => {
+                            for e in body["events"].as_array().unwrap() {
+                                acked.push((
+                                    e["position"].as_u64().unwrap(),
+                                    e["event_id"].as_str().unwrap().to_string(),
+                                ));
+                            }
+                        }
+                        // The killed host; a moment of back-pressure is not an ack.
+                        _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                }
+                acked
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    hosts[holder].child.kill().expect("SIGKILL the holder");
+    hosts[holder].child.wait().unwrap();
+    let killed = Instant::now();
+    let took = until(
+        &client,
+        &survivor,
+        "/v1/projections/account-balances",
+        Duration::from_secs(25),
+        |p| version_state(p, "1.0.0").is_some_and(|v| v["state"] != "standby"),
+    )
+    .await;
+    println!("the survivor took the projection over {took:?} after the kill (lease time 10 s)");
+    assert!(
+        killed.elapsed() < Duration::from_secs(16),
+        "the lease moves within its time (10 s) and a standby's poll"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for task in load {
+        acked.extend(task.await.unwrap());
+    }
+    assert!(
+        acked.len() > 50,
+        "the load ran: {} acknowledged events",
+        acked.len()
+    );
+
+    // Nothing acknowledged is lost, on either side of the kill.
+    let log = whole_log(&client, &survivor).await;
+    let by_position: HashMap<u64, &Value> = log
+        .iter()
+        .map(|e| (e["position"].as_u64().unwrap(), e))
+        .collect();
+    for (position, event_id) in &acked {
+        let event = by_position
+            .get(position)
+            .unwrap_or_else(|| panic!("acknowledged position {position} is in the log"));
+        assert_eq!(event["event_id"], event_id.as_str());
+    }
+    // Every event applied exactly once: the survivor catches up, and each
+    // account's deposit count is the number of its Deposited events.
+    let head = log.len() as u64;
+    until(
+        &client,
+        &survivor,
+        "/v1/projections/account-balances",
+        Duration::from_secs(30),
+        |p| {
+            version_state(p, "1.0.0")
+                .is_some_and(|v| v["state"] == "caught_up" && v["position"] == head)
+        },
+    )
+    .await;
+    let (_, view) = get(&client, &survivor, "/v1/projections/account-balances").await;
+    let version = version_state(&view, "1.0.0").unwrap();
+    assert_eq!(
+        version["events_applied"], head,
+        "each event applied once: {version}"
+    );
+    for i in 0..ACCOUNTS {
+        let id = format!("acct-{i}");
+        let deposits = log
+            .iter()
+            .filter(|e| e["aggregate_id"] == id.as_str() && e["event_type"] == "Deposited")
+            .count() as u64;
+        let (status, doc) = get(
+            &client,
+            &survivor,
+            &format!("/v1/projections/account-balances/docs/account/{id}"),
+        )
+        .await;
+        assert_eq!(status, 200, "{doc}");
+        assert_eq!(doc["deposits"], deposits, "{id}: {doc}");
+        assert_eq!(doc["balance"], deposits, "{id}: {doc}");
+    }
+}

@@ -69,7 +69,7 @@ async fn command(
             let status = r.status().as_u16();
             (status, r.json().await.unwrap_or(Value::Null))
         }
-        Err(_) => (0, Value::Null),
+        Err(e) => (0, serde_json::json!({ "error": format!("{e:?}") })),
     }
 }
 

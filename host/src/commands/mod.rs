@@ -63,7 +63,9 @@ use locks::AggregateLocks;
 pub struct CommandConfig {
     /// A snapshot is kept each time a stream crosses a multiple of this many events (0: never).
     pub snapshot_every: u64,
-    /// Fresh attempts after a concurrency conflict, when the caller gave no expected version.
+    /// Fresh attempts after a concurrency conflict, when the caller gave no
+    /// expected version, each after a random pause of up to 2, 4, .. 64 ms
+    /// (hosts that lost one race do not all run into the next).
     pub max_retries: u32,
     /// Aggregate states kept in memory, at most.
     pub cache_entries: usize,
@@ -90,7 +92,7 @@ impl Default for CommandConfig {
     fn default() -> Self {
         CommandConfig {
             snapshot_every: 100,
-            max_retries: 3,
+            max_retries: 10,
             cache_entries: 10_000,
             cache_bytes: 256 << 20,
             max_state_bytes: 8 << 20,
@@ -438,6 +440,12 @@ impl CommandService {
                         });
                     }
                     tracing::debug!(%stream, attempt, "concurrency conflict; retrying from fresh state");
+                    // Another writer (another host, or a direct append) won the
+                    // race: hosts that lost together must not retry in lockstep.
+                    if attempt < attempts {
+                        let limit = 1u64 << attempt.min(6);
+                        tokio::time::sleep(std::time::Duration::from_millis(jitter(limit))).await;
+                    }
                 }
                 // Another request under this id landed first, past the checks above
                 // (on another aggregate, whose lock this command does not hold).
@@ -733,6 +741,14 @@ impl CommandService {
             state: rendered,
         })
     }
+}
+
+/// A random number in `0..=limit`, for spreading retries.
+fn jitter(limit: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(crate::clock::now_ms());
+    hasher.finish() % (limit + 1)
 }
 
 /// How a command a version decided ended, for its counters; None for a

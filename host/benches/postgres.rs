@@ -133,7 +133,7 @@ async fn drive_commands(
         .iter()
         .map(|s| format!("http://{}", s.addr))
         .collect();
-    let send = |base: String, id: String, body: &'static str| {
+    let send = move |base: String, id: String, body: &'static str| {
         let client = client.clone();
         async move {
             let reply = client

@@ -498,3 +498,153 @@ async fn a_killed_host_loses_nothing_acknowledged_and_its_projection_moves_to_a_
         assert_eq!(doc["balance"], deposits, "{id}: {doc}");
     }
 }
+
+async fn ok(client: &Client, base: &str, aggregate_type: &str, id: &str, command: Value) {
+    let r = client
+        .post(format!(
+            "{base}/v1/aggregates/{aggregate_type}/{id}/commands"
+        ))
+        .json(&command)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    assert_eq!(
+        status,
+        200,
+        "{aggregate_type}/{id} {command}: {}",
+        r.text().await.unwrap_or_default()
+    );
+}
+
+/// Polls a process instance through `base` until it has settled.
+async fn settled(client: &Client, base: &str, id: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        let (status, view) = get(client, base, &format!("/v1/processes/transfers/{id}")).await;
+        if status == 200
+            && view["status"] != "running"
+            && view["pending_commands"] == serde_json::json!([])
+        {
+            return view;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "transfers/{id} did not settle: {status} {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_runs_on_one_host_at_a_time_and_moves_at_once_when_its_host_stops() {
+    use serde_json::json;
+    let url = support::pg::database();
+    let dir = support::temp_dir();
+    let mut hosts: Vec<Served> = ["a", "b"]
+        .iter()
+        .map(|name| host(dir.path(), name, &url))
+        .collect();
+    let urls: Vec<String> = hosts.iter().map(|h| h.url.clone()).collect();
+    let client = Client::new();
+    for (name, path) in [
+        ("bank-account", BANK),
+        ("transfer-orders", refold_test_guests::TRANSFER_ORDERS),
+        ("transfers", refold_test_guests::TRANSFERS),
+    ] {
+        upload(&client, &urls[0], name, "1.0.0", path, "activate=true").await;
+        for base in &urls {
+            until(
+                &client,
+                base,
+                &format!("/v1/modules/{name}"),
+                Duration::from_secs(20),
+                |m| m["active_version"] == "1.0.0",
+            )
+            .await;
+        }
+    }
+    for (i, id) in ["alice", "bob"].iter().enumerate() {
+        ok(
+            &client,
+            &urls[i],
+            "bank-account",
+            id,
+            json!({"type": "Open", "owner": id}),
+        )
+        .await;
+        ok(
+            &client,
+            &urls[i],
+            "bank-account",
+            id,
+            json!({"type": "Deposit", "amount": 1000}),
+        )
+        .await;
+    }
+    // Requests through both hosts; whichever host holds the process carries them out, once.
+    for k in 0..6 {
+        ok(
+            &client,
+            &urls[k % 2],
+            "transfer-orders",
+            &format!("t-{k}"),
+            json!({"type": "Request", "from": "alice", "to": "bob", "amount": 10}),
+        )
+        .await;
+    }
+    for k in 0..6 {
+        let view = settled(&client, &urls[(k + 1) % 2], &format!("t-{k}")).await;
+        assert_eq!(view["status"], "completed", "{view}");
+    }
+    let balance = |base: String, id: &'static str| {
+        let client = client.clone();
+        async move {
+            let (_, view) = get(&client, &base, &format!("/v1/aggregates/bank-account/{id}")).await;
+            view["state"]["balance"].as_i64().unwrap()
+        }
+    };
+    assert_eq!(
+        balance(urls[1].clone(), "alice").await,
+        940,
+        "six debits, each once"
+    );
+    assert_eq!(
+        balance(urls[0].clone(), "bob").await,
+        1060,
+        "six credits, each once"
+    );
+
+    // The host that runs it stops cleanly: the other takes over at once (the
+    // lease is given up, not left to lapse).
+    let mut standby = Vec::new();
+    for base in &urls {
+        let (_, view) = get(&client, base, "/v1/processes/transfers").await;
+        standby.push(view["standby"].as_bool().expect("standby is reported"));
+    }
+    assert_eq!(
+        standby.iter().filter(|s| !**s).count(),
+        1,
+        "exactly one host runs the process: {standby:?}"
+    );
+    let holder = standby.iter().position(|s| !s).unwrap();
+    let other = urls[1 - holder].clone();
+    hosts[holder].sigterm();
+    let stopped = Instant::now();
+    ok(
+        &client,
+        &other,
+        "transfer-orders",
+        "t-after",
+        json!({"type": "Request", "from": "alice", "to": "bob", "amount": 100}),
+    )
+    .await;
+    let view = settled(&client, &other, "t-after").await;
+    assert_eq!(view["status"], "completed", "{view}");
+    println!(
+        "a transfer requested after a host stopped settled {:?} after the stop",
+        stopped.elapsed()
+    );
+    assert_eq!(balance(other.clone(), "alice").await, 840);
+    assert_eq!(balance(other.clone(), "bob").await, 1160);
+}

@@ -102,6 +102,8 @@ pub struct RunnerStatus {
     pub caught_up: bool,
     /// Why the runner does not read on (a failing `route` or subscription).
     pub failure: Option<String>,
+    /// Another host holds the process's lease and runs it (PostgreSQL).
+    pub standby: bool,
 }
 
 pub(crate) struct RunnerHandle {
@@ -210,6 +212,9 @@ pub struct ProcessView {
     /// Log positions not yet taken in.
     pub lag: u64,
     pub caught_up: bool,
+    /// Another host runs the process (PostgreSQL: it holds the lease); this
+    /// host's counts are what it saw while it last ran it.
+    pub standby: bool,
     pub failure: Option<String>,
     pub instances: StatusCounts,
     pub pending_commands: usize,
@@ -436,6 +441,7 @@ impl ProcessService {
             head,
             lag: head.saturating_sub(status.checkpoint),
             caught_up: status.caught_up && status.checkpoint >= head,
+            standby: status.standby,
             failure: status.failure,
             instances: counts,
             pending_commands: pending,
@@ -598,6 +604,7 @@ async fn run_leased(
         return;
     };
     loop {
+        handle.status.send_modify(|s| s.standby = true);
         loop {
             if *stop.borrow() {
                 return;
@@ -614,6 +621,7 @@ async fn run_leased(
                 _ = tokio::time::sleep(STANDBY_POLL) => {}
             }
         }
+        handle.status.send_modify(|s| s.standby = false);
         let (inner_stop, inner_stop_rx) = watch::channel(false);
         let mut task =
             tokio::spawn(runner::Runner::new(shared.clone(), handle.clone(), inner_stop_rx).run());

@@ -255,6 +255,19 @@ async fn three_hosts_share_modules_and_commands_with_no_lost_write_and_exact_412
         }
     }
 
+    // What a host cached is never the reason for a refusal: a knows "stale"
+    // with nothing in it; b deposits; a withdrawal only the deposit covers,
+    // sent to a, is decided on the current balance.
+    for (base, body) in [
+        (&urls[0], r#"{"type":"Open","owner":"o"}"#),
+        (&urls[0], r#"{"type":"Deposit","amount":1}"#),
+        (&urls[1], r#"{"type":"Deposit","amount":100}"#),
+        (&urls[0], r#"{"type":"Withdraw","amount":80}"#),
+    ] {
+        let (status, answer) = command(&client, base, "stale", body, None).await;
+        assert_eq!(status, 200, "{body} through {base}: {answer}");
+    }
+
     // A new version activated on b decides on a and c within moments.
     upload(&client, &urls[1], "bank-account", "1.1.0", BANK_STRICT, "").await;
     let r = client

@@ -365,12 +365,11 @@ impl CommandService {
             }
         }
         let fingerprint = request_fingerprint(&request);
-        if let Some(outcome) = self.repeat_of(&command_id, &stream, &fingerprint)? {
-            return Ok(outcome);
-        }
         let _guard = self.locks.lock(&stream).await;
-        // A retry that raced the original: the original has landed by the time we hold the lock.
-        if let Some(outcome) = self.repeat_of(&command_id, &stream, &fingerprint)? {
+        // A repeat is answered with the original outcome, never decided again.
+        // Checked under the lock: a retry that raced its original on this host
+        // finds it landed (one on another host is caught by the append).
+        if let Some(outcome) = self.repeat_of(&command_id, &stream, &fingerprint).await? {
             return Ok(outcome);
         }
         // The version that takes this command is fixed here, under the
@@ -480,35 +479,59 @@ impl CommandService {
         context: &CommandContext,
         fingerprint: &RequestFingerprint,
     ) -> Result<CommandOutcome, CommandError> {
-        let state = self.current_state(module, stream).await?;
-        if !request.precondition.admits(state.version) {
-            return Err(CommandError::WrongExpectedVersion {
-                expected: request.precondition.clone(),
-                actual: state.version,
-            });
-        }
-        // One trip to a guest thread for both calls: each hand-off costs a wake-up.
-        let guest = aggregate_of(module)?.clone();
         let label = module.label();
-        let (before, version) = (state.bytes.clone(), state.version);
-        let (request_copy, context_copy, label_copy) =
-            (request.clone(), context.clone(), label.clone());
-        let max_state_bytes = self.config.max_state_bytes;
-        let decision = self
-            .runtime
-            .pool()
-            .run(&module.record.name, move || {
-                decide::decide(
-                    &guest,
-                    &label_copy,
-                    &before,
-                    version,
-                    &request_copy,
-                    &context_copy,
-                    max_state_bytes,
-                )
-            })
-            .await;
+        // The cached state decides without a read of the stream: an append
+        // from it names its version, so a state another writer (another host)
+        // made stale fails there and is decided again. A refusal or a no-op
+        // writes nothing, so it comes only from a state known to be current.
+        let mut trust_cache = true;
+        let (state, decision) = loop {
+            let cached = trust_cache
+                .then(|| self.cached_state(module, stream))
+                .flatten()
+                .filter(|cached| request.precondition.admits(cached.version));
+            let verified = cached.is_none();
+            let state = match cached {
+                Some(state) => state,
+                None => self.current_state(module, stream).await?,
+            };
+            if !request.precondition.admits(state.version) {
+                return Err(CommandError::WrongExpectedVersion {
+                    expected: request.precondition.clone(),
+                    actual: state.version,
+                });
+            }
+            // One trip to a guest thread for both calls: each hand-off costs a wake-up.
+            let guest = aggregate_of(module)?.clone();
+            let (before, version) = (state.bytes.clone(), state.version);
+            let (request_copy, context_copy, label_copy) =
+                (request.clone(), context.clone(), label.clone());
+            let max_state_bytes = self.config.max_state_bytes;
+            let decision = self
+                .runtime
+                .pool()
+                .run(&module.record.name, move || {
+                    decide::decide(
+                        &guest,
+                        &label_copy,
+                        &before,
+                        version,
+                        &request_copy,
+                        &context_copy,
+                        max_state_bytes,
+                    )
+                })
+                .await;
+            if !verified
+                && !matches!(decision, Ok(Some(_)))
+                && self.store.stream_version_async(stream).await? != state.version
+            {
+                self.forget(module, stream);
+                trust_cache = false;
+                continue;
+            }
+            break (state, decision);
+        };
         let journal = |outcome| {
             self.config.journal.then(|| JournalEntry {
                 received_at_ms: context.received_at_ms,
@@ -582,7 +605,8 @@ impl CommandService {
             // is what *this* attempt decided, not what the stored events produce: keep
             // it out of the cache and the snapshots, and answer with the original.
             return self
-                .repeat_of(&context.command_id, stream, fingerprint)?
+                .repeat_of(&context.command_id, stream, fingerprint)
+                .await?
                 .ok_or_else(|| {
                     CommandError::NotFound(format!("command {} vanished", context.command_id))
                 });
@@ -594,7 +618,9 @@ impl CommandService {
         };
         self.remember(module, stream, &new_state);
         self.maybe_snapshot(module, stream, state.version, &new_state);
-        let events = self.read_events(appended.first_position, appended.last_position)?;
+        let events = self
+            .read_events(appended.first_position, appended.last_position)
+            .await?;
         Ok(CommandOutcome {
             stream: stream.clone(),
             command_id: context.command_id.clone(),
@@ -623,13 +649,13 @@ impl CommandService {
     /// `command_id`; an error if the id is recorded for a different request.
     /// A record without a fingerprint (written before fingerprints) is matched
     /// by its stream alone, as it always was.
-    fn repeat_of(
+    async fn repeat_of(
         &self,
         command_id: &str,
         stream: &StreamId,
         fingerprint: &RequestFingerprint,
     ) -> Result<Option<CommandOutcome>, CommandError> {
-        let Some(record) = self.store.command_record(command_id)? else {
+        let Some(record) = self.store.command_record_async(command_id).await? else {
             return Ok(None);
         };
         if !record.same_request(stream, Some(fingerprint)) {
@@ -638,7 +664,9 @@ impl CommandService {
                 stream: record.stream,
             });
         }
-        let events = self.read_events(record.result.first_position, record.result.last_position)?;
+        let events = self
+            .read_events(record.result.first_position, record.result.last_position)
+            .await?;
         let module = events
             .first()
             .and_then(|e| e.metadata.producer.clone())
@@ -654,10 +682,11 @@ impl CommandService {
         }))
     }
 
-    fn read_events(&self, first: u64, last: u64) -> Result<Vec<RecordedEvent>, CommandError> {
+    async fn read_events(&self, first: u64, last: u64) -> Result<Vec<RecordedEvent>, CommandError> {
         let page = self
             .store
-            .read_all(first, (last - first + 1) as usize, &EventFilter::all())?;
+            .read_all_at_once(first, (last - first + 1) as usize, &EventFilter::all())
+            .await?;
         Ok(page.events)
     }
 

@@ -70,6 +70,16 @@ impl CommandService {
         self.replay(module, stream, start, Some(version)).await
     }
 
+    /// The state this host last knew of, if it still has it (it may be stale:
+    /// another host may have written since).
+    pub(super) fn cached_state(
+        &self,
+        module: &LoadedModule,
+        stream: &StreamId,
+    ) -> Option<AggregateState> {
+        self.cache.get(&(stream.clone(), module.record.digest))
+    }
+
     pub(super) fn remember(
         &self,
         module: &LoadedModule,
@@ -148,9 +158,10 @@ impl CommandService {
                 Some(l) => ((l - state.version) as usize).min(APPLY_BATCH),
                 None => APPLY_BATCH,
             };
-            let mut events =
-                self.store
-                    .read_stream(stream, state.version + 1, Direction::Forward, want)?;
+            let mut events = self
+                .store
+                .read_stream_at_once(stream, state.version + 1, Direction::Forward, want)
+                .await?;
             let full = events.len() == want;
             // A full page may end inside a command: its events wait for the
             // next page, so every `apply` call ends at a command boundary.

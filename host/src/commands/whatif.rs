@@ -234,7 +234,13 @@ impl CommandService {
                 last_position: Some(last),
             } => WhatIfOutcome::Accepted {
                 events: self
-                    .read_events(*first, *last)?
+                    .store
+                    .read_all(
+                        *first,
+                        (*last - *first + 1) as usize,
+                        &crate::store::EventFilter::all(),
+                    )?
+                    .events
                     .into_iter()
                     .map(|e| WhatIfEvent {
                         event_type: e.event_type,

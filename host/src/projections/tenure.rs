@@ -13,12 +13,11 @@
 //!
 //! On sled there is one host: no lease, the runner always runs.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::store::pg::{Lease, Leases};
+use crate::store::pg::{Lease, Leases, unique_holder};
 use crate::store::{Backend, StoreError};
 
 /// How long a lease lasts without a renewal: a dead host's versions move to
@@ -29,19 +28,9 @@ pub const RENEW_EVERY: Duration = Duration::from_secs(3);
 /// How often a standby tries to take the lease and reads the holder's checkpoint.
 pub const STANDBY_POLL: Duration = Duration::from_secs(1);
 
-/// Who this process is, as a lease holder: the host name, the process id and
-/// a number unique in the process (two services in one process are two holders).
+/// Who this service is, as a lease holder (see [`unique_holder`]).
 pub fn holder_name() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "host".into());
-    let started = crate::clock::now_ms();
-    format!(
-        "{host}:{}:{started}:{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    unique_holder()
 }
 
 /// A runner's hold on its version's lease, while it has one.

@@ -81,6 +81,11 @@ macro_rules! either {
     };
 }
 
+/// How long a verify's hold on its scratch generation keeps another host's
+/// verify of the same version out (it is not renewed: a commit checks only
+/// that no one took it over).
+const SCRATCH_LEASE: std::time::Duration = std::time::Duration::from_secs(120);
+
 fn unsupported(what: &'static str) -> StoreError {
     StoreError::Unsupported {
         what,
@@ -216,6 +221,59 @@ impl Backend {
                     .map_err(|e| StoreError::storage("reading the log", e))?
             }
             Inner::Postgres { store, .. } => EventStore::read_all(store, from, limit, filter).await,
+        }
+    }
+
+    /// [`Backend::read_all`] for a short read on an async caller's hot path:
+    /// sled reads on the caller's task (as the services always have), PostgreSQL
+    /// awaits its query.
+    pub async fn read_all_at_once(
+        &self,
+        from: Position,
+        limit: usize,
+        filter: &EventFilter,
+    ) -> Result<LogPage, StoreError> {
+        match &self.inner {
+            Inner::Sled { store, .. } => store.read_all(from, limit, filter),
+            Inner::Postgres { store, .. } => EventStore::read_all(store, from, limit, filter).await,
+        }
+    }
+
+    /// [`Backend::read_stream`] for async callers (sled reads on the caller's task).
+    pub async fn read_stream_at_once(
+        &self,
+        stream: &StreamId,
+        from: StreamVersion,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        match &self.inner {
+            Inner::Sled { store, .. } => store.read_stream(stream, from, direction, limit),
+            Inner::Postgres { store, .. } => {
+                EventStore::read_stream(store, stream, from, direction, limit).await
+            }
+        }
+    }
+
+    /// [`Backend::stream_version`] for async callers.
+    pub async fn stream_version_async(
+        &self,
+        stream: &StreamId,
+    ) -> Result<StreamVersion, StoreError> {
+        match &self.inner {
+            Inner::Sled { store, .. } => store.stream_version(stream),
+            Inner::Postgres { store, .. } => EventStore::stream_version(store, stream).await,
+        }
+    }
+
+    /// [`Backend::command_record`] for async callers.
+    pub async fn command_record_async(
+        &self,
+        command_id: &str,
+    ) -> Result<Option<CommandRecord>, StoreError> {
+        match &self.inner {
+            Inner::Sled { store, .. } => store.command_record(command_id),
+            Inner::Postgres { store, .. } => EventStore::command_record(store, command_id).await,
         }
     }
 
@@ -474,13 +532,40 @@ impl Backend {
                 p, r => wait(r, p.reset_read_model(name, version)).map(|m| BackendReadModel::pg(m, r)))
     }
 
+    /// A verify's scratch generation, empty. On PostgreSQL under a lease of its
+    /// own (`scratch:name@version`): of two verifies of one version on two
+    /// hosts, the second waits for the first's lease to lapse, then fences it out.
     pub fn scratch_read_model(
         &self,
         name: &str,
         version: &str,
     ) -> Result<BackendReadModel, StoreError> {
-        either!(self, s => s.scratch_read_model(name, version).map(BackendReadModel::sled),
-                p, r => wait(r, p.scratch_read_model(name, version)).map(|m| BackendReadModel::pg(m, r)))
+        match &self.inner {
+            Inner::Sled { store, .. } => store
+                .scratch_read_model(name, version)
+                .map(BackendReadModel::sled),
+            Inner::Postgres { store, runtime } => {
+                let lease = wait(
+                    runtime,
+                    store.leases().acquire(
+                        &format!("scratch:{name}@{version}"),
+                        &super::pg::unique_holder(),
+                        SCRATCH_LEASE,
+                    ),
+                )?
+                .ok_or_else(|| {
+                    StoreError::LeaseLost(format!(
+                        "another host is verifying {name}@{version}; try again once it has finished"
+                    ))
+                })?;
+                let model = BackendReadModel::pg(
+                    wait(runtime, store.scratch_read_model(name, version))?,
+                    runtime,
+                );
+                model.fence(Some((lease, 0)));
+                Ok(model)
+            }
+        }
     }
 
     pub fn delete_scratch_read_model(&self, name: &str, version: &str) -> Result<(), StoreError> {

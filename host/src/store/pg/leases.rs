@@ -19,6 +19,24 @@ use super::super::error::StoreError;
 use super::super::types::Position;
 use super::{pg_error, pool_error};
 
+/// A holder name no other holder has: the host name, the process id, when
+/// the process started and a number unique in the process (two services in
+/// one process are two holders). Holders that share a name share a token.
+pub fn unique_holder() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static STARTED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    let started = *STARTED.get_or_init(crate::clock::now_ms);
+    format!(
+        "{host}:{}:{started}:{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 /// A held lease: its name, who holds it, and the fencing token it was granted with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {

@@ -39,7 +39,7 @@ use super::journal::{JournalCursor, JournalEntry, JournalOutcome, JournalPage, e
 use super::types::*;
 use super::{EventStore, check_name, validate_append};
 pub use import::{ImportReport, import_from_sled};
-pub use leases::{Lease, Leases, Refused};
+pub use leases::{Lease, Leases, Refused, unique_holder};
 pub use read_model::PgReadModel;
 use writer::{PgAppend, PgWriter};
 

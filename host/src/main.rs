@@ -37,7 +37,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the server
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create a module crate (an aggregate or a projection) with its tests
     New(NewArgs),
     /// Compile a module crate to a Wasm component and check what it implements
@@ -291,7 +291,7 @@ fn main() -> ExitCode {
     let code = runtime.block_on(async move {
         let opts = &cli.client;
         match command {
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(*args).await,
             Command::New(args) => tooling::new(opts, args),
             Command::Build(args) => tooling::build(opts, args).await,
             Command::Deploy(args) => tooling::deploy(opts, args).await,

@@ -368,8 +368,11 @@ impl CommandService {
         let _guard = self.locks.lock(&stream).await;
         // A repeat is answered with the original outcome, never decided again.
         // Checked under the lock: a retry that raced its original on this host
-        // finds it landed (one on another host is caught by the append).
-        if let Some(outcome) = self.repeat_of(&command_id, &stream, &fingerprint).await? {
+        // finds it landed (one on another host is caught by the append). An id
+        // this host just made up cannot have been used.
+        if request.command_id.is_some()
+            && let Some(outcome) = self.repeat_of(&command_id, &stream, &fingerprint).await?
+        {
             return Ok(outcome);
         }
         // The version that takes this command is fixed here, under the

@@ -106,6 +106,9 @@ pub enum Uploaded {
 /// loaded at startup), and whether the uploader asked for it to go live.
 pub type ProjectionListener = Box<dyn Fn(Arc<LoadedModule>, bool) + Send + Sync>;
 
+/// Told about every version another host removed (a projection version dropped there).
+pub type RemovalListener = Box<dyn Fn(&str, &str) + Send + Sync>;
+
 pub struct ModuleRegistry {
     store: Backend,
     runtime: Arc<Runtime>,
@@ -126,6 +129,8 @@ pub struct ModuleRegistry {
     activation: std::sync::Mutex<()>,
     /// The projection service, which runs every projection version.
     projection_listener: Arc<RwLock<Option<ProjectionListener>>>,
+    /// The projection service again, for versions dropped on another host.
+    removal_listener: RwLock<Option<RemovalListener>>,
     /// Counts activations: the process service watches it to start a runner
     /// for a process's first version and to refold instances under a new one.
     activations: tokio::sync::watch::Sender<u64>,
@@ -158,6 +163,7 @@ impl ModuleRegistry {
             uploads: tokio::sync::Mutex::new(()),
             activation: std::sync::Mutex::new(()),
             projection_listener: Arc::new(RwLock::new(None)),
+            removal_listener: RwLock::new(None),
             activations: tokio::sync::watch::Sender::new(0),
         };
         boot::compile_in_background(
@@ -239,9 +245,25 @@ impl ModuleRegistry {
             }
         }
         let _in_step = self.activation.lock().unwrap_or_else(|e| e.into_inner());
-        // Versions another host removed (a dropped projection version), unless active here.
-        self.versions_mut()
-            .retain(|key, _| listed.contains(key) || !known.contains(key));
+        // Versions another host removed (a dropped projection version).
+        let mut removed = Vec::new();
+        self.versions_mut().retain(|key, _| {
+            let keep = listed.contains(key) || !known.contains(key);
+            if !keep {
+                removed.push(key.clone());
+            }
+            keep
+        });
+        if let Some(listener) = &*self
+            .removal_listener
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+        {
+            for (name, version) in &removed {
+                tracing::info!(module = %format!("{name}@{version}"), "removed on another host");
+                listener(name, version);
+            }
+        }
         let mut routings: HashMap<String, crate::store::Routing> =
             self.store.routings()?.into_iter().collect();
         let mut changed = false;
@@ -271,6 +293,14 @@ impl ModuleRegistry {
             self.activations.send_modify(|n| *n += 1);
         }
         Ok(())
+    }
+
+    /// Registers the projection service's handler of versions another host removed.
+    pub fn set_removal_listener(&self, listener: RemovalListener) {
+        *self
+            .removal_listener
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(listener);
     }
 
     /// Registers the projection service, and tells it about every projection

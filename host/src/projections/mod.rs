@@ -380,7 +380,25 @@ impl ProjectionService {
                 tracing::error!(projection = %module.label(), "cannot start the projection: {err}");
             }
         }));
+        let weak = Arc::downgrade(&service);
+        modules.set_removal_listener(Box::new(move |name, version| {
+            if let Some(service) = weak.upgrade() {
+                service.on_removed(name, version);
+            }
+        }));
         service
+    }
+
+    /// A version was dropped on another host: this host forgets it and stops
+    /// its runner (which gives up the lease if it held it).
+    fn on_removed(&self, name: &str, version: &str) {
+        let handle = self
+            .versions()
+            .remove(&(name.to_string(), version.to_string()));
+        if let Some(handle) = handle {
+            handle.held.store(true, Ordering::Release);
+            tokio::spawn(async move { Self::stop_runner(&handle).await });
+        }
     }
 
     /// A projection version was uploaded (or found at startup): run it.

@@ -329,6 +329,18 @@ impl Runner {
     /// fences its commits under it from that checkpoint.
     fn adopt(&self, lease: Option<crate::store::pg::Lease>) -> Result<(), StoreError> {
         let handle = &self.handle;
+        // A version dropped on another host is not brought back (its runner here
+        // stops once the registry hears of the drop).
+        if self
+            .store
+            .module(handle.name(), handle.version())?
+            .is_none()
+        {
+            return Err(StoreError::Unavailable(format!(
+                "{} was dropped",
+                handle.label()
+            )));
+        }
         let _no_commits = handle.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
         let model = self.store.read_model(handle.name(), handle.version())?;
         let checkpoint = model.checkpoint()?;

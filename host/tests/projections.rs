@@ -19,6 +19,13 @@ const BALANCES_V2: &str = refold_test_guests::ACCOUNT_BALANCES_V2;
 const PICKY: &str = refold_test_guests::PICKY_PROJECTION;
 
 /// Uploads a module without asking for activation.
+/// A server whose store is a fresh PostgreSQL database.
+async fn on_postgres(dir: &std::path::Path) -> TestServer {
+    let mut config = support::http::config(dir);
+    config.store_url = Some(support::pg::database());
+    TestServer::start_with(config).await
+}
+
 async fn put_module(s: &TestServer, name: &str, version: &str, path: &str) -> u16 {
     s.request(Method::PUT, &format!("/v1/modules/{name}/{version}"))
         .body(std::fs::read(path).unwrap())
@@ -84,7 +91,23 @@ async fn open(s: &TestServer, id: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_first_version_replays_goes_live_and_serves_documents_and_queries() {
     let dir = temp_dir();
-    let s = TestServer::start(dir.path()).await;
+    the_first_version_replays_goes_live_and_serves_documents_and_queries_on(
+        TestServer::start(dir.path()).await,
+    )
+    .await;
+}
+
+/// The same on PostgreSQL (one host).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_first_version_replays_goes_live_and_serves_documents_and_queries_on_postgres() {
+    let dir = temp_dir();
+    the_first_version_replays_goes_live_and_serves_documents_and_queries_on(
+        on_postgres(dir.path()).await,
+    )
+    .await;
+}
+
+async fn the_first_version_replays_goes_live_and_serves_documents_and_queries_on(s: TestServer) {
     assert_eq!(put_module(&s, "bank-account", "1.0.0", BANK).await, 201);
     for id in ["acc-1", "acc-2", "acc-3"] {
         open(&s, id).await;
@@ -265,7 +288,26 @@ async fn the_first_version_replays_goes_live_and_serves_documents_and_queries() 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_new_version_replays_beside_the_live_one_then_diff_promote_rebuild_and_drop() {
     let dir = temp_dir();
-    let s = TestServer::start(dir.path()).await;
+    a_new_version_replays_beside_the_live_one_then_diff_promote_rebuild_and_drop_on(
+        TestServer::start(dir.path()).await,
+    )
+    .await;
+}
+
+/// The same on PostgreSQL (one host).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_version_replays_beside_the_live_one_then_diff_promote_rebuild_and_drop_on_postgres()
+{
+    let dir = temp_dir();
+    a_new_version_replays_beside_the_live_one_then_diff_promote_rebuild_and_drop_on(
+        on_postgres(dir.path()).await,
+    )
+    .await;
+}
+
+async fn a_new_version_replays_beside_the_live_one_then_diff_promote_rebuild_and_drop_on(
+    s: TestServer,
+) {
     assert_eq!(put_module(&s, "bank-account", "1.0.0", BANK).await, 201);
     for i in 0..10 {
         let id = format!("acc-{i}");

@@ -535,6 +535,17 @@ impl CommandService {
             }
             break (state, decision);
         };
+        // The same request under the same key, in flight on another host, may
+        // have landed while this one decided: its outcome is the answer, not
+        // this refusal. (The lock of a host serializes its own repeats.)
+        if request.command_id.is_some()
+            && !matches!(decision, Ok(Some(_)))
+            && let Some(outcome) = self
+                .repeat_of(&context.command_id, stream, fingerprint)
+                .await?
+        {
+            return Ok(outcome);
+        }
         let journal = |outcome| {
             self.config.journal.then(|| JournalEntry {
                 received_at_ms: context.received_at_ms,

@@ -661,3 +661,121 @@ async fn a_process_runs_on_one_host_at_a_time_and_moves_at_once_when_its_host_st
     assert_eq!(balance(other.clone(), "alice").await, 840);
     assert_eq!(balance(other.clone(), "bob").await, 1160);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proofs_integrity_and_the_re_walk_work_from_any_host() {
+    let url = support::pg::database();
+    let dir = support::temp_dir();
+    let hosts: Vec<Served> = ["a", "b"]
+        .iter()
+        .map(|name| host(dir.path(), name, &url))
+        .collect();
+    let urls: Vec<String> = hosts.iter().map(|h| h.url.clone()).collect();
+    let client = Client::new();
+    upload(
+        &client,
+        &urls[0],
+        "bank-account",
+        "1.0.0",
+        BANK,
+        "activate=true",
+    )
+    .await;
+    until(
+        &client,
+        &urls[1],
+        "/v1/modules/bank-account",
+        Duration::from_secs(10),
+        |m| m["active_version"] == "1.0.0",
+    )
+    .await;
+    for k in 0..20 {
+        let body = if k == 0 {
+            r#"{"type":"Open","owner":"o"}"#
+        } else {
+            r#"{"type":"Deposit","amount":3}"#
+        };
+        let (status, answer) = command(&client, &urls[k % 2], "proved", body, None).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    // Not sealed yet: a clear 409, not a proof.
+    let r = client
+        .get(format!("{}/v1/events/5/proof", urls[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 409);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "not_sealed_yet");
+    // Sealed on b, proved on a, and the proof checks offline.
+    let r = client
+        .post(format!("{}/v1/integrity/seal", urls[1]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    for position in [1u64, 5, 20] {
+        let r = client
+            .get(format!("{}/v1/events/{position}/proof", urls[0]))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        assert_eq!(status, 200, "{text}");
+        let check = refold::api::integrity::check_proof(&text, None)
+            .unwrap_or_else(|e| panic!("the proof of {position} checks: {e}\n{text}"));
+        assert_eq!(check.position, position);
+        assert_eq!(
+            (check.seal_first_position, check.seal_last_position),
+            (1, 20)
+        );
+    }
+    let (_, a) = get(&client, &urls[0], "/v1/integrity").await;
+    let (_, b) = get(&client, &urls[1], "/v1/integrity").await;
+    assert_eq!(a["head"], 20, "{a}");
+    assert_eq!(a["chain"], b["chain"], "{a} {b}");
+    assert_eq!(a["last_seal"], b["last_seal"], "{a} {b}");
+    // The re-walk on either host finds the log whole.
+    for base in &urls {
+        let text = client
+            .get(format!("{base}/v1/integrity/verify?from=1"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        assert_eq!(last["ok"], true, "{text}");
+        assert_eq!(last["report"]["events"], 20, "{text}");
+        assert_eq!(last["report"]["seals"], 1, "{text}");
+    }
+    // Altered in the database: the proof and the walk say where.
+    support::pg::shared().query(
+        &url,
+        "UPDATE refold_events SET body = set_byte(body, length(body) - 2, 48) WHERE position = 7",
+    );
+    let r = client
+        .get(format!("{}/v1/events/5/proof", urls[1]))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (500, Some("integrity_violation")),
+        "{problem}"
+    );
+    let text = client
+        .get(format!("{}/v1/integrity/verify?from=1", urls[0]))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["ok"], false, "{text}");
+    assert_eq!(last["report"]["failure"]["position"], 7, "{text}");
+}

@@ -260,14 +260,16 @@ pub async fn verify(
     let store = app.store.clone();
     tokio::task::spawn_blocking(move || {
         let mut progress = |checked: u64, to: u64| {
-            tx.blocking_send(format!("{}\n", json!({ "checked": checked, "to": to })))
-                .is_ok()
+            send_waiting(
+                &tx,
+                format!("{}\n", json!({ "checked": checked, "to": to })),
+            )
         };
         let last = match store.verify_log(from, to, trusted.as_ref(), &mut progress) {
             Ok(report) => json!({ "report": report, "ok": report.failure.is_none() }),
             Err(e) => json!({ "error": { "code": e.code(), "detail": e.to_string() } }),
         };
-        let _ = tx.blocking_send(format!("{last}\n"));
+        send_waiting(&tx, format!("{last}\n"));
     });
     let body = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv()
@@ -279,6 +281,22 @@ pub async fn verify(
         Body::from_stream(body),
     )
         .into_response())
+}
+
+/// Sends `line`, waiting while the client is behind; false once it is gone.
+/// (Not `blocking_send`: the walk may run inside a runtime's `block_on`, as
+/// the PostgreSQL backend's does, where that panics.)
+fn send_waiting(tx: &tokio::sync::mpsc::Sender<String>, mut line: String) -> bool {
+    loop {
+        match tx.try_send(line) {
+            Ok(()) => return true,
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return false,
+            Err(tokio::sync::mpsc::error::TrySendError::Full(back)) => {
+                line = back;
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+    }
 }
 
 /// What an offline proof check established.

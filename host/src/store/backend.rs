@@ -9,9 +9,8 @@
 //! blocking thread. The hot path of a command (its append) is async on both.
 //!
 //! What only one backend has answers [`StoreError::Unsupported`] on the
-//! other: a sled data directory's backup (PostgreSQL has `pg_dump` and its
-//! own replication), and for now the hash chain's proofs and re-walk on
-//! PostgreSQL (its seals exist: [`PgStore::seals`]).
+//! other: a sled data directory's backup through the host (PostgreSQL has
+//! `pg_dump` and its own replication).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -590,11 +589,11 @@ impl Backend {
     }
 
     pub fn integrity(&self) -> Result<IntegrityStatus, StoreError> {
-        either!(self, s => s.integrity(), _p, _r => Err(unsupported("the integrity status")))
+        either!(self, s => s.integrity(), p, r => wait(r, p.integrity()))
     }
 
     pub fn proof(&self, position: Position) -> Result<Option<EventProof>, StoreError> {
-        either!(self, s => s.proof(position), _p, _r => Err(unsupported("inclusion proofs")))
+        either!(self, s => s.proof(position), p, r => wait(r, p.proof(position)))
     }
 
     pub fn verify_log(
@@ -605,7 +604,7 @@ impl Backend {
         progress: &mut dyn FnMut(Position, Position) -> bool,
     ) -> Result<VerifyReport, StoreError> {
         either!(self, s => s.verify_log(from, to, trusted_key, progress),
-                _p, _r => Err(unsupported("verifying the log in the host (use pg_dump and `refold verify` on a copy)")))
+                p, r => wait(r, p.verify_log(from, to, trusted_key, progress)))
     }
 
     pub fn backup_to(&self, dest: &Path) -> Result<BackupReport, StoreError> {

@@ -445,7 +445,7 @@ impl Store {
 }
 
 /// Why `seal` does not cover `segment` (the chain values from `first`), if it does not.
-fn check_seal(
+pub(super) fn check_seal(
     seal: &Seal,
     first: Position,
     segment: &[Digest],

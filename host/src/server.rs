@@ -197,7 +197,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
             )?,
             config.data_dir.join("modules"),
         )?,
-        Some(url) => Backend::postgres(PgStore::open_signed(url, config.signer.clone()).await?),
+        Some(url) => Backend::postgres(PgStore::open_signed(url, config.signer.clone()).await?)?,
     };
     let runtime_config = RuntimeConfig {
         cache_dir: Some(config.data_dir.join("cache")),

@@ -192,10 +192,11 @@ pub fn router(app: AppState, tokens: Tokens) -> Router {
 /// Whether this process does its job: 200 while the store accepts writes,
 /// 503 (problem+json, `store_not_writable`, with the reason) once a storage
 /// failure stopped them, so a supervisor restarts it (a restart reopens the
-/// store and recovers from what is on disk).
+/// store and recovers from what is on disk); on PostgreSQL, while the
+/// database does not answer, so a load balancer sends requests elsewhere.
 async fn healthz(State(app): State<AppState>) -> axum::response::Response {
     let head = app.store.head();
-    match app.store.write_failure() {
+    match app.store.unwritable().await {
         None => axum::Json(json!({"status": "ok", "head": head, "writable": true})).into_response(),
         Some(reason) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

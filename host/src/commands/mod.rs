@@ -423,10 +423,14 @@ impl CommandService {
                 .unwrap_or_else(|| command_id.to_string()),
             received_at_ms,
         };
+        // Without retries, one more attempt all the same when the conflict came
+        // from a state this host had cached and the precondition admits the
+        // stream's actual version (a list of versions, `*`): the answer must
+        // come from the current state, never from the cache.
         let attempts = if request.precondition.retries() {
             1 + self.config.max_retries
         } else {
-            1
+            2
         };
         for attempt in 1..=attempts {
             match self
@@ -435,7 +439,9 @@ impl CommandService {
             {
                 Err(CommandError::Store(StoreError::WrongExpectedVersion { actual, .. })) => {
                     self.forget(module, stream);
-                    if !request.precondition.retries() {
+                    if !request.precondition.retries()
+                        && (attempt > 1 || !request.precondition.admits(actual))
+                    {
                         return Err(CommandError::WrongExpectedVersion {
                             expected: request.precondition.clone(),
                             actual,

@@ -186,11 +186,22 @@ impl ModuleRegistry {
         let registry = Arc::downgrade(self);
         tokio::spawn(async move {
             while changes.changed().await.is_ok() {
-                let Some(registry) = registry.upgrade() else {
-                    return;
-                };
-                if let Err(e) = registry.refresh() {
-                    tracing::warn!(error = %e, "could not read the shared module catalog; retrying at its next change");
+                // Until a refresh has read the change: a failed one is tried
+                // again (the catalog's version does not move for it).
+                let mut wait = Duration::from_millis(200);
+                loop {
+                    let Some(registry) = registry.upgrade() else {
+                        return;
+                    };
+                    match registry.refresh() {
+                        Ok(()) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not read the shared module catalog; trying again");
+                        }
+                    }
+                    drop(registry);
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
                 }
             }
         });

@@ -416,13 +416,27 @@ impl ProjectionService {
         // Look up and insert under one lock: two callers announcing the same
         // version at once (an upload's listener, a boot compile finishing, a
         // read that waited for it) must get one handle and one runner.
+        // The read model is opened before the lock is taken (on PostgreSQL it
+        // is a query, and requests take this lock): of two callers at once,
+        // the second's is simply not used.
+        let opened = if self.versions().contains_key(&key) {
+            None
+        } else {
+            let model = self.store.read_model(&key.0, &key.1)?;
+            let checkpoint = model.checkpoint()?;
+            Some((model, checkpoint))
+        };
         let (handle, created) = {
             let mut versions = self.versions();
-            match versions.get(&key) {
-                Some(handle) => (handle.clone(), false),
-                None => {
-                    let model = self.store.read_model(&key.0, &key.1)?;
-                    let checkpoint = model.checkpoint()?;
+            match (versions.get(&key), opened) {
+                (Some(handle), _) => (handle.clone(), false),
+                (None, None) => {
+                    return Err(ProjectionError::Internal(format!(
+                        "{}@{} went away while it was being opened",
+                        key.0, key.1
+                    )));
+                }
+                (None, Some((model, checkpoint))) => {
                     let handle = Arc::new(VersionHandle {
                         module,
                         read_model: RwLock::new(model),
@@ -869,16 +883,21 @@ impl ProjectionService {
             self.dropping().insert(key.clone());
         }
         Self::stop_runner(handle).await;
+        // The version leaves the registry first: another host's standby runner
+        // (PostgreSQL) checks it is registered before it takes the read model
+        // over, so it cannot bring back what is deleted next.
         let (store, name, version) = (self.store.clone(), key.0.clone(), key.1.clone());
-        let deleted = tokio::task::spawn_blocking(move || store.delete_read_model(&name, &version))
-            .await
-            .map_err(|e| ProjectionError::Internal(format!("the drop task failed: {e}")))
-            .and_then(|r| r.map_err(ProjectionError::from))
-            .and_then(|()| {
-                self.modules
-                    .remove(&key.0, &key.1)
-                    .map_err(ProjectionError::from)
-            });
+        let deleted = self
+            .modules
+            .remove(&key.0, &key.1)
+            .map_err(ProjectionError::from);
+        let deleted = match deleted {
+            Ok(()) => tokio::task::spawn_blocking(move || store.delete_read_model(&name, &version))
+                .await
+                .map_err(|e| ProjectionError::Internal(format!("the drop task failed: {e}")))
+                .and_then(|r| r.map_err(ProjectionError::from)),
+            Err(e) => Err(e),
+        };
         self.dropping().remove(&key);
         deleted?;
         tracing::info!(projection = %handle.label(), "dropped");

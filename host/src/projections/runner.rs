@@ -331,19 +331,12 @@ impl Runner {
         let handle = &self.handle;
         // A version dropped on another host is not brought back (its runner here
         // stops once the registry hears of the drop).
-        if self
+        let model = self
             .store
-            .module(handle.name(), handle.version())?
-            .is_none()
-        {
-            return Err(StoreError::Unavailable(format!(
-                "{} was dropped",
-                handle.label()
-            )));
-        }
-        let _no_commits = handle.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let model = self.store.read_model(handle.name(), handle.version())?;
+            .registered_read_model(handle.name(), handle.version())?
+            .ok_or_else(|| StoreError::Unavailable(format!("{} was dropped", handle.label())))?;
         let checkpoint = model.checkpoint()?;
+        let _no_commits = handle.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
         let holding = lease.is_some();
         model.fence(lease.map(|lease| (lease, checkpoint.position)));
         *handle.read_model.write().unwrap_or_else(|e| e.into_inner()) = model;

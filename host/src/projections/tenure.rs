@@ -136,19 +136,27 @@ impl Drop for Tenure {
 /// until no renewal has worked for a whole [`LEASE_TIME`] (then another host
 /// may have it, and commits will say so).
 async fn renew(leases: Leases, lease: Lease, lost: watch::Sender<bool>) {
+    // The lease runs from when a renewal was *sent*; the holder gives up a
+    // margin before it lapses, so that it has stopped before another host
+    // can take over (a process's runner has no fence but this).
     let mut renewed = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(RENEW_EVERY).await;
-        match leases.renew(&lease, LEASE_TIME).await {
-            Ok(Ok(())) => renewed = tokio::time::Instant::now(),
-            Ok(Err(_)) => break,
-            Err(e) => {
-                tracing::warn!(lease = %lease.name, error = %e, "could not renew a lease");
-                if renewed.elapsed() >= LEASE_TIME {
-                    break;
-                }
+        let sent = tokio::time::Instant::now();
+        match tokio::time::timeout(RENEW_EVERY, leases.renew(&lease, LEASE_TIME)).await {
+            Ok(Ok(Ok(()))) => renewed = sent,
+            Ok(Ok(Err(_))) => break,
+            Ok(Err(e)) => {
+                tracing::warn!(lease = %lease.name, error = %e, "could not renew a lease")
             }
+            Err(_) => tracing::warn!(lease = %lease.name, "renewing a lease timed out"),
+        }
+        if renewed.elapsed() + RENEW_EVERY >= LEASE_TIME - GIVE_UP_MARGIN {
+            break;
         }
     }
     lost.send_replace(true);
 }
+
+/// How long before its lease lapses a holder that could not renew stops.
+const GIVE_UP_MARGIN: Duration = Duration::from_secs(1);

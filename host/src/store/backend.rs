@@ -80,6 +80,13 @@ macro_rules! either {
     };
 }
 
+/// This process's name as the holder of verifies' scratch generations: a
+/// verify after another on the same host takes the hold over at once.
+fn scratch_holder() -> &'static str {
+    static HOLDER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOLDER.get_or_init(super::pg::unique_holder)
+}
+
 /// How long a verify's hold on its scratch generation keeps another host's
 /// verify of the same version out (it is not renewed: a commit checks only
 /// that no one took it over).
@@ -103,14 +110,18 @@ impl Backend {
         })
     }
 
-    /// A PostgreSQL store; its synchronous calls run on the current runtime.
-    pub fn postgres(store: PgStore) -> Backend {
-        Backend {
-            inner: Inner::Postgres {
-                store,
-                runtime: tokio::runtime::Handle::current(),
-            },
+    /// A PostgreSQL store; its synchronous calls run on the current runtime,
+    /// which must be multi-threaded (they wait in place: `block_in_place`).
+    pub fn postgres(store: PgStore) -> Result<Backend, StoreError> {
+        let runtime = tokio::runtime::Handle::current();
+        if runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            return Err(StoreError::Unavailable(
+                "the PostgreSQL backend needs a multi-threaded tokio runtime".into(),
+            ));
         }
+        Ok(Backend {
+            inner: Inner::Postgres { store, runtime },
+        })
     }
 
     /// `sled` or `postgres`.
@@ -329,6 +340,21 @@ impl Backend {
         either!(self, s => s.write_failure(), _p, _r => None)
     }
 
+    /// Why this host cannot write now, if it cannot: sled after a storage
+    /// failure; PostgreSQL while the database does not answer (within 2 s).
+    pub async fn unwritable(&self) -> Option<String> {
+        match &self.inner {
+            Inner::Sled { store, .. } => store.write_failure(),
+            Inner::Postgres { store, .. } => {
+                match tokio::time::timeout(std::time::Duration::from_secs(2), store.ping()).await {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(_) => Some("the database did not answer within 2 s".into()),
+                }
+            }
+        }
+    }
+
     pub async fn close(&self) {
         either!(self, s => s.close().await, p, _r => p.close().await)
     }
@@ -522,6 +548,29 @@ impl Backend {
                 p, r => wait(r, p.read_model(name, version)).map(|m| BackendReadModel::pg(m, r)))
     }
 
+    /// A runner's read model: [`Backend::read_model`] while `name@version` is
+    /// registered, None once it is not (dropped, perhaps on another host); on
+    /// PostgreSQL the check and the opening are one transaction, so a
+    /// standby never brings back what a drop deletes.
+    pub fn registered_read_model(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<BackendReadModel>, StoreError> {
+        match &self.inner {
+            Inner::Sled { store, .. } => match store.module(name, version)? {
+                Some(_) => store
+                    .read_model(name, version)
+                    .map(|m| Some(BackendReadModel::sled(m))),
+                None => Ok(None),
+            },
+            Inner::Postgres { store, runtime } => {
+                Ok(wait(runtime, store.registered_read_model(name, version))?
+                    .map(|m| BackendReadModel::pg(m, runtime)))
+            }
+        }
+    }
+
     pub fn reset_read_model(
         &self,
         name: &str,
@@ -548,7 +597,7 @@ impl Backend {
                     runtime,
                     store.leases().acquire(
                         &format!("scratch:{name}@{version}"),
-                        &super::pg::unique_holder(),
+                        scratch_holder(),
                         SCRATCH_LEASE,
                     ),
                 )?
@@ -567,9 +616,27 @@ impl Backend {
         }
     }
 
+    /// Deletes a verify's scratch generation; on PostgreSQL also gives up
+    /// this host's hold on it (see [`Backend::scratch_read_model`]).
     pub fn delete_scratch_read_model(&self, name: &str, version: &str) -> Result<(), StoreError> {
-        either!(self, s => s.delete_scratch_read_model(name, version),
-                p, r => wait(r, p.delete_scratch_read_model(name, version)))
+        match &self.inner {
+            Inner::Sled { store, .. } => store.delete_scratch_read_model(name, version),
+            Inner::Postgres { store, runtime } => wait(runtime, async {
+                let leases = store.leases();
+                let lease_name = format!("scratch:{name}@{version}");
+                // Held by this host (or free): take it to delete, then let it go.
+                let Some(lease) = leases
+                    .acquire(&lease_name, scratch_holder(), SCRATCH_LEASE)
+                    .await?
+                else {
+                    return Err(StoreError::LeaseLost(format!(
+                        "another host is verifying {name}@{version}; its scratch copy is its own"
+                    )));
+                };
+                store.delete_scratch_read_model(name, version).await?;
+                leases.release(&lease).await
+            }),
+        }
     }
 
     pub fn delete_read_model(&self, name: &str, version: &str) -> Result<(), StoreError> {
@@ -789,6 +856,9 @@ fn describe(refused: &Refused) -> String {
         } => format!("the checkpoint of {name} is at {actual}, not {expected}"),
         Refused::CheckpointBackwards { from, to } => {
             format!("a commit would move the checkpoint back from {from} to {to}")
+        }
+        Refused::GenerationGone { name, generation } => {
+            format!("{name} was rebuilt or dropped since generation {generation} was opened")
         }
     }
 }

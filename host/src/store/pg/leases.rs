@@ -58,6 +58,9 @@ pub enum Refused {
     },
     /// The commit would move the checkpoint back (events would be applied twice).
     CheckpointBackwards { from: Position, to: Position },
+    /// The read model was rebuilt (a new generation) or dropped since this
+    /// runner opened it: its batch belongs to nothing any more.
+    GenerationGone { name: String, generation: i64 },
 }
 
 /// The leases of one database.

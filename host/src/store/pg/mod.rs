@@ -372,6 +372,16 @@ impl PgStore {
     }
 
     /// The leases of this database (one projection runner per version across hosts).
+    /// Whether the database answers (a `SELECT 1` through the pool), for health checks.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .simple_query("SELECT 1")
+            .await
+            .map(drop)
+            .map_err(|e| pg_error("checking the database", e))
+    }
+
     pub fn leases(&self) -> Leases {
         Leases::new(self.inner.pool.clone())
     }

@@ -122,6 +122,48 @@ impl PgStore {
         Ok(self.model(name, version, generation))
     }
 
+    /// The read model of a *registered* `name@version` (None once the module
+    /// version is gone: dropped on some host), created empty if it has none;
+    /// the check and the creation are one transaction.
+    pub async fn registered_read_model(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<PgReadModel>, StoreError> {
+        let generation = self
+            .read_model_tx(name, version, async |tx| {
+                let registered = tx
+                    .query_opt(
+                        "SELECT 1 FROM refold_modules WHERE name = $1 AND version = $2 FOR SHARE",
+                        &[&name, &version],
+                    )
+                    .await
+                    .map_err(|e| pg_error("reading the module registry", e))?
+                    .is_some();
+                if !registered {
+                    return Ok(None);
+                }
+                tx.execute(
+                    "INSERT INTO refold_read_models (name, version, generation) VALUES ($1, $2, 0) \
+                     ON CONFLICT DO NOTHING",
+                    &[&name, &version],
+                )
+                .await
+                .map_err(|e| pg_error("creating a read model", e))?;
+                Ok(Some(
+                    tx.query_one(
+                        "SELECT generation FROM refold_read_models WHERE name = $1 AND version = $2",
+                        &[&name, &version],
+                    )
+                    .await
+                    .map_err(|e| pg_error("reading a read model", e))?
+                    .get::<_, i64>(0),
+                ))
+            })
+            .await?;
+        Ok(generation.map(|g| self.model(name, version, g)))
+    }
+
     /// Starts `name@version` over in a new, empty generation (a rebuild) and
     /// deletes the old one, in one transaction.
     pub async fn reset_read_model(
@@ -335,6 +377,22 @@ impl PgReadModel {
             .map_err(|e| pg_error("starting a read-model commit", e))?;
         if let Err(refused) = hold(&tx, lease).await? {
             return Ok(Err(refused));
+        }
+        // Only into the current generation: a rebuild or a drop on another
+        // host leaves this runner's model behind, and its writes with it.
+        let current: Option<i64> = tx
+            .query_opt(
+                "SELECT generation FROM refold_read_models WHERE name = $1 AND version = $2 FOR SHARE",
+                &[&self.name, &self.version],
+            )
+            .await
+            .map_err(|e| pg_error("checking a read model's generation", e))?
+            .map(|r| r.get(0));
+        if self.generation != SCRATCH && current != Some(self.generation) {
+            return Ok(Err(Refused::GenerationGone {
+                name: format!("{}@{}", self.name, self.version),
+                generation: self.generation,
+            }));
         }
         let key = (&self.name, &self.version, &self.generation);
         tx.execute(

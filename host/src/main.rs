@@ -110,8 +110,9 @@ enum Command {
         /// An absolute directory that does not exist yet or is empty
         path: std::path::PathBuf,
     },
-    /// Copy a stopped data directory's event log into an empty PostgreSQL
-    /// database and verify the copy (exit 1 if anything differs)
+    /// Copy a stopped data directory (its event log, verified, and its
+    /// modules with their active versions) into an empty PostgreSQL database
+    /// (exit 1 if anything differs)
     Migrate {
         /// The stopped server's data directory
         #[arg(long, env = "REFOLD_DATA_DIR", default_value = "./refold-data")]

@@ -233,3 +233,98 @@ async fn a_running_servers_directory_is_not_migrated() {
     );
     store.close().await;
 }
+
+/// The user's path: a sled server with modules and history is stopped,
+/// migrated, and a `refold serve --store postgres://` host carries on with
+/// the same modules, state and projection, without uploading anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migrated_directory_serves_on_postgres_with_its_modules() {
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    let sled_host = support::process::serve(&data, &[]);
+    let client = reqwest::Client::new();
+    for (name, path) in [
+        ("bank-account", refold_test_guests::BANK_ACCOUNT),
+        ("account-balances", refold_test_guests::ACCOUNT_BALANCES),
+    ] {
+        let r = client
+            .put(format!(
+                "{}/v1/modules/{name}/1.0.0?activate=true",
+                sled_host.url
+            ))
+            .body(std::fs::read(path).unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
+    }
+    let send = |base: String, body: &'static str| {
+        let client = client.clone();
+        async move {
+            let r = client
+                .post(format!("{base}/v1/aggregates/bank-account/acc-1/commands"))
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(status, 200, "{body}");
+            body
+        }
+    };
+    send(sled_host.url.clone(), r#"{"type":"Open","owner":"Ada"}"#).await;
+    send(sled_host.url.clone(), r#"{"type":"Deposit","amount":70}"#).await;
+    let mut sled_host = sled_host;
+    assert!(sled_host.sigterm().success());
+
+    let url = support::pg::database();
+    let out = Command::new(env!("CARGO_BIN_EXE_refold"))
+        .args([
+            "migrate",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--to",
+            &url,
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["modules"], 2, "{report}");
+
+    let pg_host = support::process::serve(&dir.path().join("pg-host"), &["--store", &url]);
+    let answer = send(pg_host.url.clone(), r#"{"type":"Deposit","amount":5}"#).await;
+    assert_eq!(answer["version"], 3, "{answer}");
+    assert_eq!(answer["module"], "bank-account@1.0.0", "{answer}");
+    // The projection was live on sled; on PostgreSQL it replays, and stays live.
+    let started = std::time::Instant::now();
+    loop {
+        let r = client
+            .get(format!(
+                "{}/v1/projections/account-balances/docs/account/acc-1",
+                pg_host.url
+            ))
+            .send()
+            .await
+            .unwrap();
+        if r.status().as_u16() == 200 {
+            let doc: serde_json::Value = r.json().await.unwrap();
+            if doc["balance"] == 75 {
+                assert_eq!(doc["deposits"], 2, "{doc}");
+                break;
+            }
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the projection replays"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -423,25 +423,19 @@ impl CommandService {
                 .unwrap_or_else(|| command_id.to_string()),
             received_at_ms,
         };
-        // Without retries, one more attempt all the same when the conflict came
-        // from a state this host had cached and the precondition admits the
-        // stream's actual version (a list of versions, `*`): the answer must
-        // come from the current state, never from the cache.
-        let attempts = if request.precondition.retries() {
-            1 + self.config.max_retries
-        } else {
-            2
-        };
+        // A conflict is answered 412 only when the precondition does not admit
+        // the stream's actual version; while it does (no precondition, `*`, a
+        // list of versions the stream moved within), the command is decided
+        // again from the current state.
+        let attempts = 1 + self.config.max_retries;
         for attempt in 1..=attempts {
             match self
-                .attempt(module, stream, request, &context, fingerprint)
+                .attempt(module, stream, request, &context, fingerprint, attempt == 1)
                 .await
             {
                 Err(CommandError::Store(StoreError::WrongExpectedVersion { actual, .. })) => {
                     self.forget(module, stream);
-                    if !request.precondition.retries()
-                        && (attempt > 1 || !request.precondition.admits(actual))
-                    {
+                    if !request.precondition.retries() && !request.precondition.admits(actual) {
                         return Err(CommandError::WrongExpectedVersion {
                             expected: request.precondition.clone(),
                             actual,
@@ -487,13 +481,16 @@ impl CommandService {
         request: &CommandRequest,
         context: &CommandContext,
         fingerprint: &RequestFingerprint,
+        first: bool,
     ) -> Result<CommandOutcome, CommandError> {
         let label = module.label();
         // The cached state decides without a read of the stream: an append
         // from it names its version, so a state another writer (another host)
         // made stale fails there and is decided again. A refusal or a no-op
         // writes nothing, so it comes only from a state known to be current.
-        let mut trust_cache = true;
+        // After a conflict the cache is not trusted again: a read elsewhere
+        // may have filled it with a state that is already old.
+        let mut trust_cache = first;
         let (state, decision) = loop {
             let cached = trust_cache
                 .then(|| self.cached_state(module, stream))

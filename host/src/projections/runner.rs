@@ -193,6 +193,14 @@ impl Runner {
                         None => return,
                     },
                     () = lease_lost(&mut self.tenure) => self.lose_lease(),
+                    // PostgreSQL: a rebuild on another host starts a new generation;
+                    // the holder takes it over (from the start) within a poll.
+                    () = tokio::time::sleep(STANDBY_POLL), if self.tenure.is_some() => {
+                        if self.generation_moved() {
+                            tracing::info!(projection = %self.handle.label(), "rebuilt on another host; starting over");
+                            self.lose_lease();
+                        }
+                    }
                 }
                 continue;
             }
@@ -355,6 +363,19 @@ impl Runner {
             }
         });
         Ok(())
+    }
+
+    /// Whether the read model's current generation is no longer the one this
+    /// runner writes (a rebuild elsewhere).
+    fn generation_moved(&self) -> bool {
+        let ours = self.handle.read_model().generation();
+        match self
+            .store
+            .current_generation(self.handle.name(), self.handle.version())
+        {
+            Ok(current) => ours.is_some() && current != ours,
+            Err(_) => false,
+        }
     }
 
     fn lose_lease(&mut self) {
@@ -549,7 +570,9 @@ pub const AUTO_RETRY_MAX_DELAY: Duration = Duration::from_secs(60);
 
 /// When `failure` is retried without an operator, if it is.
 fn auto_retry_in(failure: &Failure) -> Option<Duration> {
-    if failure.code != "guest_timeout" || failure.attempts >= AUTO_RETRY_ATTEMPTS {
+    // Both say how the host or its database was doing, not what the module computes.
+    let transient = matches!(failure.code, "guest_timeout" | "store_unavailable");
+    if !transient || failure.attempts >= AUTO_RETRY_ATTEMPTS {
         return None;
     }
     let delay = Duration::from_secs(1 << (failure.attempts.saturating_sub(1)).min(6))

@@ -644,6 +644,13 @@ impl Backend {
                 p, r => wait(r, p.delete_read_model(name, version)))
     }
 
+    /// The generation `name@version`'s read model is in now, as the database
+    /// has it (None: no read model); on sled, where only this host rebuilds,
+    /// always None.
+    pub fn current_generation(&self, name: &str, version: &str) -> Result<Option<i64>, StoreError> {
+        either!(self, _s => Ok(None), p, r => wait(r, p.current_generation(name, version)))
+    }
+
     /// The leases of a shared database; None on sled, where one host runs everything.
     pub fn leases(&self) -> Option<super::pg::Leases> {
         either!(self, _s => None, p, _r => Some(p.leases()))
@@ -754,6 +761,11 @@ impl BackendReadModel {
 
     pub fn checkpoint(&self) -> Result<ProjectionCheckpoint, StoreError> {
         model!(self, m => m.checkpoint(), p, r => wait(r, p.checkpoint()))
+    }
+
+    /// The generation this model writes (PostgreSQL; None on sled).
+    pub fn generation(&self) -> Option<i64> {
+        model!(self, _m => None, p, _r => Some(p.generation()))
     }
 
     pub fn get(&self, doc_key: &str) -> Result<Option<String>, StoreError> {

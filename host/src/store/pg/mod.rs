@@ -106,6 +106,13 @@ pub(crate) fn pg_error(context: &'static str, err: tokio_postgres::Error) -> Sto
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
         None => err.to_string(),
     };
+    // A connection that closed (the database restarted, the network broke)
+    // is a moment's unavailability, answered 503 and retried, not a fault of
+    // what is stored.
+    let io = std::error::Error::source(&err).is_some_and(|e| e.is::<std::io::Error>());
+    if err.is_closed() || io {
+        return StoreError::Unavailable(format!("{context}: {message}"));
+    }
     StoreError::Storage { context, message }
 }
 
@@ -163,6 +170,11 @@ impl PgStore {
             config.connect_timeout(Duration::from_secs(10));
         }
         config.keepalives(true);
+        // A host paused or cut off inside a transaction (a read-model commit
+        // holds its lease row) must not hold other hosts up for longer than
+        // this: the database ends such a session and its locks go.
+        let options = config.get_options().unwrap_or("").to_string();
+        config.options(format!("{options} -c idle_in_transaction_session_timeout=5000").trim());
         config.keepalives_idle(Duration::from_secs(30));
         {
             let (mut client, task) = connect(&config, None).await?;

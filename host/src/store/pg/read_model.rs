@@ -78,6 +78,14 @@ impl PgStore {
         )
         .await
         .map_err(|e| pg_error("locking a read model", e))?;
+        // The read model's row before its documents and state, as a commit
+        // takes them: a drop or rebuild and a commit never deadlock.
+        tx.execute(
+            "SELECT 1 FROM refold_read_models WHERE name = $1 AND version = $2 FOR UPDATE",
+            &[&name, &version],
+        )
+        .await
+        .map_err(|e| pg_error("locking a read model", e))?;
         let out = work(&tx).await?;
         tx.commit()
             .await
@@ -162,6 +170,24 @@ impl PgStore {
             })
             .await?;
         Ok(generation.map(|g| self.model(name, version, g)))
+    }
+
+    /// The generation `name@version`'s read model is in (None: it has none).
+    pub async fn current_generation(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT generation FROM refold_read_models WHERE name = $1 AND version = $2",
+                &[&name, &version],
+            )
+            .await
+            .map_err(|e| pg_error("reading a read model", e))?
+            .map(|r| r.get(0)))
     }
 
     /// Starts `name@version` over in a new, empty generation (a rebuild) and

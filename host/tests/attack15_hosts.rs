@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use reqwest::Client;
 use serde_json::{Value, json};
-use support::process::{Served, serve};
+use support::hosts::{get, host, put_module, until, upload, version_state, whole_log};
+use support::process::Served;
 
 const BANK: &str = refold_test_guests::BANK_ACCOUNT;
 const BANK_STRICT: &str = refold_test_guests::BANK_ACCOUNT_STRICT;
@@ -18,49 +19,8 @@ const BANK_NO_WASI: &str = refold_test_guests::BANK_ACCOUNT_NO_WASI;
 const BALANCES: &str = refold_test_guests::ACCOUNT_BALANCES;
 const BALANCES_V2: &str = refold_test_guests::ACCOUNT_BALANCES_V2;
 
-fn host(dir: &Path, name: &str, url: &str) -> Served {
-    serve(&dir.join(name), &["--store", url])
-}
-
 fn hosts(dir: &Path, url: &str, n: usize) -> Vec<Served> {
     (0..n).map(|i| host(dir, &format!("h{i}"), url)).collect()
-}
-
-async fn get(client: &Client, base: &str, path: &str) -> (u16, Value) {
-    match client.get(format!("{base}{path}")).send().await {
-        Ok(r) => {
-            let status = r.status().as_u16();
-            (status, r.json().await.unwrap_or(Value::Null))
-        }
-        Err(e) => (0, json!({ "error": format!("{e:?}") })),
-    }
-}
-
-async fn put_module(
-    client: &Client,
-    base: &str,
-    name: &str,
-    version: &str,
-    path: &str,
-    query: &str,
-) -> (u16, String) {
-    let r = client
-        .put(format!("{base}/v1/modules/{name}/{version}?{query}"))
-        .header("content-type", "application/wasm")
-        .body(std::fs::read(path).expect("guest built"))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.text().await.unwrap_or_default())
-}
-
-async fn upload(client: &Client, base: &str, name: &str, version: &str, path: &str, query: &str) {
-    let (status, body) = put_module(client, base, name, version, path, query).await;
-    assert!(
-        status == 201 || status == 200,
-        "upload of {name}@{version}: {status} {body}"
-    );
 }
 
 /// (status, body, idempotent-replayed header)
@@ -96,49 +56,6 @@ async fn ok(client: &Client, base: &str, id: &str, command: &str) -> Value {
     let (status, body, _) = send(client, base, id, command, None, None).await;
     assert_eq!(status, 200, "{command} on {id} through {base}: {body}");
     body
-}
-
-async fn until(
-    client: &Client,
-    base: &str,
-    path: &str,
-    limit: Duration,
-    check: impl Fn(&Value) -> bool,
-) -> Duration {
-    let started = Instant::now();
-    loop {
-        let (status, body) = get(client, base, path).await;
-        if status == 200 && check(&body) {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < limit,
-            "{base}{path} did not get there within {limit:?}: {status} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn whole_log(client: &Client, base: &str) -> Vec<Value> {
-    let mut events = Vec::new();
-    let mut from = 1;
-    loop {
-        let (status, page) = get(client, base, &format!("/v1/events?from={from}&limit=1000")).await;
-        assert_eq!(status, 200, "{page}");
-        let batch = page["events"].as_array().unwrap().clone();
-        if batch.is_empty() {
-            return events;
-        }
-        from = page["next_position"].as_u64().unwrap();
-        events.extend(batch);
-    }
-}
-
-fn version_state<'a>(view: &'a Value, version: &str) -> Option<&'a Value> {
-    view["versions"]
-        .as_array()?
-        .iter()
-        .find(|v| v["version"] == version)
 }
 
 fn event_ids(body: &Value) -> Vec<String> {

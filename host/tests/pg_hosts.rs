@@ -8,46 +8,16 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use reqwest::Client;
 use serde_json::Value;
-use support::process::{Served, serve};
+use support::hosts::{get, host, until, upload, version_state, whole_log};
+use support::process::Served;
 
 const BANK: &str = refold_test_guests::BANK_ACCOUNT;
 const BANK_STRICT: &str = refold_test_guests::BANK_ACCOUNT_STRICT;
 const BALANCES: &str = refold_test_guests::ACCOUNT_BALANCES;
-
-fn host(dir: &Path, name: &str, url: &str) -> Served {
-    serve(&dir.join(name), &["--store", url])
-}
-
-async fn get(client: &Client, base: &str, path: &str) -> (u16, Value) {
-    let r = client
-        .get(format!("{base}{path}"))
-        .send()
-        .await
-        .expect("the host answers");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
-async fn upload(client: &Client, base: &str, name: &str, version: &str, path: &str, query: &str) {
-    let r = client
-        .put(format!("{base}/v1/modules/{name}/{version}?{query}"))
-        .header("content-type", "application/wasm")
-        .body(std::fs::read(path).expect("guest built"))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    assert!(
-        status == 201 || status == 200,
-        "upload of {name}@{version}: {status} {}",
-        r.text().await.unwrap_or_default()
-    );
-}
 
 /// Sends `command` to an account through `base`: (status, body).
 async fn command(
@@ -71,51 +41,6 @@ async fn command(
         }
         Err(e) => (0, serde_json::json!({ "error": format!("{e:?}") })),
     }
-}
-
-/// Waits (at most `limit`) until `check` holds on what `path` answers.
-async fn until(
-    client: &Client,
-    base: &str,
-    path: &str,
-    limit: Duration,
-    check: impl Fn(&Value) -> bool,
-) -> Duration {
-    let started = Instant::now();
-    loop {
-        let (status, body) = get(client, base, path).await;
-        if status == 200 && check(&body) {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < limit,
-            "{base}{path} did not get there within {limit:?}: {status} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Every event of the log, read through `base`.
-async fn whole_log(client: &Client, base: &str) -> Vec<Value> {
-    let mut events = Vec::new();
-    let mut from = 1;
-    loop {
-        let (status, page) = get(client, base, &format!("/v1/events?from={from}&limit=1000")).await;
-        assert_eq!(status, 200, "{page}");
-        let batch = page["events"].as_array().unwrap().clone();
-        if batch.is_empty() {
-            return events;
-        }
-        from = page["next_position"].as_u64().unwrap();
-        events.extend(batch);
-    }
-}
-
-fn version_state<'a>(view: &'a Value, version: &str) -> Option<&'a Value> {
-    view["versions"]
-        .as_array()?
-        .iter()
-        .find(|v| v["version"] == version)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,7 +52,9 @@ impl ModuleRegistry {
             // Under the upload lock: of two first versions uploaded at once,
             // exactly one becomes active.
             let _one_at_a_time = self.uploads.lock().await;
-            if activate || self.active_version(name).is_none() {
+            // What the store says: on a shared database another host may have
+            // activated a first version this host has not heard of yet.
+            if activate || self.store.active_module(name)?.is_none() {
                 self.activate(name, version, force)?;
             }
         }

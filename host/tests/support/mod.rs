@@ -6,6 +6,7 @@ use tempfile::TempDir;
 
 pub mod components;
 pub mod host;
+pub mod hosts;
 pub mod http;
 pub mod pg;
 pub mod process;

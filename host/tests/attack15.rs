@@ -858,6 +858,17 @@ async fn catalog_names_and_racing_uploads() {
         winner.digest
     );
     // Activations racing from every host: a contiguous history, no errors.
+    // (Only a registered version is made active.)
+    for h in 0..hosts.len() {
+        for k in 0..10 {
+            let bytes = format!("race v{h}-{k}").into_bytes();
+            let version = format!("v{h}-{k}");
+            hosts[0]
+                .put_module(&record("race", &version, &bytes), &bytes)
+                .await
+                .unwrap();
+        }
+    }
     let mut tasks = Vec::new();
     for (h, host) in hosts.iter().enumerate() {
         let host = host.clone();

@@ -173,3 +173,61 @@ async fn concurrent_activations_across_hosts_keep_one_consistent_history() {
         h.close().await;
     }
 }
+
+/// Only a registered version is made active, and the active version is never
+/// removed, even when one host removes a version while another activates it
+/// (a drop racing a promotion): exactly one of the two happens, and the
+/// active version always names a registered module.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_and_an_activation_of_one_version_on_two_hosts_never_both_happen() {
+    let url = support::pg::database();
+    let (a, b) = (
+        PgStore::open(&url).await.unwrap(),
+        PgStore::open(&url).await.unwrap(),
+    );
+    let err = a.set_active_module("m", "9.9.9").await.unwrap_err();
+    assert_eq!(err.code(), "not_found", "{err}");
+    let bytes = b"v0".to_vec();
+    a.put_module(&record("m", "0", &bytes), &bytes)
+        .await
+        .unwrap();
+    a.set_active_module("m", "0").await.unwrap();
+    let err = b.delete_module("m", "0").await.unwrap_err();
+    assert_eq!(err.code(), "module_active", "{err}");
+
+    let (mut activated, mut removed) = (0, 0);
+    for round in 1..=30 {
+        let version = round.to_string();
+        let bytes = format!("v{round}").into_bytes();
+        a.put_module(&record("m", &version, &bytes), &bytes)
+            .await
+            .unwrap();
+        let (remove, activate) = tokio::join!(
+            tokio::spawn({
+                let (a, version) = (a.clone(), version.clone());
+                async move { a.delete_module("m", &version).await }
+            }),
+            tokio::spawn({
+                let (b, version) = (b.clone(), version.clone());
+                async move { b.set_active_module("m", &version).await }
+            }),
+        );
+        match (remove.unwrap(), activate.unwrap()) {
+            (Err(e), Ok(())) if e.code() == "module_active" => activated += 1,
+            (Ok(()), Err(e)) if e.code() == "not_found" => removed += 1,
+            other => panic!("round {round}: {other:?}"),
+        }
+        let active = b
+            .active_module("m")
+            .await
+            .unwrap()
+            .expect("an active version");
+        assert!(
+            a.module("m", &active).await.unwrap().is_some(),
+            "round {round}: the active version {active} is registered"
+        );
+    }
+    println!("of 30 races: {activated} activations won, {removed} removals");
+    a.close().await;
+    b.close().await;
+}

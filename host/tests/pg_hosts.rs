@@ -18,6 +18,7 @@ use support::process::Served;
 const BANK: &str = refold_test_guests::BANK_ACCOUNT;
 const BANK_STRICT: &str = refold_test_guests::BANK_ACCOUNT_STRICT;
 const BALANCES: &str = refold_test_guests::ACCOUNT_BALANCES;
+const BALANCES_V2: &str = refold_test_guests::ACCOUNT_BALANCES_V2;
 
 /// Sends `command` to an account through `base`: (status, body).
 async fn command(
@@ -320,6 +321,53 @@ async fn a_killed_host_loses_nothing_acknowledged_and_its_projection_moves_to_a_
         "only one host runs it: {states:?}"
     );
     let survivor = urls[1 - holder].clone();
+    // While nothing happens, the standby's polls (every second) neither lock
+    // nor write: xmin and xmax (the last locker) of the read model's and the
+    // module's rows stay as they are, and the lease row, which only the
+    // holder's renewals change (an UPDATE leaves xmax at 0), is never locked.
+    // First, the holder's last commit has landed: both hosts show it.
+    for base in &urls {
+        until(
+            &client,
+            base,
+            "/v1/projections/account-balances",
+            Duration::from_secs(20),
+            |p| version_state(p, "1.0.0").is_some_and(|v| v["position"] == ACCOUNTS as u64),
+        )
+        .await;
+    }
+    let rows = || {
+        support::pg::shared().query(
+            &url,
+            "SELECT (SELECT xmin::text || '/' || xmax::text FROM refold_read_models \
+                      WHERE name = 'account-balances' AND version = '1.0.0') || ' ' || \
+                    (SELECT xmin::text || '/' || xmax::text FROM refold_modules \
+                      WHERE name = 'account-balances' AND version = '1.0.0')",
+        )
+    };
+    let lease_locker = || {
+        support::pg::shared().query(
+            &url,
+            "SELECT xmax FROM refold_leases WHERE name = 'projection:account-balances@1.0.0'",
+        )
+    };
+    // A commit holds the lease row in share mode, which shows in xmax until
+    // the holder's next renewal (every 3 s) writes a fresh row.
+    let renewed = Instant::now();
+    while lease_locker() != "0\n" {
+        assert!(renewed.elapsed() < Duration::from_secs(5), "no renewal");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let idle = rows();
+    for _ in 0..10 {
+        assert_eq!(
+            lease_locker(),
+            "0\n",
+            "a standby's try locked the lease row"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(rows(), idle, "an idle standby locked or wrote a row");
 
     // Deposits through both hosts; the holder is killed in the middle.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -703,4 +751,155 @@ async fn proofs_integrity_and_the_re_walk_work_from_any_host() {
     let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
     assert_eq!(last["ok"], false, "{text}");
     assert_eq!(last["report"]["failure"]["position"], 7, "{text}");
+}
+
+/// `PUT ...?activate=true` of a projection version asks for it to go live
+/// once it has caught up. When another host holds the version's lease, the
+/// host that took the upload stands by, and still sees the holder catch up
+/// (its checkpoint, read every second): it promotes the version then. The
+/// holder is paused while the log grows, so the upload arrives while the
+/// version lags.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_asked_live_on_a_standby_host_goes_live_when_the_holder_catches_up() {
+    let url = support::pg::database();
+    let dir = support::temp_dir();
+    let hosts: Vec<Served> = ["a", "b"]
+        .iter()
+        .map(|name| host(dir.path(), name, &url))
+        .collect();
+    let urls: Vec<String> = hosts.iter().map(|h| h.url.clone()).collect();
+    let client = Client::new();
+    upload(
+        &client,
+        &urls[0],
+        "bank-account",
+        "1.0.0",
+        BANK,
+        "activate=true",
+    )
+    .await;
+    upload(
+        &client,
+        &urls[0],
+        "account-balances",
+        "1.0.0",
+        BALANCES,
+        "activate=true",
+    )
+    .await;
+    for base in &urls {
+        until(
+            &client,
+            base,
+            "/v1/modules/bank-account",
+            Duration::from_secs(10),
+            |m| m["active_version"] == "1.0.0",
+        )
+        .await;
+    }
+    ok(
+        &client,
+        &urls[0],
+        "bank-account",
+        "acct-1",
+        serde_json::json!({"type": "Open", "owner": "o"}),
+    )
+    .await;
+
+    // 2.0.0 replays beside 1.0.0; one host holds it, the other stands by.
+    upload(
+        &client,
+        &urls[0],
+        "account-balances",
+        "2.0.0",
+        BALANCES_V2,
+        "",
+    )
+    .await;
+    let mut states = Vec::new();
+    for base in &urls {
+        until(
+            &client,
+            base,
+            "/v1/projections/account-balances",
+            Duration::from_secs(20),
+            |p| {
+                version_state(p, "2.0.0")
+                    .is_some_and(|v| v["state"] == "caught_up" || v["state"] == "standby")
+            },
+        )
+        .await;
+        let (_, view) = get(&client, base, "/v1/projections/account-balances").await;
+        states.push(version_state(&view, "2.0.0").unwrap()["state"].clone());
+    }
+    let holder = states
+        .iter()
+        .position(|s| s != "standby")
+        .expect("one host runs 2.0.0");
+    let standby = 1 - holder;
+    assert_eq!(states[standby], "standby", "{states:?}");
+
+    // The holder pauses (well inside its lease); the log grows through the
+    // standby host, and the standby host takes the upload asking for live.
+    let pid = hosts[holder].child.id().to_string();
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    let stopped = Instant::now();
+    for _ in 0..3 {
+        ok(
+            &client,
+            &urls[standby],
+            "bank-account",
+            "acct-1",
+            serde_json::json!({"type": "Deposit", "amount": 5}),
+        )
+        .await;
+    }
+    let (status, body) = support::hosts::put_module(
+        &client,
+        &urls[standby],
+        "account-balances",
+        "2.0.0",
+        BALANCES_V2,
+        "activate=true",
+    )
+    .await;
+    let (_, view) = get(&client, &urls[standby], "/v1/projections/account-balances").await;
+    signal("-CONT");
+    let paused = stopped.elapsed();
+    assert_eq!(status, 200, "the same bytes again: {body}");
+    assert!(
+        paused < Duration::from_secs(5),
+        "the holder was paused {paused:?}: too close to its lease time (10 s) to test a standby"
+    );
+    let asked = version_state(&view, "2.0.0").unwrap();
+    assert_eq!(view["live_version"], "1.0.0", "2.0.0 lags: {view}");
+    assert_eq!(asked["promote_when_caught_up"], true, "{view}");
+    assert_eq!(asked["state"], "standby", "{view}");
+
+    // The holder catches up; the standby host promotes 2.0.0 for every host.
+    for base in &urls {
+        let took = until(
+            &client,
+            base,
+            "/v1/projections/account-balances",
+            Duration::from_secs(10),
+            |p| p["live_version"] == "2.0.0",
+        )
+        .await;
+        println!("{base}: 2.0.0 live {took:?} after the holder went on");
+    }
+    let (_, doc) = get(
+        &client,
+        &urls[standby],
+        "/v1/projections/account-balances/docs/account/acct-1",
+    )
+    .await;
+    assert_eq!(doc["balance"], 15, "{doc}");
 }

@@ -147,6 +147,52 @@ async fn one_holder_at_a_time_and_a_stale_holder_cannot_commit() {
     b.close().await;
 }
 
+/// Standbys ask for a running lease every second on every host: a refused
+/// try must not lock or write the row (it would be a write transaction per
+/// version, per host, per second). The row's xmax names any transaction that
+/// locked it, so a try that locked the row shows there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_try_neither_locks_nor_writes_the_running_lease() {
+    let url = support::pg::database();
+    let (a, b) = (
+        PgStore::open(&url).await.unwrap(),
+        PgStore::open(&url).await.unwrap(),
+    );
+    let name = "account-balances@1.0.0";
+    let long = Duration::from_secs(60);
+    let held = a.leases().acquire(name, "host-a", long).await.unwrap();
+    assert_eq!(held.unwrap().token, 1);
+    let row = || {
+        support::pg::shared().query(
+            &url,
+            "SELECT xmin::text || '/' || xmax::text || '/' || token || '/' || holder \
+             FROM refold_leases WHERE name = 'account-balances@1.0.0'",
+        )
+    };
+    let before = row();
+    assert!(before.ends_with("/0/1/host-a\n"), "{before}");
+    for _ in 0..3 {
+        assert!(
+            b.leases()
+                .acquire(name, "host-b", long)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+    assert_eq!(row(), before, "a refused try locked or wrote the lease row");
+    // The holder's own try still renews (a write, the same token), and once
+    // the lease lapses the standby's try takes it with a new token.
+    let renewed = a.leases().acquire(name, "host-a", TTL).await.unwrap();
+    assert_eq!(renewed.unwrap().token, 1);
+    assert_ne!(row(), before, "a renewal writes");
+    tokio::time::sleep(TTL + Duration::from_millis(100)).await;
+    let taken = b.leases().acquire(name, "host-b", long).await.unwrap();
+    assert_eq!(taken.expect("lapsed").token, 2);
+    a.close().await;
+    b.close().await;
+}
+
 /// Three runners on three hosts fold positions into one counter under one
 /// lease, each pausing past the lease time now and then, so the lease moves
 /// between them: every position is applied exactly once (the counter equals

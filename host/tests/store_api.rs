@@ -282,3 +282,34 @@ async fn schema_versions_are_recorded_bounded_and_chained() {
     assert!(report.failure.is_none(), "{report:?}");
     assert_eq!(report.events, 3);
 }
+
+/// The registry's two rules, as PostgreSQL's catalog keeps them across hosts:
+/// only a registered version is made active, and the active version is not
+/// removed (the registry's lock also keeps them on sled; the store holds the
+/// line regardless).
+#[tokio::test]
+async fn only_registered_versions_are_activated_and_the_active_one_is_kept() {
+    let dir = temp_dir();
+    let store = open(&dir, Durability::None);
+    let err = store.set_active_module("m", "1").unwrap_err();
+    assert_eq!(err.code(), "not_found", "{err}");
+    let err = store
+        .set_routing("m", Some("1"), &refold::store::Routing::default())
+        .unwrap_err();
+    assert_eq!(err.code(), "not_found", "{err}");
+    assert_eq!(store.active_module("m").unwrap(), None, "nothing written");
+    for v in ["1", "2"] {
+        store
+            .put_module(&support::pg::module_record("m", v, v.as_bytes()))
+            .unwrap();
+    }
+    store.set_active_module("m", "1").unwrap();
+    let err = store.delete_module("m", "1").unwrap_err();
+    assert_eq!(err.code(), "module_active", "{err}");
+    assert!(
+        store.module("m", "1").unwrap().is_some(),
+        "still registered"
+    );
+    store.delete_module("m", "2").unwrap();
+    assert_eq!(store.module("m", "2").unwrap(), None);
+}

@@ -94,7 +94,10 @@ impl From<StoreError> for ApiError {
             StoreError::DuplicateEventId { .. } | StoreError::CommandIdInUse { .. } => {
                 StatusCode::CONFLICT
             }
-            StoreError::NotSealedYet { .. } => StatusCode::CONFLICT,
+            StoreError::NotSealedYet { .. } | StoreError::ModuleActive { .. } => {
+                StatusCode::CONFLICT
+            }
+            StoreError::ModuleNotRegistered { .. } => StatusCode::NOT_FOUND,
             StoreError::Unavailable(_) | StoreError::LeaseLost(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

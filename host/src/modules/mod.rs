@@ -25,7 +25,7 @@ use crate::fsutil;
 pub use crate::hex::hex;
 pub use crate::runtime::PoolStats;
 use crate::runtime::{AggregateModule, Guest, ProcessModule, ProjectionModule, Runtime, World};
-use crate::store::{Backend, ModuleKind, ModuleRecord};
+use crate::store::{Backend, ModuleKind, ModuleRecord, StoreError};
 pub use error::{CompileBudget, ModuleError};
 use names::semver_key;
 pub use names::{MAX_MODULE_NAME_LEN, MAX_MODULE_VERSION_LEN, validate_name, validate_version};
@@ -358,9 +358,10 @@ impl ModuleRegistry {
     pub fn remove(&self, name: &str, version: &str) -> Result<(), ModuleError> {
         let _in_step = self.activation.lock().unwrap_or_else(|e| e.into_inner());
         if self.active_version(name).as_deref() == Some(version) {
-            return Err(ModuleError::Host(format!(
-                "{name}@{version} is active and cannot be removed"
-            )));
+            return Err(ModuleError::Store(StoreError::ModuleActive {
+                name: name.to_string(),
+                version: version.to_string(),
+            }));
         }
         self.store.delete_module(name, version)?;
         self.versions_mut()

@@ -184,8 +184,10 @@ pub struct VersionHandle {
     /// Held while committing, and while taking a digest, so a digest sees one checkpoint.
     commit_lock: Mutex<()>,
     runner: Mutex<Option<RunnerSlot>>,
-    /// Go live as soon as caught up (an upload with `activate`, or a forced wish).
-    promote_when_caught_up: AtomicBool,
+    /// Go live as soon as caught up (an upload with `activate`): Some(the
+    /// version that was live when asked). A later change of the live version
+    /// (an explicit promotion, perhaps on another host) supersedes the ask.
+    promote_when_caught_up: Mutex<Option<Option<String>>>,
     /// Operator actions that stop and restart the runner (rebuild, drop) run one
     /// at a time per version.
     ops: tokio::sync::Mutex<()>,
@@ -214,6 +216,29 @@ impl VersionHandle {
     /// `name@version`.
     pub fn label(&self) -> String {
         self.module.label()
+    }
+
+    /// Asks for this version to go live once caught up, over `live` (the
+    /// live version now).
+    fn ask_promotion(&self, live: Option<String>) {
+        *self
+            .promote_when_caught_up
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(live);
+    }
+
+    fn promotion_asked(&self) -> bool {
+        self.promote_when_caught_up
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    fn take_promotion_ask(&self) {
+        self.promote_when_caught_up
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
     }
 
     fn read_model(&self) -> ReadModel {
@@ -447,7 +472,7 @@ impl ProjectionService {
                         )),
                         commit_lock: Mutex::new(()),
                         runner: Mutex::new(None),
-                        promote_when_caught_up: AtomicBool::new(false),
+                        promote_when_caught_up: Mutex::new(None),
                         ops: tokio::sync::Mutex::new(()),
                         held: AtomicBool::new(false),
                         verify: Mutex::default(),
@@ -461,7 +486,7 @@ impl ProjectionService {
             self.start_runner(&handle);
         }
         if promote {
-            handle.promote_when_caught_up.store(true, Ordering::Release);
+            handle.ask_promotion(self.modules.active_version(handle.name()));
             // Caught up already (the runner may have looked at the flag just
             // before it was set): go live now rather than at the next append.
             let status = handle.status.borrow().clone();
@@ -609,7 +634,7 @@ impl ProjectionService {
             head,
             lag,
             eta_seconds,
-            promote_when_caught_up: handle.promote_when_caught_up.load(Ordering::Acquire),
+            promote_when_caught_up: handle.promotion_asked(),
             uploaded_at_ms: handle.module.record.uploaded_at_ms,
             verify: handle.verify_progress(),
             last_verify: handle.last_verify(),
@@ -737,7 +762,7 @@ impl ProjectionService {
             // An explicit promotion overrides earlier "promote when caught up" wishes.
             for other in self.versions().values() {
                 if other.name() == name {
-                    other.promote_when_caught_up.store(false, Ordering::Release);
+                    other.take_promotion_ask();
                 }
             }
         }
@@ -887,10 +912,23 @@ impl ProjectionService {
         // (PostgreSQL) checks it is registered before it takes the read model
         // over, so it cannot bring back what is deleted next.
         let (store, name, version) = (self.store.clone(), key.0.clone(), key.1.clone());
-        let deleted = self
-            .modules
-            .remove(&key.0, &key.1)
-            .map_err(ProjectionError::from);
+        let deleted = match self.modules.remove(&key.0, &key.1) {
+            Ok(()) => Ok(()),
+            // Made live on another host a moment ago (PostgreSQL; the store
+            // refuses to remove the active version): nothing was removed, so
+            // the version goes on as it was.
+            Err(ModuleError::Store(StoreError::ModuleActive { .. })) => {
+                {
+                    let _one_at_a_time = self.live.lock().unwrap_or_else(|e| e.into_inner());
+                    handle.held.store(false, Ordering::Release);
+                    self.versions().insert(key.clone(), handle.clone());
+                }
+                self.start_runner(handle);
+                self.dropping().remove(&key);
+                return Err(ProjectionError::IsLive(handle.label(), ""));
+            }
+            Err(e) => Err(ProjectionError::from(e)),
+        };
         let deleted = match deleted {
             Ok(()) => tokio::task::spawn_blocking(move || store.delete_read_model(&name, &version))
                 .await
@@ -1064,17 +1102,23 @@ fn go_live_if_due(modules: &ModuleRegistry, live: &Mutex<()>, handle: &VersionHa
     // The live version counts even while it compiles after a start without its
     // artifact: another version must not take its place for that.
     let current = modules.active_version(handle.name());
-    let wanted = handle.promote_when_caught_up.load(Ordering::Acquire);
+    let ask = handle
+        .promote_when_caught_up
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    // An ask stands while the live version is still the one it was made over.
+    let wanted = ask.as_ref().is_some_and(|over| *over == current);
     if current.is_none() || (wanted && current.as_deref() != Some(handle.version())) {
         match modules.set_live(handle.name(), handle.version()) {
-            Ok(_) => handle
-                .promote_when_caught_up
-                .store(false, Ordering::Release),
+            Ok(_) => handle.take_promotion_ask(),
             Err(err) => tracing::error!(projection = %handle.label(), "cannot go live: {err}"),
         }
-    } else if wanted {
-        handle
-            .promote_when_caught_up
-            .store(false, Ordering::Release);
+    } else if ask.is_some() {
+        if !wanted {
+            tracing::info!(projection = %handle.label(), live = ?current,
+                "not going live as asked: the live version changed since the ask");
+        }
+        handle.take_promotion_ask();
     }
 }

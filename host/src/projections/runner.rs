@@ -309,11 +309,21 @@ impl Runner {
                         }
                     }
                 }
-                Ok(None) => {
-                    if let Err(e) = self.adopt(None) {
+                Ok(None) => match self.adopt(None) {
+                    // An upload on this host asked for the version to go live
+                    // once caught up, and another host runs it: the holder's
+                    // checkpoint, just read, says when.
+                    Ok(())
+                        if self.handle.promotion_asked()
+                            && self.handle.status.borrow().position >= self.store.head() =>
+                    {
+                        (self.on_caught_up)(&self.handle)
+                    }
+                    Ok(()) => {}
+                    Err(e) => {
                         tracing::warn!(projection = %self.handle.label(), error = %e, "cannot read the holder's checkpoint");
                     }
-                }
+                },
                 Err(e) => {
                     tracing::warn!(projection = %self.handle.label(), error = %e, "cannot take the projection lease")
                 }
@@ -335,14 +345,26 @@ impl Runner {
     /// Reads the version's read model as the database has it (its current
     /// generation and checkpoint) into this host's handle; with `lease`,
     /// fences its commits under it from that checkpoint.
-    fn adopt(&self, lease: Option<crate::store::pg::Lease>) -> Result<(), StoreError> {
+    fn adopt(&self, lease: Option<crate::store::Lease>) -> Result<(), StoreError> {
         let handle = &self.handle;
-        // A version dropped on another host is not brought back (its runner here
-        // stops once the registry hears of the drop).
-        let model = self
-            .store
-            .registered_read_model(handle.name(), handle.version())?
-            .ok_or_else(|| StoreError::Unavailable(format!("{} was dropped", handle.label())))?;
+        // A standby whose read model is still the current generation only
+        // reads the holder's checkpoint: no lock, no write, every second.
+        let open = handle.read_model();
+        let model = if lease.is_none()
+            && open.generation().is_some()
+            && self
+                .store
+                .current_generation(handle.name(), handle.version())?
+                == open.generation()
+        {
+            open
+        } else {
+            // A version dropped on another host is not brought back (its
+            // runner here stops once the registry hears of the drop).
+            self.store
+                .registered_read_model(handle.name(), handle.version())?
+                .ok_or_else(|| StoreError::Unavailable(format!("{} was dropped", handle.label())))?
+        };
         let checkpoint = model.checkpoint()?;
         let _no_commits = handle.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
         let holding = lease.is_some();

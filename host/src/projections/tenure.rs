@@ -17,8 +17,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::store::pg::{Lease, Leases, unique_holder};
-use crate::store::{Backend, StoreError};
+use crate::store::{Backend, Lease, Leases, StoreError, unique_holder};
 
 /// How long a lease lasts without a renewal: a dead host's versions move to
 /// a survivor within this (plus a standby's next try, [`STANDBY_POLL`]).

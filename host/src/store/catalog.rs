@@ -263,6 +263,7 @@ impl Store {
         if self.active_module(name)?.as_deref() == Some(version) {
             return Ok(()); // already so: nothing changes, nothing to record
         }
+        self.require_registered(name, version)?;
         let history = self.activations(name)?;
         let mut batch = sled::Batch::default();
         batch.insert(
@@ -286,6 +287,17 @@ impl Store {
             return Err(err);
         }
         self.sync("activating a module")
+    }
+
+    /// Only a registered version is made active (the same rule as PostgreSQL's).
+    fn require_registered(&self, name: &str, version: &str) -> Result<(), StoreError> {
+        match self.module(name, version)? {
+            Some(_) => Ok(()),
+            None => Err(StoreError::ModuleNotRegistered {
+                name: name.to_string(),
+                version: version.to_string(),
+            }),
+        }
     }
 
     /// `name`'s routing (canary, retired versions); the default when none is kept.
@@ -330,6 +342,7 @@ impl Store {
         if let Some(version) = active
             && self.active_module(name)?.as_deref() != Some(version)
         {
+            self.require_registered(name, version)?;
             let history = self.activations(name)?;
             batch.insert(
                 registry_key(ACTIVE, name, None),
@@ -437,9 +450,15 @@ impl Store {
             .collect()
     }
 
-    /// Forgets a module version (a dropped projection version); durable on return.
-    /// Its name's active pointer is the caller's to keep consistent.
+    /// Forgets a module version (a dropped projection version); durable on
+    /// return. The active version is refused (`module_active`).
     pub fn delete_module(&self, name: &str, version: &str) -> Result<(), StoreError> {
+        if self.active_module(name)?.as_deref() == Some(version) {
+            return Err(StoreError::ModuleActive {
+                name: name.to_string(),
+                version: version.to_string(),
+            });
+        }
         self.inner
             .db
             .remove(registry_key(VERSIONS, name, Some(version)))

@@ -87,6 +87,16 @@ pub enum StoreError {
     /// did): this host must stop running it; nothing was written.
     #[error("the lease is lost: {0}")]
     LeaseLost(String),
+
+    /// An activation names a module version the registry does not hold (it
+    /// was removed, perhaps by another host a moment before).
+    #[error("{name}@{version} is not registered (it may have been removed on another host)")]
+    ModuleNotRegistered { name: String, version: String },
+
+    /// A removal names the active version (it may have been activated by
+    /// another host a moment before).
+    #[error("{name}@{version} is the active version and cannot be removed")]
+    ModuleActive { name: String, version: String },
 }
 
 impl StoreError {
@@ -113,6 +123,8 @@ impl StoreError {
             StoreError::Unavailable(_) => "store_unavailable",
             StoreError::Unsupported { .. } => "not_supported_by_backend",
             StoreError::LeaseLost(_) => "lease_lost",
+            StoreError::ModuleNotRegistered { .. } => "not_found",
+            StoreError::ModuleActive { .. } => "module_active",
         }
     }
 }

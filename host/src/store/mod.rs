@@ -53,6 +53,10 @@ pub use error::StoreError;
 pub use format::{canonical_body, decode_event_body};
 pub use integrity::{Seal, SealSigner};
 pub use journal::{JournalCursor, JournalEntry, JournalOutcome, JournalPage};
+/// One holder per name across hosts ([`Backend::leases`]): the services name
+/// leases here, not in a backend's module. Only PostgreSQL has them (sled
+/// has one host, so every runner holds its version).
+pub use pg::{Lease, Leases, unique_holder};
 pub use projection::{
     ProjectionCheckpoint, ReadModel, SCRATCH_GENERATION, SchemaVersionsSeen, SkipRecord,
 };

@@ -10,8 +10,9 @@
 //!   `refold_catalog`, so every host learns of it within moments
 //!   ([`super::PgStore::watch_catalog`]: the notification, or a poll).
 //!
-//! Not wired to the module registry service yet: the services still keep the
-//! registry in sled. These are the operations it will call.
+//! As on sled, only a registered version is made active and the active
+//! version is never removed; here both are checked under the name's lock,
+//! because another host may be doing the other at the same moment.
 
 use deadpool_postgres::Transaction;
 use sha2::Digest as _;
@@ -212,6 +213,22 @@ impl PgStore {
                 .map_err(|e| pg_error("reading the module registry", e))?
                 .map(|r| r.get(0));
             if current.as_deref() != Some(version) {
+                // Under the name's lock, which a removal takes too: a version
+                // removed on another host a moment ago is not made active.
+                let registered = tx
+                    .query_opt(
+                        "SELECT 1 FROM refold_modules WHERE name = $1 AND version = $2",
+                        &[&name, &version],
+                    )
+                    .await
+                    .map_err(|e| pg_error("reading the module registry", e))?
+                    .is_some();
+                if !registered {
+                    return Err(StoreError::ModuleNotRegistered {
+                        name: name.to_string(),
+                        version: version.to_string(),
+                    });
+                }
                 let last = tx
                     .query_opt(
                         "SELECT seq, at_ms FROM refold_activations WHERE name = $1 \
@@ -415,13 +432,35 @@ impl PgStore {
         Ok(())
     }
 
-    /// Forgets a module version (its bytes stay: another version may share them).
+    /// Forgets a module version (its bytes stay: another version may share
+    /// them). Refused for the active version: under the name's lock, so an
+    /// activation on another host and this removal never both happen.
     pub async fn delete_module(&self, name: &str, version: &str) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client
             .transaction()
             .await
             .map_err(|e| pg_error("deleting a module", e))?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+            &[&LOCK_CLASS, &name],
+        )
+        .await
+        .map_err(|e| pg_error("locking a module name", e))?;
+        let active = tx
+            .query_opt(
+                "SELECT 1 FROM refold_active WHERE name = $1 AND version = $2",
+                &[&name, &version],
+            )
+            .await
+            .map_err(|e| pg_error("reading the module registry", e))?
+            .is_some();
+        if active {
+            return Err(StoreError::ModuleActive {
+                name: name.to_string(),
+                version: version.to_string(),
+            });
+        }
         tx.execute(
             "DELETE FROM refold_modules WHERE name = $1 AND version = $2",
             &[&name, &version],

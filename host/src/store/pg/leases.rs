@@ -82,6 +82,12 @@ impl Leases {
     /// lapsed (a new token), or renews it if `holder` already has it (the same
     /// token). None when another holder's lease is still running. The
     /// database's clock decides what lapsed.
+    ///
+    /// A standby asks every second: when the statement's snapshot shows
+    /// another holder's running lease, it inserts nothing, so it neither
+    /// locks the row nor writes (an `ON CONFLICT DO UPDATE` locks the
+    /// conflicting row, and so writes it, even when its `WHERE` is false).
+    /// Otherwise the conflict clause decides again, under the row's lock.
     pub async fn acquire(
         &self,
         name: &str,
@@ -92,7 +98,10 @@ impl Leases {
         let row = client
             .query_opt(
                 "INSERT INTO refold_leases AS l (name, holder, token, expires_at) \
-                 VALUES ($1, $2, 1, clock_timestamp() + $3::float8 * interval '1 millisecond') \
+                 SELECT $1::text, $2::text, 1, \
+                        clock_timestamp() + $3::float8 * interval '1 millisecond' \
+                 WHERE NOT EXISTS (SELECT 1 FROM refold_leases r WHERE r.name = $1::text \
+                   AND r.holder <> $2::text AND r.expires_at >= clock_timestamp()) \
                  ON CONFLICT (name) DO UPDATE SET \
                    token = CASE WHEN l.holder = $2 AND l.expires_at >= clock_timestamp() \
                                 THEN l.token ELSE l.token + 1 END, \

@@ -244,11 +244,14 @@ async fn three_hosts_share_modules_and_commands_with_no_lost_write_and_exact_412
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_host_loses_nothing_acknowledged_and_its_projection_moves_to_a_survivor() {
+/// Two hosts over a fresh database, bank-account@1.0.0 and
+/// account-balances@1.0.0 uploaded and active on both: (database URL, the
+/// hosts' directory, hosts, their base URLs, a client).
+async fn two_hosts_with_balances() -> (String, tempfile::TempDir, Vec<Served>, Vec<String>, Client)
+{
     let url = support::pg::database();
     let dir = support::temp_dir();
-    let mut hosts: Vec<Served> = ["a", "b"]
+    let hosts: Vec<Served> = ["a", "b"]
         .iter()
         .map(|name| host(dir.path(), name, &url))
         .collect();
@@ -282,6 +285,12 @@ async fn a_killed_host_loses_nothing_acknowledged_and_its_projection_moves_to_a_
         )
         .await;
     }
+    (url, dir, hosts, urls, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_host_loses_nothing_acknowledged_and_its_projection_moves_to_a_survivor() {
+    let (url, _dir, mut hosts, urls, client) = two_hosts_with_balances().await;
     const ACCOUNTS: usize = 4;
     for i in 0..ACCOUNTS {
         let (status, body) = command(
@@ -761,42 +770,7 @@ async fn proofs_integrity_and_the_re_walk_work_from_any_host() {
 /// version lags.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_asked_live_on_a_standby_host_goes_live_when_the_holder_catches_up() {
-    let url = support::pg::database();
-    let dir = support::temp_dir();
-    let hosts: Vec<Served> = ["a", "b"]
-        .iter()
-        .map(|name| host(dir.path(), name, &url))
-        .collect();
-    let urls: Vec<String> = hosts.iter().map(|h| h.url.clone()).collect();
-    let client = Client::new();
-    upload(
-        &client,
-        &urls[0],
-        "bank-account",
-        "1.0.0",
-        BANK,
-        "activate=true",
-    )
-    .await;
-    upload(
-        &client,
-        &urls[0],
-        "account-balances",
-        "1.0.0",
-        BALANCES,
-        "activate=true",
-    )
-    .await;
-    for base in &urls {
-        until(
-            &client,
-            base,
-            "/v1/modules/bank-account",
-            Duration::from_secs(10),
-            |m| m["active_version"] == "1.0.0",
-        )
-        .await;
-    }
+    let (_url, _dir, hosts, urls, client) = two_hosts_with_balances().await;
     ok(
         &client,
         &urls[0],

@@ -698,3 +698,51 @@ async fn concurrent_appends_during_catch_up_and_live_are_each_applied_once() {
         .stop()
         .await;
 }
+
+/// An upload with `?activate=true` made while no version is live stands when
+/// another version then goes live by itself (the first version to catch up):
+/// the asked version goes live once it catches up. Only a promotion after the
+/// ask (or the live version changing from one to another) makes it lapse.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ask_made_before_any_version_was_live_survives_the_first_going_live() {
+    let dir = temp_dir();
+    let s = TestServer::start(dir.path()).await;
+    let store = s.server.app.store.as_sled().expect("a sled server").clone();
+    store
+        .append(
+            &thing("a"),
+            ExpectedVersion::Any,
+            ["Hello", "Poison", "Hello"]
+                .iter()
+                .map(|t| NewEvent::new(*t, "{}"))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    // 2.0.0 is asked live first, and stops at the poison: it lags.
+    let r = s
+        .request(Method::PUT, "/v1/modules/picky/2.0.0?activate=true")
+        .body(std::fs::read(PICKY).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let failed = wait_for(&s, "picky", "2.0.0", |v| v["failure"].is_object()).await;
+    assert_eq!(failed["promote_when_caught_up"], true, "{failed}");
+    // 1.0.0 (no ask) catches up and goes live as the first version.
+    assert_eq!(put_module(&s, "picky", "1.0.0", BALANCES).await, 201);
+    wait_for(&s, "picky", "1.0.0", |v| v["live"] == true).await;
+    // Past the poison, 2.0.0 catches up and goes live as asked.
+    let skipped = s
+        .request(
+            Method::POST,
+            "/v1/projections/picky/versions/2.0.0/skip?position=2",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(skipped.status().as_u16(), 200);
+    let live = wait_for(&s, "picky", "2.0.0", |v| v["live"] == true).await;
+    assert_eq!(live["promote_when_caught_up"], false, "{live}");
+    s.stop().await;
+}

@@ -285,8 +285,8 @@ async fn schema_versions_are_recorded_bounded_and_chained() {
 
 /// The registry's two rules, as PostgreSQL's catalog keeps them across hosts:
 /// only a registered version is made active, and the active version is not
-/// removed (the registry's lock also keeps them on sled; the store holds the
-/// line regardless).
+/// removed. On sled the store checks them; the registry's activation lock
+/// serializes the check with the write (one host).
 #[tokio::test]
 async fn only_registered_versions_are_activated_and_the_active_one_is_kept() {
     let dir = temp_dir();

@@ -332,6 +332,12 @@ impl ModuleRegistry {
         *slot = Some(listener);
     }
 
+    /// `name`'s active (for a projection: live) version as the store has it
+    /// now, which on a shared database may be newer than this host's view.
+    pub fn stored_active_version(&self, name: &str) -> Result<Option<String>, StoreError> {
+        self.store.active_module(name)
+    }
+
     /// Makes `version` the live version of projection `name`. For the
     /// projection service, which checks that it has caught up.
     pub fn set_live(&self, name: &str, version: &str) -> Result<Arc<LoadedModule>, ModuleError> {

@@ -453,6 +453,14 @@ impl ProjectionService {
         };
         let (handle, created) = {
             let mut versions = self.versions();
+            // Again under the lock: a drop marks the version before it takes
+            // it out of `versions`, so no new handle slips in behind it.
+            if self.dropping().contains(&key) {
+                return Err(ProjectionError::InvalidRequest(format!(
+                    "{}@{} is being dropped; upload it again once the drop has finished",
+                    key.0, key.1
+                )));
+            }
             match (versions.get(&key), opened) {
                 (Some(handle), _) => (handle.clone(), false),
                 (None, None) => {
@@ -486,7 +494,7 @@ impl ProjectionService {
             self.start_runner(&handle);
         }
         if promote {
-            handle.ask_promotion(self.modules.active_version(handle.name()));
+            handle.ask_promotion(self.modules.stored_active_version(handle.name())?);
             // Caught up already (the runner may have looked at the flag just
             // before it was set): go live now rather than at the next append.
             let status = handle.status.borrow().clone();
@@ -904,8 +912,8 @@ impl ProjectionService {
             // From here on it never goes live, no reader finds it, and no upload
             // of the same version starts until the drop is done.
             handle.held.store(true, Ordering::Release);
-            self.versions().remove(&key);
             self.dropping().insert(key.clone());
+            self.versions().remove(&key);
         }
         Self::stop_runner(handle).await;
         // The version leaves the registry first: another host's standby runner
@@ -914,20 +922,26 @@ impl ProjectionService {
         let (store, name, version) = (self.store.clone(), key.0.clone(), key.1.clone());
         let deleted = match self.modules.remove(&key.0, &key.1) {
             Ok(()) => Ok(()),
-            // Made live on another host a moment ago (PostgreSQL; the store
-            // refuses to remove the active version): nothing was removed, so
-            // the version goes on as it was.
-            Err(ModuleError::Store(StoreError::ModuleActive { .. })) => {
+            // Not removed (made live on another host a moment ago, which the
+            // store refuses to remove; or the store failed): the version is
+            // still registered, so it goes on here as it was.
+            Err(e) => {
                 {
                     let _one_at_a_time = self.live.lock().unwrap_or_else(|e| e.into_inner());
                     handle.held.store(false, Ordering::Release);
                     self.versions().insert(key.clone(), handle.clone());
                 }
-                self.start_runner(handle);
+                if !self.closed.load(Ordering::Acquire) {
+                    self.start_runner(handle);
+                }
                 self.dropping().remove(&key);
-                return Err(ProjectionError::IsLive(handle.label(), ""));
+                return Err(match e {
+                    ModuleError::Store(StoreError::ModuleActive { .. }) => {
+                        ProjectionError::IsLive(handle.label(), "")
+                    }
+                    e => ProjectionError::from(e),
+                });
             }
-            Err(e) => Err(ProjectionError::from(e)),
         };
         let deleted = match deleted {
             Ok(()) => tokio::task::spawn_blocking(move || store.delete_read_model(&name, &version))
@@ -1100,22 +1114,41 @@ fn go_live_if_due(modules: &ModuleRegistry, live: &Mutex<()>, handle: &VersionHa
         return;
     }
     // The live version counts even while it compiles after a start without its
-    // artifact: another version must not take its place for that.
-    let current = modules.active_version(handle.name());
+    // artifact: another version must not take its place for that. Read from
+    // the store, not this host's memory: on a shared database another host
+    // may have promoted a version a moment ago.
     let ask = handle
         .promote_when_caught_up
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    // An ask stands while the live version is still the one it was made over.
-    let wanted = ask.as_ref().is_some_and(|over| *over == current);
+    if ask.is_none() && modules.active_version(handle.name()).is_some() {
+        return; // nothing asked, and a version is live: the common case, no query
+    }
+    let current = match modules.stored_active_version(handle.name()) {
+        Ok(current) => current,
+        Err(err) => {
+            tracing::warn!(projection = %handle.label(), "cannot read the live version: {err}");
+            return;
+        }
+    };
+    // An ask stands while the live version is still the one it was made over
+    // (an ask made while none was live stands until a promotion clears it:
+    // the first version going live by itself does not).
+    let wanted = ask
+        .as_ref()
+        .is_some_and(|over| over.is_none() || *over == current);
     if current.is_none() || (wanted && current.as_deref() != Some(handle.version())) {
         match modules.set_live(handle.name(), handle.version()) {
             Ok(_) => handle.take_promotion_ask(),
+            // Removed on another host: there is nothing to make live.
+            Err(ModuleError::Store(StoreError::ModuleNotRegistered { .. })) => {
+                handle.take_promotion_ask()
+            }
             Err(err) => tracing::error!(projection = %handle.label(), "cannot go live: {err}"),
         }
     } else if ask.is_some() {
-        if !wanted {
+        if !wanted && current.as_deref() != Some(handle.version()) {
             tracing::info!(projection = %handle.label(), live = ?current,
                 "not going live as asked: the live version changed since the ask");
         }

@@ -244,6 +244,37 @@ async fn three_hosts_share_modules_and_commands_with_no_lost_write_and_exact_412
     );
 }
 
+/// Which of two hosts runs account-balances@`version` (the other stands by),
+/// once both have settled.
+async fn holder_of(client: &Client, urls: &[String], version: &str) -> usize {
+    let mut states = Vec::new();
+    for base in urls {
+        until(
+            client,
+            base,
+            "/v1/projections/account-balances",
+            Duration::from_secs(20),
+            |p| {
+                version_state(p, version)
+                    .is_some_and(|v| v["state"] == "caught_up" || v["state"] == "standby")
+            },
+        )
+        .await;
+        let (_, view) = get(client, base, "/v1/projections/account-balances").await;
+        states.push(version_state(&view, version).unwrap()["state"].clone());
+    }
+    let holder = states
+        .iter()
+        .position(|s| s != "standby")
+        .unwrap_or_else(|| panic!("one host runs {version}: {states:?}"));
+    assert_eq!(
+        states[1 - holder],
+        "standby",
+        "only one host runs {version}: {states:?}"
+    );
+    holder
+}
+
 /// Two hosts over a fresh database, bank-account@1.0.0 and
 /// account-balances@1.0.0 uploaded and active on both: (database URL, the
 /// hosts' directory, hosts, their base URLs, a client).
@@ -304,31 +335,7 @@ async fn a_killed_host_loses_nothing_acknowledged_and_its_projection_moves_to_a_
         assert_eq!(status, 200, "{body}");
     }
     // One host runs the projection, the other stands by.
-    let mut states = Vec::new();
-    for base in &urls {
-        until(
-            &client,
-            base,
-            "/v1/projections/account-balances",
-            Duration::from_secs(20),
-            |p| {
-                version_state(p, "1.0.0")
-                    .is_some_and(|v| v["state"] == "caught_up" || v["state"] == "standby")
-            },
-        )
-        .await;
-        let (_, view) = get(&client, base, "/v1/projections/account-balances").await;
-        states.push(version_state(&view, "1.0.0").unwrap()["state"].clone());
-    }
-    let holder = states
-        .iter()
-        .position(|s| s != "standby")
-        .expect("one host runs the projection");
-    assert_eq!(
-        states[1 - holder],
-        "standby",
-        "only one host runs it: {states:?}"
-    );
+    let holder = holder_of(&client, &urls, "1.0.0").await;
     let survivor = urls[1 - holder].clone();
     // While nothing happens, the standby's polls (every second) neither lock
     // nor write: xmin and xmax (the last locker) of the read model's and the
@@ -790,28 +797,8 @@ async fn a_version_asked_live_on_a_standby_host_goes_live_when_the_holder_catche
         "",
     )
     .await;
-    let mut states = Vec::new();
-    for base in &urls {
-        until(
-            &client,
-            base,
-            "/v1/projections/account-balances",
-            Duration::from_secs(20),
-            |p| {
-                version_state(p, "2.0.0")
-                    .is_some_and(|v| v["state"] == "caught_up" || v["state"] == "standby")
-            },
-        )
-        .await;
-        let (_, view) = get(&client, base, "/v1/projections/account-balances").await;
-        states.push(version_state(&view, "2.0.0").unwrap()["state"].clone());
-    }
-    let holder = states
-        .iter()
-        .position(|s| s != "standby")
-        .expect("one host runs 2.0.0");
+    let holder = holder_of(&client, &urls, "2.0.0").await;
     let standby = 1 - holder;
-    assert_eq!(states[standby], "standby", "{states:?}");
 
     // The holder pauses (well inside its lease); the log grows through the
     // standby host, and the standby host takes the upload asking for live.
